@@ -1,0 +1,110 @@
+/*
+ * BLAS registration, thread control and the row-major GEMM every kernel uses.
+ *
+ * Threading model: our OpenMP threads do all parallel work and call single-threaded sgemm
+ * inside their regions (the Python layer pins the BLAS library behind the registered pointer
+ * to one thread), so OpenMP x BLAS never multiplies. nn_gemm_par splits the rows of C, so each
+ * output element is computed by exactly one thread in a fixed order: results do not depend
+ * on the thread count.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "nn_internal.h"
+
+static nn_sgemm_fn g_sgemm = NULL;
+static int g_threads = 0; /* 0: not chosen yet; resolved on first use */
+static int g_reference = 0;
+
+void nn_set_sgemm(nn_sgemm_fn fn) { g_sgemm = fn; }
+
+void nn_set_num_threads(int n) { g_threads = n < 1 ? 1 : n; }
+
+int nn_get_num_threads(void) {
+    if (g_threads < 1) {
+        const char *env = getenv("OMP_NUM_THREADS");
+        int n = env ? atoi(env) : 0;
+#ifdef _OPENMP
+        if (n < 1) n = omp_get_num_procs();
+#endif
+        g_threads = n < 1 ? 1 : n;
+    }
+    return g_threads;
+}
+
+void nn_set_reference(int on) { g_reference = on ? 1 : 0; }
+int nn_get_reference(void) { return g_reference; }
+int nn_threads(void) { return g_reference ? 1 : nn_get_num_threads(); }
+
+static void gemm_scalar(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc) {
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            double acc = 0.0;
+            for (int k = 0; k < K; k++) {
+                float a = tA ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tB ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                acc += (double)a * b;
+            }
+            float *c = &C[(size_t)i * ldc + j];
+            *c = (float)(alpha * acc + (beta == 0.0f ? 0.0 : (double)beta * *c));
+        }
+    }
+}
+
+void nn_gemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+             const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* BLAS leaves C untouched for K == 0 only when beta == 1 */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    if (g_reference || g_sgemm == NULL) {
+        gemm_scalar(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T. */
+    char ta = tB ? 'T' : 'N', tb = tA ? 'T' : 'N';
+    g_sgemm(&ta, &tb, &N, &M, &K, &alpha, (float *)B, &ldb, (float *)A, &lda, &beta, C, &ldc);
+}
+
+/* Below this many multiply-adds per thread a parallel region costs more than it saves. */
+#define NN_GEMM_PAR_MIN (1 << 17)
+
+void nn_gemm_par(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc) {
+    int nt = nn_threads();
+    double work = (double)M * N * (K > 0 ? K : 1);
+    if (nt > (int)(work / NN_GEMM_PAR_MIN)) nt = (int)(work / NN_GEMM_PAR_MIN);
+    if (nt > M / 4) nt = M / 4;
+    if (nt <= 1) {
+        nn_gemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(M, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        if (r1 > r0) {
+            const float *Ar = tA ? A + r0 : A + (size_t)r0 * lda;
+            nn_gemm(tA, tB, r1 - r0, N, K, alpha, Ar, lda, B, ldb, beta, C + (size_t)r0 * ldc,
+                    ldc);
+        }
+    }
+}
+
+void nn_colsum(int R, int Ccols, const float *A, int lda, float *out) {
+    int nt = nn_threads();
+    if ((double)R * Ccols < 65536.0) nt = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int c0, c1;
+        nn_split(Ccols, NN_THREAD_ID(), NN_THREAD_COUNT(), &c0, &c1);
+        for (int j = c0; j < c1; j++) out[j] = 0.0f;
+        for (int i = 0; i < R; i++) {
+            const float *a = A + (size_t)i * lda;
+            for (int j = c0; j < c1; j++) out[j] += a[j];
+        }
+    }
+}

@@ -1,0 +1,228 @@
+/*
+ * 2-D convolution (cross-correlation, as in PyTorch) by im2col / col2im + sgemm.
+ *   x[N,C,H,W], w[OC,C,KH,KW], b[OC] or NULL, y[N,OC,OH,OW]
+ *   OH = (H + 2 PH - KH) / SH + 1, OW = (W + 2 PW - KW) / SW + 1 (zero padding)
+ *   backward: dy[N,OC,OH,OW] -> dx[N,C,H,W] (NULL to skip), dw[OC,C,KH,KW], db[OC] (NULL to skip)
+ *
+ * Work is cut into chunks of nb whole images (nb fixed by the shape alone). Each thread builds
+ * the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one GEMM covers the chunk with a long
+ * inner dimension. Weight/bias gradients go to one partial per chunk and are summed in chunk
+ * order, so they are deterministic and independent of the thread count.
+ *
+ * Workspace (floats), see conv2d_workspace_size:
+ *   per thread: cols[CKK * nb*OHW] + buf[OC * nb*OHW]
+ *   shared:     dw partials[nchunks * OC*CKK] + db partials[nchunks * OC]
+ */
+#include <string.h>
+#include "nn_internal.h"
+
+/* Columns per chunk aim at this many floats: big enough for an efficient GEMM, small enough
+ * to stay in the L2 cache with the matching slice of the output. */
+#define CONV_CHUNK_FLOATS (96 * 1024)
+
+int conv2d_shape_init(conv2d_shape *s) {
+    if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
+        s->KW <= 0 || s->SH <= 0 || s->SW <= 0 || s->PH < 0 || s->PW < 0)
+        return NN_EBADSHAPE;
+    int eh = s->H + 2 * s->PH - s->KH, ew = s->W + 2 * s->PW - s->KW;
+    if (eh < 0 || ew < 0) return NN_EBADSHAPE;
+    s->OH = eh / s->SH + 1;
+    s->OW = ew / s->SW + 1;
+    long long ckk = (long long)s->C * s->KH * s->KW, ohw = (long long)s->OH * s->OW;
+    if (ckk * ohw > 0x7fffffffLL || (long long)s->OC * ohw > 0x7fffffffLL ||
+        (long long)s->C * s->H * s->W > 0x7fffffffLL)
+        return NN_EBADSHAPE;
+    return NN_OK;
+}
+
+static int chunk_images(const conv2d_shape *s) {
+    size_t per = (size_t)s->C * s->KH * s->KW * s->OH * s->OW;
+    int nb = per >= CONV_CHUNK_FLOATS ? 1 : (int)(CONV_CHUNK_FLOATS / per);
+    if (nb > s->N) nb = s->N;
+    int nchunks = (s->N + nb - 1) / nb;
+    return (s->N + nchunks - 1) / nchunks; /* even out the chunks */
+}
+
+static size_t per_thread_floats(const conv2d_shape *s, int nb) {
+    size_t cols = (size_t)nb * s->OH * s->OW;
+    return cols * ((size_t)s->C * s->KH * s->KW + s->OC);
+}
+
+size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
+    int nb = chunk_images(s);
+    int nchunks = (s->N + nb - 1) / nb;
+    if (nthreads < 1) nthreads = 1;
+    return (size_t)nthreads * per_thread_floats(s, nb) +
+           (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
+}
+
+/* Columns of one image [C,H,W] into cols (leading dimension ld). */
+static void im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld) {
+    const int H = s->H, W = s->W, OH = s->OH, OW = s->OW;
+    for (int c = 0; c < s->C; c++)
+        for (int kh = 0; kh < s->KH; kh++)
+            for (int kw = 0; kw < s->KW; kw++) {
+                float *dst = cols + (size_t)((c * s->KH + kh) * s->KW + kw) * ld;
+                /* ow range whose input column is inside the image */
+                int lo = s->PW - kw > 0 ? (s->PW - kw + s->SW - 1) / s->SW : 0;
+                int hi = (W - 1 + s->PW - kw) / s->SW + 1; /* exclusive */
+                if (W - 1 + s->PW - kw < 0) hi = 0;
+                if (hi > OW) hi = OW;
+                if (lo > hi) lo = hi;
+                for (int oh = 0; oh < OH; oh++) {
+                    float *d = dst + (size_t)oh * OW;
+                    int ih = oh * s->SH - s->PH + kh;
+                    if (ih < 0 || ih >= H) {
+                        memset(d, 0, sizeof(float) * OW);
+                        continue;
+                    }
+                    const float *row = x + ((size_t)c * H + ih) * W;
+                    const int off = kw - s->PW; /* input column of ow is ow*SW + off */
+                    for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+                    if (s->SW == 1) {
+                        if (hi > lo) memcpy(d + lo, row + lo + off, sizeof(float) * (hi - lo));
+                    } else {
+                        for (int ow = lo; ow < hi; ow++) d[ow] = row[ow * s->SW + off];
+                    }
+                    for (int ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+                }
+            }
+}
+
+/* Adds columns back into one image dx [C,H,W] (the adjoint of im2col). */
+static void col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx) {
+    const int H = s->H, W = s->W, OH = s->OH, OW = s->OW;
+    for (int c = 0; c < s->C; c++)
+        for (int kh = 0; kh < s->KH; kh++)
+            for (int kw = 0; kw < s->KW; kw++) {
+                const float *src = cols + (size_t)((c * s->KH + kh) * s->KW + kw) * ld;
+                int lo = s->PW - kw > 0 ? (s->PW - kw + s->SW - 1) / s->SW : 0;
+                int hi = (W - 1 + s->PW - kw) / s->SW + 1;
+                if (W - 1 + s->PW - kw < 0) hi = 0;
+                if (hi > OW) hi = OW;
+                if (lo > hi) lo = hi;
+                for (int oh = 0; oh < OH; oh++) {
+                    int ih = oh * s->SH - s->PH + kh;
+                    if (ih < 0 || ih >= H) continue;
+                    const float *sr = src + (size_t)oh * OW;
+                    float *row = dx + ((size_t)c * H + ih) * W;
+                    const int off = kw - s->PW;
+                    for (int ow = lo; ow < hi; ow++) row[ow * s->SW + off] += sr[ow];
+                }
+            }
+}
+
+int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                   float *y, float *ws, size_t ws_len) {
+    conv2d_shape t = *s;
+    if (conv2d_shape_init(&t) != NN_OK || t.OH != s->OH || t.OW != s->OW) return NN_EBADSHAPE;
+    int nt = nn_threads();
+    if (ws_len < conv2d_workspace_size(s, nt)) return NN_EWORKSPACE;
+    const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
+    const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
+    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
+    const size_t ptf = per_thread_floats(s, nb);
+    if (nt > nchunks) nt = nchunks;
+#pragma omp parallel num_threads(nt)
+    {
+        float *cols = ws + (size_t)NN_THREAD_ID() * ptf;
+        float *buf = cols + (size_t)CKK * nb * OHW;
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < nchunks; ch++) {
+            int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            for (int j = 0; j < nc; j++) im2col(s, x + (n0 + j) * xs, cols + (size_t)j * OHW, L);
+            nn_gemm(0, 0, OC, L, CKK, 1.0f, w, CKK, cols, L, 0.0f, buf, L);
+            for (int j = 0; j < nc; j++)
+                for (int oc = 0; oc < OC; oc++) {
+                    float *dst = y + (n0 + j) * ys + (size_t)oc * OHW;
+                    const float *src = buf + (size_t)oc * L + (size_t)j * OHW;
+                    float bias = b ? b[oc] : 0.0f;
+                    for (int p = 0; p < OHW; p++) dst[p] = src[p] + bias;
+                }
+        }
+    }
+    return NN_OK;
+}
+
+int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
+                    float *dx, float *dw, float *db, float *ws, size_t ws_len) {
+    conv2d_shape t = *s;
+    if (conv2d_shape_init(&t) != NN_OK || t.OH != s->OH || t.OW != s->OW) return NN_EBADSHAPE;
+    int nt = nn_threads();
+    if (ws_len < conv2d_workspace_size(s, nt)) return NN_EWORKSPACE;
+    const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
+    const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
+    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
+    const size_t ptf = per_thread_floats(s, nb);
+    float *dwp = ws + (size_t)nt * ptf;           /* [nchunks, OC*CKK] */
+    float *dbp = dwp + (size_t)nchunks * OC * CKK; /* [nchunks, OC] */
+    int nt_chunks = nt > nchunks ? nchunks : nt;
+#pragma omp parallel num_threads(nt_chunks)
+    {
+        float *cols = ws + (size_t)NN_THREAD_ID() * ptf;
+        float *buf = cols + (size_t)CKK * nb * OHW;
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < nchunks; ch++) {
+            int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            for (int j = 0; j < nc; j++) {
+                im2col(s, x + (n0 + j) * xs, cols + (size_t)j * OHW, L);
+                for (int oc = 0; oc < OC; oc++)
+                    memcpy(buf + (size_t)oc * L + (size_t)j * OHW, dy + (n0 + j) * ys + (size_t)oc * OHW,
+                           sizeof(float) * OHW);
+            }
+            nn_gemm(0, 1, OC, CKK, L, 1.0f, buf, L, cols, L, 0.0f, dwp + (size_t)ch * OC * CKK, CKK);
+            for (int oc = 0; oc < OC; oc++) {
+                const float *r = buf + (size_t)oc * L;
+                double acc = 0.0;
+                for (int p = 0; p < L; p++) acc += r[p];
+                dbp[(size_t)ch * OC + oc] = (float)acc;
+            }
+            if (dx) {
+                nn_gemm(1, 0, CKK, L, OC, 1.0f, w, CKK, buf, L, 0.0f, cols, L);
+                for (int j = 0; j < nc; j++) {
+                    float *dxi = dx + (n0 + j) * xs;
+                    memset(dxi, 0, sizeof(float) * xs);
+                    col2im(s, cols + (size_t)j * OHW, L, dxi);
+                }
+            }
+        }
+    }
+    const size_t nw = (size_t)OC * CKK;
+    int nt_red = nw * nchunks < 65536 ? 1 : nt;
+#pragma omp parallel for schedule(static) num_threads(nt_red)
+    for (long long e = 0; e < (long long)nw; e++) {
+        float acc = 0.0f;
+        for (int ch = 0; ch < nchunks; ch++) acc += dwp[(size_t)ch * nw + e];
+        dw[e] = acc;
+    }
+    if (db) {
+        for (int oc = 0; oc < OC; oc++) {
+            float acc = 0.0f;
+            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
+            db[oc] = acc;
+        }
+    }
+    return NN_OK;
+}
+
+int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                          float *y) {
+    conv2d_shape t = *s;
+    if (conv2d_shape_init(&t) != NN_OK || t.OH != s->OH || t.OW != s->OW) return NN_EBADSHAPE;
+    for (int n = 0; n < s->N; n++)
+        for (int oc = 0; oc < s->OC; oc++)
+            for (int oh = 0; oh < s->OH; oh++)
+                for (int ow = 0; ow < s->OW; ow++) {
+                    double acc = b ? b[oc] : 0.0;
+                    for (int c = 0; c < s->C; c++)
+                        for (int kh = 0; kh < s->KH; kh++)
+                            for (int kw = 0; kw < s->KW; kw++) {
+                                int ih = oh * s->SH - s->PH + kh, iw = ow * s->SW - s->PW + kw;
+                                if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
+                                acc += (double)x[(((size_t)n * s->C + c) * s->H + ih) * s->W + iw] *
+                                       w[(((size_t)oc * s->C + c) * s->KH + kh) * s->KW + kw];
+                            }
+                    y[(((size_t)n * s->OC + oc) * s->OH + oh) * s->OW + ow] = (float)acc;
+                }
+    return NN_OK;
+}

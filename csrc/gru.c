@@ -1,0 +1,126 @@
+/*
+ * GRU over a whole sequence, batch-major, PyTorch's nn.GRU(batch_first=True) layout and gate
+ * order (r, z, n).
+ *   x[N,T,D], h0[N,H] or NULL (zeros), w_ih[3H,D], w_hh[3H,H], b_ih[3H], b_hh[3H]
+ *   gx = x_t w_ih^T + b_ih, gh = h_{t-1} w_hh^T + b_hh (each split r|z|n)
+ *   r = sigmoid(gx_r + gh_r), z = sigmoid(gx_z + gh_z), n = tanh(gx_n + r * gh_n)
+ *   h_t = (1 - z) n + z h_{t-1}
+ *   saved for backward: hs[N,T,H], gates[N,T,3H] (r, z, n), hn[N,T,H] (= gh_n)
+ *   backward: dhs[N,T,H] -> dx[N,T,D] (NULL to skip), dh0 (NULL to skip), dw_ih, dw_hh,
+ *             db_ih, db_hh
+ * Threads own blocks of batch rows for the whole sequence (see rnn.c).
+ * Forward workspace: gh[N,3H]. Backward workspace: dgx[N,T,3H] + dgh[N,T,3H] + hprev[N,T,H]
+ * + dhn[N,H].
+ */
+#include <string.h>
+#include "nn_internal.h"
+
+size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H; }
+
+size_t gru_backward_workspace_size(int N, int T, int H) {
+    return (size_t)N * H * (7 * (size_t)T + 1);
+}
+
+int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+                const float *w_hh, const float *b_ih, const float *b_hh, float *hs, float *gates,
+                float *hn, float *ws, size_t ws_len) {
+    if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
+    if (ws_len < gru_forward_workspace_size(N, H)) return NN_EWORKSPACE;
+    const int G = 3 * H, ldg = T * G, ldh = T * H;
+    int nt = nn_threads();
+    if (nt > N) nt = N;
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        const int nr = r1 - r0;
+        if (nr > 0) {
+            float *gr = gates + (size_t)r0 * ldg, *ghr = ws + (size_t)r0 * G;
+            for (size_t i = 0; i < (size_t)nr * T; i++)
+                for (int j = 0; j < G; j++) gr[i * G + j] = b_ih[j];
+            nn_gemm(0, 1, nr * T, G, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, gr, G);
+            for (int t = 0; t < T; t++) {
+                for (int n = 0; n < nr; n++)
+                    for (int j = 0; j < G; j++) ghr[(size_t)n * G + j] = b_hh[j];
+                if (t > 0)
+                    nn_gemm(0, 1, nr, G, H, 1.0f, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh,
+                            w_hh, H, 1.0f, ghr, G);
+                else if (h0)
+                    nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ghr, G);
+                for (int n = r0; n < r1; n++) {
+                    float *g = gates + (size_t)n * ldg + (size_t)t * G;
+                    const float *gh = ghr + (size_t)(n - r0) * G;
+                    float *h = hs + (size_t)n * ldh + (size_t)t * H;
+                    float *hnt = hn + (size_t)n * ldh + (size_t)t * H;
+                    const float *hp = t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL);
+                    for (int j = 0; j < H; j++) {
+                        float r = nn_sigmoid(g[j] + gh[j]);
+                        float z = nn_sigmoid(g[H + j] + gh[H + j]);
+                        float nv = tanhf(g[2 * H + j] + r * gh[2 * H + j]);
+                        g[j] = r;
+                        g[H + j] = z;
+                        g[2 * H + j] = nv;
+                        hnt[j] = gh[2 * H + j];
+                        h[j] = (1.0f - z) * nv + (hp ? z * hp[j] : 0.0f);
+                    }
+                }
+            }
+        }
+    }
+    return NN_OK;
+}
+
+int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+                 const float *w_hh, const float *hs, const float *gates, const float *hn,
+                 const float *dhs, float *dx, float *dh0, float *dw_ih, float *dw_hh,
+                 float *db_ih, float *db_hh, float *ws, size_t ws_len) {
+    if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
+    if (ws_len < gru_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
+    const int G = 3 * H, ldg = T * G, ldh = T * H;
+    float *dgx = ws, *dgh = dgx + (size_t)N * T * G, *hprev = dgh + (size_t)N * T * G;
+    float *dhn = hprev + (size_t)N * T * H;
+    int nt = nn_threads();
+    if (nt > N) nt = N;
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        const int nr = r1 - r0;
+        if (nr > 0) memset(dhn + (size_t)r0 * H, 0, sizeof(float) * nr * H);
+        for (int t = T - 1; t >= 0 && nr > 0; t--) {
+            for (int n = r0; n < r1; n++) {
+                size_t og = (size_t)n * ldg + (size_t)t * G, oh = (size_t)n * ldh + (size_t)t * H;
+                const float *g = gates + og;
+                const float *hp = t > 0 ? hs + oh - H : (h0 ? h0 + (size_t)n * H : NULL);
+                float *ax = dgx + og, *ah = dgh + og, *dhc = dhn + (size_t)n * H;
+                for (int j = 0; j < H; j++) {
+                    float r = g[j], z = g[H + j], nv = g[2 * H + j];
+                    float dh = dhs[oh + j] + dhc[j];
+                    float hpj = hp ? hp[j] : 0.0f;
+                    float dan = dh * (1.0f - z) * (1.0f - nv * nv);
+                    float dar = dan * hn[oh + j] * r * (1.0f - r);
+                    float daz = dh * (hpj - nv) * z * (1.0f - z);
+                    ax[j] = dar;
+                    ax[H + j] = daz;
+                    ax[2 * H + j] = dan;
+                    ah[j] = dar;
+                    ah[H + j] = daz;
+                    ah[2 * H + j] = dan * r;
+                    dhc[j] = dh * z;
+                }
+            }
+            nn_gemm(0, 0, nr, H, G, 1.0f, dgh + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
+                    dhn + (size_t)r0 * H, H);
+        }
+        if (dh0)
+            for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dh0[k] = dhn[k];
+        nn_shift_states(r0, r1, T, H, h0, hs, hprev);
+    }
+    const int rows = N * T;
+    nn_gemm_par(1, 0, G, D, rows, 1.0f, dgx, G, x, D, 0.0f, dw_ih, D);
+    nn_gemm_par(1, 0, G, H, rows, 1.0f, dgh, G, hprev, H, 0.0f, dw_hh, H);
+    nn_colsum(rows, G, dgx, G, db_ih);
+    nn_colsum(rows, G, dgh, G, db_hh);
+    if (dx) nn_gemm_par(0, 0, rows, D, G, 1.0f, dgx, G, w_ih, D, 0.0f, dx, D);
+    return NN_OK;
+}

@@ -1,0 +1,125 @@
+/*
+ * LSTM over a whole sequence, batch-major, PyTorch's nn.LSTM(batch_first=True) layout and gate
+ * order (i, f, g, o).
+ *   x[N,T,D], h0[N,H] / c0[N,H] or NULL (zeros), w_ih[4H,D], w_hh[4H,H], b_ih[4H], b_hh[4H]
+ *   a_t = x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh;  i,f,o = sigmoid, g = tanh of its quarters
+ *   c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
+ *   saved for backward: hs[N,T,H], cs[N,T,H], gates[N,T,4H] (i,f,g,o after their nonlinearity)
+ *   backward: dhs[N,T,H], dcT[N,H] or NULL (gradient of the last cell state)
+ *             -> dx[N,T,D] (NULL to skip), dh0, dc0 (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
+ * Threads own blocks of batch rows for the whole sequence (see rnn.c).
+ * Backward workspace: dgates[N,T,4H] + hprev[N,T,H] + dhn[N,H] + dcn[N,H].
+ */
+#include <string.h>
+#include "nn_internal.h"
+
+size_t lstm_backward_workspace_size(int N, int T, int H) {
+    return (size_t)N * H * (5 * (size_t)T + 2);
+}
+
+int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+                 const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
+                 float *hs, float *cs, float *gates) {
+    if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
+    const int G = 4 * H, ldg = T * G, ldh = T * H;
+    int nt = nn_threads();
+    if (nt > N) nt = N;
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        const int nr = r1 - r0;
+        if (nr > 0) {
+            float *gr = gates + (size_t)r0 * ldg;
+            for (size_t i = 0; i < (size_t)nr * T; i++)
+                for (int j = 0; j < G; j++) gr[i * G + j] = b_ih[j] + b_hh[j];
+            nn_gemm(0, 1, nr * T, G, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, gr, G);
+            for (int t = 0; t < T; t++) {
+                float *gt = gr + (size_t)t * G;
+                if (t > 0)
+                    nn_gemm(0, 1, nr, G, H, 1.0f, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh,
+                            w_hh, H, 1.0f, gt, ldg);
+                else if (h0)
+                    nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, gt, ldg);
+                for (int n = r0; n < r1; n++) {
+                    float *g = gates + (size_t)n * ldg + (size_t)t * G;
+                    float *c = cs + (size_t)n * ldh + (size_t)t * H;
+                    float *h = hs + (size_t)n * ldh + (size_t)t * H;
+                    const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
+                    for (int j = 0; j < H; j++) {
+                        float i = nn_sigmoid(g[j]), f = nn_sigmoid(g[H + j]);
+                        float gg = tanhf(g[2 * H + j]), o = nn_sigmoid(g[3 * H + j]);
+                        g[j] = i;
+                        g[H + j] = f;
+                        g[2 * H + j] = gg;
+                        g[3 * H + j] = o;
+                        float cv = i * gg + (cp ? f * cp[j] : 0.0f);
+                        c[j] = cv;
+                        h[j] = o * tanhf(cv);
+                    }
+                }
+            }
+        }
+    }
+    return NN_OK;
+}
+
+int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+                  const float *w_ih, const float *w_hh, const float *hs, const float *cs,
+                  const float *gates, const float *dhs, const float *dcT, float *dx, float *dh0,
+                  float *dc0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *ws,
+                  size_t ws_len) {
+    if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
+    if (ws_len < lstm_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
+    const int G = 4 * H, ldg = T * G, ldh = T * H;
+    float *dg = ws, *hprev = dg + (size_t)N * T * G;
+    float *dhn = hprev + (size_t)N * T * H, *dcn = dhn + (size_t)N * H;
+    int nt = nn_threads();
+    if (nt > N) nt = N;
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        const int nr = r1 - r0;
+        if (nr > 0) {
+            size_t a = (size_t)r0 * H, len = (size_t)nr * H;
+            memset(dhn + a, 0, sizeof(float) * len);
+            if (dcT) memcpy(dcn + a, dcT + a, sizeof(float) * len);
+            else memset(dcn + a, 0, sizeof(float) * len);
+        }
+        for (int t = T - 1; t >= 0 && nr > 0; t--) {
+            for (int n = r0; n < r1; n++) {
+                const float *g = gates + (size_t)n * ldg + (size_t)t * G;
+                const float *c = cs + (size_t)n * ldh + (size_t)t * H;
+                const float *dh_out = dhs + (size_t)n * ldh + (size_t)t * H;
+                const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
+                float *d = dg + (size_t)n * ldg + (size_t)t * G;
+                float *dhc = dhn + (size_t)n * H, *dcc = dcn + (size_t)n * H;
+                for (int j = 0; j < H; j++) {
+                    float i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
+                    float dh = dh_out[j] + dhc[j], tc = tanhf(c[j]);
+                    float dc = dcc[j] + dh * o * (1.0f - tc * tc);
+                    d[j] = dc * gg * i * (1.0f - i);
+                    d[H + j] = (cp ? dc * cp[j] : 0.0f) * f * (1.0f - f);
+                    d[2 * H + j] = dc * i * (1.0f - gg * gg);
+                    d[3 * H + j] = dh * tc * o * (1.0f - o);
+                    dcc[j] = dc * f;
+                }
+            }
+            nn_gemm(0, 0, nr, H, G, 1.0f, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 0.0f,
+                    dhn + (size_t)r0 * H, H);
+        }
+        for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) {
+            if (dh0) dh0[k] = dhn[k];
+            if (dc0) dc0[k] = dcn[k];
+        }
+        nn_shift_states(r0, r1, T, H, h0, hs, hprev);
+    }
+    const int rows = N * T;
+    nn_gemm_par(1, 0, G, D, rows, 1.0f, dg, G, x, D, 0.0f, dw_ih, D);
+    nn_gemm_par(1, 0, G, H, rows, 1.0f, dg, G, hprev, H, 0.0f, dw_hh, H);
+    nn_colsum(rows, G, dg, G, db_ih);
+    memcpy(db_hh, db_ih, sizeof(float) * G);
+    if (dx) nn_gemm_par(0, 0, rows, D, G, 1.0f, dg, G, w_ih, D, 0.0f, dx, D);
+    return NN_OK;
+}

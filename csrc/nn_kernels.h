@@ -1,0 +1,133 @@
+/*
+ * spark_nn native kernels: float32, C99 + OpenMP, no Python.
+ *
+ * Conventions shared by every file in csrc/:
+ *   - all arrays are dense, row-major (C order) float32 unless stated;
+ *   - images are NCHW; sequences are batch-major [N, T, D] (PyTorch's batch_first=True);
+ *   - weights use PyTorch's layouts and gate orders so they can be compared and imported;
+ *   - the caller owns every buffer, including workspaces whose size is returned by the
+ *     matching *_workspace_size function; kernels never allocate;
+ *   - every entry point checks its sizes and returns NN_EBADSHAPE / NN_EWORKSPACE instead
+ *     of touching memory it was not given;
+ *   - weight gradients are written (not accumulated).
+ * GEMM goes through a function pointer to the Fortran sgemm that the Python layer registers
+ * (scipy.linalg.cython_blas), so this code needs no BLAS at build time.
+ */
+#ifndef SPARK_NN_KERNELS_H
+#define SPARK_NN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NN_OK 0
+#define NN_EBADSHAPE (-1)
+#define NN_EWORKSPACE (-2)
+#define NN_ENOBLAS (-3)
+#define NN_EBADLABEL (-4)
+#define NN_EBADARG (-5)
+
+/* Fortran BLAS sgemm, as exported by scipy.linalg.cython_blas. */
+typedef void (*nn_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
+                            float *a, int *lda, float *b, int *ldb, float *beta, float *c,
+                            int *ldc);
+
+/* ---- common.c: BLAS registration, threads, reference mode ---- */
+void nn_set_sgemm(nn_sgemm_fn fn);
+void nn_set_num_threads(int n);
+int nn_get_num_threads(void);
+/* Reference mode: GEMM by plain scalar loops and one thread; the tests compare against it. */
+void nn_set_reference(int on);
+int nn_get_reference(void);
+/* Threads a kernel will use right now (1 in reference mode). */
+int nn_threads(void);
+
+/* Row-major C[M,N] = alpha * op(A) op(B) + beta * C on the calling thread. */
+void nn_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+             const float *B, int ldb, float beta, float *C, int ldc);
+/* Same, rows of C split across the OpenMP threads when the product is large enough. */
+void nn_gemm_par(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* out[j] = sum_i A[i, j] for an R x Ccols row-major matrix with leading dimension lda. */
+void nn_colsum(int R, int Ccols, const float *A, int lda, float *out);
+
+/* ---- activation.c ---- */
+#define NN_ACT_IDENTITY 0
+#define NN_ACT_SIGMOID 1
+#define NN_ACT_TANH 2
+#define NN_ACT_RELU 3
+int activation_forward(int kind, size_t n, const float *x, float *y);
+/* dx = dy * f'(x), written in terms of the forward output y (valid for all kinds above). */
+int activation_backward(int kind, size_t n, const float *y, const float *dy, float *dx);
+
+/* ---- dense.c: x[N,IN], w[OUT,IN], b[OUT], y[N,OUT] ---- */
+int dense_forward(int N, int IN, int OUT, const float *x, const float *w, const float *b,
+                  float *y);
+int dense_backward(int N, int IN, int OUT, const float *x, const float *w, const float *dy,
+                   float *dx, float *dw, float *db);
+
+/* ---- loss.c: logits[N,C], labels[N] int32, class_weight[C] or NULL ---- */
+int softmax_forward(int N, int C, const float *logits, float *probs);
+int softmax_xent_forward_backward(int N, int C, const float *logits, const int32_t *labels,
+                                  const float *class_weight, float *probs, float *row_loss,
+                                  float *dlogits);
+
+/* ---- conv.c: x[N,C,H,W], w[OC,C,KH,KW], b[OC], y[N,OC,OH,OW] ---- */
+typedef struct {
+    int N, C, H, W, OC, KH, KW, SH, SW, PH, PW, OH, OW;
+} conv2d_shape;
+/* Fills OH/OW from the rest; returns NN_EBADSHAPE when the output would be empty. */
+int conv2d_shape_init(conv2d_shape *s);
+size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads);
+int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                   float *y, float *ws, size_t ws_len);
+int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
+                    float *dx, float *dw, float *db, float *ws, size_t ws_len);
+/* Direct 7-loop convolution: the scalar reference for tests. */
+int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                          float *y);
+
+/* ---- pool.c: x[N,C,H,W] -> y[N,C,OH,OW], argmax[N,C,OH,OW] = h*W+w in the input plane ---- */
+typedef struct {
+    int N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW;
+} pool2d_shape;
+int pool2d_shape_init(pool2d_shape *s);
+int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax);
+int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax, float *dx);
+
+/* ---- rnn.c: x[N,T,D], h0[N,H] or NULL (zeros), w_ih[H,D], w_hh[H,H], b_ih[H], b_hh[H],
+ *      hs[N,T,H] = all hidden states; dhs[N,T,H] = dLoss/dhs ---- */
+size_t rnn_backward_workspace_size(int N, int T, int H);
+int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+                const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
+                float *hs);
+int rnn_backward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+                 const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
+                 float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh,
+                 float *ws, size_t ws_len);
+
+/* ---- lstm.c: gates i,f,g,o (PyTorch order); w_ih[4H,D], w_hh[4H,H], b_ih[4H], b_hh[4H];
+ *      saves hs[N,T,H], cs[N,T,H], gates[N,T,4H] (after their nonlinearities) ---- */
+size_t lstm_backward_workspace_size(int N, int T, int H);
+int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+                 const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
+                 float *hs, float *cs, float *gates);
+int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+                  const float *w_ih, const float *w_hh, const float *hs, const float *cs,
+                  const float *gates, const float *dhs, const float *dcT, float *dx, float *dh0,
+                  float *dc0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *ws,
+                  size_t ws_len);
+
+/* ---- gru.c: gates r,z,n (PyTorch order, n = tanh(Wx + b_in + r*(W_hn h + b_hn)));
+ *      w_ih[3H,D], w_hh[3H,H], b_ih[3H], b_hh[3H];
+ *      saves hs[N,T,H], gates[N,T,3H] (r,z,n activated), hn[N,T,H] = W_hn h + b_hn ---- */
+size_t gru_forward_workspace_size(int N, int H);
+size_t gru_backward_workspace_size(int N, int T, int H);
+int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+                const float *w_hh, const float *b_ih, const float *b_hh, float *hs, float *gates,
+                float *hn, float *ws, size_t ws_len);
+int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+                 const float *w_hh, const float *hs, const float *gates, const float *hn,
+                 const float *dhs, float *dx, float *dh0, float *dw_ih, float *dw_hh,
+                 float *db_ih, float *db_hh, float *ws, size_t ws_len);
+
+#endif

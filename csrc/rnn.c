@@ -1,0 +1,89 @@
+/*
+ * Elman RNN over a whole sequence, batch-major, PyTorch's nn.RNN(batch_first=True) layout.
+ *   x[N,T,D], h0[N,H] or NULL (zeros), w_ih[H,D], w_hh[H,H], b_ih[H], b_hh[H]
+ *   h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), hs[N,T,H] holds every h_t
+ *   backward: dhs[N,T,H] = dLoss/dh_t (put the gradient of the last state in dhs[:,T-1])
+ *             -> dx[N,T,D] (NULL to skip), dh0[N,H] (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
+ * Rows of the batch are independent in time, so each thread runs whole sequences for its own
+ * block of rows (no barrier per step); the input projection for all steps is one GEMM per
+ * block, and the weight gradients are one GEMM each over all N*T rows afterwards.
+ * Backward workspace: das[N,T,H] + hprev[N,T,H] + dhn[N,H].
+ */
+#include "nn_internal.h"
+
+size_t rnn_backward_workspace_size(int N, int T, int H) {
+    return (size_t)N * H * (2 * (size_t)T + 1);
+}
+
+int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+                const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
+                float *hs) {
+    if (!nn_seq_dims_ok(N, T, D, H, 1)) return NN_EBADSHAPE;
+    if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
+    int nt = nn_threads();
+    if (nt > N) nt = N;
+    const int ld = T * H;
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        const int nr = r1 - r0;
+        if (nr > 0) {
+            float *hr = hs + (size_t)r0 * ld;
+            for (size_t i = 0; i < (size_t)nr * T; i++)
+                for (int j = 0; j < H; j++) hr[i * H + j] = b_ih[j] + b_hh[j];
+            nn_gemm(0, 1, nr * T, H, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, hr, H);
+            for (int t = 0; t < T; t++) {
+                float *ht = hr + (size_t)t * H;
+                if (t > 0)
+                    nn_gemm(0, 1, nr, H, H, 1.0f, ht - H, ld, w_hh, H, 1.0f, ht, ld);
+                else if (h0)
+                    nn_gemm(0, 1, nr, H, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ht, ld);
+                for (int n = 0; n < nr; n++) {
+                    float *h = ht + (size_t)n * ld;
+                    for (int j = 0; j < H; j++) h[j] = nn_act1(act, h[j]);
+                }
+            }
+        }
+    }
+    return NN_OK;
+}
+
+int rnn_backward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+                 const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
+                 float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh,
+                 float *ws, size_t ws_len) {
+    if (!nn_seq_dims_ok(N, T, D, H, 1)) return NN_EBADSHAPE;
+    if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
+    if (ws_len < rnn_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
+    float *das = ws, *hprev = das + (size_t)N * T * H, *dhn = hprev + (size_t)N * T * H;
+    int nt = nn_threads();
+    if (nt > N) nt = N;
+    const int ld = T * H;
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        const int nr = r1 - r0;
+        for (int t = T - 1; t >= 0 && nr > 0; t--) {
+            for (int n = r0; n < r1; n++) {
+                size_t o = (size_t)n * ld + (size_t)t * H;
+                const float *carry = dhn + (size_t)n * H;
+                for (int j = 0; j < H; j++)
+                    das[o + j] = nn_dact1(act, hs[o + j], dhs[o + j] + (t < T - 1 ? carry[j] : 0.0f));
+            }
+            nn_gemm(0, 0, nr, H, H, 1.0f, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, 0.0f,
+                    dhn + (size_t)r0 * H, H);
+        }
+        if (dh0)
+            for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dh0[k] = dhn[k];
+        nn_shift_states(r0, r1, T, H, h0, hs, hprev);
+    }
+    const int rows = N * T;
+    nn_gemm_par(1, 0, H, D, rows, 1.0f, das, H, x, D, 0.0f, dw_ih, D);
+    nn_gemm_par(1, 0, H, H, rows, 1.0f, das, H, hprev, H, 0.0f, dw_hh, H);
+    nn_colsum(rows, H, das, H, db_ih);
+    for (int j = 0; j < H; j++) db_hh[j] = db_ih[j];
+    if (dx) nn_gemm_par(0, 0, rows, D, H, 1.0f, das, H, w_ih, D, 0.0f, dx, D);
+    return NN_OK;
+}

@@ -1,0 +1,425 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Thin typed wrappers around csrc/. Arguments are checked in spark_nn/kernels.py before they
+get here: every array is a C-contiguous float32 (labels and argmax int32) ndarray of the right
+size, optional ones may be None. Each call releases the GIL around the C kernel."""
+
+cimport numpy as cnp
+from libc.stdint cimport int32_t
+from scipy.linalg.cython_blas cimport sgemm
+
+cnp.import_array()
+
+cdef extern from "nn_kernels.h" nogil:
+    ctypedef void (*nn_sgemm_fn)(char *, char *, int *, int *, int *, float *, float *, int *,
+                                 float *, int *, float *, float *, int *)
+    ctypedef struct conv2d_shape:
+        int N, C, H, W, OC, KH, KW, SH, SW, PH, PW, OH, OW
+    ctypedef struct pool2d_shape:
+        int N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW
+    void nn_set_sgemm(nn_sgemm_fn fn)
+    void nn_set_num_threads(int n)
+    int nn_get_num_threads()
+    void nn_set_reference(int on)
+    int nn_get_reference()
+    int nn_threads()
+    void nn_gemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc)
+    int activation_forward(int kind, size_t n, const float *x, float *y)
+    int activation_backward(int kind, size_t n, const float *y, const float *dy, float *dx)
+    int dense_forward(int N, int IN, int OUT, const float *x, const float *w, const float *b,
+                      float *y)
+    int dense_backward(int N, int IN, int OUT, const float *x, const float *w, const float *dy,
+                       float *dx, float *dw, float *db)
+    int softmax_forward(int N, int C, const float *logits, float *probs)
+    int softmax_xent_forward_backward(int N, int C, const float *logits, const int32_t *labels,
+                                      const float *class_weight, float *probs, float *row_loss,
+                                      float *dlogits)
+    int conv2d_shape_init(conv2d_shape *s)
+    size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads)
+    int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                       float *y, float *ws, size_t ws_len)
+    int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
+                        float *dx, float *dw, float *db, float *ws, size_t ws_len)
+    int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w,
+                              const float *b, float *y)
+    int pool2d_shape_init(pool2d_shape *s)
+    int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax)
+    int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax,
+                           float *dx)
+    size_t rnn_backward_workspace_size(int N, int T, int H)
+    int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+                    const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
+                    float *hs)
+    int rnn_backward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+                     const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
+                     float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih,
+                     float *db_hh, float *ws, size_t ws_len)
+    size_t lstm_backward_workspace_size(int N, int T, int H)
+    int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0,
+                     const float *c0, const float *w_ih, const float *w_hh, const float *b_ih,
+                     const float *b_hh, float *hs, float *cs, float *gates)
+    int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0,
+                      const float *c0, const float *w_ih, const float *w_hh, const float *hs,
+                      const float *cs, const float *gates, const float *dhs, const float *dcT,
+                      float *dx, float *dh0, float *dc0, float *dw_ih, float *dw_hh,
+                      float *db_ih, float *db_hh, float *ws, size_t ws_len)
+    size_t gru_forward_workspace_size(int N, int H)
+    size_t gru_backward_workspace_size(int N, int T, int H)
+    int gru_forward(int N, int T, int D, int H, const float *x, const float *h0,
+                    const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
+                    float *hs, float *gates, float *hn, float *ws, size_t ws_len)
+    int gru_backward(int N, int T, int D, int H, const float *x, const float *h0,
+                     const float *w_ih, const float *w_hh, const float *hs, const float *gates,
+                     const float *hn, const float *dhs, float *dx, float *dh0, float *dw_ih,
+                     float *dw_hh, float *db_ih, float *db_hh, float *ws, size_t ws_len)
+
+# Registering a function pointer starts no threads, so importing this module before a fork
+# is safe.
+nn_set_sgemm(<nn_sgemm_fn>sgemm)
+
+cdef dict _ERRORS = {-1: "bad shape", -2: "workspace too small", -3: "no BLAS",
+                     -4: "label outside [0, numClasses)", -5: "bad argument"}
+
+
+cdef inline float *F(object a) except? NULL:
+    return NULL if a is None else <float *>cnp.PyArray_DATA(a)
+
+
+cdef inline int32_t *I(object a) except? NULL:
+    return NULL if a is None else <int32_t *>cnp.PyArray_DATA(a)
+
+
+cdef inline void check(int rc, str op) except *:
+    if rc != 0:
+        raise ValueError(f"{op}: {_ERRORS.get(rc, rc)}")
+
+
+def sgemm_address():
+    """Address of the registered sgemm, to find the BLAS library that provides it."""
+    return <size_t>sgemm
+
+
+def set_num_threads(int n):
+    nn_set_num_threads(n)
+
+
+def get_num_threads():
+    return nn_get_num_threads()
+
+
+def set_reference(bint on):
+    nn_set_reference(on)
+
+
+def get_reference():
+    return bool(nn_get_reference())
+
+
+def threads_now():
+    return nn_threads()
+
+
+def gemm(bint ta, bint tb, int M, int N, int K, float alpha, A, int lda, B, int ldb, float beta,
+         C, int ldc):
+    cdef float *a = F(A)
+    cdef float *b = F(B)
+    cdef float *c = F(C)
+    with nogil:
+        nn_gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+def act_forward(int kind, x, y):
+    cdef size_t n = x.size
+    cdef float *px = F(x)
+    cdef float *py = F(y)
+    cdef int rc
+    with nogil:
+        rc = activation_forward(kind, n, px, py)
+    check(rc, "activation_forward")
+
+
+def act_backward(int kind, y, dy, dx):
+    cdef size_t n = y.size
+    cdef float *py = F(y)
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef int rc
+    with nogil:
+        rc = activation_backward(kind, n, py, pdy, pdx)
+    check(rc, "activation_backward")
+
+
+def dense_fwd(int N, int IN, int OUT, x, w, b, y):
+    cdef float *px = F(x)
+    cdef float *pw = F(w)
+    cdef float *pb = F(b)
+    cdef float *py = F(y)
+    cdef int rc
+    with nogil:
+        rc = dense_forward(N, IN, OUT, px, pw, pb, py)
+    check(rc, "dense_forward")
+
+
+def dense_bwd(int N, int IN, int OUT, x, w, dy, dx, dw, db):
+    cdef float *px = F(x)
+    cdef float *pw = F(w)
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef float *pdw = F(dw)
+    cdef float *pdb = F(db)
+    cdef int rc
+    with nogil:
+        rc = dense_backward(N, IN, OUT, px, pw, pdy, pdx, pdw, pdb)
+    check(rc, "dense_backward")
+
+
+def softmax_fwd(int N, int C, logits, probs):
+    cdef float *pz = F(logits)
+    cdef float *pp = F(probs)
+    cdef int rc
+    with nogil:
+        rc = softmax_forward(N, C, pz, pp)
+    check(rc, "softmax_forward")
+
+
+def softmax_xent(int N, int C, logits, labels, class_weight, probs, row_loss, dlogits):
+    cdef float *pz = F(logits)
+    cdef int32_t *py = I(labels)
+    cdef float *pw = F(class_weight)
+    cdef float *pp = F(probs)
+    cdef float *pl = F(row_loss)
+    cdef float *pd = F(dlogits)
+    cdef int rc
+    with nogil:
+        rc = softmax_xent_forward_backward(N, C, pz, py, pw, pp, pl, pd)
+    check(rc, "softmax_xent")
+
+
+cdef conv2d_shape conv_shape(tuple dims) except *:
+    cdef conv2d_shape s
+    s.N, s.C, s.H, s.W, s.OC, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW = dims
+    check(conv2d_shape_init(&s), "conv2d")
+    return s
+
+
+def conv2d_out_shape(tuple dims):
+    cdef conv2d_shape s = conv_shape(dims)
+    return s.OH, s.OW
+
+
+def conv2d_ws_size(tuple dims, int nthreads):
+    cdef conv2d_shape s = conv_shape(dims)
+    return conv2d_workspace_size(&s, nthreads)
+
+
+def conv2d_fwd(tuple dims, x, w, b, y, ws):
+    cdef conv2d_shape s = conv_shape(dims)
+    cdef float *px = F(x)
+    cdef float *pw = F(w)
+    cdef float *pb = F(b)
+    cdef float *py = F(y)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
+    cdef int rc
+    with nogil:
+        rc = conv2d_forward(&s, px, pw, pb, py, pws, n)
+    check(rc, "conv2d_forward")
+
+
+def conv2d_bwd(tuple dims, x, w, dy, dx, dw, db, ws):
+    cdef conv2d_shape s = conv_shape(dims)
+    cdef float *px = F(x)
+    cdef float *pw = F(w)
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef float *pdw = F(dw)
+    cdef float *pdb = F(db)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
+    cdef int rc
+    with nogil:
+        rc = conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, pws, n)
+    check(rc, "conv2d_backward")
+
+
+def conv2d_direct(tuple dims, x, w, b, y):
+    cdef conv2d_shape s = conv_shape(dims)
+    cdef float *px = F(x)
+    cdef float *pw = F(w)
+    cdef float *pb = F(b)
+    cdef float *py = F(y)
+    cdef int rc
+    with nogil:
+        rc = conv2d_forward_direct(&s, px, pw, pb, py)
+    check(rc, "conv2d_forward_direct")
+
+
+cdef pool2d_shape pool_shape(tuple dims) except *:
+    cdef pool2d_shape s
+    s.N, s.C, s.H, s.W, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW = dims
+    check(pool2d_shape_init(&s), "maxpool2d")
+    return s
+
+
+def pool2d_out_shape(tuple dims):
+    cdef pool2d_shape s = pool_shape(dims)
+    return s.OH, s.OW
+
+
+def maxpool2d_fwd(tuple dims, x, y, argmax):
+    cdef pool2d_shape s = pool_shape(dims)
+    cdef float *px = F(x)
+    cdef float *py = F(y)
+    cdef int32_t *pa = I(argmax)
+    cdef int rc
+    with nogil:
+        rc = maxpool2d_forward(&s, px, py, pa)
+    check(rc, "maxpool2d_forward")
+
+
+def maxpool2d_bwd(tuple dims, dy, argmax, dx):
+    cdef pool2d_shape s = pool_shape(dims)
+    cdef float *pdy = F(dy)
+    cdef int32_t *pa = I(argmax)
+    cdef float *pdx = F(dx)
+    cdef int rc
+    with nogil:
+        rc = maxpool2d_backward(&s, pdy, pa, pdx)
+    check(rc, "maxpool2d_backward")
+
+
+def rnn_ws_size(int N, int T, int H):
+    return rnn_backward_workspace_size(N, T, H)
+
+
+def rnn_fwd(int act, int N, int T, int D, int H, x, h0, w_ih, w_hh, b_ih, b_hh, hs):
+    cdef float *px = F(x)
+    cdef float *ph0 = F(h0)
+    cdef float *pwi = F(w_ih)
+    cdef float *pwh = F(w_hh)
+    cdef float *pbi = F(b_ih)
+    cdef float *pbh = F(b_hh)
+    cdef float *phs = F(hs)
+    cdef int rc
+    with nogil:
+        rc = rnn_forward(act, N, T, D, H, px, ph0, pwi, pwh, pbi, pbh, phs)
+    check(rc, "rnn_forward")
+
+
+def rnn_bwd(int act, int N, int T, int D, int H, x, h0, w_ih, w_hh, hs, dhs, dx, dh0, dw_ih,
+            dw_hh, db_ih, db_hh, ws):
+    cdef float *px = F(x)
+    cdef float *ph0 = F(h0)
+    cdef float *pwi = F(w_ih)
+    cdef float *pwh = F(w_hh)
+    cdef float *phs = F(hs)
+    cdef float *pdhs = F(dhs)
+    cdef float *pdx = F(dx)
+    cdef float *pdh0 = F(dh0)
+    cdef float *pdwi = F(dw_ih)
+    cdef float *pdwh = F(dw_hh)
+    cdef float *pdbi = F(db_ih)
+    cdef float *pdbh = F(db_hh)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
+    cdef int rc
+    with nogil:
+        rc = rnn_backward(act, N, T, D, H, px, ph0, pwi, pwh, phs, pdhs, pdx, pdh0, pdwi, pdwh,
+                          pdbi, pdbh, pws, n)
+    check(rc, "rnn_backward")
+
+
+def lstm_ws_size(int N, int T, int H):
+    return lstm_backward_workspace_size(N, T, H)
+
+
+def lstm_fwd(int N, int T, int D, int H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates):
+    cdef float *px = F(x)
+    cdef float *ph0 = F(h0)
+    cdef float *pc0 = F(c0)
+    cdef float *pwi = F(w_ih)
+    cdef float *pwh = F(w_hh)
+    cdef float *pbi = F(b_ih)
+    cdef float *pbh = F(b_hh)
+    cdef float *phs = F(hs)
+    cdef float *pcs = F(cs)
+    cdef float *pg = F(gates)
+    cdef int rc
+    with nogil:
+        rc = lstm_forward(N, T, D, H, px, ph0, pc0, pwi, pwh, pbi, pbh, phs, pcs, pg)
+    check(rc, "lstm_forward")
+
+
+def lstm_bwd(int N, int T, int D, int H, x, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, dx,
+             dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, ws):
+    cdef float *px = F(x)
+    cdef float *ph0 = F(h0)
+    cdef float *pc0 = F(c0)
+    cdef float *pwi = F(w_ih)
+    cdef float *pwh = F(w_hh)
+    cdef float *phs = F(hs)
+    cdef float *pcs = F(cs)
+    cdef float *pg = F(gates)
+    cdef float *pdhs = F(dhs)
+    cdef float *pdcT = F(dcT)
+    cdef float *pdx = F(dx)
+    cdef float *pdh0 = F(dh0)
+    cdef float *pdc0 = F(dc0)
+    cdef float *pdwi = F(dw_ih)
+    cdef float *pdwh = F(dw_hh)
+    cdef float *pdbi = F(db_ih)
+    cdef float *pdbh = F(db_hh)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
+    cdef int rc
+    with nogil:
+        rc = lstm_backward(N, T, D, H, px, ph0, pc0, pwi, pwh, phs, pcs, pg, pdhs, pdcT, pdx,
+                           pdh0, pdc0, pdwi, pdwh, pdbi, pdbh, pws, n)
+    check(rc, "lstm_backward")
+
+
+def gru_ws_size(int N, int T, int H):
+    return gru_forward_workspace_size(N, H), gru_backward_workspace_size(N, T, H)
+
+
+def gru_fwd(int N, int T, int D, int H, x, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws):
+    cdef float *px = F(x)
+    cdef float *ph0 = F(h0)
+    cdef float *pwi = F(w_ih)
+    cdef float *pwh = F(w_hh)
+    cdef float *pbi = F(b_ih)
+    cdef float *pbh = F(b_hh)
+    cdef float *phs = F(hs)
+    cdef float *pg = F(gates)
+    cdef float *phn = F(hn)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
+    cdef int rc
+    with nogil:
+        rc = gru_forward(N, T, D, H, px, ph0, pwi, pwh, pbi, pbh, phs, pg, phn, pws, n)
+    check(rc, "gru_forward")
+
+
+def gru_bwd(int N, int T, int D, int H, x, h0, w_ih, w_hh, hs, gates, hn, dhs, dx, dh0, dw_ih,
+            dw_hh, db_ih, db_hh, ws):
+    cdef float *px = F(x)
+    cdef float *ph0 = F(h0)
+    cdef float *pwi = F(w_ih)
+    cdef float *pwh = F(w_hh)
+    cdef float *phs = F(hs)
+    cdef float *pg = F(gates)
+    cdef float *phn = F(hn)
+    cdef float *pdhs = F(dhs)
+    cdef float *pdx = F(dx)
+    cdef float *pdh0 = F(dh0)
+    cdef float *pdwi = F(dw_ih)
+    cdef float *pdwh = F(dw_hh)
+    cdef float *pdbi = F(db_ih)
+    cdef float *pdbh = F(db_hh)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
+    cdef int rc
+    with nogil:
+        rc = gru_backward(N, T, D, H, px, ph0, pwi, pwh, phs, pg, phn, pdhs, pdx, pdh0, pdwi,
+                          pdwh, pdbi, pdbh, pws, n)
+    check(rc, "gru_backward")

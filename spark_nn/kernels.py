@@ -1,0 +1,385 @@
+"""Checked Python entry points to the C kernels (spark_nn._kernels).
+
+Every function validates its arguments here, before the native boundary: inputs must be float32
+ndarrays (labels int32/int64) of the stated shape; a wrong dtype, rank or shape raises
+ValueError naming the argument and the expected shape. Non-contiguous and Fortran-ordered
+inputs are copied to C order. Optional ``out``-style gradient buffers must already be
+C-contiguous float32 of the exact shape, since results are written into them.
+
+Layouts (see csrc/nn_kernels.h): images NCHW; sequences batch-major [N, T, D]; weights in
+PyTorch's layouts and gate orders (LSTM i,f,g,o; GRU r,z,n).
+"""
+import threading
+
+import numpy as np
+
+from spark_nn import _kernels
+from spark_nn.threads import ensure_blas_pinned
+
+ACTIVATIONS = {"identity": 0, "linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
+F32 = np.float32
+_tls = threading.local()
+
+
+def _activation_code(name):
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[key]
+
+
+def _fmt(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_array(name, a, shape, dtype=F32):
+    """Return ``a`` as a C-contiguous array of ``dtype`` after checking rank and shape.
+
+    ``shape`` holds ints (must match) or strings (any size, named in the message)."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name} with shape "
+                         f"{_fmt(shape)}, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype} "
+                         f"(expected shape {_fmt(shape)})")
+    if a.ndim != len(shape) or any(isinstance(e, int) and e != d for e, d in zip(shape, a.shape)):
+        raise ValueError(f"{name} must have shape {_fmt(shape)}, got {_fmt(a.shape)}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {_fmt(a.shape)}")
+    return np.ascontiguousarray(a)
+
+
+def _shape_of(a):
+    """Any shape: for elementwise ops only dtype and emptiness are checked."""
+    return tuple(a.shape) if isinstance(a, np.ndarray) else ("N",)
+
+
+def _optional(name, a, shape):
+    return None if a is None else check_array(name, a, shape)
+
+
+def _out(name, a, shape):
+    """An output buffer: given ones must be writable, C-contiguous, float32 and exact."""
+    if a is None:
+        return np.empty(shape, dtype=F32)
+    if (not isinstance(a, np.ndarray) or a.dtype != F32 or tuple(a.shape) != tuple(shape)
+            or not a.flags.c_contiguous or not a.flags.writeable):
+        got = f"{a.dtype} {_fmt(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name} must be a writable C-contiguous float32 array of shape "
+                         f"{_fmt(shape)}, got {got}")
+    return a
+
+
+def _workspace(n):
+    """A per-thread, grow-only float32 scratch buffer of at least n floats."""
+    buf = getattr(_tls, "ws", None)
+    if buf is None or buf.size < n:
+        buf = np.empty(max(int(n), 1), dtype=F32)
+        _tls.ws = buf
+    return buf[:max(int(n), 1)]
+
+
+def _pair(name, v):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    v = tuple(int(e) for e in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return v
+
+
+def _prepare():
+    ensure_blas_pinned()
+
+
+# ----------------------------------------------------------------------------- activations
+
+def activation_forward(x, activation):
+    kind = _activation_code(activation)
+    x = check_array("x", x, _shape_of(x))
+    y = np.empty_like(x)
+    _kernels.act_forward(kind, x, y)
+    return y
+
+
+def activation_backward(y, dy, activation):
+    """dx = dy * f'(x), from the forward output y."""
+    kind = _activation_code(activation)
+    y = check_array("y", y, _shape_of(y))
+    dy = check_array("dy", dy, y.shape)
+    dx = np.empty_like(y)
+    _kernels.act_backward(kind, y, dy, dx)
+    return dx
+
+
+# ----------------------------------------------------------------------------- dense
+
+def dense_forward(x, w, b=None):
+    """y[N,OUT] = x[N,IN] w[OUT,IN]^T + b[OUT]."""
+    _prepare()
+    w = check_array("w", w, ("OUT", "IN"))
+    out_f, in_f = w.shape
+    x = check_array("x", x, ("N", in_f))
+    b = _optional("b", b, (out_f,))
+    y = np.empty((x.shape[0], out_f), dtype=F32)
+    _kernels.dense_fwd(x.shape[0], in_f, out_f, x, w, b, y)
+    return y
+
+
+def dense_backward(x, w, dy, need_dx=True, has_bias=True, dw=None, db=None):
+    """Returns (dx or None, dw[OUT,IN], db[OUT] or None)."""
+    _prepare()
+    w = check_array("w", w, ("OUT", "IN"))
+    out_f, in_f = w.shape
+    x = check_array("x", x, ("N", in_f))
+    n = x.shape[0]
+    dy = check_array("dy", dy, (n, out_f))
+    dx = np.empty((n, in_f), dtype=F32) if need_dx else None
+    dw = _out("dw", dw, (out_f, in_f))
+    db = _out("db", db, (out_f,)) if has_bias else None
+    _kernels.dense_bwd(n, in_f, out_f, x, w, dy, dx, dw, db)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- softmax / loss
+
+def softmax(logits):
+    logits = check_array("logits", logits, ("N", "C"))
+    probs = np.empty_like(logits)
+    _kernels.softmax_fwd(logits.shape[0], logits.shape[1], logits, probs)
+    return probs
+
+
+def softmax_cross_entropy(logits, labels, class_weight=None, need_grad=True):
+    """Per-row losses -w[y] log softmax(logits)[y], the probabilities, and the gradient of the
+    summed loss with respect to the logits. Returns (row_loss[N], probs[N,C], dlogits or None)."""
+    logits = check_array("logits", logits, ("N", "C"))
+    n, c = logits.shape
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},), got {_fmt(labels.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels >= c))
+    if bad.size:
+        raise ValueError(f"labels must lie in [0, {c}); row {bad[0]} has label {labels[bad[0]]}")
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    class_weight = _optional("class_weight", class_weight, (c,))
+    probs = np.empty_like(logits)
+    row_loss = np.empty(n, dtype=F32)
+    dlogits = np.empty_like(logits) if need_grad else None
+    _kernels.softmax_xent(n, c, logits, labels, class_weight, probs, row_loss, dlogits)
+    return row_loss, probs, dlogits
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+def _conv_dims(x, w, stride, padding):
+    w = check_array("w", w, ("OC", "C", "KH", "KW"))
+    oc, c, kh, kw = w.shape
+    x = check_array("x", x, ("N", c, "H", "W"))
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    if sh < 1 or sw < 1:
+        raise ValueError(f"stride must be >= 1, got {(sh, sw)}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
+    n, _, h, wd = x.shape
+    if h + 2 * ph < kh or wd + 2 * pw < kw:
+        raise ValueError(f"x of spatial size {(h, wd)} with padding {(ph, pw)} is smaller than "
+                         f"the kernel {(kh, kw)}")
+    dims = (n, c, h, wd, oc, kh, kw, sh, sw, ph, pw)
+    oh, ow = _kernels.conv2d_out_shape(dims)
+    return x, w, dims, (n, oc, oh, ow)
+
+
+def conv2d_output_shape(input_shape, out_channels, kernel, stride=1, padding=0):
+    """(N, OC, OH, OW) of a convolution over input_shape (N, C, H, W)."""
+    n, c, h, w = input_shape
+    (kh, kw), (sh, sw), (ph, pw) = _pair("kernel", kernel), _pair("stride", stride), _pair("padding", padding)
+    return (n, out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0):
+    """y[N,OC,OH,OW] = conv(x[N,C,H,W], w[OC,C,KH,KW]) + b[OC]."""
+    _prepare()
+    x, w, dims, yshape = _conv_dims(x, w, stride, padding)
+    b = _optional("b", b, (w.shape[0],))
+    y = np.empty(yshape, dtype=F32)
+    ws = _workspace(_kernels.conv2d_ws_size(dims, _kernels.threads_now()))
+    _kernels.conv2d_fwd(dims, x, w, b, y, ws)
+    return y
+
+
+def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, has_bias=True, dw=None, db=None):
+    """Returns (dx[N,C,H,W] or None, dw[OC,C,KH,KW], db[OC] or None)."""
+    _prepare()
+    x, w, dims, yshape = _conv_dims(x, w, stride, padding)
+    dy = check_array("dy", dy, yshape)
+    dx = np.empty(x.shape, dtype=F32) if need_dx else None
+    dw = _out("dw", dw, w.shape)
+    db = _out("db", db, (w.shape[0],)) if has_bias else None
+    ws = _workspace(_kernels.conv2d_ws_size(dims, _kernels.threads_now()))
+    _kernels.conv2d_bwd(dims, x, w, dy, dx, dw, db, ws)
+    return dx, dw, db
+
+
+def conv2d_forward_reference(x, w, b=None, stride=1, padding=0):
+    """Direct (no im2col, no BLAS) convolution with float64 accumulation, for tests."""
+    x, w, dims, yshape = _conv_dims(x, w, stride, padding)
+    b = _optional("b", b, (w.shape[0],))
+    y = np.empty(yshape, dtype=F32)
+    _kernels.conv2d_direct(dims, x, w, b, y)
+    return y
+
+
+# ----------------------------------------------------------------------------- max-pool
+
+def _pool_dims(shape, kernel, stride, padding):
+    kh, kw = _pair("kernel", kernel)
+    sh, sw = _pair("stride", kernel if stride is None else stride)
+    ph, pw = _pair("padding", padding)
+    n, c, h, w = shape
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1:
+        raise ValueError(f"kernel and stride must be >= 1, got kernel {(kh, kw)} stride {(sh, sw)}")
+    if ph < 0 or pw < 0 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding must be in [0, kernel/2], got {(ph, pw)} for kernel {(kh, kw)}")
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"input of spatial size {(h, w)} is smaller than the pooling window {(kh, kw)}")
+    dims = (n, c, h, w, kh, kw, sh, sw, ph, pw)
+    oh, ow = _kernels.pool2d_out_shape(dims)
+    return dims, (n, c, oh, ow)
+
+
+def maxpool2d_forward(x, kernel=2, stride=None, padding=0):
+    """Returns (y[N,C,OH,OW], argmax[N,C,OH,OW] int32: flat index in the input plane)."""
+    x = check_array("x", x, ("N", "C", "H", "W"))
+    dims, yshape = _pool_dims(x.shape, kernel, stride, padding)
+    y = np.empty(yshape, dtype=F32)
+    argmax = np.empty(yshape, dtype=np.int32)
+    _kernels.maxpool2d_fwd(dims, x, y, argmax)
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, input_shape, kernel=2, stride=None, padding=0):
+    """dx[input_shape] with dy scattered to the positions in argmax."""
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape}")
+    dims, yshape = _pool_dims(input_shape, kernel, stride, padding)
+    dy = check_array("dy", dy, yshape)
+    argmax = check_array("argmax", argmax, yshape, dtype=np.int32)
+    dx = np.empty(input_shape, dtype=F32)
+    _kernels.maxpool2d_bwd(dims, dy, argmax, dx)
+    return dx
+
+
+# ----------------------------------------------------------------------------- recurrent
+
+def _seq_dims(x, w_ih, w_hh, gates):
+    w_ih = check_array("w_ih", w_ih, (f"{gates}*H" if gates > 1 else "H", "D"))
+    if w_ih.shape[0] % gates:
+        raise ValueError(f"w_ih must have shape ({gates}*H, D), got {_fmt(w_ih.shape)}")
+    g, d = w_ih.shape
+    h = g // gates
+    w_hh = check_array("w_hh", w_hh, (g, h))
+    x = check_array("x", x, ("N", "T", d))
+    return x, w_ih, w_hh, x.shape[0], x.shape[1], d, h, g
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, activation="tanh"):
+    """hs[N,T,H]: every hidden state of an Elman RNN over x[N,T,D]."""
+    _prepare()
+    act = _activation_code(activation)
+    x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 1)
+    b_ih, b_hh = check_array("b_ih", b_ih, (g,)), check_array("b_hh", b_hh, (g,))
+    h0 = _optional("h0", h0, (n, h))
+    hs = np.empty((n, t, h), dtype=F32)
+    _kernels.rnn_fwd(act, n, t, d, h, x, h0, w_ih, w_hh, b_ih, b_hh, hs)
+    return hs
+
+
+def rnn_backward(x, w_ih, w_hh, hs, dhs, h0=None, activation="tanh", need_dx=True, grads=None):
+    """Returns dict dx, dh0, dw_ih, dw_hh, db_ih, db_hh; ``grads`` may hold output buffers for
+    the four weight gradients."""
+    _prepare()
+    act = _activation_code(activation)
+    x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 1)
+    h0 = _optional("h0", h0, (n, h))
+    hs = check_array("hs", hs, (n, t, h))
+    dhs = check_array("dhs", dhs, (n, t, h))
+    out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
+    ws = _workspace(_kernels.rnn_ws_size(n, t, h))
+    _kernels.rnn_bwd(act, n, t, d, h, x, h0, w_ih, w_hh, hs, dhs, out["dx"], out["dh0"],
+                     out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
+    return out
+
+
+def _grad_buffers(grads, g, d, h, n, t, need_dx, need_dh0):
+    grads = grads or {}
+    out = {k: _out(k, grads.get(k), s) for k, s in
+           (("dw_ih", (g, d)), ("dw_hh", (g, h)), ("db_ih", (g,)), ("db_hh", (g,)))}
+    out["dx"] = np.empty((n, t, d), dtype=F32) if need_dx else None
+    out["dh0"] = np.empty((n, h), dtype=F32) if need_dh0 else None
+    return out
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None):
+    """Returns (hs[N,T,H], cs[N,T,H], gates[N,T,4H]) of an LSTM over x[N,T,D]."""
+    _prepare()
+    x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 4)
+    b_ih, b_hh = check_array("b_ih", b_ih, (g,)), check_array("b_hh", b_hh, (g,))
+    h0, c0 = _optional("h0", h0, (n, h)), _optional("c0", c0, (n, h))
+    hs = np.empty((n, t, h), dtype=F32)
+    cs = np.empty((n, t, h), dtype=F32)
+    gates = np.empty((n, t, g), dtype=F32)
+    _kernels.lstm_fwd(n, t, d, h, x, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates)
+    return hs, cs, gates
+
+
+def lstm_backward(x, w_ih, w_hh, hs, cs, gates, dhs, h0=None, c0=None, dcT=None, need_dx=True,
+                  grads=None):
+    """Returns dict dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh."""
+    _prepare()
+    x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 4)
+    h0, c0 = _optional("h0", h0, (n, h)), _optional("c0", c0, (n, h))
+    hs, cs = check_array("hs", hs, (n, t, h)), check_array("cs", cs, (n, t, h))
+    gates = check_array("gates", gates, (n, t, g))
+    dhs = check_array("dhs", dhs, (n, t, h))
+    dcT = _optional("dcT", dcT, (n, h))
+    out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
+    out["dc0"] = np.empty((n, h), dtype=F32)
+    ws = _workspace(_kernels.lstm_ws_size(n, t, h))
+    _kernels.lstm_bwd(n, t, d, h, x, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, out["dx"],
+                      out["dh0"], out["dc0"], out["dw_ih"], out["dw_hh"], out["db_ih"],
+                      out["db_hh"], ws)
+    return out
+
+
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None):
+    """Returns (hs[N,T,H], gates[N,T,3H], hn[N,T,H]) of a GRU over x[N,T,D]."""
+    _prepare()
+    x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 3)
+    b_ih, b_hh = check_array("b_ih", b_ih, (g,)), check_array("b_hh", b_hh, (g,))
+    h0 = _optional("h0", h0, (n, h))
+    hs = np.empty((n, t, h), dtype=F32)
+    gates = np.empty((n, t, g), dtype=F32)
+    hn = np.empty((n, t, h), dtype=F32)
+    ws = _workspace(_kernels.gru_ws_size(n, t, h)[0])
+    _kernels.gru_fwd(n, t, d, h, x, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws)
+    return hs, gates, hn
+
+
+def gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs, h0=None, need_dx=True, grads=None):
+    """Returns dict dx, dh0, dw_ih, dw_hh, db_ih, db_hh."""
+    _prepare()
+    x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 3)
+    h0 = _optional("h0", h0, (n, h))
+    hs, hn = check_array("hs", hs, (n, t, h)), check_array("hn", hn, (n, t, h))
+    gates = check_array("gates", gates, (n, t, g))
+    dhs = check_array("dhs", dhs, (n, t, h))
+    out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
+    ws = _workspace(_kernels.gru_ws_size(n, t, h)[1])
+    _kernels.gru_bwd(n, t, d, h, x, h0, w_ih, w_hh, hs, gates, hn, dhs, out["dx"], out["dh0"],
+                     out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
+    return out
