@@ -3,9 +3,8 @@
  *
  * Threading model: our OpenMP threads do all parallel work and call single-threaded sgemm
  * inside their regions (the Python layer pins the BLAS library behind the registered pointer
- * to one thread), so OpenMP x BLAS never multiplies. nn_gemm_par splits the rows of C, so each
- * output element is computed by exactly one thread in a fixed order: results do not depend
- * on the thread count.
+ * to one thread), so OpenMP x BLAS never multiplies. Work is always cut into blocks fixed by
+ * the shape, never by the thread count, so results are bitwise the same for any thread count.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -69,28 +68,26 @@ void nn_gemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, i
     g_sgemm(&ta, &tb, &N, &M, &K, &alpha, (float *)B, &ldb, (float *)A, &lda, &beta, C, &ldc);
 }
 
+/* nn_gemm_par cuts C into blocks of this many rows, whatever the thread count (see
+ * nn_seq_block_rows for why), and spreads the blocks over the threads. */
+#define NN_GEMM_ROW_BLOCK 64
 /* Below this many multiply-adds per thread a parallel region costs more than it saves. */
 #define NN_GEMM_PAR_MIN (1 << 17)
 
 void nn_gemm_par(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
+    const int nblocks = (M + NN_GEMM_ROW_BLOCK - 1) / NN_GEMM_ROW_BLOCK;
     int nt = nn_threads();
     double work = (double)M * N * (K > 0 ? K : 1);
     if (nt > (int)(work / NN_GEMM_PAR_MIN)) nt = (int)(work / NN_GEMM_PAR_MIN);
-    if (nt > M / 4) nt = M / 4;
-    if (nt <= 1) {
-        nn_gemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(M, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
-        if (r1 > r0) {
-            const float *Ar = tA ? A + r0 : A + (size_t)r0 * lda;
-            nn_gemm(tA, tB, r1 - r0, N, K, alpha, Ar, lda, B, ldb, beta, C + (size_t)r0 * ldc,
-                    ldc);
-        }
+    if (nt > nblocks) nt = nblocks;
+    if (nt < 1) nt = 1;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        int r0 = blk * NN_GEMM_ROW_BLOCK;
+        int rows = M - r0 < NN_GEMM_ROW_BLOCK ? M - r0 : NN_GEMM_ROW_BLOCK;
+        const float *Ar = tA ? A + r0 : A + (size_t)r0 * lda;
+        nn_gemm(tA, tB, rows, N, K, alpha, Ar, lda, B, ldb, beta, C + (size_t)r0 * ldc, ldc);
     }
 }
 

@@ -8,7 +8,7 @@
  *   saved for backward: hs[N,T,H], gates[N,T,3H] (r, z, n), hn[N,T,H] (= gh_n)
  *   backward: dhs[N,T,H] -> dx[N,T,D] (NULL to skip), dh0 (NULL to skip), dw_ih, dw_hh,
  *             db_ih, db_hh
- * Threads own blocks of batch rows for the whole sequence (see rnn.c).
+ * Blocks of batch rows run the whole sequence independently (see rnn.c).
  * Forward workspace: gh[N,3H]. Backward workspace: dgx[N,T,3H] + dgh[N,T,3H] + hprev[N,T,H]
  * + dhn[N,H].
  */
@@ -27,12 +27,12 @@ int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, con
     if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
     if (ws_len < gru_forward_workspace_size(N, H)) return NN_EWORKSPACE;
     const int G = 3 * H, ldg = T * G, ldh = T * H;
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
-    if (nt > N) nt = N;
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+    if (nt > nblocks) nt = nblocks;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
         if (nr > 0) {
             float *gr = gates + (size_t)r0 * ldg, *ghr = ws + (size_t)r0 * G;
@@ -79,12 +79,12 @@ int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, co
     const int G = 3 * H, ldg = T * G, ldh = T * H;
     float *dgx = ws, *dgh = dgx + (size_t)N * T * G, *hprev = dgh + (size_t)N * T * G;
     float *dhn = hprev + (size_t)N * T * H;
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
-    if (nt > N) nt = N;
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+    if (nt > nblocks) nt = nblocks;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
         if (nr > 0) memset(dhn + (size_t)r0 * H, 0, sizeof(float) * nr * H);
         for (int t = T - 1; t >= 0 && nr > 0; t--) {

@@ -8,7 +8,8 @@
  */
 #include "nn_internal.h"
 
-static void softmax_row(int C, const float *z, float *p, float *logsumexp) {
+/* p = softmax(z); returns the max m and writes log(sum exp(z - m)) */
+static float softmax_row(int C, const float *z, float *p, float *log_sum) {
     float m = z[0];
     for (int c = 1; c < C; c++) m = z[c] > m ? z[c] : m;
     double s = 0.0;
@@ -19,7 +20,8 @@ static void softmax_row(int C, const float *z, float *p, float *logsumexp) {
     }
     float inv = (float)(1.0 / s);
     for (int c = 0; c < C; c++) p[c] *= inv;
-    *logsumexp = m + (float)log(s);
+    *log_sum = (float)log(s);
+    return m;
 }
 
 int softmax_forward(int N, int C, const float *logits, float *probs) {
@@ -27,8 +29,8 @@ int softmax_forward(int N, int C, const float *logits, float *probs) {
     int nt = (size_t)N * C < 65536 ? 1 : nn_threads();
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int n = 0; n < N; n++) {
-        float lse;
-        softmax_row(C, logits + (size_t)n * C, probs + (size_t)n * C, &lse);
+        float ls;
+        softmax_row(C, logits + (size_t)n * C, probs + (size_t)n * C, &ls);
     }
     return NN_OK;
 }
@@ -46,9 +48,9 @@ int softmax_xent_forward_backward(int N, int C, const float *logits, const int32
         float *p = probs + (size_t)n * C;
         int y = labels[n];
         float wy = class_weight ? class_weight[y] : 1.0f;
-        float lse;
-        softmax_row(C, z, p, &lse);
-        row_loss[n] = wy * (lse - z[y]);
+        float ls, m = softmax_row(C, z, p, &ls);
+        /* log-sum-exp minus z[y] without adding m back: exact for huge logits */
+        row_loss[n] = wy * (ls - (z[y] - m));
         if (dlogits) {
             float *d = dlogits + (size_t)n * C;
             for (int c = 0; c < C; c++) d[c] = wy * p[c];

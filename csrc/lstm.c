@@ -7,7 +7,7 @@
  *   saved for backward: hs[N,T,H], cs[N,T,H], gates[N,T,4H] (i,f,g,o after their nonlinearity)
  *   backward: dhs[N,T,H], dcT[N,H] or NULL (gradient of the last cell state)
  *             -> dx[N,T,D] (NULL to skip), dh0, dc0 (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
- * Threads own blocks of batch rows for the whole sequence (see rnn.c).
+ * Blocks of batch rows run the whole sequence independently (see rnn.c).
  * Backward workspace: dgates[N,T,4H] + hprev[N,T,H] + dhn[N,H] + dcn[N,H].
  */
 #include <string.h>
@@ -22,12 +22,12 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, co
                  float *hs, float *cs, float *gates) {
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
     const int G = 4 * H, ldg = T * G, ldh = T * H;
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
-    if (nt > N) nt = N;
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+    if (nt > nblocks) nt = nblocks;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
         if (nr > 0) {
             float *gr = gates + (size_t)r0 * ldg;
@@ -74,12 +74,12 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, c
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     float *dg = ws, *hprev = dg + (size_t)N * T * G;
     float *dhn = hprev + (size_t)N * T * H, *dcn = dhn + (size_t)N * H;
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
-    if (nt > N) nt = N;
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+    if (nt > nblocks) nt = nblocks;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
         if (nr > 0) {
             size_t a = (size_t)r0 * H, len = (size_t)nr * H;

@@ -20,6 +20,14 @@ static inline void nn_split(int n, int id, int nt, int *r0, int *r1) {
     *r1 = (int)((long long)n * (id + 1) / nt);
 }
 
+/* Batch rows per block in the recurrent kernels. A BLAS result for one row can depend on how
+ * many rows the call had, so blocks are fixed by N alone (never by the thread count): results
+ * are then identical for any number of threads. */
+static inline int nn_seq_block_rows(int N) {
+    int rb = (N + 7) / 8;
+    return rb < 16 ? 16 : rb;
+}
+
 static inline float nn_sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 /* One element of an activation (NN_ACT_*) and of its derivative, written with the output y. */

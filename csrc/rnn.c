@@ -4,8 +4,8 @@
  *   h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), hs[N,T,H] holds every h_t
  *   backward: dhs[N,T,H] = dLoss/dh_t (put the gradient of the last state in dhs[:,T-1])
  *             -> dx[N,T,D] (NULL to skip), dh0[N,H] (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
- * Rows of the batch are independent in time, so each thread runs whole sequences for its own
- * block of rows (no barrier per step); the input projection for all steps is one GEMM per
+ * Rows of the batch are independent in time, so each block of rows (fixed by N, see
+ * nn_seq_block_rows) runs its whole sequence on one thread with no barrier per step; the input projection for all steps is one GEMM per
  * block, and the weight gradients are one GEMM each over all N*T rows afterwards.
  * Backward workspace: das[N,T,H] + hprev[N,T,H] + dhn[N,H].
  */
@@ -20,13 +20,13 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float
                 float *hs) {
     if (!nn_seq_dims_ok(N, T, D, H, 1)) return NN_EBADSHAPE;
     if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
-    if (nt > N) nt = N;
+    if (nt > nblocks) nt = nblocks;
     const int ld = T * H;
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
         if (nr > 0) {
             float *hr = hs + (size_t)r0 * ld;
@@ -57,13 +57,13 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const floa
     if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
     if (ws_len < rnn_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
     float *das = ws, *hprev = das + (size_t)N * T * H, *dhn = hprev + (size_t)N * T * H;
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
-    if (nt > N) nt = N;
+    if (nt > nblocks) nt = nblocks;
     const int ld = T * H;
-#pragma omp parallel num_threads(nt)
-    {
-        int r0, r1;
-        nn_split(N, NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
             for (int n = r0; n < r1; n++) {

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from gradcheck import assert_close, check_directional, t64, weighted_sum
+from spark_nn import kernels as K
+
+# (N, C, H, W, OC, kernel, stride, padding)
+SHAPES = [
+    (1, 1, 5, 5, 1, 3, 1, 0),             # batch 1, one channel
+    (2, 3, 7, 9, 4, 3, 1, 1),             # non-square
+    (3, 2, 8, 6, 5, (5, 3), 2, 2),        # 5x3 kernel, stride 2, padding 2
+    (1, 4, 13, 11, 3, 2, 2, 0),           # even kernel, stride 2, odd sizes
+    (2, 3, 6, 6, 7, 1, 1, 0),             # 1x1
+    (2, 2, 9, 10, 3, 3, (2, 1), (1, 2)),  # mixed stride and padding
+    (37, 8, 16, 16, 5, 3, 1, 1),          # several chunks, uneven last one
+    (4, 1, 3, 3, 2, 3, 1, 2),             # padding larger than half the kernel
+]
+
+
+def _case(rng, shape):
+    n, c, h, w, oc, k, s, p = shape
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((oc, c, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
+    return x, wt, b, s, p
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_conv2d_matches_torch(rng, shape):
+    x, w, b, s, p = _case(rng, shape)
+    y = K.conv2d_forward(x, w, b, s, p)
+    xt, wt, bt = t64(x), t64(w), t64(b)
+    yt = TF.conv2d(xt, wt, bt, stride=s, padding=p)
+    assert_close("y", y, yt.detach().numpy())
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    dx, dw, db = K.conv2d_backward(x, w, dy, s, p)
+    assert_close("dx", dx, xt.grad.numpy())
+    assert_close("dw", dw, wt.grad.numpy())
+    assert_close("db", db, bt.grad.numpy())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_conv2d_matches_direct_reference(rng, shape):
+    x, w, b, s, p = _case(rng, shape)
+    assert_close("y", K.conv2d_forward(x, w, b, s, p), K.conv2d_forward_reference(x, w, b, s, p))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_conv2d_fast_path_matches_scalar_path(rng, shape):
+    from spark_nn import _kernels
+
+    x, w, b, s, p = _case(rng, shape)
+    dy = rng.standard_normal(K.conv2d_output_shape(x.shape, w.shape[0], w.shape[2:], s, p)).astype(np.float32)
+    fast = (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p)
+    _kernels.set_reference(True)
+    try:
+        slow = (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p)
+    finally:
+        _kernels.set_reference(False)
+    for name, a, r in zip(["y", "dx", "dw", "db"], fast, slow):
+        assert_close(name, a, r)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[5]])
+def test_conv2d_finite_differences(rng, shape):
+    x, w, b, s, p = _case(rng, shape)
+    r = rng.standard_normal(K.conv2d_forward(x, w, b, s, p).shape)
+    dx, dw, db = K.conv2d_backward(x, w, r.astype(np.float32), s, p)
+    check_directional(lambda: weighted_sum(K.conv2d_forward(x, w, b, s, p), r),
+                      {"x": x, "w": w, "b": b}, {"x": dx, "w": dw, "b": db}, rng)
+
+
+def test_conv2d_without_bias_and_input_gradient(rng):
+    x, w, b, s, p = _case(rng, SHAPES[1])
+    y = K.conv2d_forward(x, w, None, s, p)
+    assert_close("y", y + b[None, :, None, None], K.conv2d_forward(x, w, b, s, p))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = K.conv2d_backward(x, w, dy, s, p, need_dx=False, has_bias=False)
+    assert dx is None and db is None
+    assert_close("dw", dw, K.conv2d_backward(x, w, dy, s, p)[1])
+
+
+def test_conv2d_writes_into_given_gradient_buffers(rng):
+    x, w, b, s, p = _case(rng, SHAPES[6])
+    dy = rng.standard_normal(K.conv2d_forward(x, w, b, s, p).shape).astype(np.float32)
+    flat = np.full(w.size + b.size, np.nan, dtype=np.float32)
+    dw, db = flat[:w.size].reshape(w.shape), flat[w.size:]
+    K.conv2d_backward(x, w, dy, s, p, dw=dw, db=db)
+    _, rdw, rdb = K.conv2d_backward(x, w, dy, s, p)
+    np.testing.assert_array_equal(flat, np.concatenate([rdw.ravel(), rdb]))
+
+
+def test_conv2d_results_do_not_depend_on_thread_count(rng, threads):
+    x, w, b, s, p = _case(rng, SHAPES[6])
+    dy = rng.standard_normal(K.conv2d_forward(x, w, b, s, p).shape).astype(np.float32)
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        results.append((K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p))
+    for other in results[1:]:
+        for a, r in zip(results[0], other):
+            np.testing.assert_array_equal(a, r)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from gradcheck import assert_close, check_directional, t64, weighted_sum
+from spark_nn import kernels as K
+
+# (N, C, H, W, kernel, stride, padding)
+SHAPES = [
+    (1, 1, 4, 4, 2, 2, 0),
+    (2, 3, 7, 5, 2, 2, 0),          # odd sizes: floor drops the last row/column
+    (3, 2, 9, 8, 3, 2, 1),          # overlapping windows with padding
+    (1, 4, 6, 11, (3, 2), (1, 2), (1, 1)),
+    (64, 32, 28, 28, 2, 2, 0),      # the benchmark shape
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_maxpool_matches_torch(rng, shape):
+    n, c, h, w, k, s, p = shape
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    y, idx = K.maxpool2d_forward(x, k, s, p)
+    xt = t64(x)
+    yt, it = TF.max_pool2d(xt, k, s, p, return_indices=True)
+    np.testing.assert_array_equal(y, yt.detach().numpy().astype(np.float32))
+    np.testing.assert_array_equal(idx, it.numpy())
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    assert_close("dx", K.maxpool2d_backward(dy, idx, x.shape, k, s, p), xt.grad.numpy())
+
+
+def test_maxpool_ties_pick_first_like_torch():
+    x = np.zeros((1, 1, 4, 4), dtype=np.float32)
+    x[0, 0, 1, 1] = x[0, 0, 0, 1] = 1.0
+    y, idx = K.maxpool2d_forward(x, 2)
+    _, it = TF.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    np.testing.assert_array_equal(idx, it.numpy())
+    assert idx[0, 0, 0, 0] == 1
+
+
+def test_maxpool_finite_differences(rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    y, idx = K.maxpool2d_forward(x, 3, 2, 1)
+    r = rng.standard_normal(y.shape)
+    dx = K.maxpool2d_backward(r.astype(np.float32), idx, x.shape, 3, 2, 1)
+    check_directional(lambda: weighted_sum(K.maxpool2d_forward(x, 3, 2, 1)[0], r), {"x": x}, {"x": dx},
+                      rng, eps=1e-4)
+
+
+def test_maxpool_backward_rejects_corrupt_argmax(rng):
+    x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    y, idx = K.maxpool2d_forward(x, 2)
+    idx[0, 0, 0, 0] = 99
+    with pytest.raises(ValueError, match="bad argument"):
+        K.maxpool2d_backward(y, idx, x.shape, 2)
