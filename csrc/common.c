@@ -6,6 +6,7 @@
  * to one thread), so OpenMP x BLAS never multiplies. Work is always cut into blocks fixed by
  * the shape, never by the thread count, so results are bitwise the same for any thread count.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "nn_internal.h"
@@ -13,8 +14,26 @@
 static nn_sgemm_fn g_sgemm = NULL;
 static int g_threads = 0; /* 0: not chosen yet; resolved on first use */
 static int g_reference = 0;
+/* GNU libgomp cannot start a team of more than one thread in a child forked after the parent
+ * ran such a team (the child waits forever for the parent's pool threads). So a child forked
+ * after parallel work runs every kernel on one thread; a child forked before any (PySpark's
+ * daemon forks workers that never ran a kernel before) keeps its threads. */
+static volatile int g_parallel_used = 0, g_fork_capped = 0;
 
-void nn_set_sgemm(nn_sgemm_fn fn) { g_sgemm = fn; }
+static void atfork_child(void) {
+    if (g_parallel_used || g_fork_capped) g_fork_capped = 1;
+}
+
+void nn_set_sgemm(nn_sgemm_fn fn) {
+    static int registered = 0;
+    g_sgemm = fn;
+    if (!registered) {
+        pthread_atfork(NULL, NULL, atfork_child);
+        registered = 1;
+    }
+}
+
+int nn_fork_capped(void) { return g_fork_capped; }
 
 void nn_set_num_threads(int n) { g_threads = n < 1 ? 1 : n; }
 
@@ -32,7 +51,12 @@ int nn_get_num_threads(void) {
 
 void nn_set_reference(int on) { g_reference = on ? 1 : 0; }
 int nn_get_reference(void) { return g_reference; }
-int nn_threads(void) { return g_reference ? 1 : nn_get_num_threads(); }
+int nn_threads(void) {
+    if (g_reference || g_fork_capped) return 1;
+    int n = nn_get_num_threads();
+    if (n > 1) g_parallel_used = 1;
+    return n;
+}
 
 static void gemm_scalar(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc) {

@@ -38,8 +38,10 @@ int nn_get_num_threads(void);
 /* Reference mode: GEMM by plain scalar loops and one thread; the tests compare against it. */
 void nn_set_reference(int on);
 int nn_get_reference(void);
-/* Threads a kernel will use right now (1 in reference mode). */
+/* Threads a kernel will use right now (1 in reference mode and in a forked child of a process
+ * that ran multi-threaded kernels: see common.c). */
 int nn_threads(void);
+int nn_fork_capped(void);
 
 /* Row-major C[M,N] = alpha * op(A) op(B) + beta * C on the calling thread. */
 void nn_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

@@ -22,6 +22,7 @@ cdef extern from "nn_kernels.h" nogil:
     void nn_set_reference(int on)
     int nn_get_reference()
     int nn_threads()
+    int nn_fork_capped()
     void nn_gemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc)
     int activation_forward(int kind, size_t n, const float *x, float *y)
@@ -117,6 +118,10 @@ def get_reference():
 
 def threads_now():
     return nn_threads()
+
+
+def fork_capped():
+    return bool(nn_fork_capped())
 
 
 def gemm(bint ta, bint tb, int M, int N, int K, float alpha, A, int lda, B, int ldb, float beta,

@@ -23,7 +23,14 @@ def set_num_threads(n):
 
 
 def get_num_threads():
+    """The thread count set (or the default). See threads_in_use() for the one kernels use."""
     return _kernels.get_num_threads()
+
+
+def threads_in_use():
+    """Threads the kernels use now: 1 in a process forked after its parent ran multi-threaded
+    kernels, since GNU OpenMP cannot start thread teams there."""
+    return _kernels.threads_now()
 
 
 def _scipy_blas_controllers():
