@@ -7,13 +7,20 @@
 
 #define NN_PAR_MIN_ELEMS 32768
 
+/* One loop per kind (the switch outside), so each loop vectorizes. */
+#define NN_ELEMENTWISE(nt, len, body)                                   \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)")       \
+    for (long long i = 0; i < len; i++) body
+
 int activation_forward(int kind, size_t n, const float *x, float *y) {
     if (kind < NN_ACT_IDENTITY || kind > NN_ACT_RELU) return NN_EBADARG;
     int nt = n < NN_PAR_MIN_ELEMS ? 1 : nn_threads();
     long long len = (long long)n;
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (long long i = 0; i < len; i++) {
-        y[i] = nn_act1(kind, x[i]);
+    switch (kind) {
+    case NN_ACT_SIGMOID: NN_ELEMENTWISE(nt, len, { y[i] = nn_sigmoid(x[i]); }) break;
+    case NN_ACT_TANH: NN_ELEMENTWISE(nt, len, { y[i] = nn_tanh(x[i]); }) break;
+    case NN_ACT_RELU: NN_ELEMENTWISE(nt, len, { y[i] = x[i] > 0.0f ? x[i] : 0.0f; }) break;
+    default: NN_ELEMENTWISE(nt, len, { y[i] = x[i]; }) break;
     }
     return NN_OK;
 }
@@ -22,9 +29,11 @@ int activation_backward(int kind, size_t n, const float *y, const float *dy, flo
     if (kind < NN_ACT_IDENTITY || kind > NN_ACT_RELU) return NN_EBADARG;
     int nt = n < NN_PAR_MIN_ELEMS ? 1 : nn_threads();
     long long len = (long long)n;
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (long long i = 0; i < len; i++) {
-        dx[i] = nn_dact1(kind, y[i], dy[i]);
+    switch (kind) {
+    case NN_ACT_SIGMOID: NN_ELEMENTWISE(nt, len, { dx[i] = dy[i] * y[i] * (1.0f - y[i]); }) break;
+    case NN_ACT_TANH: NN_ELEMENTWISE(nt, len, { dx[i] = dy[i] * (1.0f - y[i] * y[i]); }) break;
+    case NN_ACT_RELU: NN_ELEMENTWISE(nt, len, { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }) break;
+    default: NN_ELEMENTWISE(nt, len, { dx[i] = dy[i]; }) break;
     }
     return NN_OK;
 }

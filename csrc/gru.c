@@ -15,6 +15,44 @@
 #include <string.h>
 #include "nn_internal.h"
 
+/* One time step of one row: g holds gx (r,z,n) and gets the gates; gh = h_{t-1} w_hh^T + b_hh. */
+NN_CELL void cell_forward(int H, float *restrict g, const float *restrict gh,
+                          const float *restrict hp, float *restrict h, float *restrict hnt,
+                          const int has_prev) {
+    for (int j = 0; j < H; j++) {
+        float r = nn_sigmoid(g[j] + gh[j]);
+        float z = nn_sigmoid(g[H + j] + gh[H + j]);
+        float nv = nn_tanh(g[2 * H + j] + r * gh[2 * H + j]);
+        g[j] = r;
+        g[H + j] = z;
+        g[2 * H + j] = nv;
+        hnt[j] = gh[2 * H + j];
+        h[j] = (1.0f - z) * nv + (has_prev ? z * hp[j] : 0.0f);
+    }
+}
+
+/* One time step of one row backward: ax/ah get dLoss/dgx and dLoss/dgh; dhc carries dh. */
+NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict hn,
+                           const float *restrict hp, const float *restrict dh_out,
+                           float *restrict ax, float *restrict ah, float *restrict dhc,
+                           const int has_prev) {
+    for (int j = 0; j < H; j++) {
+        float r = g[j], z = g[H + j], nv = g[2 * H + j];
+        float dh = dh_out[j] + dhc[j];
+        float hpj = has_prev ? hp[j] : 0.0f;
+        float dan = dh * (1.0f - z) * (1.0f - nv * nv);
+        float dar = dan * hn[j] * r * (1.0f - r);
+        float daz = dh * (hpj - nv) * z * (1.0f - z);
+        ax[j] = dar;
+        ax[H + j] = daz;
+        ax[2 * H + j] = dan;
+        ah[j] = dar;
+        ah[H + j] = daz;
+        ah[2 * H + j] = dan * r;
+        dhc[j] = dh * z;
+    }
+}
+
 size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H; }
 
 size_t gru_backward_workspace_size(int N, int T, int H) {
@@ -53,16 +91,8 @@ int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, con
                     float *h = hs + (size_t)n * ldh + (size_t)t * H;
                     float *hnt = hn + (size_t)n * ldh + (size_t)t * H;
                     const float *hp = t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL);
-                    for (int j = 0; j < H; j++) {
-                        float r = nn_sigmoid(g[j] + gh[j]);
-                        float z = nn_sigmoid(g[H + j] + gh[H + j]);
-                        float nv = tanhf(g[2 * H + j] + r * gh[2 * H + j]);
-                        g[j] = r;
-                        g[H + j] = z;
-                        g[2 * H + j] = nv;
-                        hnt[j] = gh[2 * H + j];
-                        h[j] = (1.0f - z) * nv + (hp ? z * hp[j] : 0.0f);
-                    }
+                    if (hp) cell_forward(H, g, gh, hp, h, hnt, 1);
+                    else cell_forward(H, g, gh, NULL, h, hnt, 0);
                 }
             }
         }
@@ -93,21 +123,8 @@ int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, co
                 const float *g = gates + og;
                 const float *hp = t > 0 ? hs + oh - H : (h0 ? h0 + (size_t)n * H : NULL);
                 float *ax = dgx + og, *ah = dgh + og, *dhc = dhn + (size_t)n * H;
-                for (int j = 0; j < H; j++) {
-                    float r = g[j], z = g[H + j], nv = g[2 * H + j];
-                    float dh = dhs[oh + j] + dhc[j];
-                    float hpj = hp ? hp[j] : 0.0f;
-                    float dan = dh * (1.0f - z) * (1.0f - nv * nv);
-                    float dar = dan * hn[oh + j] * r * (1.0f - r);
-                    float daz = dh * (hpj - nv) * z * (1.0f - z);
-                    ax[j] = dar;
-                    ax[H + j] = daz;
-                    ax[2 * H + j] = dan;
-                    ah[j] = dar;
-                    ah[H + j] = daz;
-                    ah[2 * H + j] = dan * r;
-                    dhc[j] = dh * z;
-                }
+                if (hp) cell_backward(H, g, hn + oh, hp, dhs + oh, ax, ah, dhc, 1);
+                else cell_backward(H, g, hn + oh, NULL, dhs + oh, ax, ah, dhc, 0);
             }
             nn_gemm(0, 0, nr, H, G, 1.0f, dgh + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
                     dhn + (size_t)r0 * H, H);

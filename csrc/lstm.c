@@ -13,6 +13,39 @@
 #include <string.h>
 #include "nn_internal.h"
 
+/* One time step of one row: g holds the pre-activations a (i,f,g,o) and gets the gates. */
+NN_CELL void cell_forward(int H, float *restrict g, const float *restrict cp, float *restrict c,
+                          float *restrict h, const int has_prev) {
+    for (int j = 0; j < H; j++) {
+        float i = nn_sigmoid(g[j]), f = nn_sigmoid(g[H + j]);
+        float gg = nn_tanh(g[2 * H + j]), o = nn_sigmoid(g[3 * H + j]);
+        g[j] = i;
+        g[H + j] = f;
+        g[2 * H + j] = gg;
+        g[3 * H + j] = o;
+        float cv = i * gg + (has_prev ? f * cp[j] : 0.0f);
+        c[j] = cv;
+        h[j] = o * nn_tanh(cv);
+    }
+}
+
+/* One time step of one row backward: d gets dLoss/da; dhc/dcc carry dh, dc to step t-1. */
+NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict c,
+                           const float *restrict cp, const float *restrict dh_out,
+                           float *restrict d, const float *restrict dhc, float *restrict dcc,
+                           const int has_prev) {
+    for (int j = 0; j < H; j++) {
+        float i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
+        float dh = dh_out[j] + dhc[j], tc = nn_tanh(c[j]);
+        float dc = dcc[j] + dh * o * (1.0f - tc * tc);
+        d[j] = dc * gg * i * (1.0f - i);
+        d[H + j] = (has_prev ? dc * cp[j] : 0.0f) * f * (1.0f - f);
+        d[2 * H + j] = dc * i * (1.0f - gg * gg);
+        d[3 * H + j] = dh * tc * o * (1.0f - o);
+        dcc[j] = dc * f;
+    }
+}
+
 size_t lstm_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (5 * (size_t)T + 2);
 }
@@ -46,17 +79,8 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, co
                     float *c = cs + (size_t)n * ldh + (size_t)t * H;
                     float *h = hs + (size_t)n * ldh + (size_t)t * H;
                     const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
-                    for (int j = 0; j < H; j++) {
-                        float i = nn_sigmoid(g[j]), f = nn_sigmoid(g[H + j]);
-                        float gg = tanhf(g[2 * H + j]), o = nn_sigmoid(g[3 * H + j]);
-                        g[j] = i;
-                        g[H + j] = f;
-                        g[2 * H + j] = gg;
-                        g[3 * H + j] = o;
-                        float cv = i * gg + (cp ? f * cp[j] : 0.0f);
-                        c[j] = cv;
-                        h[j] = o * tanhf(cv);
-                    }
+                    if (cp) cell_forward(H, g, cp, c, h, 1);
+                    else cell_forward(H, g, NULL, c, h, 0);
                 }
             }
         }
@@ -95,16 +119,8 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, c
                 const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
                 float *d = dg + (size_t)n * ldg + (size_t)t * G;
                 float *dhc = dhn + (size_t)n * H, *dcc = dcn + (size_t)n * H;
-                for (int j = 0; j < H; j++) {
-                    float i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
-                    float dh = dh_out[j] + dhc[j], tc = tanhf(c[j]);
-                    float dc = dcc[j] + dh * o * (1.0f - tc * tc);
-                    d[j] = dc * gg * i * (1.0f - i);
-                    d[H + j] = (cp ? dc * cp[j] : 0.0f) * f * (1.0f - f);
-                    d[2 * H + j] = dc * i * (1.0f - gg * gg);
-                    d[3 * H + j] = dh * tc * o * (1.0f - o);
-                    dcc[j] = dc * f;
-                }
+                if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
+                else cell_backward(H, g, c, NULL, dh_out, d, dhc, dcc, 0);
             }
             nn_gemm(0, 0, nr, H, G, 1.0f, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 0.0f,
                     dhn + (size_t)r0 * H, H);

@@ -39,10 +39,7 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float
                     nn_gemm(0, 1, nr, H, H, 1.0f, ht - H, ld, w_hh, H, 1.0f, ht, ld);
                 else if (h0)
                     nn_gemm(0, 1, nr, H, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ht, ld);
-                for (int n = 0; n < nr; n++) {
-                    float *h = ht + (size_t)n * ld;
-                    for (int j = 0; j < H; j++) h[j] = nn_act1(act, h[j]);
-                }
+                for (int n = 0; n < nr; n++) nn_act_row(act, H, ht + (size_t)n * ld);
             }
         }
     }
@@ -65,12 +62,11 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const floa
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
+        for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dhn[k] = 0.0f;
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
             for (int n = r0; n < r1; n++) {
                 size_t o = (size_t)n * ld + (size_t)t * H;
-                const float *carry = dhn + (size_t)n * H;
-                for (int j = 0; j < H; j++)
-                    das[o + j] = nn_dact1(act, hs[o + j], dhs[o + j] + (t < T - 1 ? carry[j] : 0.0f));
+                nn_dact_row(act, H, hs + o, dhs + o, dhn + (size_t)n * H, das + o);
             }
             nn_gemm(0, 0, nr, H, H, 1.0f, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, 0.0f,
                     dhn + (size_t)r0 * H, H);

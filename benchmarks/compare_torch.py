@@ -1,0 +1,149 @@
+"""Our kernels vs PyTorch CPU, same shapes, same thread count, in one run.
+
+    python benchmarks/compare_torch.py [--threads 2] [--repeat 15]
+
+Prints, per op, forward and forward+backward: our median ms, torch's median ms and the ratio
+torch/ours (> 1: we are faster), then the GFLOPS our convolutions reach against the float32
+matmul peak numpy measures in the same run.
+"""
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_ms, print_table, sgemm_peak_gflops  # noqa: E402
+
+import spark_nn  # noqa: E402
+from spark_nn import kernels as K  # noqa: E402
+
+CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32),
+               "conv 64x32x14x14 -> 64, 3x3 p1": (64, 32, 14, 14, 64)}
+POOL_SHAPE = (64, 32, 28, 28)
+SEQ = dict(N=64, T=50, D=64, H=128)
+
+
+def conv_cases(rng, torch):
+    for name, (n, c, h, w, oc) in CONV_SHAPES.items():
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        wt = (0.1 * rng.standard_normal((oc, c, 3, 3))).astype(np.float32)
+        b = np.zeros(oc, np.float32)
+        dy = rng.standard_normal((n, oc, h, w)).astype(np.float32)
+        ours_f = lambda: K.conv2d_forward(x, wt, b, 1, 1)  # noqa: E731
+
+        def ours_fb(x=x, wt=wt, b=b, dy=dy):
+            K.conv2d_forward(x, wt, b, 1, 1)
+            K.conv2d_backward(x, wt, dy, 1, 1)
+
+        conv = torch.nn.Conv2d(c, oc, 3, padding=1)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+
+        def torch_f(conv=conv, xt=xt):
+            with torch.no_grad():
+                conv(xt)
+
+        def torch_fb(conv=conv, xt=xt, dyt=dyt):
+            conv.zero_grad(set_to_none=True)
+            xt.grad = None
+            conv(xt).backward(dyt)
+
+        flops = 2.0 * n * oc * h * w * c * 9
+        yield name, ours_f, ours_fb, torch_f, torch_fb, flops
+
+
+def pool_case(rng, torch):
+    x = rng.standard_normal(POOL_SHAPE).astype(np.float32)
+    dy = rng.standard_normal((64, 32, 14, 14)).astype(np.float32)
+
+    def ours_fb():
+        _, idx = K.maxpool2d_forward(x, 2)
+        K.maxpool2d_backward(dy, idx, x.shape, 2)
+
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+
+    def torch_f():
+        with torch.no_grad():
+            torch.nn.functional.max_pool2d(xt, 2)
+
+    def torch_fb():
+        xt.grad = None
+        torch.nn.functional.max_pool2d(xt, 2).backward(dyt)
+
+    yield "max-pool 2x2/2 on 64x32x28x28", lambda: K.maxpool2d_forward(x, 2), ours_fb, torch_f, torch_fb, None
+
+
+def recurrent_cases(rng, torch):
+    n, t, d, h = SEQ["N"], SEQ["T"], SEQ["D"], SEQ["H"]
+    x = rng.standard_normal((n, t, d)).astype(np.float32)
+    dhs = rng.standard_normal((n, t, h)).astype(np.float32)
+    for kind, gates, mod_cls in (("RNN", 1, torch.nn.RNN), ("LSTM", 4, torch.nn.LSTM), ("GRU", 3, torch.nn.GRU)):
+        mod = mod_cls(d, h, batch_first=True)
+        w = [p.detach().numpy().copy() for p in mod.parameters()]
+        if kind == "RNN":
+            f = lambda: K.rnn_forward(x, *w)  # noqa: E731
+
+            def fb(w=w):
+                hs = K.rnn_forward(x, *w)
+                K.rnn_backward(x, w[0], w[1], hs, dhs)
+        elif kind == "LSTM":
+            f = lambda w=w: K.lstm_forward(x, *w)  # noqa: E731
+
+            def fb(w=w):
+                hs, cs, g = K.lstm_forward(x, *w)
+                K.lstm_backward(x, w[0], w[1], hs, cs, g, dhs)
+        else:
+            f = lambda w=w: K.gru_forward(x, *w)  # noqa: E731
+
+            def fb(w=w):
+                hs, g, hn = K.gru_forward(x, *w)
+                K.gru_backward(x, w[0], w[1], hs, g, hn, dhs)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dhs)
+
+        def torch_f(mod=mod, xt=xt):
+            with torch.no_grad():
+                mod(xt)
+
+        def torch_fb(mod=mod, xt=xt, dyt=dyt):
+            mod.zero_grad(set_to_none=True)
+            xt.grad = None
+            mod(xt)[0].backward(dyt)
+
+        yield f"{kind} N{n} T{t} D{d} H{h}", f, fb, torch_f, torch_fb, None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=15)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    spark_nn.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    rows, conv_rows = [], []
+    for gen in (conv_cases, pool_case, recurrent_cases):
+        for name, of, ofb, tf, tfb, flops in gen(rng, torch):
+            o1, t1 = median_ms(of, args.repeat), median_ms(tf, args.repeat)
+            o2, t2 = median_ms(ofb, args.repeat), median_ms(tfb, args.repeat)
+            rows.append([name, f"{o1:.2f}", f"{t1:.2f}", f"{t1 / o1:.2f}", f"{o2:.2f}", f"{t2:.2f}", f"{t2 / o2:.2f}"])
+            if flops:
+                conv_rows.append((name, flops / (o1 * 1e-3) / 1e9, 3 * flops / (o2 * 1e-3) / 1e9))
+    peak = sgemm_peak_gflops()
+    print(f"spark_nn {spark_nn.__version__} vs torch {torch.__version__}, {args.threads} threads, "
+          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print_table(["op", "fwd ours ms", "fwd torch ms", "fwd torch/ours", "fwd+bwd ours ms",
+                 "fwd+bwd torch ms", "fwd+bwd torch/ours"], rows)
+    print(f"\nnumpy float32 matmul peak (1024^3, {args.threads if 'OMP_NUM_THREADS' in os.environ else 'default'} threads): {peak:.1f} GFLOPS")
+    print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
+                [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"] for n, a, b in conv_rows])
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Timing helpers shared by the benchmark scripts."""
+import time
+
+import numpy as np
+
+
+def median_ms(fn, repeat=15, warmup=3, min_time=0.0):
+    """Median wall time of fn() in milliseconds (after warm-up calls)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def sgemm_peak_gflops(n=1024, repeat=7):
+    """Float32 matmul throughput numpy reaches on this machine (its BLAS, all its threads)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    ms = median_ms(lambda: a @ b, repeat=repeat, warmup=2)
+    return 2.0 * n ** 3 / (ms * 1e-3) / 1e9
+
+
+def print_table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
