@@ -16,9 +16,11 @@
 #include <string.h>
 #include "nn_internal.h"
 
-/* Columns per chunk aim at this many floats: big enough for an efficient GEMM, small enough
- * to stay in the L2 cache with the matching slice of the output. */
-#define CONV_CHUNK_FLOATS (96 * 1024)
+/* Columns per chunk aim at this many floats (a long GEMM, measured best among 64K..512K on
+ * the benchmark shapes), with at least NN_CONV_MIN_CHUNKS chunks so that small layers still
+ * spread over the threads. Both depend on the shape only (see common.c). */
+#define NN_CONV_MIN_CHUNKS 8
+#define CONV_CHUNK_FLOATS (256 * 1024)
 
 int conv2d_shape_init(conv2d_shape *s) {
     if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
@@ -38,7 +40,8 @@ int conv2d_shape_init(conv2d_shape *s) {
 static int chunk_images(const conv2d_shape *s) {
     size_t per = (size_t)s->C * s->KH * s->KW * s->OH * s->OW;
     int nb = per >= CONV_CHUNK_FLOATS ? 1 : (int)(CONV_CHUNK_FLOATS / per);
-    if (nb > s->N) nb = s->N;
+    int cap = (s->N + NN_CONV_MIN_CHUNKS - 1) / NN_CONV_MIN_CHUNKS;
+    if (nb > cap) nb = cap;
     int nchunks = (s->N + nb - 1) / nb;
     return (s->N + nchunks - 1) / nchunks; /* even out the chunks */
 }

@@ -53,6 +53,35 @@ NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict
     }
 }
 
+/* Cells of rows [r0, r1) at step t; ghr holds their gh rows. */
+NN_CLONES void gru_cells_forward(int r0, int r1, int t, int T, int H, const float *h0,
+                                 const float *ghr, float *gates, float *hs, float *hn) {
+    const int G = 3 * H, ldg = T * G, ldh = T * H;
+    for (int n = r0; n < r1; n++) {
+        float *g = gates + (size_t)n * ldg + (size_t)t * G;
+        const float *gh = ghr + (size_t)(n - r0) * G;
+        float *h = hs + (size_t)n * ldh + (size_t)t * H;
+        float *hnt = hn + (size_t)n * ldh + (size_t)t * H;
+        const float *hp = t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL);
+        if (hp) cell_forward(H, g, gh, hp, h, hnt, 1);
+        else cell_forward(H, g, gh, NULL, h, hnt, 0);
+    }
+}
+
+/* Cells of rows [r0, r1) at step t, backward. */
+NN_CLONES void gru_cells_backward(int r0, int r1, int t, int T, int H, const float *h0,
+                                  const float *hs, const float *gates, const float *hn,
+                                  const float *dhs, float *dgx, float *dgh, float *dhn) {
+    const int G = 3 * H, ldg = T * G, ldh = T * H;
+    for (int n = r0; n < r1; n++) {
+        size_t og = (size_t)n * ldg + (size_t)t * G, oh = (size_t)n * ldh + (size_t)t * H;
+        const float *hp = t > 0 ? hs + oh - H : (h0 ? h0 + (size_t)n * H : NULL);
+        float *dhc = dhn + (size_t)n * H;
+        if (hp) cell_backward(H, gates + og, hn + oh, hp, dhs + oh, dgx + og, dgh + og, dhc, 1);
+        else cell_backward(H, gates + og, hn + oh, NULL, dhs + oh, dgx + og, dgh + og, dhc, 0);
+    }
+}
+
 size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H; }
 
 size_t gru_backward_workspace_size(int N, int T, int H) {
@@ -85,15 +114,7 @@ int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, con
                             w_hh, H, 1.0f, ghr, G);
                 else if (h0)
                     nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ghr, G);
-                for (int n = r0; n < r1; n++) {
-                    float *g = gates + (size_t)n * ldg + (size_t)t * G;
-                    const float *gh = ghr + (size_t)(n - r0) * G;
-                    float *h = hs + (size_t)n * ldh + (size_t)t * H;
-                    float *hnt = hn + (size_t)n * ldh + (size_t)t * H;
-                    const float *hp = t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL);
-                    if (hp) cell_forward(H, g, gh, hp, h, hnt, 1);
-                    else cell_forward(H, g, gh, NULL, h, hnt, 0);
-                }
+                gru_cells_forward(r0, r1, t, T, H, h0, ghr, gates, hs, hn);
             }
         }
     }
@@ -118,14 +139,7 @@ int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, co
         const int nr = r1 - r0;
         if (nr > 0) memset(dhn + (size_t)r0 * H, 0, sizeof(float) * nr * H);
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            for (int n = r0; n < r1; n++) {
-                size_t og = (size_t)n * ldg + (size_t)t * G, oh = (size_t)n * ldh + (size_t)t * H;
-                const float *g = gates + og;
-                const float *hp = t > 0 ? hs + oh - H : (h0 ? h0 + (size_t)n * H : NULL);
-                float *ax = dgx + og, *ah = dgh + og, *dhc = dhn + (size_t)n * H;
-                if (hp) cell_backward(H, g, hn + oh, hp, dhs + oh, ax, ah, dhc, 1);
-                else cell_backward(H, g, hn + oh, NULL, dhs + oh, ax, ah, dhc, 0);
-            }
+            gru_cells_backward(r0, r1, t, T, H, h0, hs, gates, hn, dhs, dgx, dgh, dhn);
             nn_gemm(0, 0, nr, H, G, 1.0f, dgh + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
                     dhn + (size_t)r0 * H, H);
         }

@@ -46,6 +46,37 @@ NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict
     }
 }
 
+/* Cells of rows [r0, r1) at step t. */
+NN_CLONES void lstm_cells_forward(int r0, int r1, int t, int T, int H, const float *c0,
+                                  float *gates, float *cs, float *hs) {
+    const int G = 4 * H, ldg = T * G, ldh = T * H;
+    for (int n = r0; n < r1; n++) {
+        float *g = gates + (size_t)n * ldg + (size_t)t * G;
+        float *c = cs + (size_t)n * ldh + (size_t)t * H;
+        float *h = hs + (size_t)n * ldh + (size_t)t * H;
+        const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
+        if (cp) cell_forward(H, g, cp, c, h, 1);
+        else cell_forward(H, g, NULL, c, h, 0);
+    }
+}
+
+/* Cells of rows [r0, r1) at step t, backward; dg gets dLoss/da, dhn/dcn carry to t-1. */
+NN_CLONES void lstm_cells_backward(int r0, int r1, int t, int T, int H, const float *c0,
+                                   const float *gates, const float *cs, const float *dhs,
+                                   float *dg, float *dhn, float *dcn) {
+    const int G = 4 * H, ldg = T * G, ldh = T * H;
+    for (int n = r0; n < r1; n++) {
+        const float *g = gates + (size_t)n * ldg + (size_t)t * G;
+        const float *c = cs + (size_t)n * ldh + (size_t)t * H;
+        const float *dh_out = dhs + (size_t)n * ldh + (size_t)t * H;
+        const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
+        float *d = dg + (size_t)n * ldg + (size_t)t * G;
+        float *dhc = dhn + (size_t)n * H, *dcc = dcn + (size_t)n * H;
+        if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
+        else cell_backward(H, g, c, NULL, dh_out, d, dhc, dcc, 0);
+    }
+}
+
 size_t lstm_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (5 * (size_t)T + 2);
 }
@@ -74,14 +105,7 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, co
                             w_hh, H, 1.0f, gt, ldg);
                 else if (h0)
                     nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, gt, ldg);
-                for (int n = r0; n < r1; n++) {
-                    float *g = gates + (size_t)n * ldg + (size_t)t * G;
-                    float *c = cs + (size_t)n * ldh + (size_t)t * H;
-                    float *h = hs + (size_t)n * ldh + (size_t)t * H;
-                    const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
-                    if (cp) cell_forward(H, g, cp, c, h, 1);
-                    else cell_forward(H, g, NULL, c, h, 0);
-                }
+                lstm_cells_forward(r0, r1, t, T, H, c0, gates, cs, hs);
             }
         }
     }
@@ -112,16 +136,7 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, c
             else memset(dcn + a, 0, sizeof(float) * len);
         }
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            for (int n = r0; n < r1; n++) {
-                const float *g = gates + (size_t)n * ldg + (size_t)t * G;
-                const float *c = cs + (size_t)n * ldh + (size_t)t * H;
-                const float *dh_out = dhs + (size_t)n * ldh + (size_t)t * H;
-                const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
-                float *d = dg + (size_t)n * ldg + (size_t)t * G;
-                float *dhc = dhn + (size_t)n * H, *dcc = dcn + (size_t)n * H;
-                if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
-                else cell_backward(H, g, c, NULL, dh_out, d, dhc, dcc, 0);
-            }
+            lstm_cells_backward(r0, r1, t, T, H, c0, gates, cs, dhs, dg, dhn, dcn);
             nn_gemm(0, 0, nr, H, G, 1.0f, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 0.0f,
                     dhn + (size_t)r0 * H, H);
         }

@@ -85,6 +85,15 @@ static inline float nn_dact1(int kind, float y, float g) {
  * either unconditional or gone: a conditional load would keep the loop from vectorizing. */
 #define NN_CELL static inline __attribute__((always_inline))
 
+/* Elementwise loops over a block of rows are cloned for AVX2 and picked at load time (ifunc),
+ * so a portable wheel still runs 8-wide on CPUs that have it. -std=c99 keeps floating-point
+ * contraction off, so every clone computes bitwise the same results. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
+#define NN_CLONES __attribute__((target_clones("avx2", "default"), visibility("hidden")))
+#else
+#define NN_CLONES
+#endif
+
 NN_CELL void nn_act_row_k(int n, float *restrict x, const int kind) {
     for (int j = 0; j < n; j++) x[j] = nn_act1(kind, x[j]);
 }

@@ -11,6 +11,20 @@
  */
 #include "nn_internal.h"
 
+/* h = act(h) for rows [r0, r1) at step t. */
+NN_CLONES void rnn_cells_forward(int act, int r0, int r1, int t, int T, int H, float *hs) {
+    for (int n = r0; n < r1; n++) nn_act_row(act, H, hs + (size_t)n * T * H + (size_t)t * H);
+}
+
+/* das = act'(h) * (dhs + carried dh) for rows [r0, r1) at step t. */
+NN_CLONES void rnn_cells_backward(int act, int r0, int r1, int t, int T, int H, const float *hs,
+                                  const float *dhs, const float *dhn, float *das) {
+    for (int n = r0; n < r1; n++) {
+        size_t o = (size_t)n * T * H + (size_t)t * H;
+        nn_dact_row(act, H, hs + o, dhs + o, dhn + (size_t)n * H, das + o);
+    }
+}
+
 size_t rnn_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (2 * (size_t)T + 1);
 }
@@ -39,7 +53,7 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float
                     nn_gemm(0, 1, nr, H, H, 1.0f, ht - H, ld, w_hh, H, 1.0f, ht, ld);
                 else if (h0)
                     nn_gemm(0, 1, nr, H, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ht, ld);
-                for (int n = 0; n < nr; n++) nn_act_row(act, H, ht + (size_t)n * ld);
+                rnn_cells_forward(act, r0, r1, t, T, H, hs);
             }
         }
     }
@@ -64,10 +78,7 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const floa
         const int nr = r1 - r0;
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dhn[k] = 0.0f;
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            for (int n = r0; n < r1; n++) {
-                size_t o = (size_t)n * ld + (size_t)t * H;
-                nn_dact_row(act, H, hs + o, dhs + o, dhn + (size_t)n * H, das + o);
-            }
+            rnn_cells_backward(act, r0, r1, t, T, H, hs, dhs, dhn, das);
             nn_gemm(0, 0, nr, H, H, 1.0f, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, 0.0f,
                     dhn + (size_t)r0 * H, H);
         }
