@@ -1,0 +1,447 @@
+"""Layers of the graph. Each layer
+
+- ``build(input_shape)`` with the per-sample input shape (no batch axis) and returns its
+  output shape;
+- declares its parameters in ``param_specs()`` as (name, shape) and initialises them in
+  ``init_params(rng)``; the model binds views of one flat float32 vector with ``bind``;
+- runs ``forward(x, training)`` (caching what backward needs) and ``backward(dy, need_dx)``,
+  which writes the parameter gradients into the bound gradient views and returns dx;
+- round-trips through ``config()`` / ``layer_from_config``.
+Tensors: images NCHW, sequences [N, T, D], all float32 (token ids int).
+"""
+import numpy as np
+
+from spark_nn import kernels as K
+from spark_nn.nn import init
+
+
+class Layer:
+    """Base class: no parameters, identity shape."""
+
+    def __init__(self):
+        self.input_shape = None
+        self.output_shape = None
+        self.params = {}
+        self.grads = {}
+
+    # graph construction
+    def build(self, input_shape):
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def param_specs(self):
+        return []
+
+    def init_params(self, rng):
+        return {}
+
+    def bind(self, params, grads):
+        self.params, self.grads = params, grads
+
+    def config(self):
+        return {"type": type(self).__name__}
+
+    @property
+    def name(self):
+        return type(self).__name__.lower()
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+    # computation
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy, need_dx=True):
+        raise NotImplementedError
+
+
+def _pair(name, v):
+    if isinstance(v, (int, np.integer)):
+        return (int(v), int(v))
+    v = tuple(int(e) for e in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return v
+
+
+class Conv2D(Layer):
+    """2-D convolution over NCHW. padding: int, pair, 'same' (odd kernels, stride 1) or 'valid'."""
+
+    def __init__(self, filters, kernel_size=3, stride=1, padding="same", use_bias=True, kernel_init="he"):
+        super().__init__()
+        self.filters = int(filters)
+        if self.filters < 1:
+            raise ValueError(f"Conv2D filters must be >= 1, got {filters}")
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.stride = _pair("stride", stride)
+        self.padding = padding
+        self.use_bias = bool(use_bias)
+        self.kernel_init = kernel_init
+
+    def _pad(self):
+        if self.padding == "valid":
+            return (0, 0)
+        if self.padding == "same":
+            if self.stride != (1, 1) or any(k % 2 == 0 for k in self.kernel_size):
+                raise ValueError("Conv2D padding='same' needs an odd kernel and stride 1; give an int padding")
+            return tuple(k // 2 for k in self.kernel_size)
+        return _pair("padding", self.padding)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"Conv2D expects inputs of shape (channels, height, width), got {input_shape}")
+        c, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self._pad()
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if h + 2 * ph < kh or w + 2 * pw < kw or oh < 1 or ow < 1:
+            raise ValueError(f"Conv2D: input of size {h}x{w} is smaller than its {kh}x{kw} kernel "
+                             f"(padding {ph},{pw})")
+        return (self.filters, oh, ow)
+
+    def param_specs(self):
+        c = self.input_shape[0]
+        specs = [("w", (self.filters, c) + self.kernel_size)]
+        return specs + ([("b", (self.filters,))] if self.use_bias else [])
+
+    def init_params(self, rng):
+        c = self.input_shape[0]
+        kh, kw = self.kernel_size
+        out = {"w": init.dense_kernel(rng, (self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw,
+                                      self.kernel_init)}
+        if self.use_bias:
+            out["b"] = init.zeros(rng, (self.filters,))
+        return out
+
+    def forward(self, x, training=False):
+        self._x = x
+        return K.conv2d_forward(x, self.params["w"], self.params.get("b"), self.stride, self._pad())
+
+    def backward(self, dy, need_dx=True):
+        dx, _, _ = K.conv2d_backward(self._x, self.params["w"], dy, self.stride, self._pad(),
+                                     need_dx=need_dx, has_bias=self.use_bias,
+                                     dw=self.grads["w"], db=self.grads.get("b"))
+        return dx
+
+    def config(self):
+        return {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": self.padding if isinstance(self.padding, str)
+                else list(_pair("padding", self.padding)), "use_bias": self.use_bias,
+                "kernel_init": self.kernel_init}
+
+
+class MaxPool2D(Layer):
+    def __init__(self, pool_size=2, stride=None, padding=0):
+        super().__init__()
+        self.pool_size = _pair("pool_size", pool_size)
+        self.stride = _pair("stride", self.pool_size if stride is None else stride)
+        self.padding = _pair("padding", padding)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"MaxPool2D expects inputs of shape (channels, height, width), got {input_shape}")
+        c, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.pool_size, self.stride, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(f"MaxPool2D: input of size {h}x{w} is smaller than its {kh}x{kw} window")
+        return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    def forward(self, x, training=False):
+        y, self._argmax = K.maxpool2d_forward(x, self.pool_size, self.stride, self.padding)
+        self._xshape = x.shape
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        return K.maxpool2d_backward(dy, self._argmax, self._xshape, self.pool_size, self.stride, self.padding)
+
+    def config(self):
+        return {"type": "MaxPool2D", "pool_size": list(self.pool_size), "stride": list(self.stride),
+                "padding": list(self.padding)}
+
+
+class Flatten(Layer):
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training=False):
+        self._xshape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self._xshape) if need_dx else None
+
+
+class Dense(Layer):
+    def __init__(self, units, use_bias=True, kernel_init="glorot"):
+        super().__init__()
+        self.units = int(units)
+        if self.units < 1:
+            raise ValueError(f"Dense units must be >= 1, got {units}")
+        self.use_bias = bool(use_bias)
+        self.kernel_init = kernel_init
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Dense expects flat inputs (features,), got {input_shape}; add a Flatten layer")
+        return (self.units,)
+
+    def param_specs(self):
+        specs = [("w", (self.units, self.input_shape[0]))]
+        return specs + ([("b", (self.units,))] if self.use_bias else [])
+
+    def init_params(self, rng):
+        fan_in = self.input_shape[0]
+        out = {"w": init.dense_kernel(rng, (self.units, fan_in), fan_in, self.units, self.kernel_init)}
+        if self.use_bias:
+            out["b"] = init.zeros(rng, (self.units,))
+        return out
+
+    def forward(self, x, training=False):
+        self._x = x
+        return K.dense_forward(x, self.params["w"], self.params.get("b"))
+
+    def backward(self, dy, need_dx=True):
+        dx, _, _ = K.dense_backward(self._x, self.params["w"], dy, need_dx=need_dx, has_bias=self.use_bias,
+                                    dw=self.grads["w"], db=self.grads.get("b"))
+        return dx
+
+    def config(self):
+        return {"type": "Dense", "units": self.units, "use_bias": self.use_bias, "kernel_init": self.kernel_init}
+
+
+ACTIVATION_NAMES = ("sigmoid", "tanh", "relu", "softmax", "identity")
+
+
+class Activation(Layer):
+    """Elementwise sigmoid, tanh, ReLU or identity, or softmax over the last axis of (N, C)."""
+
+    def __init__(self, activation):
+        super().__init__()
+        name = str(activation).lower()
+        if name == "linear":
+            name = "identity"
+        if name not in ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {list(ACTIVATION_NAMES)}, got {activation!r}")
+        self.activation = name
+
+    def compute_output_shape(self, input_shape):
+        if self.activation == "softmax" and len(input_shape) != 1:
+            raise ValueError(f"softmax expects flat inputs (classes,), got {input_shape}")
+        return input_shape
+
+    def forward(self, x, training=False):
+        if self.activation == "softmax":
+            self._y = K.softmax(x)
+        else:
+            self._y = K.activation_forward(x, self.activation)
+        return self._y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        y = self._y
+        if self.activation == "softmax":
+            return (y * (dy - np.sum(dy * y, axis=1, keepdims=True))).astype(np.float32)
+        return K.activation_backward(y, dy, self.activation)
+
+    def config(self):
+        return {"type": "Activation", "activation": self.activation}
+
+
+class Dropout(Layer):
+    """Inverted dropout: at training time zeroes a fraction ``rate`` and scales the rest by
+    1/(1-rate); identity at inference. The mask comes from the generator the model hands over
+    for the step (``self.rng``), so a step is reproducible from its seed."""
+
+    def __init__(self, rate=0.5):
+        super().__init__()
+        self.rate = float(rate)
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
+        self.rng = np.random.default_rng(0)
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0.0:
+            self._mask = None
+            return x
+        keep = 1.0 - self.rate
+        self._mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(np.float32) / np.float32(keep)
+        return x * self._mask
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        return dy if self._mask is None else dy * self._mask
+
+    def config(self):
+        return {"type": "Dropout", "rate": self.rate}
+
+
+class Embedding(Layer):
+    """Token ids (N, T) in [0, vocab_size) -> vectors (N, T, dim)."""
+
+    def __init__(self, vocab_size, dim):
+        super().__init__()
+        self.vocab_size, self.dim = int(vocab_size), int(dim)
+        if self.vocab_size < 1 or self.dim < 1:
+            raise ValueError(f"Embedding needs vocab_size >= 1 and dim >= 1, got {vocab_size}, {dim}")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Embedding expects token id sequences (steps,), got {input_shape}")
+        return (input_shape[0], self.dim)
+
+    def param_specs(self):
+        return [("w", (self.vocab_size, self.dim))]
+
+    def init_params(self, rng):
+        return {"w": (rng.standard_normal((self.vocab_size, self.dim)) * 0.1).astype(np.float32)}
+
+    def forward(self, x, training=False):
+        ids = np.asarray(x)
+        if ids.size and (not np.issubdtype(ids.dtype, np.integer) and not np.all(ids == np.floor(ids))):
+            raise ValueError("Embedding input must hold integer token ids")
+        ids = ids.astype(np.int64, copy=False)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = np.argwhere((ids < 0) | (ids >= self.vocab_size))[0]
+            raise ValueError(f"token id {ids[tuple(bad)]} at row {bad[0]} is outside [0, {self.vocab_size})")
+        self._ids = ids
+        return self.params["w"][ids]
+
+    def backward(self, dy, need_dx=True):
+        g = self.grads["w"]
+        g[...] = 0.0
+        np.add.at(g, self._ids.ravel(), dy.reshape(-1, self.dim))
+        return None
+
+    def config(self):
+        return {"type": "Embedding", "vocab_size": self.vocab_size, "dim": self.dim}
+
+
+class _Recurrent(Layer):
+    """Shared parts of SimpleRNN, LSTM and GRU: (N, T, D) -> (N, T, H) or the last state (N, H)."""
+
+    gates = 1
+
+    def __init__(self, units, return_sequences=False):
+        super().__init__()
+        self.units = int(units)
+        if self.units < 1:
+            raise ValueError(f"{type(self).__name__} units must be >= 1, got {units}")
+        self.return_sequences = bool(return_sequences)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"{type(self).__name__} expects sequences (steps, features), got {input_shape}")
+        t = input_shape[0]
+        return (t, self.units) if self.return_sequences else (self.units,)
+
+    def param_specs(self):
+        g, d, h = self.gates * self.units, self.input_shape[1], self.units
+        return [("w_ih", (g, d)), ("w_hh", (g, h)), ("b_ih", (g,)), ("b_hh", (g,))]
+
+    def init_params(self, rng):
+        h, d = self.units, self.input_shape[1]
+        w_ih = np.concatenate([init.glorot_uniform(rng, (h, d), d, h) for _ in range(self.gates)])
+        w_hh = np.concatenate([init.orthogonal(rng, h) for _ in range(self.gates)])
+        zeros = init.zeros(rng, (self.gates * h,))
+        return {"w_ih": w_ih, "w_hh": w_hh, "b_ih": zeros, "b_hh": zeros.copy()}
+
+    def _dhs(self, dy):
+        if self.return_sequences:
+            return dy
+        n, h = dy.shape
+        dhs = np.zeros((n, self.input_shape[0], h), dtype=np.float32)
+        dhs[:, -1] = dy
+        return dhs
+
+    def _out(self, hs):
+        return hs if self.return_sequences else hs[:, -1]
+
+    def _grads(self):
+        """The bound gradient views, under the kernel API's names (dw_ih, ...)."""
+        return {"d" + k: v for k, v in self.grads.items()}
+
+    def config(self):
+        return {"type": type(self).__name__, "units": self.units, "return_sequences": self.return_sequences}
+
+
+class SimpleRNN(_Recurrent):
+    gates = 1
+
+    def __init__(self, units, activation="tanh", return_sequences=False):
+        super().__init__(units, return_sequences)
+        if str(activation).lower() not in ("tanh", "relu", "sigmoid"):
+            raise ValueError(f"SimpleRNN activation must be 'tanh', 'relu' or 'sigmoid', got {activation!r}")
+        self.activation = str(activation).lower()
+
+    def forward(self, x, training=False):
+        p = self.params
+        self._x = x
+        self._hs = K.rnn_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], activation=self.activation)
+        return self._out(self._hs)
+
+    def backward(self, dy, need_dx=True):
+        g = K.rnn_backward(self._x, self.params["w_ih"], self.params["w_hh"], self._hs, self._dhs(dy),
+                           activation=self.activation, need_dx=need_dx, grads=self._grads())
+        return g["dx"]
+
+    def config(self):
+        return dict(super().config(), activation=self.activation)
+
+
+class LSTM(_Recurrent):
+    gates = 4
+
+    def init_params(self, rng):
+        p = super().init_params(rng)
+        p["b_ih"][self.units:2 * self.units] = 1.0  # forget-gate bias 1: remember by default
+        return p
+
+    def forward(self, x, training=False):
+        p = self.params
+        self._x = x
+        self._hs, self._cs, self._gates = K.lstm_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+        return self._out(self._hs)
+
+    def backward(self, dy, need_dx=True):
+        g = K.lstm_backward(self._x, self.params["w_ih"], self.params["w_hh"], self._hs, self._cs, self._gates,
+                            self._dhs(dy), need_dx=need_dx, grads=self._grads())
+        return g["dx"]
+
+
+class GRU(_Recurrent):
+    gates = 3
+
+    def forward(self, x, training=False):
+        p = self.params
+        self._x = x
+        self._hs, self._gates, self._hn = K.gru_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+        return self._out(self._hs)
+
+    def backward(self, dy, need_dx=True):
+        g = K.gru_backward(self._x, self.params["w_ih"], self.params["w_hh"], self._hs, self._gates, self._hn,
+                           self._dhs(dy), need_dx=need_dx, grads=self._grads())
+        return g["dx"]
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in
+               (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout, Embedding, SimpleRNN, LSTM, GRU)}
+
+
+def layer_from_config(cfg):
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    try:
+        return LAYER_TYPES[kind](**cfg)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for layer {kind}: {e}") from None

@@ -1,0 +1,211 @@
+"""Sequential model over one flat float32 parameter vector.
+
+All weights live in ``model.params`` and all gradients in ``model.grads`` (each a contiguous
+float32 array); layers hold views of them, so a training step ships and sums one array.
+``loss_and_grad`` is what the Spark driver maps over partitions: it returns sums, so partition
+results add up exactly.
+"""
+import time
+
+import numpy as np
+
+from spark_nn.nn.layers import Dropout, Embedding, layer_from_config
+from spark_nn.nn.losses import SoftmaxCrossEntropy, loss_from_config
+from spark_nn.nn.optimizers import Optimizer, make_optimizer
+
+
+class Sequential:
+    def __init__(self, layers, input_shape, loss=None, seed=0):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("a model needs at least one layer")
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.loss = loss if loss is not None else SoftmaxCrossEntropy()
+        shape = self.input_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.build(shape)
+            except ValueError as e:
+                raise ValueError(f"layer {i} ({layer!r}) on input shape {shape}: {e}") from None
+        self.output_shape = shape
+        self.slots = []  # (layer index, param name, shape, offset)
+        offset = 0
+        for i, layer in enumerate(self.layers):
+            for name, pshape in layer.param_specs():
+                self.slots.append((i, name, tuple(pshape), offset))
+                offset += int(np.prod(pshape))
+        self.num_params = offset
+        self.params = np.zeros(offset, dtype=np.float32)
+        self.grads = np.zeros(offset, dtype=np.float32)
+        for i, layer in enumerate(self.layers):
+            layer.bind({n: self._view(self.params, s) for s in self.slots if s[0] == i for n in [s[1]]},
+                       {n: self._view(self.grads, s) for s in self.slots if s[0] == i for n in [s[1]]})
+        self.seed = int(seed)
+        self.init_weights(self.seed)
+
+    @staticmethod
+    def _view(flat, slot):
+        _, _, shape, off = slot
+        return flat[off:off + int(np.prod(shape))].reshape(shape)
+
+    @property
+    def takes_token_ids(self):
+        return isinstance(self.layers[0], Embedding)
+
+    # ------------------------------------------------------------------ weights
+    def init_weights(self, seed):
+        """Deterministic initialisation from seed (He/Glorot, orthogonal recurrent weights)."""
+        rng = np.random.default_rng(seed)
+        for i, layer in enumerate(self.layers):
+            values = layer.init_params(rng)
+            for slot in self.slots:
+                if slot[0] == i:
+                    self._view(self.params, slot)[...] = values[slot[1]]
+
+    def set_params(self, flat):
+        flat = np.asarray(flat)
+        if flat.shape != (self.num_params,):
+            raise ValueError(f"flat parameters must have shape ({self.num_params},), got {flat.shape}")
+        np.copyto(self.params, flat, casting="same_kind")
+
+    def weights_dict(self):
+        """Named copies of the weights, '<layer index>.<name>' -> array."""
+        return {f"{i}.{name}": self._view(self.params, s).copy() for s in self.slots for i, name in [s[:2]]}
+
+    def load_weights_dict(self, weights):
+        expected = {f"{i}.{name}": shape for i, name, shape, _ in self.slots}
+        missing = sorted(set(expected) - set(weights))
+        extra = sorted(set(weights) - set(expected))
+        if missing or extra:
+            raise ValueError(f"weights do not match the architecture: missing {missing}, unexpected {extra}")
+        for slot in self.slots:
+            key = f"{slot[0]}.{slot[1]}"
+            arr = np.asarray(weights[key])
+            if arr.shape != slot[2]:
+                raise ValueError(f"weight {key} has shape {arr.shape}, the architecture needs {slot[2]}")
+            self._view(self.params, slot)[...] = arr
+
+    # ------------------------------------------------------------------ data
+    def check_input(self, x, name="x"):
+        """x as the array the first layer takes: float32 (N,)+input_shape, or int64 token ids."""
+        x = np.asarray(x)
+        expected = ("N",) + self.input_shape
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{name} must have shape ({', '.join(map(str, expected))}), got {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty")
+        if self.takes_token_ids:
+            return x
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.all(np.isfinite(x)):
+            row = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+            raise ValueError(f"{name} has a NaN or infinite value in row {row}")
+        return x
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout):
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = self.layers[i].backward(dout, need_dx=i > 0)
+
+    def _seed_dropout(self, rng):
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.rng = rng
+
+    def loss_and_grad(self, flat_params, x, y, rng=None):
+        """(sum of per-sample losses, gradient of that sum as a flat float32 copy, count).
+
+        ``flat_params`` None keeps the current weights; ``rng`` drives dropout."""
+        if flat_params is not None:
+            self.set_params(flat_params)
+        self._seed_dropout(rng if rng is not None else np.random.default_rng(0))
+        out = self.forward(x, training=True)
+        loss_sum, dout = self.loss(out, y)
+        self.backward(dout)
+        return loss_sum, self.grads.copy(), int(len(x))
+
+    def predict_output(self, x, batch_size=1024):
+        """Raw network output (logits for classifiers) in batches."""
+        x = self.check_input(x)
+        outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs)
+
+    def predict_proba(self, x, batch_size=1024):
+        return self.loss.output_transform(self.predict_output(x, batch_size))
+
+    def predict(self, x, batch_size=1024):
+        return np.argmax(self.predict_output(x, batch_size), axis=1)
+
+    def evaluate(self, x, y, batch_size=1024):
+        """(mean loss, accuracy or None) over x, y."""
+        out = self.predict_output(x, batch_size)
+        loss_sum, _ = self.loss(out, y)
+        acc = None
+        if isinstance(self.loss, SoftmaxCrossEntropy):
+            acc = float(np.mean(np.argmax(out, axis=1) == np.asarray(y)))
+        return loss_sum / len(out), acc
+
+    def fit(self, x, y, epochs=10, batch_size=64, optimizer="adam", lr=None, seed=None, validation_data=None,
+            shuffle=True, verbose=False, **optimizer_args):
+        """In-process minibatch training (tests, single-machine use). Returns the history:
+        per-epoch train loss, validation loss/accuracy when given, and seconds."""
+        x = self.check_input(x)
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        if not isinstance(optimizer, Optimizer):
+            if lr is not None:
+                optimizer_args["lr"] = lr
+            optimizer = make_optimizer(optimizer, **optimizer_args)
+        seed = self.seed if seed is None else int(seed)
+        history = {"loss": [], "val_loss": [], "val_accuracy": [], "seconds": []}
+        for epoch in range(int(epochs)):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            total, count = 0.0, 0
+            for start in range(0, len(x), batch_size):
+                idx = order[start:start + batch_size]
+                loss_sum, grad, n = self.loss_and_grad(None, x[idx], y[idx], rng)
+                optimizer.step(self.params, grad / np.float32(n))
+                total, count = total + loss_sum, count + n
+                if not np.isfinite(loss_sum):
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch} step {start // batch_size}; "
+                                             "lower the learning rate or set clip_norm")
+            history["loss"].append(total / count)
+            if validation_data is not None:
+                vl, va = self.evaluate(*validation_data)
+                history["val_loss"].append(vl)
+                history["val_accuracy"].append(va)
+            history["seconds"].append(time.perf_counter() - t0)
+            if verbose:
+                extra = f" val_loss {history['val_loss'][-1]:.4f} val_acc {history['val_accuracy'][-1]}" \
+                    if validation_data is not None else ""
+                print(f"epoch {epoch + 1}/{epochs} loss {total / count:.4f}{extra}")
+        self.optimizer = optimizer
+        return history
+
+    # ------------------------------------------------------------------ spec
+    def config(self):
+        return {"input_shape": list(self.input_shape), "layers": [layer.config() for layer in self.layers],
+                "loss": self.loss.config(), "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, cfg):
+        for key in ("input_shape", "layers"):
+            if key not in cfg:
+                raise ValueError(f"model config has no {key!r}")
+        return cls([layer_from_config(c) for c in cfg["layers"]], cfg["input_shape"],
+                   loss=loss_from_config(cfg["loss"]) if cfg.get("loss") else None, seed=cfg.get("seed", 0))
+
+    def summary(self):
+        lines = [f"Sequential: input {self.input_shape}, {self.num_params} parameters"]
+        for i, layer in enumerate(self.layers):
+            n = sum(int(np.prod(s[2])) for s in self.slots if s[0] == i)
+            lines.append(f"  {i:2d} {layer!r:60s} -> {layer.output_shape}  ({n} params)")
+        return "\n".join(lines)

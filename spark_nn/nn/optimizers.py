@@ -1,0 +1,203 @@
+"""Optimizers over one flat float32 parameter vector, updated in place.
+
+``step(params, grad)`` takes the mean gradient, clips it by global norm when ``clip_norm`` is
+set (recurrent nets need it), applies the learning-rate schedule and updates ``params``. The
+state is plain arrays (``state_dict`` / ``load_state_dict``), so checkpoints need no pickle.
+"""
+import math
+
+import numpy as np
+
+
+class Schedule:
+    """Learning rate at step t (0-based) from the base rate.
+
+    kind: 'constant'; 'step' (times gamma every step_size steps); 'exponential' (times gamma
+    each step); 'cosine' (to min_lr over total_steps). warmup_steps ramp up linearly first."""
+
+    KINDS = ("constant", "step", "exponential", "cosine")
+
+    def __init__(self, kind="constant", gamma=0.1, step_size=1000, total_steps=1000, min_lr=0.0, warmup_steps=0):
+        if kind not in self.KINDS:
+            raise ValueError(f"schedule must be one of {list(self.KINDS)}, got {kind!r}")
+        self.kind, self.gamma, self.step_size = kind, float(gamma), int(step_size)
+        self.total_steps, self.min_lr, self.warmup_steps = int(total_steps), float(min_lr), int(warmup_steps)
+
+    def __call__(self, base_lr, t):
+        if self.warmup_steps and t < self.warmup_steps:
+            return base_lr * (t + 1) / self.warmup_steps
+        if self.kind == "step":
+            return base_lr * self.gamma ** (t // max(self.step_size, 1))
+        if self.kind == "exponential":
+            return base_lr * self.gamma ** t
+        if self.kind == "cosine":
+            frac = min(t / max(self.total_steps, 1), 1.0)
+            return self.min_lr + 0.5 * (base_lr - self.min_lr) * (1 + math.cos(math.pi * frac))
+        return base_lr
+
+    def config(self):
+        return {"kind": self.kind, "gamma": self.gamma, "step_size": self.step_size,
+                "total_steps": self.total_steps, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps}
+
+
+def clip_by_global_norm(grad, clip_norm):
+    """Scales grad in place so its L2 norm is at most clip_norm; returns the norm before.
+
+    A plain reduction, not np.dot: numpy's BLAS would wake its own thread pool, which then
+    competes with our OpenMP threads for the cores (measured 5x slower training steps)."""
+    norm = math.sqrt(float(np.sum(np.square(grad, dtype=np.float64))))
+    if clip_norm is not None and norm > clip_norm > 0:
+        grad *= np.float32(clip_norm / norm)
+    return norm
+
+
+class Optimizer:
+    name = "optimizer"
+
+    def __init__(self, lr=0.01, clip_norm=None, schedule=None, weight_decay=0.0):
+        if not lr > 0:
+            raise ValueError(f"learning rate (stepSize) must be > 0, got {lr}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+        self.lr, self.clip_norm, self.weight_decay = float(lr), clip_norm, float(weight_decay)
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(**(schedule or {}))
+        self.t = 0
+        self.last_grad_norm = None
+
+    def step(self, params, grad):
+        grad = np.array(grad, dtype=np.float32, copy=True)
+        self.last_grad_norm = clip_by_global_norm(grad, self.clip_norm)
+        lr = np.float32(self.schedule(self.lr, self.t))
+        self._update(params, grad, lr)
+        self.t += 1
+        return float(lr)
+
+    def _update(self, params, grad, lr):
+        raise NotImplementedError
+
+    def state_dict(self):
+        return {"t": np.array(self.t, dtype=np.int64)}
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+
+    def config(self):
+        return {"type": self.name, "lr": self.lr, "clip_norm": self.clip_norm,
+                "weight_decay": self.weight_decay, "schedule": self.schedule.config()}
+
+
+class SGD(Optimizer):
+    """SGD with momentum (PyTorch's form: v = mu v + g; p -= lr v) or Nesterov; weight_decay
+    adds an L2 term to the gradient."""
+
+    name = "sgd"
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, **kw):
+        super().__init__(lr, **kw)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.velocity = None
+
+    def _update(self, params, grad, lr):
+        if self.weight_decay:
+            grad += np.float32(self.weight_decay) * params
+        if self.momentum:
+            if self.velocity is None:
+                self.velocity = np.zeros_like(params)
+            v = self.velocity
+            v *= np.float32(self.momentum)
+            v += grad
+            if self.nesterov:
+                grad += np.float32(self.momentum) * v
+            else:
+                grad = v
+        params -= lr * grad
+
+    def state_dict(self):
+        d = super().state_dict()
+        if self.velocity is not None:
+            d["velocity"] = self.velocity.copy()
+        return d
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.velocity = np.array(state["velocity"], dtype=np.float32) if "velocity" in state else None
+
+    def config(self):
+        return dict(super().config(), momentum=self.momentum, nesterov=self.nesterov)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; weight_decay is L2 added to the gradient."""
+
+    name = "adam"
+    decoupled = False
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
+        super().__init__(lr, **kw)
+        for n, b in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"{n} must be in [0, 1), got {b}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.m = self.v = None
+
+    def _update(self, params, grad, lr):
+        if self.weight_decay and not self.decoupled:
+            grad += np.float32(self.weight_decay) * params
+        if self.m is None:
+            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
+        b1, b2 = np.float32(self.beta1), np.float32(self.beta2)
+        self.m *= b1
+        self.m += (1 - b1) * grad
+        self.v *= b2
+        self.v += (1 - b2) * grad * grad
+        t = self.t + 1
+        step = lr * np.float32(math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t))
+        if self.weight_decay and self.decoupled:
+            params *= np.float32(1 - lr * self.weight_decay)
+        params -= step * self.m / (np.sqrt(self.v) + np.float32(self.eps))
+
+    def state_dict(self):
+        d = super().state_dict()
+        if self.m is not None:
+            d["m"], d["v"] = self.m.copy(), self.v.copy()
+        return d
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "m" in state:
+            self.m = np.array(state["m"], dtype=np.float32)
+            self.v = np.array(state["v"], dtype=np.float32)
+
+    def config(self):
+        return dict(super().config(), beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr * weight_decay."""
+
+    name = "adamw"
+    decoupled = True
+
+    def __init__(self, lr=0.001, weight_decay=0.01, **kw):
+        super().__init__(lr, weight_decay=weight_decay, **kw)
+
+
+OPTIMIZERS = {c.name: c for c in (SGD, Adam, AdamW)}
+
+
+def make_optimizer(name, **kw):
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[key](**kw)
+
+
+def optimizer_from_config(cfg):
+    cfg = dict(cfg)
+    kind = cfg.pop("type")
+    sched = cfg.pop("schedule", None)
+    return make_optimizer(kind, schedule=Schedule(**sched) if sched else None, **cfg)
