@@ -116,6 +116,40 @@ def recurrent_cases(rng, torch):
         yield f"{kind} N{n} T{t} D{d} H{h}", f, fb, torch_f, torch_fb, None
 
 
+def epoch_rows(torch, batch_sizes, repeat):
+    """One training epoch of the digits CNN (seed layers [32, 64, 10]), ours vs the same torch
+    model: same data, Adam, batch size and threads."""
+    from spark_nn.datasets import digits_split
+    from spark_nn.nn import builders
+
+    xtr, _, ytr, _ = digits_split()
+    rows = []
+    for bs in batch_sizes:
+        model = builders.cnn([32, 64, 10], 10, (1, 8, 8), seed=0)
+        tnet = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(256, 10))
+        topt = torch.optim.Adam(tnet.parameters(), lr=1e-3)
+        tx, ty = torch.from_numpy(xtr), torch.from_numpy(ytr)
+
+        def torch_epoch():
+            perm = torch.randperm(len(tx))
+            for i in range(0, len(tx), bs):
+                idx = perm[i:i + bs]
+                topt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(tnet(tx[idx]), ty[idx], reduction="sum") / len(idx)
+                loss.backward()
+                topt.step()
+
+        def ours_epoch():
+            model.fit(xtr, ytr, epochs=1, batch_size=bs, optimizer="adam", lr=1e-3)
+
+        o, t = median_ms(ours_epoch, repeat, warmup=1), median_ms(torch_epoch, repeat, warmup=1)
+        rows.append([f"digits CNN epoch, batch {bs} ({len(xtr)} images)", f"{o:.1f}", f"{t:.1f}", f"{t / o:.2f}"])
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -142,6 +176,8 @@ def main(argv=None):
     print(f"\nnumpy float32 matmul peak (1024^3, {args.threads if 'OMP_NUM_THREADS' in os.environ else 'default'} threads): {peak:.1f} GFLOPS")
     print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
                 [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"] for n, a, b in conv_rows])
+    print()
+    print_table(["in-process training", "ours ms", "torch ms", "torch/ours"], epoch_rows(torch, (32, 128), 7))
     return rows
 
 

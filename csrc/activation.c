@@ -32,7 +32,8 @@ int activation_backward(int kind, size_t n, const float *y, const float *dy, flo
     switch (kind) {
     case NN_ACT_SIGMOID: NN_ELEMENTWISE(nt, len, { dx[i] = dy[i] * y[i] * (1.0f - y[i]); }) break;
     case NN_ACT_TANH: NN_ELEMENTWISE(nt, len, { dx[i] = dy[i] * (1.0f - y[i] * y[i]); }) break;
-    case NN_ACT_RELU: NN_ELEMENTWISE(nt, len, { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }) break;
+    case NN_ACT_RELU: /* load dy unconditionally: a conditional load does not vectorize */
+        NN_ELEMENTWISE(nt, len, { float g = dy[i]; dx[i] = y[i] > 0.0f ? g : 0.0f; }) break;
     default: NN_ELEMENTWISE(nt, len, { dx[i] = dy[i]; }) break;
     }
     return NN_OK;

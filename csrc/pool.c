@@ -28,8 +28,42 @@ static int shape_ok(const pool2d_shape *s) {
     return pool2d_shape_init(&t) == NN_OK && t.OH == s->OH && t.OW == s->OW;
 }
 
+/* The common 2x2 window, stride 2, no padding: branch-free selects over four unconditional
+ * loads so the loop over a row vectorizes. Same tie and NaN rules as the general path. */
+static void pool_2x2_row(int OW, const float *restrict r0, const float *restrict r1, int32_t base,
+                         int W, float *restrict yr, int32_t *restrict ar) {
+    for (int ow = 0; ow < OW; ow++) {
+        float best = r0[2 * ow], v;
+        int32_t i0 = base + 2 * ow, bi = i0, take;
+#define NN_POOL_TAKE(value, index)                                   \
+    v = (value);                                                     \
+    take = (v > best) | ((v != v) & (best == best));                 \
+    best = take ? v : best;                                          \
+    bi = take ? (index) : bi;
+        NN_POOL_TAKE(r0[2 * ow + 1], i0 + 1)
+        NN_POOL_TAKE(r1[2 * ow], i0 + W)
+        NN_POOL_TAKE(r1[2 * ow + 1], i0 + W + 1)
+#undef NN_POOL_TAKE
+        yr[ow] = best;
+        ar[ow] = bi;
+    }
+}
+
 int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax) {
     if (!shape_ok(s)) return NN_EBADSHAPE;
+    if (s->KH == 2 && s->KW == 2 && s->SH == 2 && s->SW == 2 && s->PH == 0 && s->PW == 0) {
+        const long long planes = (long long)s->N * s->C;
+        const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
+        int nt = planes * in_sz < 32768 ? 1 : nn_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (long long p = 0; p < planes; p++)
+            for (int oh = 0; oh < s->OH; oh++) {
+                const float *r0 = x + p * in_sz + (size_t)(2 * oh) * s->W;
+                pool_2x2_row(s->OW, r0, r0 + s->W, 2 * oh * s->W, s->W, y + p * out_sz + (size_t)oh * s->OW,
+                             argmax + p * out_sz + (size_t)oh * s->OW);
+            }
+        return NN_OK;
+    }
     const long long planes = (long long)s->N * s->C;
     const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
     int nt = planes * in_sz < 32768 ? 1 : nn_threads();
