@@ -1,3 +1,5 @@
+import os
+import sys
 import zlib
 
 import numpy as np
@@ -26,3 +28,32 @@ def threads():
     before = spark_nn.get_num_threads()
     yield spark_nn.set_num_threads
     spark_nn.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one local[2] SparkSession every Spark test shares (started on first use)."""
+    from spark_nn.ml.session import require_java
+
+    require_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("spark_nn tests")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.shuffle.partitions", "2").config("spark.default.parallelism", "2")
+               .config("spark.driver.memory", "2g").getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_dirs(tmp_path_factory):
+    """scikit-learn's digits as PNG folders per class: (train dir, test dir), the digits_split halves."""
+    from spark_nn.datasets import write_digits_folders
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits_folders(str(root / "train"), "train")
+    write_digits_folders(str(root / "test"), "test")
+    return str(root / "train"), str(root / "test")

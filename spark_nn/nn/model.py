@@ -125,6 +125,7 @@ class Sequential:
             self.set_params(flat_params)
         self._seed_dropout(rng if rng is not None else np.random.default_rng(0))
         out = self.forward(x, training=True)
+        self.last_output = out
         loss_sum, dout = self.loss(out, y)
         self.backward(dout)
         return loss_sum, self.grads.copy(), int(len(x))
@@ -134,6 +135,18 @@ class Sequential:
         x = self.check_input(x)
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
+
+    def predict_layer_output(self, x, index, batch_size=1024):
+        """Output of layer ``index`` (e.g. an autoencoder's code), in batches."""
+        x = self.check_input(x)
+        outs = []
+        for i in range(0, len(x), batch_size):
+            h = x[i:i + batch_size]
+            for layer in self.layers[:index + 1]:
+                h = layer.forward(h, False)
+            outs.append(h)
+        return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.layers[index].output_shape),
+                                                          dtype=np.float32)
 
     def predict_proba(self, x, batch_size=1024):
         return self.loss.output_transform(self.predict_output(x, batch_size))

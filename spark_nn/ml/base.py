@@ -1,0 +1,357 @@
+"""Estimator/Model machinery shared by the CNN, RNN and autoencoder stages.
+
+An estimator checks the schema and params, builds the network (spark_nn.nn), converts the data
+once into cached blocks and runs the DistributedTrainer. A model scores with ``mapInArrow``:
+Arrow record batches -> float32 blocks -> ``predict_proba`` with broadcast weights ->
+rawPrediction / probability (vectors) and prediction columns; never a per-row Python UDF.
+On disk a model is Spark ML's metadata JSON plus data/model.json (architecture) and
+data/weights.npz; nothing is pickled and the directory appears atomically.
+"""
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+from pyspark.ml import Estimator, Model
+from pyspark.ml.functions import array_to_vector
+from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
+                             MLReadable, MLReader, MLWritable, MLWriter)
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
+
+from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
+from spark_nn.ml.trainer import DistributedTrainer, make_blocks, partition_sizes, unwrap_errors, worker_model
+from spark_nn.nn.persist import atomic_directory, model_from_json, model_to_json, read_arrays, write_arrays
+
+FORMAT_VERSION = 1
+_TMP_FEATURES = "__spark_nn_features"
+
+
+def _active_session():
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("no active SparkSession; create one with SparkSession.builder.getOrCreate()")
+    return spark
+
+
+def task_threads(stage, sc):
+    n = stage.getOrDefault(stage.threadsPerTask)
+    return n if n > 0 else int(sc.getConf().get("spark.task.cpus", "1"))
+
+
+def label_info(df, col, num_classes=None):
+    """(numClasses, class names or None) after checking the label column in one job."""
+    check_label_column(df, col)
+    c = F.col(col)
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(c.isNull().cast("int")).alias("nulls"),
+                 F.min(c).alias("lo"), F.max(c).alias("hi"),
+                 F.sum((c != F.floor(c)).cast("int")).alias("frac"),
+                 F.first(F.when(c != F.floor(c), c), ignorenulls=True).alias("frac_value")).first()
+    if row["n"] == 0:
+        raise ValueError("the DataFrame is empty: there is nothing to train on")
+    if row["nulls"]:
+        raise ValueError(f"label column {col!r} has {row['nulls']} null values")
+    if row["frac"]:
+        raise ValueError(f"label column {col!r} must hold class indices 0, 1, ..., numClasses-1; "
+                         f"found {row['frac']} non-integral values such as {row['frac_value']}")
+    if row["lo"] < 0:
+        raise ValueError(f"label column {col!r} has a negative label ({row['lo']}); labels must be 0, 1, ...")
+    meta = df.schema[col].metadata.get("ml_attr", {})
+    names = meta.get("vals")
+    k = num_classes or (len(names) if names else None) or meta.get("num_vals") or int(row["hi"]) + 1
+    if row["hi"] >= k:
+        raise ValueError(f"label column {col!r} has label {int(row['hi'])}, outside [0, numClasses={k})")
+    if k < 2:
+        raise ValueError(f"label column {col!r} has a single class; numClasses must be >= 2")
+    return int(k), (list(names) if names and len(names) == k else None)
+
+
+class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
+    """Base of the spark_nn estimators. Subclasses give ``_input_spec``, ``_network`` and
+    ``_model_class``."""
+
+    classification = True
+
+    def setParams(self, **kwargs):
+        """Sets params by name; an unknown name is an error that lists the known ones."""
+        for name in kwargs:
+            if not self.hasParam(name):
+                known = sorted(p.name for p in self.params)
+                raise TypeError(f"{type(self).__name__} has no param {name!r}; known params: {known}")
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def _input_spec(self, df, col):
+        raise NotImplementedError
+
+    def _network(self, spec, num_classes):
+        raise NotImplementedError
+
+    def _split(self, df):
+        ind = self.getOrDefault(self.validationIndicatorCol) if self.isDefined(self.validationIndicatorCol) else None
+        frac = self.getOrDefault(self.validationSplit)
+        if ind:
+            if ind not in df.columns:
+                raise ValueError(f"validationIndicatorCol {ind!r} is not in the DataFrame; columns: {df.columns}")
+            return df.where(~F.col(ind)), df.where(F.col(ind))
+        if frac > 0:
+            train, val = df.randomSplit([1.0 - frac, frac], seed=self.getOrDefault(self.seed))
+            return train, val
+        return df, None
+
+    def _fit(self, dataset):
+        fcol = self.featuresColumn()
+        lcol = self.labelColumn() if self.classification else None
+        if not self.isDefined(self.layers):
+            raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
+        kind = feature_kind(dataset, fcol)
+        if self.classification:
+            check_label_column(dataset, lcol)
+        spec = self._input_spec(dataset, fcol, kind)
+        num_classes, class_names = (label_info(dataset, lcol, self.getOrDefault(self.numClasses)
+                                               if self.isDefined(self.numClasses) else None)
+                                    if self.classification else (None, None))
+        net = self._network(spec, num_classes)
+        sc = dataset.sparkSession.sparkContext
+        train_df, val_df = self._split(dataset)
+        handle = self.getOrDefault(self.handleInvalid)
+        blocks = make_blocks(train_df, fcol, lcol, spec, handle)
+        val_blocks = make_blocks(val_df, fcol, lcol, spec, handle) if val_df is not None else None
+        try:
+            sizes = partition_sizes(blocks)
+            if sum(sizes) == 0:
+                raise ValueError("no training rows are left (after the validation split and skipped rows)")
+            trainer = DistributedTrainer(
+                sc, net.config(), blocks, sizes, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
+                optimizer=self.getOptimizer(), step_size=self.getStepSize(), seed=self.getSeed(),
+                momentum=self.getOrDefault(self.momentum), weight_decay=self.getOrDefault(self.weightDecay),
+                clip_norm=self.getOrDefault(self.clipNorm),
+                schedule=self.getOrDefault(self.learningRateSchedule),
+                aggregation_depth=self.getAggregationDepth(), threads=task_threads(self, sc),
+                val_blocks=val_blocks, tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
+                classification=self.classification, verbose=self.getOrDefault(self.verbose),
+                local_steps=self.getOrDefault(self.localSteps), description=f"spark_nn {type(self).__name__}.fit")
+            weights = trainer.run(net.params)
+        finally:
+            blocks.unpersist()
+            if val_blocks is not None:
+                val_blocks.unpersist()
+        net.set_params(weights)
+        model = self._model_class()
+        model._setPayload(net, spec, class_names)
+        model._summary = trainer.summary
+        self._copyValues(model)
+        return model
+
+
+class NeuralModel(Model, MLWritable, MLReadable):
+    """Base of the fitted spark_nn models: holds the network, its input spec and class names."""
+
+    def __init__(self):
+        super().__init__()
+        self._net, self._spec, self._classNames, self._summary = None, None, None, None
+        self._bcast = None
+
+    def _setPayload(self, net, spec, class_names=None):
+        self._net, self._spec, self._classNames = net, dict(spec), class_names
+        self._bcast = None
+
+    # --------------------------------------------------------------- accessors
+    @property
+    def network(self):
+        """The trained spark_nn.nn.Sequential (usable without Spark)."""
+        return self._net
+
+    @property
+    def numClasses(self):
+        return int(self._net.output_shape[0])
+
+    @property
+    def numFeatures(self):
+        return int(np.prod(self._spec["shape"]))
+
+    @property
+    def classNames(self):
+        return self._classNames
+
+    @property
+    def inputSpec(self):
+        return dict(self._spec)
+
+    @property
+    def weights(self):
+        return self._net.params.copy()
+
+    @property
+    def hasSummary(self):
+        return self._summary is not None
+
+    @property
+    def summary(self):
+        if self._summary is None:
+            raise RuntimeError("no training summary: this model was loaded or copied, not fitted")
+        return self._summary
+
+    def predictProbability(self, x):
+        """Class probabilities for a numpy block shaped like the network input."""
+        return self._net.predict_proba(x)
+
+    # --------------------------------------------------------------- scoring
+    def _output_columns(self):
+        """[(column name, 'vector' | 'double')] in the order ``_outputs_fn`` returns them;
+        a column whose param is set to '' is not written."""
+        raise NotImplementedError
+
+    def _outputs_fn(self):
+        """A picklable function (network, block) -> list of Arrow arrays, one per output."""
+        raise NotImplementedError
+
+    def _broadcast(self, sc):
+        if self._bcast is None or self._bcast[0] is not sc:
+            self._bcast = (sc, sc.broadcast(self._net.params.copy()))
+        return self._bcast[1]
+
+    def _transform(self, dataset):
+        fcol = self.featuresColumn()
+        kind = feature_kind(dataset, fcol)
+        expected = self._spec["kind"]
+        if not ({kind, expected} <= {"vector", "array"} or kind == expected):
+            raise ValueError(f"features column {fcol!r} holds {kind} data but the model was trained on {expected}")
+        outputs = self._output_columns()
+        wanted = [(i, name, t) for i, (name, t) in enumerate(outputs) if name]
+        for _, name, _ in wanted:
+            if name in dataset.columns:
+                raise ValueError(f"output column {name!r} already exists in the DataFrame; choose another "
+                                 "name with the matching *Col param")
+        spec = dict(self._spec, kind=kind)
+        prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
+        sc = dataset.sparkSession.sparkContext
+        bcast, outputs_fn = self._broadcast(sc), self._outputs_fn()
+        config_json, threads = json.dumps(self._net.config(), sort_keys=True), task_threads(self, sc)
+
+        def score(batches):
+            model = worker_model(config_json, threads)
+            model.set_params(bcast.value)
+            for b in batches:
+                x = arrow_to_block(b.column(_TMP_FEATURES), spec, fcol)
+                arrays = outputs_fn(model, x)
+                for i, name, _ in wanted:
+                    b = b.append_column(name, arrays[i])
+                yield b
+
+        schema = StructType(list(prepared.schema.fields) + [
+            StructField(name, ArrayType(DoubleType()) if t == "vector" else DoubleType()) for _, name, t in wanted])
+        out = prepared.mapInArrow(score, schema).drop(_TMP_FEATURES)
+        for _, name, t in wanted:
+            if t == "vector":
+                out = out.withColumn(name, array_to_vector(name))
+        return out
+
+    # --------------------------------------------------------------- persistence
+    def write(self):
+        return NeuralModelWriter(self)
+
+    @classmethod
+    def read(cls):
+        return NeuralModelReader(cls)
+
+    def _extraMetadata(self):
+        return {"sparkNNFormatVersion": FORMAT_VERSION, "inputSpec": self._spec, "classNames": self._classNames}
+
+    def _loadExtra(self, metadata):
+        pass
+
+    def copy(self, extra=None):
+        that = super().copy(extra)
+        that._summary = None
+        return that
+
+
+def list_column(block):
+    """(n, k) numbers -> an Arrow list<double> array without per-row Python."""
+    return _list_column(block)
+
+
+def _list_column(block):
+    block = np.ascontiguousarray(block, dtype=np.float64)
+    n, k = block.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(block.ravel()))
+
+
+def classification_outputs(model, x):
+    """rawPrediction (logits), probability, prediction for a block."""
+    if len(x) == 0:
+        k = model.output_shape[0]
+        return _list_column(np.zeros((0, k))), _list_column(np.zeros((0, k))), pa.array([], pa.float64())
+    raw = model.predict_output(x)
+    prob = model.loss.output_transform(raw)
+    return _list_column(raw), _list_column(prob), pa.array(np.argmax(raw, axis=1).astype(np.float64))
+
+
+def _local_path(path):
+    if path.startswith("file:"):
+        path = path[5:]
+        while path.startswith("//"):
+            path = path[1:]
+    elif "://" in path:
+        raise ValueError(f"spark_nn saves models to local or shared-mount paths; got {path!r}")
+    return os.path.abspath(path)
+
+
+class NeuralModelWriter(MLWriter):
+    def __init__(self, instance):
+        super().__init__()
+        self.instance = instance
+
+    def save(self, path):
+        """Writes the whole model to a temporary directory and renames it into place, so a
+        failed save leaves no half-written model and overwrite replaces the old one only at
+        the end."""
+        self.saveImpl(path)
+
+    def saveImpl(self, path):
+        local = _local_path(path)
+        inst = self.instance
+
+        def fill(tmp):
+            DefaultParamsWriter.saveMetadata(inst, tmp, self.sc, extraMetadata=inst._extraMetadata())
+            data = os.path.join(tmp, "data")
+            os.makedirs(data)
+            with open(os.path.join(data, "model.json"), "w") as f:
+                json.dump(model_to_json(inst._net), f, indent=1)
+            write_arrays(os.path.join(data, "weights.npz"), inst._net.weights_dict())
+
+        atomic_directory(local, self.shouldOverwrite, fill)
+
+
+class NeuralModelReader(MLReader):
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path):
+        local = _local_path(path)
+        if not os.path.isdir(os.path.join(local, "metadata")):
+            raise ValueError(f"{path} is not a saved spark_nn model (no metadata directory)")
+        metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+        expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        if metadata.get("class") != expected:
+            raise ValueError(f"{path} holds a {metadata.get('class')}, not a {expected}")
+        version = metadata.get("sparkNNFormatVersion")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: spark_nn model format version {version!r} is not supported "
+                             f"(this spark_nn reads version {FORMAT_VERSION})")
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        try:
+            with open(os.path.join(local, "data", "model.json")) as f:
+                doc = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read data/model.json ({e})") from None
+        net = model_from_json(doc)
+        net.load_weights_dict(read_arrays(os.path.join(local, "data", "weights.npz")))
+        instance._setPayload(net, metadata["inputSpec"], metadata.get("classNames"))
+        instance._loadExtra(metadata)
+        return instance

@@ -1,0 +1,129 @@
+"""CNN and RNN classifiers as Spark ML estimators (the seed's ``CNN`` and ``RNN``).
+
+    cnn = CNN(layers=[32, 64, 10], activation="relu", inputCol="image", outputCol="label", numClasses=10)
+    model = cnn.fit(train); predictions = model.transform(test)
+
+``inputCol`` names the features and ``outputCol`` the label column (``featuresCol`` /
+``labelCol`` work too); models write ``rawPrediction``, ``probability`` and ``prediction`` like
+pyspark's probabilistic classifiers, so pyspark's evaluators work on them.
+"""
+import math
+
+from pyspark import keyword_only
+from pyspark.sql import functions as F
+
+from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_outputs
+from spark_nn.ml.columns import first_row_size, image_shape, seq_shape
+from spark_nn.ml.params import CNNParams, RNNParams
+from spark_nn.nn import builders
+
+
+class _ClassificationModel(NeuralModel):
+    def _output_columns(self):
+        return [(self.getOrDefault(self.rawPredictionCol), "vector"),
+                (self.getOrDefault(self.probabilityCol), "vector"),
+                (self.getOrDefault(self.predictionCol), "double")]
+
+    def _outputs_fn(self):
+        return classification_outputs
+
+    def predict(self, x):
+        """Predicted class indices for a numpy block shaped like the network input."""
+        return self._net.predict(x)
+
+
+class CNNClassificationModel(_ClassificationModel, CNNParams):
+    """A fitted CNNClassifier."""
+
+
+class CNNClassifier(NeuralEstimator, CNNParams):
+    """Convolutional network classifier: each entry of ``layers`` but an output one is a block of
+    kernelSize x kernelSize convolution ('same' padding) + activation + poolSize max-pooling,
+    then a dense output layer over numClasses.
+
+    Features: an image struct column (spark.read.format("image"), ImageFeature.loadImages), or
+    vectors / numeric arrays with ``imageShape`` = [channels, height, width] (square
+    single-channel images are recognised without it)."""
+
+    _model_class = CNNClassificationModel
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    def _input_spec(self, df, col, kind):
+        if kind == "image":
+            shape = image_shape(df, col)
+        elif kind in ("vector", "array"):
+            size = first_row_size(df, col, kind)
+            if self.isDefined(self.imageShape):
+                shape = self.getOrDefault(self.imageShape)
+                if len(shape) != 3 or math.prod(shape) != size:
+                    raise ValueError(f"imageShape {shape} does not match the {size} values per row of {col!r}")
+            elif math.isqrt(size) ** 2 == size:
+                shape = [1, math.isqrt(size), math.isqrt(size)]
+            else:
+                raise ValueError(f"features column {col!r} has {size} values per row, which is not a square "
+                                 "image; set imageShape=[channels, height, width]")
+        else:
+            raise ValueError(f"CNNClassifier needs images or pixel vectors/arrays in {col!r}; it holds {kind} data "
+                             "(use RNNClassifier for sequences)")
+        return {"kind": kind, "shape": list(shape)}
+
+    def _network(self, spec, num_classes):
+        return builders.cnn(self.getLayers(), num_classes, tuple(spec["shape"]), activation=self.getActivation(),
+                            kernel_size=self.getOrDefault(self.kernelSize), pool_size=self.getOrDefault(self.poolSize),
+                            dropout=self.getOrDefault(self.dropout), seed=self.getSeed())
+
+
+class RNNClassificationModel(_ClassificationModel, RNNParams):
+    """A fitted RNNClassifier."""
+
+
+class RNNClassifier(NeuralEstimator, RNNParams):
+    """Recurrent network classifier: each entry of ``layers`` but an output one is a recurrent
+    layer of that many units (cellType 'rnn', 'lstm' or 'gru'; stacked, the last one feeding a
+    dense output layer over numClasses).
+
+    Features: integer token sequences (array<int>, e.g. from SequenceAssembler; embedded with
+    embeddingDim), numeric sequences (array<array<double>>: steps x features), or numeric
+    arrays/vectors (one feature per step)."""
+
+    _model_class = RNNClassificationModel
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    def _input_spec(self, df, col, kind):
+        if kind == "ids":
+            steps = first_row_size(df, col, kind)
+            vocab = self.getOrDefault(self.vocabSize) if self.isDefined(self.vocabSize) else None
+            meta = df.schema[col].metadata.get("spark_nn", {})
+            if vocab is None and meta.get("vocabSize"):
+                vocab = int(meta["vocabSize"])
+            if vocab is None:
+                hi = df.select(F.max(F.array_max(col)).alias("hi")).first()["hi"]
+                vocab = int(hi) + 1 if hi is not None else 1
+            return {"kind": kind, "shape": [steps], "vocabSize": int(vocab)}
+        if kind in ("array", "vector"):
+            return {"kind": kind, "shape": [first_row_size(df, col, kind), 1]}
+        if kind == "seq":
+            return {"kind": kind, "shape": seq_shape(df, col)}
+        raise ValueError(f"RNNClassifier needs sequences in {col!r}; it holds {kind} data "
+                         "(use CNNClassifier for images)")
+
+    def _network(self, spec, num_classes):
+        return builders.rnn(self.getLayers(), num_classes, tuple(spec["shape"]),
+                            cell=self.getOrDefault(self.cellType), activation=self.getActivation(),
+                            vocab_size=spec.get("vocabSize"), embedding_dim=self.getOrDefault(self.embeddingDim),
+                            dropout=self.getOrDefault(self.dropout), seed=self.getSeed())
+
+
+# The seed's names.
+CNN = CNNClassifier
+RNN = RNNClassifier
+
+__all__ = ["CNN", "CNNClassificationModel", "CNNClassifier", "RNN", "RNNClassificationModel", "RNNClassifier"]

@@ -1,0 +1,183 @@
+"""Feature columns -> float32 blocks.
+
+The kind of a features column is read from the schema (before any Spark job):
+- "image": Spark's image struct (spark.read.format("image"), ImageFeature.loadImages);
+- "vector": pyspark.ml.linalg vectors;
+- "array": array of numbers (pixels, a numeric sequence, or token ids when integral);
+- "seq": array of arrays of numbers (a sequence of feature vectors).
+``feature_expr`` turns the column into something Arrow carries cheaply (the image struct as is,
+vectors and arrays as array<float>), and ``arrow_to_block`` turns one Arrow column of a record
+batch into a numpy block of shape (n,) + the model's input shape, checking every row.
+"""
+import numpy as np
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql import functions as F
+from pyspark.sql.types import (ArrayType, ByteType, DecimalType, DoubleType, FloatType, IntegerType, LongType,
+                               NumericType, ShortType, StructType)
+
+IMAGE_FIELDS = {"origin", "height", "width", "nChannels", "mode", "data"}
+INTEGRAL = (ByteType, ShortType, IntegerType, LongType)
+SUPPORTED = ("an image struct (spark.read.format('image') / ImageFeature.loadImages), a vector, "
+             "array<number> or array<array<number>>")
+
+
+def column_type(df, col):
+    if col not in df.columns:
+        raise ValueError(f"column {col!r} is not in the DataFrame; its columns are {df.columns}")
+    return df.schema[col].dataType
+
+
+def feature_kind(df, col):
+    """'image', 'vector', 'array', 'ids' (integral arrays) or 'seq'; errors name the column."""
+    t = column_type(df, col)
+    if isinstance(t, StructType) and IMAGE_FIELDS <= set(t.fieldNames()):
+        return "image"
+    if isinstance(t, VectorUDT):
+        return "vector"
+    if isinstance(t, ArrayType):
+        e = t.elementType
+        if isinstance(e, INTEGRAL):
+            return "ids"
+        if isinstance(e, NumericType):
+            return "array"
+        if isinstance(e, ArrayType) and isinstance(e.elementType, NumericType):
+            return "seq"
+    raise ValueError(f"features column {col!r} has type {t.simpleString()}; expected {SUPPORTED}")
+
+
+def check_label_column(df, col):
+    t = column_type(df, col)
+    if not isinstance(t, NumericType) or isinstance(t, DecimalType):
+        raise ValueError(f"label column {col!r} has type {t.simpleString()}; expected a numeric type "
+                         "(class indices 0, 1, ..., numClasses-1)")
+
+
+def feature_expr(col, kind):
+    """A column expression Arrow carries cheaply."""
+    c = F.col(col)
+    if kind == "vector":
+        return vector_to_array(c, "float32")
+    if kind == "array":
+        return c.cast(ArrayType(FloatType()))
+    if kind == "ids":
+        return c.cast(ArrayType(LongType()))
+    if kind == "seq":
+        return c.cast(ArrayType(ArrayType(FloatType())))
+    return c  # image struct
+
+
+def _row_lengths(arr):
+    offsets = np.asarray(arr.offsets)
+    return offsets[1:] - offsets[:-1]
+
+
+def _fail_rows(what, bad, base):
+    first = int(np.flatnonzero(bad)[0])
+    raise ValueError(f"{what} (row {base + first} of this partition, {int(bad.sum())} such rows)")
+
+
+def _check_lengths(arr, col, expected_len, base):
+    if arr.null_count:
+        _fail_rows(f"features column {col!r} has null values", np.asarray(arr.is_null()), base)
+    lengths = _row_lengths(arr)
+    bad = lengths != expected_len
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"features column {col!r}: row {base + first} of this partition has {lengths[first]} "
+                         f"values, expected {expected_len} (all rows must have the same size)")
+
+
+def _flat_list(arr, col, expected_len, base):
+    """ListArray of equal-length rows -> (n, expected_len) numpy, checking nulls and lengths."""
+    _check_lengths(arr, col, expected_len, base)
+    values = arr.flatten()
+    if values.null_count:
+        raise ValueError(f"features column {col!r} has null elements inside its arrays")
+    return values.to_numpy(zero_copy_only=False).reshape(len(arr), expected_len)
+
+
+def binary_values(data):
+    """The bytes of all rows of an Arrow (large) binary array, concatenated, without copying."""
+    import pyarrow as pa
+
+    bufs = data.buffers()
+    off_type = np.int64 if pa.types.is_large_binary(data.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=off_type)[data.offset:data.offset + len(data) + 1]
+    if bufs[2] is None:
+        return np.zeros(0, dtype=np.uint8)
+    return np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+
+
+def arrow_to_block(arr, spec, col, base=0):
+    """One Arrow column (a ChunkedArray or Array) -> numpy block (n,) + spec['shape'].
+
+    spec: {"kind": ..., "shape": [model input shape]}; errors name the column and the row."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    kind, shape = spec["kind"], tuple(spec["shape"])
+    n = len(arr)
+    if kind == "image":
+        c, h, w = shape
+        if arr.null_count:
+            _fail_rows(f"image column {col!r} has null images", np.asarray(arr.is_null()), base)
+        fields = dict(zip([f.name for f in arr.type], arr.flatten()))  # flatten() honours slicing
+        dims = [fields[k].to_numpy(zero_copy_only=False) for k in ("height", "width", "nChannels")]
+        bad = (dims[0] != h) | (dims[1] != w) | (dims[2] != c)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"image column {col!r}: row {base + first} of this partition is "
+                             f"{dims[0][first]}x{dims[1][first]} with {dims[2][first]} channels, expected "
+                             f"{h}x{w} with {c}; load the images with ImageFeature.loadImages(size=...)")
+        raw = binary_values(fields["data"])
+        if raw.size != n * h * w * c:
+            raise ValueError(f"image column {col!r}: image data does not match height x width x nChannels")
+        # Spark stores rows of pixels with interleaved channels (BGR order for colour)
+        return (raw.reshape(n, h, w, c).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0))
+    if kind == "ids":
+        return _flat_list(arr, col, shape[0], base).astype(np.int64, copy=False)
+    if kind in ("vector", "array"):
+        size = int(np.prod(shape))
+        return np.ascontiguousarray(_flat_list(arr, col, size, base), dtype=np.float32).reshape((n,) + shape)
+    if kind == "seq":
+        t, d = shape
+        _check_lengths(arr, col, t, base)
+        block = _flat_list(arr.flatten(), col, d, base * t)
+        return np.ascontiguousarray(block, dtype=np.float32).reshape(n, t, d)
+    raise ValueError(f"unknown feature kind {kind!r}")
+
+
+def first_row_size(df, col, kind):
+    """Length of the first non-null row of an array/vector column (one small job)."""
+    expr = F.size(feature_expr(col, kind))
+    row = df.where(F.col(col).isNotNull()).select(expr.alias("n")).first()
+    if row is None:
+        raise ValueError(f"features column {col!r} has no non-null rows")
+    return int(row["n"])
+
+
+def image_shape(df, col):
+    """(channels, height, width) of an image column; mixed sizes are an error (one job)."""
+    shapes = (df.select(F.col(f"{col}.nChannels").alias("c"), F.col(f"{col}.height").alias("h"),
+                        F.col(f"{col}.width").alias("w")).distinct().limit(6).collect())
+    if not shapes:
+        raise ValueError(f"image column {col!r} has no rows")
+    if len(shapes) > 1:
+        listed = ", ".join(f"{r.h}x{r.w}x{r.c}" for r in shapes[:5])
+        raise ValueError(f"image column {col!r} mixes image sizes/channels ({listed}); "
+                         "load them with ImageFeature.loadImages(size=(height, width)) to resize")
+    r = shapes[0]
+    return [int(r.c), int(r.h), int(r.w)]
+
+
+def seq_shape(df, col):
+    """(steps, features) of an array<array<number>> column from its first row."""
+    row = df.where(F.col(col).isNotNull()).select(F.size(col).alias("t"), F.size(F.col(col)[0]).alias("d")).first()
+    if row is None:
+        raise ValueError(f"features column {col!r} has no non-null rows")
+    return [int(row["t"]), int(row["d"])]
+
+
+LABEL_TYPE = DoubleType()

@@ -1,0 +1,194 @@
+"""Params shared by the spark_nn estimators and models, in pyspark.ml's style: each a Param
+with a doc and a type converter, mixed in by the classes that use them."""
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInputCol, HasLabelCol, HasMaxIter,
+                                     HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed, HasStepSize, HasTol,
+                                     HasValidationIndicatorCol)
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+CELL_TYPES = ("rnn", "lstm", "gru")
+HANDLE_INVALID = ("error", "skip")
+
+
+def _in(name, allowed):
+    def convert(value):
+        value = TypeConverters.toString(value)
+        if value.lower() not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        return value.lower()
+
+    return convert
+
+
+def _positive_ints(value):
+    values = TypeConverters.toListInt(value)
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"layers must be a non-empty list of positive ints, got {value!r}")
+    return values
+
+
+def _check(name, pred, what):
+    def convert(value):
+        v = TypeConverters.toFloat(value) if what.startswith("a number") else TypeConverters.toInt(value)
+        if not pred(v):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        return v
+
+    return convert
+
+
+class HasSeedAliases(HasFeaturesCol, HasLabelCol):
+    """The seed's keywords: inputCol names the features, outputCol the label column."""
+
+    inputCol = Param(Params._dummy(), "inputCol",
+                     "features column (the seed API's name; when set it takes precedence over featuresCol)",
+                     typeConverter=TypeConverters.toString)
+    outputCol = Param(Params._dummy(), "outputCol",
+                      "label column (the seed API's name; when set it takes precedence over labelCol)",
+                      typeConverter=TypeConverters.toString)
+
+    def getInputCol(self):
+        return self.getOrDefault(self.inputCol)
+
+    def getOutputCol(self):
+        return self.getOrDefault(self.outputCol)
+
+    def setInputCol(self, value):
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value):
+        return self._set(outputCol=value)
+
+    def featuresColumn(self):
+        """The features column in effect (inputCol if set, else featuresCol)."""
+        return self.getInputCol() if self.isSet(self.inputCol) else self.getFeaturesCol()
+
+    def labelColumn(self):
+        return self.getOutputCol() if self.isSet(self.outputCol) else self.getLabelCol()
+
+
+class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDepth, HasValidationIndicatorCol):
+    """Params of every spark_nn network estimator and model: the network and how it is trained."""
+
+    layers = Param(Params._dummy(), "layers",
+                   "hidden widths (conv filters for CNNs, units per recurrent layer for RNNs); a last entry equal "
+                   "to numClasses is the output layer, otherwise one is appended", typeConverter=_positive_ints)
+    activation = Param(Params._dummy(), "activation", f"hidden activation, one of {list(ACTIVATIONS)}",
+                       typeConverter=_in("activation", ACTIVATIONS))
+    batchSize = Param(Params._dummy(), "batchSize", "examples per optimizer step, summed over all partitions",
+                      typeConverter=_check("batchSize", lambda v: v >= 1, "an int >= 1"))
+    optimizer = Param(Params._dummy(), "optimizer", f"optimizer, one of {list(OPTIMIZERS)}",
+                      typeConverter=_in("optimizer", OPTIMIZERS))
+    momentum = Param(Params._dummy(), "momentum", "momentum of the sgd optimizer, in [0, 1)",
+                     typeConverter=_check("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    weightDecay = Param(Params._dummy(), "weightDecay", "weight decay (L2 for sgd/adam, decoupled for adamw), >= 0",
+                        typeConverter=_check("weightDecay", lambda v: v >= 0, "a number >= 0"))
+    clipNorm = Param(Params._dummy(), "clipNorm", "clip the gradient to this global L2 norm (0: no clipping)",
+                     typeConverter=_check("clipNorm", lambda v: v >= 0, "a number >= 0"))
+    learningRateSchedule = Param(Params._dummy(), "learningRateSchedule",
+                                 "'constant' or 'cosine' (decays stepSize to 0 over all steps)",
+                                 typeConverter=_in("learningRateSchedule", ("constant", "cosine")))
+    validationSplit = Param(Params._dummy(), "validationSplit",
+                            "fraction of the rows held out to validate after each epoch (0: none)",
+                            typeConverter=_check("validationSplit", lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    earlyStoppingPatience = Param(Params._dummy(), "earlyStoppingPatience",
+                                  "stop after this many epochs without a validation loss improvement larger than "
+                                  "tol, keeping the best weights (0: never stop early)",
+                                  typeConverter=_check("earlyStoppingPatience", lambda v: v >= 0, "an int >= 0"))
+    threadsPerTask = Param(Params._dummy(), "threadsPerTask",
+                           "kernel threads in each Spark task (0: spark.task.cpus)",
+                           typeConverter=_check("threadsPerTask", lambda v: v >= 0, "an int >= 0"))
+    localSteps = Param(Params._dummy(), "localSteps",
+                       "optimizer steps each partition takes on its own before the weights are averaged "
+                       "(1: synchronous data-parallel SGD, one aggregate per step)",
+                       typeConverter=_check("localSteps", lambda v: v >= 1, "an int >= 1"))
+    handleInvalid = Param(Params._dummy(), "handleInvalid",
+                          "rows with NaN/infinite features: 'error' (default) or 'skip' them",
+                          typeConverter=_in("handleInvalid", HANDLE_INVALID))
+    verbose = Param(Params._dummy(), "verbose", "print progress on the driver", typeConverter=TypeConverters.toBoolean)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(activation="relu", maxIter=10, stepSize=0.001, batchSize=64, optimizer="adam",
+                         momentum=0.9, weightDecay=0.0, clipNorm=0.0, learningRateSchedule="constant",
+                         validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps=1,
+                         handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0)
+
+    def getLayers(self):
+        return self.getOrDefault(self.layers)
+
+    def getActivation(self):
+        return self.getOrDefault(self.activation)
+
+    def getBatchSize(self):
+        return self.getOrDefault(self.batchSize)
+
+    def getOptimizer(self):
+        return self.getOrDefault(self.optimizer)
+
+
+class NeuralParams(TrainingParams, HasSeedAliases, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol):
+    """Params of the classifiers: the seed's column aliases and pyspark's prediction columns."""
+
+    numClasses = Param(Params._dummy(), "numClasses",
+                       "number of classes (>= 2); inferred from the label column when not set",
+                       typeConverter=_check("numClasses", lambda v: v >= 2, "an int >= 2"))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(inputCol="features", outputCol="label")
+
+    def getNumClasses(self):
+        return self.getOrDefault(self.numClasses)
+
+
+class CNNParams(NeuralParams):
+    kernelSize = Param(Params._dummy(), "kernelSize", "convolution kernel size (odd)",
+                       typeConverter=_check("kernelSize", lambda v: v >= 1 and v % 2 == 1, "an odd int >= 1"))
+    poolSize = Param(Params._dummy(), "poolSize", "max-pooling window and stride after each convolution",
+                     typeConverter=_check("poolSize", lambda v: v >= 1, "an int >= 1"))
+    imageShape = Param(Params._dummy(), "imageShape",
+                       "[channels, height, width] of vector/array features (image structs carry their own)",
+                       typeConverter=TypeConverters.toListInt)
+    dropout = Param(Params._dummy(), "dropout", "dropout rate before the output layer, in [0, 1)",
+                    typeConverter=_check("dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(kernelSize=3, poolSize=2, dropout=0.0)
+
+
+class RNNParams(NeuralParams):
+    cellType = Param(Params._dummy(), "cellType", f"recurrent cell, one of {list(CELL_TYPES)}; activation applies "
+                     "to 'rnn' cells (LSTM and GRU have fixed gate nonlinearities)",
+                     typeConverter=_in("cellType", CELL_TYPES))
+    vocabSize = Param(Params._dummy(), "vocabSize",
+                      "token id range [0, vocabSize) of integer sequences; from SequenceAssembler's column metadata "
+                      "or the data when not set", typeConverter=_check("vocabSize", lambda v: v >= 1, "an int >= 1"))
+    embeddingDim = Param(Params._dummy(), "embeddingDim", "size of the token embedding for integer sequences",
+                         typeConverter=_check("embeddingDim", lambda v: v >= 1, "an int >= 1"))
+    dropout = CNNParams.dropout
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(cellType="rnn", embeddingDim=32, dropout=0.0, activation="tanh")
+
+
+class AutoEncoderParams(TrainingParams, HasInputCol, HasOutputCol):
+    """inputCol: the features; outputCol: the code vector; reconstructionErrorCol: per-row MSE."""
+
+    reconstructionErrorCol = Param(Params._dummy(), "reconstructionErrorCol",
+                                   "column for each row's reconstruction error (mean squared error over the "
+                                   "features); '' to leave it out", typeConverter=TypeConverters.toString)
+    reconstructionCol = Param(Params._dummy(), "reconstructionCol",
+                              "column for the reconstructed features (a vector); '' (default) to leave it out",
+                              typeConverter=TypeConverters.toString)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(inputCol="features", outputCol="code", reconstructionErrorCol="reconstructionError",
+                         reconstructionCol="", activation="relu")
+
+    def featuresColumn(self):
+        return self.getInputCol()

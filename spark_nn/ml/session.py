@@ -1,0 +1,44 @@
+"""Starting Spark: a clear error when Java is missing, and the session the demo and examples use."""
+import os
+import shutil
+import subprocess
+import sys
+
+
+def require_java():
+    """Raises RuntimeError saying what to install when no Java runtime is found (pyspark needs
+    Java 17 or newer; without it SparkSession fails with an obscure gateway error)."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise RuntimeError("spark_nn needs Java 17 (or newer) for Spark, and no 'java' was found on PATH or in "
+                           "JAVA_HOME. Install it, e.g. 'apt-get install openjdk-17-jre-headless', or set JAVA_HOME.")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"cannot run {java} -version ({e}); spark_nn needs Java 17 for Spark") from None
+    for token in out.replace('"', " ").split():
+        head = token.split(".")[0]
+        if head.isdigit() and token[0].isdigit():
+            major = int(token.split(".")[1]) if head == "1" else int(head)
+            if major < 17:
+                raise RuntimeError(f"{java} is Java {major}; pyspark 4 needs Java 17 or newer")
+            return major
+    return None
+
+
+def local_session(master="local[2]", app_name="spark_nn", quiet=True):
+    """A SparkSession for the demo and examples (Java checked first)."""
+    require_java()
+    # workers must run this interpreter (with spark_nn installed), not whatever python3 is on PATH
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = (SparkSession.builder.master(master).appName(app_name)
+               .config("spark.sql.shuffle.partitions", "4"))
+    if quiet:
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
+    spark = builder.getOrCreate()
+    if quiet:
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -1,0 +1,127 @@
+"""The distributed trainer: a Spark step is the in-process step, sampling is deterministic,
+local steps, validation and early stopping, the training summary."""
+import numpy as np
+import pytest
+from pyspark.ml.linalg import Vectors
+
+from spark_nn.ml.classification import CNNClassifier, RNNClassifier
+from spark_nn.ml.columns import feature_kind
+from spark_nn.ml.trainer import DistributedTrainer, StepSampler, make_blocks, partition_sizes
+from spark_nn.nn.model import Sequential
+
+
+def _image_rows(rng, n, size=6, classes=3):
+    x = rng.standard_normal((n, size * size)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    x[np.arange(n), y] += 3.0  # learnable: one bright pixel per class
+    return x, y
+
+
+@pytest.fixture
+def small_images(spark, rng):
+    x, y = _image_rows(rng, 90)
+    rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
+    return spark.createDataFrame(rows, ["features", "label"]).repartition(3), x, y
+
+
+def test_spark_step_equals_in_process_step(spark, small_images):
+    df, _, _ = small_images
+    est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], seed=3)
+    spec = est._input_spec(df, "features", feature_kind(df, "features"))
+    net = est._network(spec, 3)
+    blocks = make_blocks(df, "features", "label", spec)
+    try:
+        sizes = partition_sizes(blocks)
+        assert len(sizes) == 2 and sum(sizes) == 90  # coalesced to spark.default.parallelism
+        trainer = DistributedTrainer(spark.sparkContext, net.config(), blocks, sizes, epochs=1, batch_size=16,
+                                     optimizer="sgd", step_size=0.1, seed=11)
+        weights = net.params.copy()
+        loss, grad, n, _ = trainer.gradient(weights, epoch=1, step=2)
+        parts = blocks.collect()
+    finally:
+        blocks.unpersist()
+    rows = [trainer.sampler.rows(p, 1, 2) for p in range(len(parts))]
+    x = np.concatenate([parts[p][0][r] for p, r in enumerate(rows)])
+    y = np.concatenate([parts[p][1][r] for p, r in enumerate(rows)]).astype(np.int64)
+    # each partition gives its share: ceil(rows / steps per epoch)
+    assert n == len(x) == sum(-(-k // trainer.sampler.steps_per_epoch) for k in sizes)
+    local = Sequential.from_config(net.config())
+    loss_ref, grad_ref, n_ref = local.loss_and_grad(weights, x, y)
+    assert n == n_ref
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-6 * np.abs(grad_ref).max())
+
+
+def test_sampler_uses_every_row_once_per_epoch():
+    sampler = StepSampler(seed=5, sizes=[10, 7, 0], batch_size=4)
+    assert sampler.steps_per_epoch == 5
+    for p, n in enumerate([10, 7, 0]):
+        seen = np.concatenate([sampler.rows(p, 3, s) for s in range(sampler.steps_per_epoch)])
+        assert sorted(seen.tolist()) == list(range(n))
+        # keyed by (seed, epoch, partition) only: the same rows again, other rows next epoch
+        again = np.concatenate([StepSampler(5, [10, 7, 0], 4).rows(p, 3, s) for s in range(5)])
+        np.testing.assert_array_equal(seen, again)
+    assert not np.array_equal(sampler.rows(0, 3, 0), sampler.rows(0, 4, 0))
+
+
+def test_fit_is_deterministic_and_learns(spark, small_images):
+    df, x, y = small_images
+    est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=4, batchSize=16, stepSize=0.05,
+                        seed=7)
+    m1, m2 = est.fit(df), est.fit(df)
+    np.testing.assert_array_equal(m1.weights, m2.weights)
+    s = m1.summary
+    assert s.totalIterations == len(s.objectiveHistory) == 4 * 6
+    assert [e["epoch"] for e in s.epochs] == [1, 2, 3, 4]
+    assert s.epochs[-1]["loss"] < s.epochs[0]["loss"]
+    assert np.mean(m1.predict(x.reshape(-1, 1, 6, 6)) == y) > 0.75  # chance is 1/3
+    other = est.copy({est.seed: 8}).fit(df)
+    assert not np.array_equal(other.weights, m1.weights)
+
+
+def test_local_steps_average_weights(spark, small_images):
+    df, x, y = small_images
+    est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=4, batchSize=16, stepSize=0.05,
+                        seed=7, localSteps=3)
+    model = est.fit(df)
+    s = model.summary
+    assert s.totalIterations == 4 * 6
+    assert len(s.objectiveHistory) == 4 * 2  # one aggregate per 3 steps
+    assert np.mean(model.predict(x.reshape(-1, 1, 6, 6)) == y) > 0.75  # chance is 1/3
+    sync = est.copy({est.localSteps: 1}).fit(df)
+    assert not np.array_equal(sync.weights, model.weights)
+
+
+def test_validation_split_and_early_stopping(spark, small_images):
+    df, _, _ = small_images
+    est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=30, batchSize=16, stepSize=0.05,
+                        seed=1, validationSplit=0.3, earlyStoppingPatience=2, tol=0.0)
+    model = est.fit(df)
+    s = model.summary
+    assert all(e["val_loss"] is not None and 0 <= e["val_accuracy"] <= 1 for e in s.epochs)
+    assert s.stoppedEarly and len(s.epochs) < 30
+    best = min(range(len(s.epochs)), key=lambda i: s.epochs[i]["val_loss"])
+    assert s.bestEpoch == best + 1
+    assert len(s.epochs) - s.bestEpoch == 2
+
+
+def test_validation_indicator_column(spark, small_images):
+    from pyspark.sql import functions as F
+
+    df, _, _ = small_images
+    df = df.withColumn("isVal", F.rand(seed=3) < 0.25)
+    model = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=2, batchSize=16,
+                          validationIndicatorCol="isVal").fit(df)
+    assert all(e["val_loss"] is not None for e in model.summary.epochs)
+
+
+def test_numeric_sequences_train_an_rnn(spark, rng):
+    n, t = 120, 6
+    x = rng.standard_normal((n, t, 2))
+    y = (x[:, 0, 0] > 0).astype(float)  # the first step decides: needs memory
+    rows = [(a.tolist(), float(b)) for a, b in zip(x, y)]
+    df = spark.createDataFrame(rows, "seq array<array<double>>, label double")
+    model = RNNClassifier(layers=[16], inputCol="seq", cellType="gru", maxIter=25, batchSize=30, stepSize=0.02,
+                          seed=0).fit(df)
+    assert model.inputSpec["shape"] == [t, 2]
+    assert np.mean(model.predict(x.astype(np.float32)) == y) > 0.85
