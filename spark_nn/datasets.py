@@ -73,3 +73,12 @@ def labelled_sentences(n, seed=0):
         sentences.append(" ".join(parts))
         labels.append(int(pos))
     return sentences, np.array(labels)
+
+
+def write_labelled_text(path, n=2000, seed=0):
+    """labelled_sentences as a text file, one 'label<TAB>sentence' per line. Returns n."""
+    sentences, labels = labelled_sentences(n, seed)
+    with open(path, "w") as f:
+        for s, y in zip(sentences, labels):
+            f.write(f"{int(y)}\t{s}\n")
+    return n

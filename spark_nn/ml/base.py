@@ -107,10 +107,10 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         kind = feature_kind(dataset, fcol)
         if self.classification:
             check_label_column(dataset, lcol)
-        spec = self._input_spec(dataset, fcol, kind)
         num_classes, class_names = (label_info(dataset, lcol, self.getOrDefault(self.numClasses)
                                                if self.isDefined(self.numClasses) else None)
                                     if self.classification else (None, None))
+        spec = self._input_spec(dataset, fcol, kind)
         net = self._network(spec, num_classes)
         sc = dataset.sparkSession.sparkContext
         train_df, val_df = self._split(dataset)

@@ -16,7 +16,7 @@ from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it fro
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, _list_column, _local_path
 from spark_nn.ml.columns import first_row_size, image_shape
-from spark_nn.ml.params import AutoEncoderParams
+from spark_nn.ml.params import AutoEncoderParams, with_accessors
 from spark_nn.nn import builders
 
 
@@ -157,6 +157,7 @@ def _at_least(name, low):
     return convert
 
 
+@with_accessors
 class SequenceParams(HasInputCol, HasOutputCol):
     """Fixed-length sequences: length, and where short ones are padded and long ones cut."""
 
@@ -205,6 +206,7 @@ class SequenceParams(HasInputCol, HasOutputCol):
         return seq.alias(self.getOutputCol(), metadata=meta)
 
 
+@with_accessors
 class SequenceAssembler(Transformer, SequenceParams, DefaultParamsReadable, DefaultParamsWritable):
     """Array of tokens (strings or numbers) -> fixed-length array<int> of token ids.
 
@@ -237,6 +239,7 @@ class SequenceAssembler(Transformer, SequenceParams, DefaultParamsReadable, Defa
         return dataset.withColumn(self.getOutputCol(), self._fixed_length(ids, col, vocab))
 
 
+@with_accessors
 class VocabularySequenceAssembler(Estimator, SequenceParams, DefaultParamsReadable, DefaultParamsWritable):
     """Learns a vocabulary from a column of token arrays: tokens seen at least minCount times,
     the maxVocabSize most frequent (ties by token), get ids 2, 3, ... in that order; 0 is
@@ -274,6 +277,7 @@ class VocabularySequenceAssembler(Estimator, SequenceParams, DefaultParamsReadab
         return model
 
 
+@with_accessors
 class VocabularySequenceAssemblerModel(Model, SequenceParams, DefaultParamsReadable, DefaultParamsWritable):
     """Maps tokens to vocabulary ids (0 padding, 1 out of vocabulary, 2... the vocabulary)."""
 

@@ -38,6 +38,22 @@ def _check(name, pred, what):
     return convert
 
 
+def with_accessors(cls):
+    """Adds pyspark-style getX/setX methods for every Param of cls that lacks them."""
+    for name in dir(cls):
+        param = getattr(cls, name, None)
+        if not isinstance(param, Param):
+            continue
+        cap = name[0].upper() + name[1:]
+        if not hasattr(cls, "get" + cap):
+            setattr(cls, "get" + cap, lambda self, _n=name: self.getOrDefault(_n))
+            getattr(cls, "get" + cap).__doc__ = f"Gets the value of {name} or its default."
+        if not hasattr(cls, "set" + cap):
+            setattr(cls, "set" + cap, lambda self, value, _n=name: self._set(**{_n: value}))
+            getattr(cls, "set" + cap).__doc__ = f"Sets the value of {name}."
+    return cls
+
+
 class HasSeedAliases(HasFeaturesCol, HasLabelCol):
     """The seed's keywords: inputCol names the features, outputCol the label column."""
 
@@ -68,8 +84,19 @@ class HasSeedAliases(HasFeaturesCol, HasLabelCol):
         return self.getOutputCol() if self.isSet(self.outputCol) else self.getLabelCol()
 
 
+@with_accessors
 class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDepth, HasValidationIndicatorCol):
     """Params of every spark_nn network estimator and model: the network and how it is trained."""
+
+    # pyspark's shared params, with their ranges checked when set
+    maxIter = Param(Params._dummy(), "maxIter", "number of epochs (passes over the training data), >= 1",
+                    typeConverter=_check("maxIter", lambda v: v >= 1, "an int >= 1"))
+    stepSize = Param(Params._dummy(), "stepSize", "learning rate of the optimizer, > 0",
+                     typeConverter=_check("stepSize", lambda v: v > 0 and v == v, "a number > 0"))
+    aggregationDepth = Param(Params._dummy(), "aggregationDepth", "depth of the treeAggregate summing gradients, "
+                             ">= 1", typeConverter=_check("aggregationDepth", lambda v: v >= 1, "an int >= 1"))
+    tol = Param(Params._dummy(), "tol", "least validation-loss improvement that resets earlyStoppingPatience, >= 0",
+                typeConverter=_check("tol", lambda v: v >= 0, "a number >= 0"))
 
     layers = Param(Params._dummy(), "layers",
                    "hidden widths (conv filters for CNNs, units per recurrent layer for RNNs); a last entry equal "
@@ -128,6 +155,7 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
         return self.getOrDefault(self.optimizer)
 
 
+@with_accessors
 class NeuralParams(TrainingParams, HasSeedAliases, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol):
     """Params of the classifiers: the seed's column aliases and pyspark's prediction columns."""
 
@@ -143,6 +171,7 @@ class NeuralParams(TrainingParams, HasSeedAliases, HasPredictionCol, HasProbabil
         return self.getOrDefault(self.numClasses)
 
 
+@with_accessors
 class CNNParams(NeuralParams):
     kernelSize = Param(Params._dummy(), "kernelSize", "convolution kernel size (odd)",
                        typeConverter=_check("kernelSize", lambda v: v >= 1 and v % 2 == 1, "an odd int >= 1"))
@@ -159,6 +188,7 @@ class CNNParams(NeuralParams):
         self._setDefault(kernelSize=3, poolSize=2, dropout=0.0)
 
 
+@with_accessors
 class RNNParams(NeuralParams):
     cellType = Param(Params._dummy(), "cellType", f"recurrent cell, one of {list(CELL_TYPES)}; activation applies "
                      "to 'rnn' cells (LSTM and GRU have fixed gate nonlinearities)",
@@ -175,6 +205,7 @@ class RNNParams(NeuralParams):
         self._setDefault(cellType="rnn", embeddingDim=32, dropout=0.0, activation="tanh")
 
 
+@with_accessors
 class AutoEncoderParams(TrainingParams, HasInputCol, HasOutputCol):
     """inputCol: the features; outputCol: the code vector; reconstructionErrorCol: per-row MSE."""
 

@@ -67,7 +67,8 @@ def make_blocks(df, feature_col, label_col, spec, handle_invalid="error", num_pa
 
     Inputs with more partitions than num_partitions (default: spark.default.parallelism; the
     image source makes one per few files) are coalesced, so a step runs one task per core
-    rather than dozens of tiny ones.
+    rather than dozens of tiny ones; inputs with fewer (a small file is one partition) are
+    repartitioned once, so every core takes a share of each step.
 
     x: float32 (n,)+shape (int64 token ids for 'ids'); y: float64 labels (None without label_col).
     NaN/infinite features: an error naming the row, or the rows are skipped."""
@@ -76,8 +77,11 @@ def make_blocks(df, feature_col, label_col, spec, handle_invalid="error", num_pa
         cols.append(F.col(label_col).cast("double").alias("y"))
     selected = df.select(*cols)
     target = num_partitions or df.sparkSession.sparkContext.defaultParallelism
-    if selected.rdd.getNumPartitions() > target:
+    have = selected.rdd.getNumPartitions()
+    if have > target:
         selected = selected.coalesce(target)
+    elif have < target:
+        selected = selected.repartition(target)
     has_label = label_col is not None
     dtype = np.int64 if spec["kind"] == "ids" else np.float32
     shape = tuple(spec["shape"])

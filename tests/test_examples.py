@@ -1,0 +1,41 @@
+"""The seed's two programs (examples/) run as written, at small settings, in the shared session."""
+import os
+import re
+import runpy
+import sys
+
+import pytest
+
+from spark_nn.datasets import write_labelled_text
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def run_example(name, args, epochs, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [name] + args)
+    monkeypatch.setenv("EPOCHS", str(epochs))
+    runpy.run_path(os.path.join(EXAMPLES, name), run_name="__main__")
+    out = capsys.readouterr().out
+    m = re.search(r"Accuracy: (\d\.\d+)", out)
+    assert m, out
+    return float(m.group(1))
+
+
+def test_seed_imports_only_changed_prefix():
+    for name in ("cnn_images.py", "rnn_text.py"):
+        src = open(os.path.join(EXAMPLES, name)).read()
+        assert "from pyspark.ml" not in src
+        assert re.search(r"^from spark_nn\.ml\.classification import (CNN|RNN)$", src, re.M)
+
+
+def test_cnn_example(spark, digits_dirs, monkeypatch, capsys):
+    train_dir, _ = digits_dirs
+    acc = run_example("cnn_images.py", [train_dir], 4, monkeypatch, capsys)
+    assert acc > 0.85  # 4 epochs at the seed's default settings (10 epochs give about 0.97)
+
+
+def test_rnn_example(spark, tmp_path, monkeypatch, capsys):
+    path = str(tmp_path / "texts.tsv")
+    write_labelled_text(path, n=800, seed=2)
+    acc = run_example("rnn_text.py", [path], 6, monkeypatch, capsys)
+    assert acc > 0.75  # majority class is about 0.5

@@ -1,0 +1,68 @@
+"""Scoring a Structured Streaming DataFrame, and the AutoEncoder."""
+import numpy as np
+import pytest
+from pyspark.ml.linalg import Vectors
+
+from spark_nn.datasets import digits_split
+from spark_nn.ml.classification import CNNClassifier
+from spark_nn.ml.feature import AutoEncoder, AutoEncoderModel
+
+
+@pytest.fixture(scope="module")
+def digit_rows():
+    xtr, xte, ytr, yte = digits_split()
+    return xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1), ytr, yte
+
+
+def test_model_scores_a_file_source_stream(spark, digit_rows, tmp_path):
+    xtr, xte, ytr, yte = digit_rows
+    train = spark.createDataFrame([(a.tolist(), float(b)) for a, b in zip(xtr[:600], ytr[:600])],
+                                  "pixels array<double>, label double")
+    model = CNNClassifier(layers=[8], inputCol="pixels", numClasses=10, maxIter=3, batchSize=64, stepSize=5e-3,
+                          seed=0).fit(train)
+    # three files arrive in the watched folder; the stream scores them with the batch model
+    src = tmp_path / "incoming"
+    batch = spark.createDataFrame([(i, a.tolist()) for i, a in enumerate(xte[:90])], "id long, pixels array<double>")
+    for k in range(3):
+        batch.where(f"id % 3 = {k}").write.parquet(str(src / f"part{k}"))
+    stream = (spark.readStream.schema(batch.schema).option("recursiveFileLookup", "true").parquet(str(src)))
+    assert stream.isStreaming
+    scored = model.transform(stream).select("id", "prediction", "probability")
+    query = scored.writeStream.format("memory").queryName("scored_digits").outputMode("append").start()
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    got = {r.id: r.prediction for r in spark.table("scored_digits").collect()}
+    assert len(got) == 90
+    expected = model.predict(xte[:90].astype(np.float32).reshape(-1, 1, 8, 8))
+    assert [got[i] for i in range(90)] == expected.astype(float).tolist()
+
+
+def test_autoencoder_codes_and_reconstruction_error(spark, digit_rows, tmp_path):
+    xtr, xte, _, _ = digit_rows
+    df = spark.createDataFrame([(Vectors.dense(a.tolist()),) for a in xtr], ["features"])
+    ae = AutoEncoder(layers=[32, 8], maxIter=15, batchSize=128, stepSize=5e-3, seed=0)
+    model = ae.fit(df)
+    assert model.codeSize == 8 and not model.summary.epochs[-1]["accuracy"]
+    losses = model.summary.trainingLoss
+    assert losses[-1] < 0.5 * losses[0]
+    test = spark.createDataFrame([(Vectors.dense(a.tolist()),) for a in xte], ["features"])
+    out = model.transform(test)
+    assert out.columns == ["features", "code", "reconstructionError"]
+    rows = out.collect()
+    errors = np.array([r.reconstructionError for r in rows])
+    # stated bound: held-out digits (pixels in [0, 1]) reconstruct with mean squared error < 0.04
+    assert errors.mean() < 0.04, errors.mean()
+    assert len(rows[0].code) == 8
+    np.testing.assert_allclose(rows[0].code.toArray(), model.encode(xte[:1])[0], rtol=1e-6)
+    # noise is flagged: its reconstruction error is far above the digits'
+    noise = np.random.default_rng(0).random((20, 64))
+    noisy = model.transform(spark.createDataFrame([(Vectors.dense(a.tolist()),) for a in noise], ["features"]))
+    assert min(r.reconstructionError for r in noisy.collect()) > np.percentile(errors, 95)
+    with_recon = model.copy({model.reconstructionCol: "recon"}).transform(test).first()
+    assert len(with_recon.recon) == 64
+    path = str(tmp_path / "ae")
+    model.write().save(path)
+    again = AutoEncoderModel.load(path).transform(test).collect()
+    assert [r.reconstructionError for r in again] == errors.tolist()

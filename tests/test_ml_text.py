@@ -1,0 +1,109 @@
+"""Text: Tokenizer -> SequenceAssembler -> RNN pipelines, the vocabulary assembler, and the
+assemblers' padding and truncation."""
+import numpy as np
+import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import BinaryClassificationEvaluator, MulticlassClassificationEvaluator
+from pyspark.sql import functions as F
+
+from spark_nn.datasets import labelled_sentences
+from spark_nn.ml.classification import RNN, RNNClassificationModel
+from spark_nn.ml.feature import (SequenceAssembler, Tokenizer, VocabularySequenceAssembler,
+                                 VocabularySequenceAssemblerModel)
+
+
+@pytest.fixture(scope="module")
+def reviews(spark):
+    sentences, labels = labelled_sentences(1200, seed=4)
+    df = spark.createDataFrame([(s, float(y)) for s, y in zip(sentences, labels)], ["text", "label"])
+    train, test = df.randomSplit([0.8, 0.2], seed=1)
+    return train.cache(), test.cache()
+
+
+def _majority(df):
+    counts = [r["count"] for r in df.groupBy("label").count().collect()]
+    return max(counts) / sum(counts)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_text_pipeline_beats_majority_and_round_trips(reviews, tmp_path, cell):
+    train, test = reviews
+    pipeline = Pipeline(stages=[
+        Tokenizer(inputCol="text", outputCol="words"),
+        SequenceAssembler(inputCol="words", outputCol="sequence", sequenceLength=10, vocabSize=500),
+        RNN(layers=[32, 2], cellType=cell, inputCol="sequence", outputCol="label", numClasses=2, maxIter=8,
+            batchSize=48, stepSize=5e-3, clipNorm=5.0, seed=0)])
+    model = pipeline.fit(train)
+    predictions = model.transform(test)
+    acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(predictions)
+    # the label needs the negation ("is not good"), so word order matters; stated margin: 25 points
+    assert acc >= _majority(test) + 0.25, acc
+    assert BinaryClassificationEvaluator().evaluate(predictions) > 0.9
+    rnn_model = model.stages[-1]
+    assert isinstance(rnn_model, RNNClassificationModel)
+    assert rnn_model.inputSpec == {"kind": "ids", "shape": [10], "vocabSize": 500}
+
+    path = str(tmp_path / "pipeline")
+    model.write().overwrite().save(path)
+    again = PipelineModel.load(path).transform(test)
+    def rows(df):
+        return sorted((r.text, r.prediction, r.probability.toArray().tolist())
+                      for r in df.select("text", "prediction", "probability").collect())
+
+    assert rows(again) == rows(predictions)
+
+
+def test_sequence_assembler_pads_and_truncates(spark):
+    df = spark.createDataFrame([(["a", "b", "c", "d"],), (["a"],), ([],)], ["w"])
+
+    def run(**kw):
+        out = SequenceAssembler(inputCol="w", outputCol="s", sequenceLength=3, vocabSize=1000, **kw).transform(df)
+        return [r.s for r in out.collect()]
+
+    pre = run()
+    assert [len(s) for s in pre] == [3, 3, 3]
+    ids = {t: i for t, i in zip("abcd", [None] * 4)}
+    a = pre[1][2]
+    assert pre[1] == [0, 0, a] and pre[2] == [0, 0, 0] and 1 <= a < 1000
+    assert pre[0][0] != a  # 'pre' truncation keeps the last tokens: b c d
+    post = run(padding="post", truncating="post")
+    assert post[1] == [a, 0, 0] and post[0][0] == a
+    assert ids  # hashing needs no fit: same token, same id, in every row and run
+    assert run() == pre
+    out = SequenceAssembler(inputCol="w", outputCol="s", sequenceLength=3).transform(df)
+    assert out.schema["s"].metadata["spark_nn"] == {"vocabSize": 10000, "sequenceLength": 3}
+
+
+@pytest.mark.parametrize("kw, match", [({"sequenceLength": 0}, "sequenceLength"), ({"vocabSize": 1}, "vocabSize"),
+                                       ({"padding": "left"}, "padding")])
+def test_sequence_assembler_rejects_bad_params(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SequenceAssembler(inputCol="w", outputCol="s", **dict({"sequenceLength": 3}, **kw))
+
+
+def test_sequence_assembler_names_bad_columns(spark):
+    df = spark.createDataFrame([("a b",)], ["text"])
+    with pytest.raises(ValueError, match="'text' has type string"):
+        SequenceAssembler(inputCol="text", outputCol="s", sequenceLength=3).transform(df)
+    with pytest.raises(ValueError, match="'nope' is not in the DataFrame"):
+        SequenceAssembler(inputCol="nope", outputCol="s", sequenceLength=3).transform(df)
+
+
+def test_vocabulary_assembler_fits_and_persists(spark, tmp_path):
+    df = spark.createDataFrame([(["b", "a", "b"],), (["c", "b", "a"],), (["d"],)], ["w"])
+    est = VocabularySequenceAssembler(inputCol="w", outputCol="s", sequenceLength=4, minCount=2)
+    model = est.fit(df)
+    assert model.getVocabulary() == ["b", "a"]  # by count, then token
+    assert model.vocabSize == 4
+    rows = [r.s for r in model.transform(df).collect()]
+    assert rows == [[0, 2, 3, 2], [0, 1, 2, 3], [0, 0, 0, 1]]  # c, d are out of vocabulary (1)
+    out = model.transform(df)
+    assert out.schema["s"].metadata["spark_nn"]["vocabSize"] == 4
+    path = str(tmp_path / "vocab")
+    model.write().overwrite().save(path)
+    loaded = VocabularySequenceAssemblerModel.load(path)
+    assert [r.s for r in loaded.transform(df).collect()] == rows
+    capped = VocabularySequenceAssembler(inputCol="w", outputCol="s", sequenceLength=2, maxVocabSize=1).fit(df)
+    assert capped.getVocabulary() == ["b"]
+    with pytest.raises(ValueError, match="minCount"):
+        VocabularySequenceAssembler(inputCol="w", outputCol="s", sequenceLength=2, minCount=5).fit(df)
