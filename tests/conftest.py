@@ -42,7 +42,8 @@ def spark():
     session = (SparkSession.builder.master("local[2]").appName("spark_nn tests")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "2").config("spark.default.parallelism", "2")
-               .config("spark.driver.memory", "2g").getOrCreate())
+               .config("spark.driver.memory", "2g")
+               .config("spark.python.unix.domain.socket.enabled", "true").getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

