@@ -58,7 +58,8 @@ def run_ours(train, test, epochs, with_validation, local_steps=1, batch_size=64)
     data = train.unionByName(test).repartition(2) if with_validation else train
     cnn = CNN(layers=[32, 64, 10], inputCol="features", outputCol="label", numClasses=10, maxIter=epochs,
               batchSize=batch_size, stepSize=4e-3, optimizer="adamw", weightDecay=0.05,
-              learningRateSchedule="cosine", seed=0, localSteps=local_steps, validationIndicatorCol="isVal" if with_validation else None)
+              learningRateSchedule="cosine", seed=0, localSteps=local_steps,
+              validationIndicatorCol="isVal" if with_validation else None)
     t0 = time.perf_counter()
     model = cnn.fit(data)
     seconds = time.perf_counter() - t0

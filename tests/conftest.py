@@ -32,14 +32,15 @@ def threads():
 
 @pytest.fixture(scope="session")
 def spark():
-    """The one local[2] SparkSession every Spark test shares (started on first use)."""
+    """The one SparkSession every Spark test shares (started on first use): local[2,2] is
+    local[2] (two cores) with one retry of a failed task, as a cluster would retry it."""
     from spark_nn.ml.session import require_java
 
     require_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("spark_nn tests")
+    session = (SparkSession.builder.master("local[2,2]").appName("spark_nn tests")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "2").config("spark.default.parallelism", "2")
                .config("spark.driver.memory", "2g")

@@ -4,7 +4,6 @@ import re
 import runpy
 import sys
 
-import pytest
 
 from spark_nn.datasets import write_labelled_text
 

@@ -1,10 +1,8 @@
 """Text: Tokenizer -> SequenceAssembler -> RNN pipelines, the vocabulary assembler, and the
 assemblers' padding and truncation."""
-import numpy as np
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator, MulticlassClassificationEvaluator
-from pyspark.sql import functions as F
 
 from spark_nn.datasets import labelled_sentences
 from spark_nn.ml.classification import RNN, RNNClassificationModel

@@ -6,7 +6,6 @@ import pytest
 
 from spark_nn.nn import builders, load_model, save_model
 from spark_nn.nn import layers as L
-from spark_nn.nn.model import Sequential
 from spark_nn.nn.persist import read_arrays
 
 

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
-from spark_nn.ml.trainer import DistributedTrainer, make_blocks, partition_sizes, unwrap_errors, worker_model
+from spark_nn.ml.trainer import DistributedTrainer, make_blocks, partition_sizes, worker_model
 from spark_nn.nn.persist import atomic_directory, model_from_json, model_to_json, read_arrays, write_arrays
 
 FORMAT_VERSION = 1
@@ -130,7 +130,10 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                 aggregation_depth=self.getAggregationDepth(), threads=task_threads(self, sc),
                 val_blocks=val_blocks, tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
                 classification=self.classification, verbose=self.getOrDefault(self.verbose),
-                local_steps=self.getOrDefault(self.localSteps), description=f"spark_nn {type(self).__name__}.fit")
+                local_steps=self.getOrDefault(self.localSteps),
+                checkpoint_dir=_local_path(self.getOrDefault(self.checkpointDir)) or None
+                if self.getOrDefault(self.checkpointDir) else None,
+                checkpoint_interval=self.getOrDefault(self.checkpointInterval), description=f"spark_nn {type(self).__name__}.fit")
             weights = trainer.run(net.params)
         finally:
             blocks.unpersist()

@@ -265,7 +265,8 @@ class VocabularySequenceAssembler(Estimator, SequenceParams, DefaultParamsReadab
 
     def _fit(self, dataset):
         col = self._check_input(dataset)
-        counts = (dataset.select(F.explode(F.col(col).cast(ArrayType(StringType()))).alias("t")).where(F.col("t").isNotNull())
+        tokens = F.explode(F.col(col).cast(ArrayType(StringType()))).alias("t")
+        counts = (dataset.select(tokens).where(F.col("t").isNotNull())
                   .groupBy("t").count().where(F.col("count") >= self.getOrDefault(self.minCount))
                   .orderBy(F.desc("count"), F.asc("t")).limit(self.getOrDefault(self.maxVocabSize)))
         vocabulary = [r["t"] for r in counts.collect()]
@@ -326,7 +327,8 @@ def autoencoder_outputs(model, x, code_index):
     flat = x.reshape(n, -1)
     if n == 0:
         width = int(np.prod(model.layers[code_index].output_shape))
-        return _list_column(np.zeros((0, width))), pa.array([], pa.float64()), _list_column(np.zeros((0, flat.shape[1])))
+        return (_list_column(np.zeros((0, width))), pa.array([], pa.float64()),
+                _list_column(np.zeros((0, flat.shape[1]))))
     code = model.predict_layer_output(x, code_index).reshape(n, -1)
     recon = model.predict_output(x).reshape(n, -1)
     err = np.mean((recon.astype(np.float64) - flat) ** 2, axis=1)

@@ -2,8 +2,8 @@
 with a doc and a type converter, mixed in by the classes that use them."""
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInputCol, HasLabelCol, HasMaxIter,
-                                     HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed, HasStepSize, HasTol,
-                                     HasValidationIndicatorCol)
+                                     HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
+                                     HasStepSize, HasTol, HasValidationIndicatorCol)
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -134,25 +134,21 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                           "rows with NaN/infinite features: 'error' (default) or 'skip' them",
                           typeConverter=_in("handleInvalid", HANDLE_INVALID))
     verbose = Param(Params._dummy(), "verbose", "print progress on the driver", typeConverter=TypeConverters.toBoolean)
+    checkpointDir = Param(Params._dummy(), "checkpointDir",
+                          "local or shared-mount directory for training checkpoints ('' : none); a fit whose "
+                          "checkpointDir holds a checkpoint of the same run resumes from it",
+                          typeConverter=TypeConverters.toString)
+    checkpointInterval = Param(Params._dummy(), "checkpointInterval",
+                               "write a checkpoint every this many epochs (and after the last)",
+                               typeConverter=_check("checkpointInterval", lambda v: v >= 1, "an int >= 1"))
 
     def __init__(self, *args):
         super().__init__(*args)
         self._setDefault(activation="relu", maxIter=10, stepSize=0.001, batchSize=64, optimizer="adam",
                          momentum=0.9, weightDecay=0.0, clipNorm=0.0, learningRateSchedule="constant",
                          validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps=1,
-                         handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0)
-
-    def getLayers(self):
-        return self.getOrDefault(self.layers)
-
-    def getActivation(self):
-        return self.getOrDefault(self.activation)
-
-    def getBatchSize(self):
-        return self.getOrDefault(self.batchSize)
-
-    def getOptimizer(self):
-        return self.getOrDefault(self.optimizer)
+                         handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0,
+                         checkpointDir="", checkpointInterval=1)
 
 
 @with_accessors
@@ -166,9 +162,6 @@ class NeuralParams(TrainingParams, HasSeedAliases, HasPredictionCol, HasProbabil
     def __init__(self, *args):
         super().__init__(*args)
         self._setDefault(inputCol="features", outputCol="label")
-
-    def getNumClasses(self):
-        return self.getOrDefault(self.numClasses)
 
 
 @with_accessors

@@ -11,6 +11,8 @@ exactly the same thing.
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import time
 
@@ -21,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
 
 import spark_nn
+from spark_nn.ml import checkpoint
 from spark_nn.ml.columns import arrow_to_block, feature_expr
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import Schedule, make_optimizer, optimizer_from_config
@@ -41,6 +44,24 @@ def worker_model(config_json, threads):
         model = Sequential.from_config(json.loads(config_json))
         _WORKER_MODELS[config_json] = model
     return model
+
+
+FAULT_PROPERTY = "spark_nn.test.killWorkerAt"
+
+
+def _maybe_fail(epoch, step, partition):
+    """Test-only switch: when the job's local property spark_nn.test.killWorkerAt is
+    'epoch:step:partition:flagfile' and flagfile does not exist yet, create it and SIGKILL this
+    Python worker, once, so Spark's task retry can be checked."""
+    ctx = TaskContext.get()
+    spec = ctx.getLocalProperty(FAULT_PROPERTY) if ctx else None
+    if not spec:
+        return
+    e, s, p, flag = spec.split(":", 3)
+    if (int(e), int(s), int(p)) == (epoch, step, partition) and not os.path.exists(flag):
+        with open(flag, "w") as f:
+            f.write(f"killed attempt {ctx.attemptNumber()}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def unwrap_errors(fn, *args, **kwargs):
@@ -257,7 +278,7 @@ class DistributedTrainer:
     def __init__(self, sc, model_config, blocks, sizes, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
                  threads=1, val_blocks=None, tol=0.0, patience=0, classification=True, verbose=False,
-                 local_steps=1, description="spark_nn fit"):
+                 local_steps=1, description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1):
         self.sc, self.blocks, self.sizes = sc, blocks, sizes
         self.config_json = json.dumps(model_config, sort_keys=True)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
@@ -273,6 +294,10 @@ class DistributedTrainer:
         self.val_blocks, self.tol, self.patience = val_blocks, float(tol), int(patience)
         self.classification, self.verbose, self.description = classification, verbose, description
         self.summary = TrainingSummary()
+        self.checkpoint_dir, self.checkpoint_interval = checkpoint_dir or None, int(checkpoint_interval)
+        self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, sizes, local_steps)
+        self.last_checkpoint = None
+        self.resumed_from = None
 
     # ------------------------------------------------------------ one step, as Spark jobs
     def _aggregate(self, fn, payload):
@@ -291,6 +316,7 @@ class DistributedTrainer:
 
         def make(bcast):
             def compute(partition, blocks):
+                _maybe_fail(epoch, step, partition)
                 for x, y in blocks:
                     rows = sampler.rows(partition, epoch, step)
                     if len(rows) == 0:
@@ -397,16 +423,45 @@ class DistributedTrainer:
 
     def _check_loss(self, loss, n, epoch, step):
         if n and not np.isfinite(loss):
+            kept = (f"; the last good checkpoint is {self.last_checkpoint} (a fit with the same checkpointDir "
+                    "resumes from it)" if self.last_checkpoint else "")
             raise ValueError(f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
-                             "lower stepSize or set clipNorm")
+                             f"lower stepSize or set clipNorm{kept}")
+
+    # ------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, epoch, weights, best, since_best):
+        state = {"fingerprint": self.fingerprint, "summary": self.summary.asDict(), "best_metric": best[0],
+                 "best_epoch": best[2], "since_best": since_best}
+        arrays = dict(checkpoint.optimizer_arrays(self.optimizer), weights=weights, best_weights=best[1])
+        self.last_checkpoint = checkpoint.write(self.checkpoint_dir, epoch, state, arrays)
+
+    def _resume(self, weights):
+        """(first epoch to run, best, since_best) after loading the newest checkpoint, if any."""
+        path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir else None
+        if path is None:
+            return 0, (np.inf, weights.copy(), -1), 0
+        state, arrays = checkpoint.read(path, self.fingerprint)
+        if arrays["weights"].shape != weights.shape:
+            raise ValueError(f"checkpoint {path} holds {arrays['weights'].size} weights, the network has "
+                             f"{weights.size}")
+        weights[:] = arrays["weights"]
+        self.optimizer.load_state_dict(checkpoint.optimizer_state(arrays))
+        s = state["summary"]
+        self.summary.objectiveHistory = list(s["objectiveHistory"])
+        self.summary.epochs = list(s["epochs"])
+        self.summary.totalIterations = int(s["totalIterations"])
+        self.last_checkpoint = self.resumed_from = path
+        log.info("%s: resuming from %s (epoch %d done)", self.description, path, state["epoch"])
+        best_metric = state["best_metric"] if state["best_metric"] is not None else np.inf
+        return int(state["epoch"]), (best_metric, arrays["best_weights"].copy(), state["best_epoch"]), \
+            int(state["since_best"])
 
     def run(self, weights):
         weights = np.array(weights, dtype=np.float32, copy=True)
-        best = (np.inf, weights.copy(), -1)
-        since_best = 0
-        progress = Progress(self.sampler.steps_per_epoch * self.epochs, self.description, self.verbose)
+        first, best, since_best = self._resume(weights)
+        progress = Progress(self.sampler.steps_per_epoch * (self.epochs - first), self.description, self.verbose)
         try:
-            for epoch in range(self.epochs):
+            for epoch in range(first, self.epochs):
                 t0 = time.perf_counter()
                 tot_loss, tot_n, tot_correct = self._epoch(weights, epoch, progress)
                 record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
@@ -427,7 +482,11 @@ class DistributedTrainer:
                     best, since_best = (monitored, weights.copy(), epoch + 1), 0
                 else:
                     since_best += 1
-                if self.patience and since_best >= self.patience:
+                stop = bool(self.patience and since_best >= self.patience)
+                if self.checkpoint_dir and (stop or epoch + 1 == self.epochs
+                                            or (epoch + 1) % self.checkpoint_interval == 0):
+                    self._save_checkpoint(epoch + 1, weights, best, since_best)
+                if stop:
                     self.summary.stoppedEarly = True
                     break
         finally:

@@ -20,7 +20,8 @@ def model_to_json(model):
 
 def model_from_json(doc):
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"not a spark_nn model description (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise ValueError(f"not a spark_nn model description (format {found!r})")
     if doc.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"model format version {doc.get('format_version')!r} is not supported "
                          f"(this spark_nn reads version {FORMAT_VERSION})")

@@ -1,0 +1,150 @@
+"""Reliability of a fit: a killed worker is retried to the same result, checkpoints resume
+exactly, a diverging fit says where and what to do, and model files are loaded safely."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from pyspark.ml.linalg import Vectors
+
+from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
+from spark_nn.ml.trainer import FAULT_PROPERTY
+
+
+@pytest.fixture(scope="module")
+def data(spark):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((96, 36)).astype(np.float32)
+    y = rng.integers(0, 3, 96)
+    x[np.arange(96), y] += 3.0
+    rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
+    return spark.createDataFrame(rows, ["features", "label"]).repartition(2).cache()
+
+
+def est(**kw):
+    return CNNClassifier(**dict(dict(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=3, batchSize=16,
+                                     stepSize=0.02, seed=9), **kw))
+
+
+def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path):
+    reference = est().fit(data).weights
+    flag = tmp_path / "killed"
+    sc = spark.sparkContext
+    sc.setLocalProperty(FAULT_PROPERTY, f"1:2:1:{flag}")  # epoch 1 (0-based), step 2, partition 1
+    try:
+        retried = est().fit(data).weights
+    finally:
+        sc.setLocalProperty(FAULT_PROPERTY, None)
+    assert flag.read_text().startswith("killed attempt 0")  # the kill happened, once
+    np.testing.assert_array_equal(retried, reference)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(data, tmp_path):
+    full = est(maxIter=4, checkpointDir=str(tmp_path / "a")).fit(data)
+    ckpt = tmp_path / "a"
+    assert (ckpt / "latest").read_text().strip() == "epoch-00004"
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("epoch-")) == ["epoch-00003", "epoch-00004"]
+    # a fit stopped after epoch 2 (as if interrupted), then the same fit again for 4 epochs
+    first = est(maxIter=2, checkpointDir=str(tmp_path / "b")).fit(data)
+    assert len(first.summary.epochs) == 2
+    resumed = est(maxIter=4, checkpointDir=str(tmp_path / "b")).fit(data)
+    np.testing.assert_array_equal(resumed.weights, full.weights)
+    assert [e["epoch"] for e in resumed.summary.epochs] == [1, 2, 3, 4]
+    assert resumed.summary.objectiveHistory == full.summary.objectiveHistory
+    # a different fit refuses the directory instead of mixing runs
+    with pytest.raises(ValueError, match="different fit"):
+        est(maxIter=4, seed=10, checkpointDir=str(tmp_path / "b")).fit(data)
+    state = json.loads((tmp_path / "b" / "epoch-00004" / "state.json").read_text())
+    assert state["epoch"] == 4 and "fingerprint" in state
+
+
+def test_diverging_fit_names_the_step_and_keeps_the_checkpoint(data, tmp_path):
+    ckpt = tmp_path / "c"
+    est(maxIter=1, checkpointDir=str(ckpt)).fit(data)
+    with pytest.raises(ValueError, match=r"loss became (nan|inf) at epoch \d+, step \d+; lower stepSize or set "
+                                         r"clipNorm; the last good checkpoint is .*epoch-00001"):
+        est(maxIter=3, stepSize=1e12, optimizer="sgd", checkpointDir=str(ckpt)).fit(data)
+    assert (ckpt / "latest").read_text().strip() == "epoch-00001"
+
+
+@pytest.fixture(scope="module")
+def saved(data, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("models") / "good")
+    est(maxIter=1).fit(data).write().save(path)
+    return path
+
+
+def _copy(saved, tmp_path):
+    path = str(tmp_path / "m")
+    shutil.copytree(saved, path)
+    return path
+
+
+def test_load_refuses_a_truncated_weights_file(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    w = os.path.join(path, "data", "weights.npz")
+    with open(w, "r+b") as f:
+        f.truncate(os.path.getsize(w) // 2)
+    with pytest.raises(ValueError, match="corrupted or truncated|cannot read weights file"):
+        CNNClassificationModel.load(path)
+
+
+def test_load_refuses_weights_of_other_shapes(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    w = os.path.join(path, "data", "weights.npz")
+    with np.load(w) as z:
+        arrays = {k: z[k] for k in z.files}
+    key = sorted(arrays)[0]
+    arrays[key] = np.zeros(np.asarray(arrays[key].shape) + 1, np.float32)
+    np.savez(w, **arrays)
+    with pytest.raises(ValueError, match="shape"):
+        CNNClassificationModel.load(path)
+
+
+def test_load_refuses_pickled_arrays(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    w = os.path.join(path, "data", "weights.npz")
+    with np.load(w) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[sorted(arrays)[0]] = np.array([object()], dtype=object)
+    np.savez(w, **arrays)  # np.savez pickles object arrays; loading must not run that pickle
+    with pytest.raises(ValueError, match="cannot read weights file"):
+        CNNClassificationModel.load(path)
+
+
+def test_load_refuses_foreign_and_broken_directories(saved, tmp_path):
+    with pytest.raises(ValueError, match="not a saved spark_nn model"):
+        CNNClassificationModel.load(str(tmp_path))
+    path = _copy(saved, tmp_path)
+    with open(os.path.join(path, "data", "model.json"), "w") as f:
+        f.write('{"format": "spark_nn.Seq')
+    with pytest.raises(ValueError, match="cannot read data/model.json"):
+        CNNClassificationModel.load(path)
+    meta_dir = os.path.join(saved, "metadata")
+    meta_file = [f for f in os.listdir(meta_dir) if f.startswith("part-")][0]
+    meta = json.loads(open(os.path.join(meta_dir, meta_file)).read())
+    other = str(tmp_path / "other")
+    shutil.copytree(saved, other)
+    meta["sparkNNFormatVersion"] = 99
+    with open(os.path.join(other, "metadata", meta_file), "w") as f:
+        f.write(json.dumps(meta))
+    with pytest.raises(ValueError, match="format version 99 is not supported"):
+        CNNClassificationModel.load(other)
+
+
+def test_failed_save_leaves_nothing_behind(data, tmp_path, monkeypatch):
+    model = est(maxIter=1).fit(data)
+    target = tmp_path / "model"
+    model.write().save(str(target))
+    before = sorted(os.listdir(target / "data"))
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("spark_nn.ml.base.write_arrays", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.write().overwrite().save(str(target))
+    assert sorted(os.listdir(target / "data")) == before  # the old model is intact
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # and no temporary directory is left
+    CNNClassificationModel.load(str(target))
