@@ -129,6 +129,9 @@ def test_load_refuses_foreign_and_broken_directories(saved, tmp_path):
     meta["sparkNNFormatVersion"] = 99
     with open(os.path.join(other, "metadata", meta_file), "w") as f:
         f.write(json.dumps(meta))
+    with pytest.raises(ValueError, match="cannot read the model's metadata"):  # Hadoop's checksum catches it
+        CNNClassificationModel.load(other)
+    os.remove(os.path.join(other, "metadata", f".{meta_file}.crc"))
     with pytest.raises(ValueError, match="format version 99 is not supported"):
         CNNClassificationModel.load(other)
 

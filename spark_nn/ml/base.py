@@ -337,7 +337,11 @@ class NeuralModelReader(MLReader):
         local = _local_path(path)
         if not os.path.isdir(os.path.join(local, "metadata")):
             raise ValueError(f"{path} is not a saved spark_nn model (no metadata directory)")
-        metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+        try:
+            metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+        except Exception as e:  # Py4JJavaError from a corrupted file, JSON errors, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path}: cannot read the model's metadata ({first[:300]})") from None
         expected = f"{self.cls.__module__}.{self.cls.__name__}"
         if metadata.get("class") != expected:
             raise ValueError(f"{path} holds a {metadata.get('class')}, not a {expected}")
