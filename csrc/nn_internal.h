@@ -89,7 +89,7 @@ static inline float nn_dact1(int kind, float y, float g) {
  * so a portable wheel still runs 8-wide on CPUs that have it. -std=c99 keeps floating-point
  * contraction off, so every clone computes bitwise the same results. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
-#define NN_CLONES __attribute__((target_clones("avx2", "default"), visibility("hidden")))
+#define NN_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), visibility("hidden")))
 #else
 #define NN_CLONES
 #endif
