@@ -2,8 +2,8 @@
 
     python benchmarks/scaling.py [--sizes 10000,100000,1000000,10000000] [--reps 5]
 
-In Spark local[2] (one core per task), with the training data in 1 or 2 partitions (1 or 2
-workers), for dense networks of 10k to 10M parameters: the median time of one synchronous
+In Spark local[2] (one core per task) or on a cluster (--master, 1-core executors), with the
+training data in 1 or 2 partitions (1 or 2 workers or executors), for dense networks of 10k to 10M parameters: the median time of one synchronous
 training step (batch 256 over all partitions), of a bare broadcast + treeAggregate of a vector
 of that size, and of the same step's compute in one process. Fits
 
@@ -96,10 +96,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000,10000000")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--master", default="local[2]",
+                    help="e.g. spark://host:7077 with 1-core executors: then 1 and 2 partitions are 1 and 2 executors")
     args = ap.parse_args(argv)
     from spark_nn.ml.session import local_session
 
-    spark = local_session("local[2]", "spark_nn scaling")
+    spark = local_session(args.master, "spark_nn scaling")
     spark.sparkContext.setLogLevel("ERROR")
     results = []
     for partitions in (1, 2):
