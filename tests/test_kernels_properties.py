@@ -133,30 +133,24 @@ def test_rnn_fast_equals_reference(case, act):
     assert_paths_agree(lambda: K.rnn_backward(x, w_ih, w_hh, hs, dhs, h0, act))
 
 
-@SETTINGS
-@given(seq_cases())
-def test_lstm_fast_equals_reference(case):
-    n, t, d, h, seed = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, t, d)).astype(np.float32)
-    w_ih, w_hh, b_ih, b_hh = _weights(rng, 4, d, h)
-    dhs = rng.standard_normal((n, t, h)).astype(np.float32)
-    hs, cs, gates = K.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
-    assert_paths_agree(lambda: K.lstm_forward(x, w_ih, w_hh, b_ih, b_hh))
-    assert_paths_agree(lambda: K.lstm_backward(x, w_ih, w_hh, hs, cs, gates, dhs))
+GATED = {
+    "lstm": (4, K.lstm_forward, lambda x, w, fwd, dhs: K.lstm_backward(x, w[0], w[1], *fwd, dhs)),
+    "gru": (3, K.gru_forward, lambda x, w, fwd, dhs: K.gru_backward(x, w[0], w[1], *fwd, dhs)),
+}
 
 
 @SETTINGS
-@given(seq_cases())
-def test_gru_fast_equals_reference(case):
+@given(seq_cases(), st.sampled_from(sorted(GATED)))
+def test_gated_cells_fast_equal_reference(case, cell):
     n, t, d, h, seed = case
+    gates, forward, backward = GATED[cell]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, t, d)).astype(np.float32)
-    w_ih, w_hh, b_ih, b_hh = _weights(rng, 3, d, h)
+    w = _weights(rng, gates, d, h)
     dhs = rng.standard_normal((n, t, h)).astype(np.float32)
-    hs, gates, hn = K.gru_forward(x, w_ih, w_hh, b_ih, b_hh)
-    assert_paths_agree(lambda: K.gru_forward(x, w_ih, w_hh, b_ih, b_hh))
-    assert_paths_agree(lambda: K.gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs))
+    fwd = forward(x, *w)
+    assert_paths_agree(lambda: forward(x, *w))
+    assert_paths_agree(lambda: backward(x, w, fwd, dhs))
 
 
 @SETTINGS

@@ -90,26 +90,27 @@ def test_load_refuses_a_truncated_weights_file(saved, tmp_path):
         CNNClassificationModel.load(path)
 
 
-def test_load_refuses_weights_of_other_shapes(saved, tmp_path):
+def _replace_first_array(saved, tmp_path, new):
+    """A copy of the saved model whose first weight array is new(old array)."""
     path = _copy(saved, tmp_path)
     w = os.path.join(path, "data", "weights.npz")
     with np.load(w) as z:
         arrays = {k: z[k] for k in z.files}
     key = sorted(arrays)[0]
-    arrays[key] = np.zeros(np.asarray(arrays[key].shape) + 1, np.float32)
-    np.savez(w, **arrays)
+    arrays[key] = new(arrays[key])
+    np.savez(w, **arrays)  # np.savez pickles object arrays
+    return path
+
+
+def test_load_refuses_weights_of_other_shapes(saved, tmp_path):
+    path = _replace_first_array(saved, tmp_path, lambda a: np.zeros(np.asarray(a.shape) + 1, np.float32))
     with pytest.raises(ValueError, match="shape"):
         CNNClassificationModel.load(path)
 
 
 def test_load_refuses_pickled_arrays(saved, tmp_path):
-    path = _copy(saved, tmp_path)
-    w = os.path.join(path, "data", "weights.npz")
-    with np.load(w) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays[sorted(arrays)[0]] = np.array([object()], dtype=object)
-    np.savez(w, **arrays)  # np.savez pickles object arrays; loading must not run that pickle
-    with pytest.raises(ValueError, match="cannot read weights file"):
+    path = _replace_first_array(saved, tmp_path, lambda a: np.array([object()], dtype=object))
+    with pytest.raises(ValueError, match="cannot read weights file"):  # the pickle is never run
         CNNClassificationModel.load(path)
 
 
