@@ -125,3 +125,12 @@ def test_numeric_sequences_train_an_rnn(spark, rng):
                           seed=0).fit(df)
     assert model.inputSpec["shape"] == [t, 2]
     assert np.mean(model.predict(x.astype(np.float32)) == y) > 0.85
+
+
+def test_weights_do_not_depend_on_kernel_threads_per_task(spark, small_images):
+    df, _, _ = small_images
+    est = CNNClassifier(layers=[8], numClasses=3, imageShape=[1, 6, 6], maxIter=2, batchSize=32, stepSize=0.05,
+                        seed=4)
+    one = est.copy({est.threadsPerTask: 1}).fit(df).weights
+    two = est.copy({est.threadsPerTask: 2}).fit(df).weights  # 2 OpenMP threads in every task
+    np.testing.assert_array_equal(one, two)
