@@ -73,6 +73,9 @@ def test_prediction_columns_are_what_pyspark_evaluators_expect(digits_model, dig
     assert r.prediction == float(np.argmax(r.rawPrediction))
     f1 = MulticlassClassificationEvaluator(metricName="f1").evaluate(out)
     assert f1 > 0.97
+    metrics = digits_model.evaluate(test)
+    assert metrics["f1"] == pytest.approx(f1)
+    assert metrics["accuracy"] >= 0.98 and 0 < metrics["logLoss"] < 0.2
     # one digit against the rest, scored by its probability, for the binary evaluator
     binary = out.select((F.col("label") == 3).cast("double").alias("label"),
                         F.col("probability").alias("rawPrediction"))

@@ -31,6 +31,21 @@ class _ClassificationModel(NeuralModel):
         """Predicted class indices for a numpy block shaped like the network input."""
         return self._net.predict(x)
 
+    def evaluate(self, dataset):
+        """Scores a labelled DataFrame and returns pyspark's multiclass metrics as a dict:
+        accuracy, f1, weightedPrecision, weightedRecall and logLoss."""
+        from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+        scored = self.transform(dataset).cache()
+        try:
+            ev = MulticlassClassificationEvaluator(labelCol=self.labelColumn(),
+                                                   predictionCol=self.getOrDefault(self.predictionCol),
+                                                   probabilityCol=self.getOrDefault(self.probabilityCol))
+            return {m: ev.evaluate(scored, {ev.metricName: m})
+                    for m in ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")}
+        finally:
+            scored.unpersist()
+
 
 class CNNClassificationModel(_ClassificationModel, CNNParams):
     """A fitted CNNClassifier."""
