@@ -3,8 +3,9 @@
     python benchmarks/scaling.py [--sizes 10000,100000,1000000,10000000] [--reps 5]
 
 In Spark local[2] (one core per task) or on a cluster (--master, 1-core executors), with the
-training data in 1 or 2 partitions (1 or 2 workers or executors), for dense networks of 10k to 10M parameters: the median time of one synchronous
-training step (batch 256 over all partitions), of a bare broadcast + treeAggregate of a vector
+training data in 1 or 2 partitions (1 or 2 workers or executors), for dense networks of 10k to
+10M parameters: the median time of one synchronous training step (batch 256 over all
+partitions), of a bare broadcast + treeAggregate of a vector
 of that size, and of the same step's compute in one process. Fits
 
     step(P, W) = c0 + c1 * P + compute(P) / W

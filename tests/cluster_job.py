@@ -2,7 +2,6 @@
 process): fits a CNN on digits through a Spark standalone cluster whose executors import
 spark_nn only from the shipped wheel, then prints one JSON line with what it saw."""
 import json
-import os
 import sys
 import time
 import urllib.request

@@ -62,7 +62,6 @@ def executor_python_without_spark_nn(tmp_path):
     """A virtual environment that sees this environment's packages (numpy, pyarrow, ...) through
     a .pth file but not spark_nn (its editable-install hook is a .pth that is not processed
     when reached that way)."""
-    import site
     import sysconfig
 
     venv = tmp_path / "executor_venv"
@@ -73,7 +72,6 @@ def executor_python_without_spark_nn(tmp_path):
     ours = sysconfig.get_paths()["purelib"]
     with open(os.path.join(purelib, "driver_packages.pth"), "w") as f:
         f.write(ours + "\n")
-    assert site  # noqa
     return exe
 
 

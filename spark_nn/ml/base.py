@@ -95,8 +95,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                 raise ValueError(f"validationIndicatorCol {ind!r} is not in the DataFrame; columns: {df.columns}")
             return df.where(~F.col(ind)), df.where(F.col(ind))
         if frac > 0:
-            train, val = df.randomSplit([1.0 - frac, frac], seed=self.getOrDefault(self.seed))
-            return train, val
+            return tuple(df.randomSplit([1.0 - frac, frac], seed=self.getOrDefault(self.seed)))
         return df, None
 
     def _fit(self, dataset):
@@ -105,8 +104,6 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         if not self.isDefined(self.layers):
             raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
         kind = feature_kind(dataset, fcol)
-        if self.classification:
-            check_label_column(dataset, lcol)
         num_classes, class_names = (label_info(dataset, lcol, self.getOrDefault(self.numClasses)
                                                if self.isDefined(self.numClasses) else None)
                                     if self.classification else (None, None))
@@ -115,6 +112,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         sc = dataset.sparkSession.sparkContext
         train_df, val_df = self._split(dataset)
         handle = self.getOrDefault(self.handleInvalid)
+        checkpoint_dir = self.getOrDefault(self.checkpointDir)
         blocks = make_blocks(train_df, fcol, lcol, spec, handle)
         val_blocks = make_blocks(val_df, fcol, lcol, spec, handle) if val_df is not None else None
         try:
@@ -131,9 +129,9 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                 val_blocks=val_blocks, tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
                 classification=self.classification, verbose=self.getOrDefault(self.verbose),
                 local_steps=self.getOrDefault(self.localSteps),
-                checkpoint_dir=_local_path(self.getOrDefault(self.checkpointDir)) or None
-                if self.getOrDefault(self.checkpointDir) else None,
-                checkpoint_interval=self.getOrDefault(self.checkpointInterval), description=f"spark_nn {type(self).__name__}.fit")
+                checkpoint_dir=_local_path(checkpoint_dir) if checkpoint_dir else None,
+                checkpoint_interval=self.getOrDefault(self.checkpointInterval),
+                description=f"spark_nn {type(self).__name__}.fit")
             weights = trainer.run(net.params)
         finally:
             blocks.unpersist()
@@ -272,10 +270,6 @@ class NeuralModel(Model, MLWritable, MLReadable):
 
 def list_column(block):
     """(n, k) numbers -> an Arrow list<double> array without per-row Python."""
-    return _list_column(block)
-
-
-def _list_column(block):
     block = np.ascontiguousarray(block, dtype=np.float64)
     n, k = block.shape
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
@@ -286,10 +280,10 @@ def classification_outputs(model, x):
     """rawPrediction (logits), probability, prediction for a block."""
     if len(x) == 0:
         k = model.output_shape[0]
-        return _list_column(np.zeros((0, k))), _list_column(np.zeros((0, k))), pa.array([], pa.float64())
+        return list_column(np.zeros((0, k))), list_column(np.zeros((0, k))), pa.array([], pa.float64())
     raw = model.predict_output(x)
     prob = model.loss.output_transform(raw)
-    return _list_column(raw), _list_column(prob), pa.array(np.argmax(raw, axis=1).astype(np.float64))
+    return list_column(raw), list_column(prob), pa.array(np.argmax(raw, axis=1).astype(np.float64))
 
 
 def _local_path(path):

@@ -13,7 +13,7 @@ import numpy as np
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
-from pyspark.sql.types import (ArrayType, ByteType, DecimalType, DoubleType, FloatType, IntegerType, LongType,
+from pyspark.sql.types import (ArrayType, ByteType, DecimalType, FloatType, IntegerType, LongType,
                                NumericType, ShortType, StructType)
 
 IMAGE_FIELDS = {"origin", "height", "width", "nChannels", "mode", "data"}
@@ -179,5 +179,3 @@ def seq_shape(df, col):
         raise ValueError(f"features column {col!r} has no non-null rows")
     return [int(row["t"]), int(row["d"])]
 
-
-LABEL_TYPE = DoubleType()

@@ -14,7 +14,7 @@ from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, S
 
 from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it from here)
 
-from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, _list_column, _local_path
+from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column, _local_path
 from spark_nn.ml.columns import first_row_size, image_shape
 from spark_nn.ml.params import AutoEncoderParams, with_accessors
 from spark_nn.nn import builders
@@ -327,12 +327,12 @@ def autoencoder_outputs(model, x, code_index):
     flat = x.reshape(n, -1)
     if n == 0:
         width = int(np.prod(model.layers[code_index].output_shape))
-        return (_list_column(np.zeros((0, width))), pa.array([], pa.float64()),
-                _list_column(np.zeros((0, flat.shape[1]))))
+        return (list_column(np.zeros((0, width))), pa.array([], pa.float64()),
+                list_column(np.zeros((0, flat.shape[1]))))
     code = model.predict_layer_output(x, code_index).reshape(n, -1)
     recon = model.predict_output(x).reshape(n, -1)
     err = np.mean((recon.astype(np.float64) - flat) ** 2, axis=1)
-    return _list_column(code), pa.array(err), _list_column(recon)
+    return list_column(code), pa.array(err), list_column(recon)
 
 
 class AutoEncoderModel(NeuralModel, AutoEncoderParams):

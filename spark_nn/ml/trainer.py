@@ -166,11 +166,25 @@ class StepSampler:
 
 
 def _add(a, b):
-    if a[1] is None:
-        return b
-    if b[1] is None:
-        return a
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
+    """Sum of two (loss, vector or None, count, correct) tuples; None is an absent vector."""
+    vec = b[1] if a[1] is None else (a[1] if b[1] is None else a[1] + b[1])
+    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3])
+
+
+def _correct(out, yb, classification):
+    return int(np.sum(np.argmax(out, axis=1) == yb)) if classification else 0
+
+
+def _minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, classification):
+    """(loss sum, gradient sum, rows, correct) of this partition's share of a step, or None
+    when it has no rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
+    rows = sampler.rows(partition, epoch, step)
+    if len(rows) == 0:
+        return None
+    rng = np.random.default_rng([seed, epoch, step, partition, 1])
+    yb = y[rows].astype(np.int64) if classification else x[rows]
+    loss, grad, n = model.loss_and_grad(params, x[rows], yb, rng)
+    return loss, grad, n, _correct(model.last_output, yb, classification)
 
 
 class TrainingSummary:
@@ -300,10 +314,13 @@ class DistributedTrainer:
         self.resumed_from = None
 
     # ------------------------------------------------------------ one step, as Spark jobs
-    def _aggregate(self, fn, payload):
+    def _aggregate(self, fn, payload, blocks=None):
+        """Broadcasts payload, maps fn(broadcast) over the partitions of blocks (default: the
+        training blocks) and sums the (loss, vector, count, correct) tuples by treeAggregate."""
         bcast = self.sc.broadcast(payload)
+        blocks = self.blocks if blocks is None else blocks
         try:
-            return unwrap_errors(lambda: self.blocks.mapPartitionsWithIndex(fn(bcast)).treeAggregate(
+            return unwrap_errors(lambda: blocks.mapPartitionsWithIndex(fn(bcast)).treeAggregate(
                 (0.0, None, 0, 0), _add, _add, depth=self.depth))
         finally:
             bcast.destroy()
@@ -318,15 +335,10 @@ class DistributedTrainer:
             def compute(partition, blocks):
                 _maybe_fail(epoch, step, partition)
                 for x, y in blocks:
-                    rows = sampler.rows(partition, epoch, step)
-                    if len(rows) == 0:
-                        continue
-                    model = worker_model(config_json, threads)
-                    rng = np.random.default_rng([seed, epoch, step, partition, 1])
-                    yb = y[rows].astype(np.int64) if classification else x[rows]
-                    loss, grad, n = model.loss_and_grad(bcast.value, x[rows], yb, rng)
-                    correct = int(np.sum(np.argmax(model.last_output, axis=1) == yb)) if classification else 0
-                    yield (loss, grad, n, correct)
+                    result = _minibatch_step(worker_model(config_json, threads), bcast.value, x, y, sampler, seed,
+                                             epoch, step, partition, classification)
+                    if result is not None:
+                        yield result
 
             return compute
 
@@ -347,16 +359,13 @@ class DistributedTrainer:
                     opt = optimizer_from_config(opt_cfg)
                     loss_sum, rows_seen, correct = 0.0, 0, 0
                     for step in range(first_step, first_step + k):
-                        rows = sampler.rows(partition, epoch, step)
-                        if len(rows) == 0:
+                        result = _minibatch_step(model, w, x, y, sampler, seed, epoch, step, partition,
+                                                 classification)
+                        if result is None:
                             continue
-                        rng = np.random.default_rng([seed, epoch, step, partition, 1])
-                        yb = y[rows].astype(np.int64) if classification else x[rows]
-                        loss, grad, n = model.loss_and_grad(w, x[rows], yb, rng)
+                        loss, grad, n, c = result
                         opt.step(w, grad / np.float32(n))
-                        loss_sum, rows_seen = loss_sum + loss, rows_seen + n
-                        if classification:
-                            correct += int(np.sum(np.argmax(model.last_output, axis=1) == yb))
+                        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + c
                     if rows_seen:
                         yield (loss_sum, w * np.float32(rows_seen), rows_seen, correct)
 
@@ -366,29 +375,23 @@ class DistributedTrainer:
 
     def _evaluate(self, blocks, weights):
         """(mean loss, accuracy) over blocks with these weights."""
-        bcast = self.sc.broadcast(weights)
         config_json, threads, classification = self.config_json, self.threads, self.classification
 
-        def evaluate(partition, it):
-            for x, y in it:
-                if len(x) == 0:
-                    continue
-                model = worker_model(config_json, threads)
-                model.set_params(bcast.value)
-                out = model.predict_output(x)
-                yb = y.astype(np.int64) if classification else x
-                loss, _ = model.loss(out, yb)
-                correct = int(np.sum(np.argmax(out, axis=1) == yb)) if classification else 0
-                yield (loss, None, len(x), correct)
+        def make(bcast):
+            def evaluate(partition, it):
+                for x, y in it:
+                    if len(x) == 0:
+                        continue
+                    model = worker_model(config_json, threads)
+                    model.set_params(bcast.value)
+                    out = model.predict_output(x)
+                    yb = y.astype(np.int64) if classification else x
+                    loss, _ = model.loss(out, yb)
+                    yield (loss, None, len(x), _correct(out, yb, classification))
 
-        def add(a, b):
-            return (a[0] + b[0], None, a[2] + b[2], a[3] + b[3])
+            return evaluate
 
-        try:
-            loss, _, n, correct = unwrap_errors(
-                lambda: blocks.mapPartitionsWithIndex(evaluate).fold((0.0, None, 0, 0), add))
-        finally:
-            bcast.destroy()
+        loss, _, n, correct = self._aggregate(make, weights, blocks)
         return (loss / n, correct / n if self.classification else None) if n else (None, None)
 
     # ------------------------------------------------------------ the loop
