@@ -17,7 +17,9 @@ import time
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="spark-nn", description=__doc__.split("\n\n")[0])
     p.add_argument("--master", default="local[2]", help="Spark master URL (default local[2])")
-    p.add_argument("--epochs", type=int, default=15, help="passes over the training data (default 15)")
+    # SPARK_NN_DEMO_EPOCHS shortens the run where the demo itself is under test (CI's quick-start run)
+    epochs = int(os.environ.get("SPARK_NN_DEMO_EPOCHS", "15"))
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training data (default {epochs})")
     p.add_argument("--batch-size", type=int, default=64, help="examples per step over all partitions")
     p.add_argument("--output", default="spark_nn_demo", help="folder for the saved model and the curves PNG")
     p.add_argument("--seed", type=int, default=0)

@@ -25,3 +25,23 @@ def test_missing_java_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "spark_nn needs Java 17 (or newer) for Spark" in proc.stderr
     assert "JAVA_HOME" in proc.stderr
+
+
+def test_source_tree_without_built_kernels_says_so(tmp_path):
+    """A source tree whose extension is not built (a non-editable install shadowed by the
+    repository's own spark_nn/) must say what is wrong, not raise a 'circular import' puzzle."""
+    import shutil
+
+    import spark_nn
+
+    tree = tmp_path / "clone"
+    shutil.copytree(os.path.dirname(spark_nn.__file__), tree / "spark_nn",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    # -S: no site-packages, so neither an installed nor an editable spark_nn can stand in
+    proc = subprocess.run([sys.executable, "-S", "-c", "import spark_nn"], cwd=tree,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: spark_nn's compiled kernels (spark_nn._kernels) are not built in "
+                           f"{tree / 'spark_nn'}"), last
+    assert "pip install -e ." in last
