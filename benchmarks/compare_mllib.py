@@ -72,7 +72,8 @@ def step_overhead(spark, repeat=30):
     compute) and of a bare broadcast + treeAggregate of a float32 vector of that size."""
     from pyspark.ml.linalg import Vectors
 
-    from spark_nn.ml.trainer import DistributedTrainer, make_blocks, partition_sizes
+    from spark_nn.ml.blocks import TrainingData
+    from spark_nn.ml.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
     sc = spark.sparkContext
@@ -81,10 +82,9 @@ def step_overhead(spark, repeat=30):
     rng = np.random.default_rng(0)
     df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(2000)],
                                ["features", "label"])
-    blocks = make_blocks(df, "features", "label", {"kind": "vector", "shape": [64]})
-    sizes = partition_sizes(blocks)
-    trainer = DistributedTrainer(sc, net.config(), blocks, sizes, epochs=1, batch_size=64, optimizer="sgd",
-                                 step_size=0.01, seed=0)
+    data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
+    trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=64, optimizer="sgd",
+                                 step_size=0.01, seed=0, local_steps=1)
     weights = net.params.copy()
     n_params = weights.size
 
@@ -120,7 +120,7 @@ def step_overhead(spark, repeat=30):
 
     ours_ms, bare_ms = median(ours), median(bare)
     ours_ms, bare_ms = min(ours_ms, median(ours)), min(bare_ms, median(bare))  # interleaved second pass
-    blocks.unpersist()
+    data.release()
     return n_params, ours_ms, bare_ms
 
 

@@ -38,7 +38,8 @@ def measure(spark, params, partitions, reps, batch=256, features=64, rows=4096):
     from pyspark.ml.linalg import Vectors
 
     import spark_nn
-    from spark_nn.ml.trainer import DistributedTrainer, make_blocks, partition_sizes
+    from spark_nn.ml.blocks import TrainingData
+    from spark_nn.ml.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
     sc = spark.sparkContext
@@ -49,11 +50,10 @@ def measure(spark, params, partitions, reps, batch=256, features=64, rows=4096):
     x = rng.random((rows, features)).astype(np.float32)
     y = rng.integers(0, 10, rows)
     df = spark.createDataFrame([(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)], ["features", "label"])
-    blocks = make_blocks(df, "features", "label", {"kind": "vector", "shape": [features]},
-                         num_partitions=partitions)
-    sizes = partition_sizes(blocks)
-    trainer = DistributedTrainer(sc, net.config(), blocks, sizes, epochs=1, batch_size=batch, optimizer="sgd",
-                                 step_size=0.01, seed=0)
+    data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [features]},
+                        num_partitions=partitions)
+    trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=batch, optimizer="sgd",
+                                 step_size=0.01, seed=0, local_steps=1)
     w = net.params.copy()
     step = median_s(lambda: trainer.gradient(w, 0, 0), reps)
 
@@ -75,7 +75,7 @@ def measure(spark, params, partitions, reps, batch=256, features=64, rows=4096):
         b.destroy()
 
     bare_s = median_s(bare, reps)
-    blocks.unpersist()
+    data.release()
     cached.unpersist()
     # the same step's compute in one process on one thread: one partition's share
     spark_nn.set_num_threads(1)

@@ -24,23 +24,28 @@ def data(spark):
 
 def est(**kw):
     return CNNClassifier(**dict(dict(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=3, batchSize=16,
-                                     stepSize=0.02, seed=9), **kw))
+                                     stepSize=0.02, seed=9, localSteps=1), **kw))
 
 
-def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path):
-    reference = est().fit(data).weights
+@pytest.mark.parametrize("local_steps", [1, 4])
+def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path, local_steps):
+    reference = est(localSteps=local_steps).fit(data).weights
     flag = tmp_path / "killed"
     sc = spark.sparkContext
     sc.setLocalProperty(FAULT_PROPERTY, f"1:2:1:{flag}")  # epoch 1 (0-based), step 2, partition 1
     try:
-        retried = est().fit(data).weights
+        retried = est(localSteps=local_steps).fit(data).weights
     finally:
         sc.setLocalProperty(FAULT_PROPERTY, None)
     assert flag.read_text().startswith("killed attempt 0")  # the kill happened, once
     np.testing.assert_array_equal(retried, reference)
 
 
-def test_resume_from_checkpoint_equals_uninterrupted_run(data, tmp_path):
+@pytest.mark.parametrize("local_steps", [1, 3])
+def test_resume_from_checkpoint_equals_uninterrupted_run(data, tmp_path, local_steps):
+    def est(**kw):
+        return globals()["est"](localSteps=local_steps, **kw)
+
     full = est(maxIter=4, checkpointDir=str(tmp_path / "a")).fit(data)
     ckpt = tmp_path / "a"
     assert (ckpt / "latest").read_text().strip() == "epoch-00004"

@@ -6,7 +6,8 @@ from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassifier, RNNClassifier
 from spark_nn.ml.columns import feature_kind
-from spark_nn.ml.trainer import DistributedTrainer, StepSampler, make_blocks, partition_sizes
+from spark_nn.ml.blocks import TrainingData, open_block
+from spark_nn.ml.trainer import DistributedTrainer, StepSampler
 from spark_nn.nn.model import Sequential
 
 
@@ -29,17 +30,17 @@ def test_spark_step_equals_in_process_step(spark, small_images):
     est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], seed=3)
     spec = est._input_spec(df, "features", feature_kind(df, "features"))
     net = est._network(spec, 3)
-    blocks = make_blocks(df, "features", "label", spec)
+    data = TrainingData(df, "features", "label", spec)
     try:
-        sizes = partition_sizes(blocks)
+        sizes = data.sizes
         assert len(sizes) == 2 and sum(sizes) == 90  # coalesced to spark.default.parallelism
-        trainer = DistributedTrainer(spark.sparkContext, net.config(), blocks, sizes, epochs=1, batch_size=16,
-                                     optimizer="sgd", step_size=0.1, seed=11)
+        trainer = DistributedTrainer(spark.sparkContext, net.config(), data, epochs=1, batch_size=16,
+                                     optimizer="sgd", step_size=0.1, seed=11, local_steps=1)
         weights = net.params.copy()
-        loss, grad, n, _ = trainer.gradient(weights, epoch=1, step=2)
-        parts = blocks.collect()
+        loss, grad, n, _, _ = trainer.gradient(weights, epoch=1, step=2)
+        parts = [tuple(np.array(a) for a in open_block(b)[:2]) for b in data.rdd.collect()]
     finally:
-        blocks.unpersist()
+        data.release()
     rows = [trainer.sampler.rows(p, 1, 2) for p in range(len(parts))]
     x = np.concatenate([parts[p][0][r] for p, r in enumerate(rows)])
     y = np.concatenate([parts[p][1][r] for p, r in enumerate(rows)]).astype(np.int64)
@@ -67,7 +68,7 @@ def test_sampler_uses_every_row_once_per_epoch():
 def test_fit_is_deterministic_and_learns(spark, small_images):
     df, x, y = small_images
     est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=4, batchSize=16, stepSize=0.05,
-                        seed=7)
+                        seed=7, localSteps=1)
     m1, m2 = est.fit(df), est.fit(df)
     np.testing.assert_array_equal(m1.weights, m2.weights)
     s = m1.summary

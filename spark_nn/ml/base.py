@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
-from spark_nn.ml.trainer import DistributedTrainer, make_blocks, partition_sizes, worker_model
+from spark_nn.ml.blocks import TrainingData
+from spark_nn.ml.trainer import DistributedTrainer, worker_model
 from spark_nn.nn.persist import atomic_directory, model_from_json, model_to_json, read_arrays, write_arrays
 
 FORMAT_VERSION = 1
@@ -40,31 +41,33 @@ def task_threads(stage, sc):
     return n if n > 0 else int(sc.getConf().get("spark.task.cpus", "1"))
 
 
-def label_info(df, col, num_classes=None):
-    """(numClasses, class names or None) after checking the label column in one job."""
-    check_label_column(df, col)
-    c = F.col(col)
-    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(c.isNull().cast("int")).alias("nulls"),
-                 F.min(c).alias("lo"), F.max(c).alias("hi"),
-                 F.sum((c != F.floor(c)).cast("int")).alias("frac"),
-                 F.first(F.when(c != F.floor(c), c), ignorenulls=True).alias("frac_value")).first()
-    if row["n"] == 0:
+def label_info(df, col, stats, num_classes=None):
+    """(numClasses, class names or None) from the label statistics of the pass that made the
+    training blocks (spark_nn.ml.blocks)."""
+    if stats["rows"] == 0:
         raise ValueError("the DataFrame is empty: there is nothing to train on")
-    if row["nulls"]:
-        raise ValueError(f"label column {col!r} has {row['nulls']} null values")
-    if row["frac"]:
+    if stats["nulls"]:
+        raise ValueError(f"label column {col!r} has {stats['nulls']} null values")
+    if stats["frac"]:
         raise ValueError(f"label column {col!r} must hold class indices 0, 1, ..., numClasses-1; "
-                         f"found {row['frac']} non-integral values such as {row['frac_value']}")
-    if row["lo"] < 0:
-        raise ValueError(f"label column {col!r} has a negative label ({row['lo']}); labels must be 0, 1, ...")
-    meta = df.schema[col].metadata.get("ml_attr", {})
-    names = meta.get("vals")
-    k = num_classes or (len(names) if names else None) or meta.get("num_vals") or int(row["hi"]) + 1
-    if row["hi"] >= k:
-        raise ValueError(f"label column {col!r} has label {int(row['hi'])}, outside [0, numClasses={k})")
+                         f"found {stats['frac']} non-integral values such as {stats['frac_value']}")
+    if stats["lo"] < 0:
+        raise ValueError(f"label column {col!r} has a negative label ({stats['lo']}); labels must be 0, 1, ...")
+    names, k = _label_metadata(df, col, num_classes)
+    k = k or int(stats["hi"]) + 1
+    if stats["hi"] >= k:
+        raise ValueError(f"label column {col!r} has label {int(stats['hi'])}, outside [0, numClasses={k})")
     if k < 2:
         raise ValueError(f"label column {col!r} has a single class; numClasses must be >= 2")
     return int(k), (list(names) if names and len(names) == k else None)
+
+
+def _label_metadata(df, col, num_classes=None):
+    """(class names or None, numClasses or None) known before reading any row: the param, or
+    the label column's ML attribute metadata."""
+    meta = df.schema[col].metadata.get("ml_attr", {})
+    names = meta.get("vals")
+    return names, num_classes or (len(names) if names else None) or meta.get("num_vals")
 
 
 class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
@@ -87,46 +90,52 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
     def _network(self, spec, num_classes):
         raise NotImplementedError
 
-    def _split(self, df):
-        ind = self.getOrDefault(self.validationIndicatorCol) if self.isDefined(self.validationIndicatorCol) else None
-        frac = self.getOrDefault(self.validationSplit)
-        if ind:
-            if ind not in df.columns:
-                raise ValueError(f"validationIndicatorCol {ind!r} is not in the DataFrame; columns: {df.columns}")
-            return df.where(~F.col(ind)), df.where(F.col(ind))
-        if frac > 0:
-            return tuple(df.randomSplit([1.0 - frac, frac], seed=self.getOrDefault(self.seed)))
-        return df, None
-
     def _fit(self, dataset):
         fcol = self.featuresColumn()
         lcol = self.labelColumn() if self.classification else None
         if not self.isDefined(self.layers):
             raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
+        # everything the schema, the params and at most one row tell is checked before the pass
         kind = feature_kind(dataset, fcol)
-        num_classes, class_names = (label_info(dataset, lcol, self.getOrDefault(self.numClasses)
-                                               if self.isDefined(self.numClasses) else None)
-                                    if self.classification else (None, None))
+        if lcol is not None:
+            check_label_column(dataset, lcol)
+        indicator = self.getOrDefault(self.validationIndicatorCol) \
+            if self.isDefined(self.validationIndicatorCol) else None
+        if indicator and indicator not in dataset.columns:
+            raise ValueError(f"validationIndicatorCol {indicator!r} is not in the DataFrame; "
+                             f"columns: {dataset.columns}")
         spec = self._input_spec(dataset, fcol, kind)
-        net = self._network(spec, num_classes)
+        num_classes = self.getOrDefault(self.numClasses) if self.isDefined(self.numClasses) else None
+        known_k = _label_metadata(dataset, lcol, num_classes)[1] if lcol is not None else None
+        probe = dict(spec, vocabSize=spec.get("vocabSize") or 2) if spec["kind"] == "ids" else dict(spec)
+        self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job
         sc = dataset.sparkSession.sparkContext
-        train_df, val_df = self._split(dataset)
-        handle = self.getOrDefault(self.handleInvalid)
         checkpoint_dir = self.getOrDefault(self.checkpointDir)
-        blocks = make_blocks(train_df, fcol, lcol, spec, handle)
-        val_blocks = make_blocks(val_df, fcol, lcol, spec, handle) if val_df is not None else None
+        # the one pass over the data: rows checked, validation rows split off, blocks written
+        data = TrainingData(dataset, fcol, lcol, spec, self.getOrDefault(self.handleInvalid),
+                            val_fraction=0.0 if indicator else self.getOrDefault(self.validationSplit),
+                            val_indicator=indicator, seed=self.getSeed(),
+                            resident=self.getOrDefault(self.residentData))
         try:
-            sizes = partition_sizes(blocks)
-            if sum(sizes) == 0:
+            if lcol is not None:
+                num_classes, class_names = label_info(dataset, lcol, data.stats, num_classes)
+            else:
+                class_names = None
+                if data.stats["rows"] == 0:
+                    raise ValueError("the DataFrame is empty: there is nothing to train on")
+            if spec["kind"] == "ids" and spec.get("vocabSize") is None:
+                spec["vocabSize"] = (data.stats["max_id"] or 0) + 1
+            net = self._network(spec, num_classes)
+            if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             trainer = DistributedTrainer(
-                sc, net.config(), blocks, sizes, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
+                sc, net.config(), data, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
                 optimizer=self.getOptimizer(), step_size=self.getStepSize(), seed=self.getSeed(),
                 momentum=self.getOrDefault(self.momentum), weight_decay=self.getOrDefault(self.weightDecay),
                 clip_norm=self.getOrDefault(self.clipNorm),
                 schedule=self.getOrDefault(self.learningRateSchedule),
                 aggregation_depth=self.getAggregationDepth(), threads=task_threads(self, sc),
-                val_blocks=val_blocks, tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
+                tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
                 classification=self.classification, verbose=self.getOrDefault(self.verbose),
                 local_steps=self.getOrDefault(self.localSteps),
                 checkpoint_dir=_local_path(checkpoint_dir) if checkpoint_dir else None,
@@ -134,9 +143,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                 description=f"spark_nn {type(self).__name__}.fit")
             weights = trainer.run(net.params)
         finally:
-            blocks.unpersist()
-            if val_blocks is not None:
-                val_blocks.unpersist()
+            data.release()
         net.set_params(weights)
         model = self._model_class()
         model._setPayload(net, spec, class_names)

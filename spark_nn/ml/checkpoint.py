@@ -23,7 +23,7 @@ def fingerprint(config_json, seed, batch_size, sizes, local_steps):
     """What must match for a checkpoint to continue this fit: the network, the seed, the
     batch size, the rows per partition and localSteps (not the learning rate, so a run that
     diverged can be resumed with a lower stepSize)."""
-    text = json.dumps([config_json, int(seed), int(batch_size), list(map(int, sizes)), int(local_steps)])
+    text = json.dumps([config_json, int(seed), int(batch_size), list(map(int, sizes)), str(local_steps)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

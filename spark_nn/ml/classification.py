@@ -119,10 +119,8 @@ class RNNClassifier(NeuralEstimator, RNNParams):
             meta = df.schema[col].metadata.get("spark_nn", {})
             if vocab is None and meta.get("vocabSize"):
                 vocab = int(meta["vocabSize"])
-            if vocab is None:
-                hi = df.select(F.max(F.array_max(col)).alias("hi")).first()["hi"]
-                vocab = int(hi) + 1 if hi is not None else 1
-            return {"kind": kind, "shape": [steps], "vocabSize": int(vocab)}
+            # None: the pass that writes the training blocks finds the largest id
+            return {"kind": kind, "shape": [steps], "vocabSize": int(vocab) if vocab else None}
         if kind in ("array", "vector"):
             return {"kind": kind, "shape": [first_row_size(df, col, kind), 1]}
         if kind == "seq":

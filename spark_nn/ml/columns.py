@@ -149,17 +149,37 @@ def arrow_to_block(arr, spec, col, base=0):
     raise ValueError(f"unknown feature kind {kind!r}")
 
 
+def _no_rows(df, col, what="features column"):
+    """The error for a column without a non-null row: an empty DataFrame says so."""
+    if df.limit(1).count() == 0:
+        return ValueError("the DataFrame is empty: there is nothing to train on")
+    return ValueError(f"{what} {col!r} has no non-null rows")
+
+
 def first_row_size(df, col, kind):
     """Length of the first non-null row of an array/vector column (one small job)."""
     expr = F.size(feature_expr(col, kind))
     row = df.where(F.col(col).isNotNull()).select(expr.alias("n")).first()
     if row is None:
-        raise ValueError(f"features column {col!r} has no non-null rows")
+        raise _no_rows(df, col)
     return int(row["n"])
 
 
 def image_shape(df, col):
-    """(channels, height, width) of an image column; mixed sizes are an error (one job)."""
+    """(channels, height, width) of an image column from its first row (one small job); the pass
+    that makes the training blocks checks every other row against it, naming the first that
+    differs."""
+    r = df.where(F.col(col).isNotNull()).select(F.col(f"{col}.nChannels").alias("c"),
+                                                 F.col(f"{col}.height").alias("h"),
+                                                 F.col(f"{col}.width").alias("w")).first()
+    if r is None:
+        raise _no_rows(df, col, "image column")
+    return [int(r.c), int(r.h), int(r.w)]
+
+
+def uniform_image_shape(df, col):
+    """(channels, height, width) of an image column whose images must all share it; mixed sizes
+    are an error listing them (one job over every row)."""
     shapes = (df.select(F.col(f"{col}.nChannels").alias("c"), F.col(f"{col}.height").alias("h"),
                         F.col(f"{col}.width").alias("w")).distinct().limit(6).collect())
     if not shapes:
@@ -176,6 +196,6 @@ def seq_shape(df, col):
     """(steps, features) of an array<array<number>> column from its first row."""
     row = df.where(F.col(col).isNotNull()).select(F.size(col).alias("t"), F.size(F.col(col)[0]).alias("d")).first()
     if row is None:
-        raise ValueError(f"features column {col!r} has no non-null rows")
+        raise _no_rows(df, col)
     return [int(row["t"]), int(row["d"])]
 

@@ -15,7 +15,7 @@ from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, S
 from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it from here)
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column, _local_path
-from spark_nn.ml.columns import first_row_size, image_shape
+from spark_nn.ml.columns import first_row_size, uniform_image_shape
 from spark_nn.ml.params import AutoEncoderParams, with_accessors
 from spark_nn.nn import builders
 
@@ -133,7 +133,7 @@ class ImageFeature:
         if size is not None or channels is not None:
             df = df.mapInArrow(_transform_images(imageCol, size, channels), df.schema)
         else:
-            image_shape(df, imageCol)  # mixed sizes: a clear error now rather than at fit time
+            uniform_image_shape(df, imageCol)  # mixed sizes: a clear error now rather than at fit time
         return df
 
 

@@ -38,6 +38,19 @@ def _check(name, pred, what):
     return convert
 
 
+def _local_steps(value):
+    """'auto' or an int >= 1."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        k = TypeConverters.toInt(value)
+    except TypeError:
+        k = None
+    if k is None or k < 1:
+        raise ValueError(f"localSteps must be 'auto' or an int >= 1, got {value!r}")
+    return k
+
+
 def with_accessors(cls):
     """Adds pyspark-style getX/setX methods for every Param of cls that lacks them."""
     for name in dir(cls):
@@ -127,9 +140,16 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                            "kernel threads in each Spark task (0: spark.task.cpus)",
                            typeConverter=_check("threadsPerTask", lambda v: v >= 0, "an int >= 0"))
     localSteps = Param(Params._dummy(), "localSteps",
-                       "optimizer steps each partition takes on its own before the weights are averaged "
-                       "(1: synchronous data-parallel SGD, one aggregate per step)",
-                       typeConverter=_check("localSteps", lambda v: v >= 1, "an int >= 1"))
+                       "optimizer steps each partition takes on its own before the weights and optimizer "
+                       "states are averaged: 'auto' (synchronous warm-up, then the k that keeps Spark's fixed "
+                       "cost per round at most 25% of the round; k per epoch is in the summary), or an int "
+                       "(1: synchronous data-parallel training, one treeAggregate per step)",
+                       typeConverter=_local_steps)
+    residentData = Param(Params._dummy(), "residentData",
+                         "keep each partition's training block as a file in the executor's Spark local "
+                         "directory, memory-mapped by every step, so a step reads only its minibatch rows "
+                         "(False: cache the blocks in Spark's block manager; each step then deserializes "
+                         "its partition's whole block)", typeConverter=TypeConverters.toBoolean)
     handleInvalid = Param(Params._dummy(), "handleInvalid",
                           "rows with NaN/infinite features: 'error' (default) or 'skip' them",
                           typeConverter=_in("handleInvalid", HANDLE_INVALID))
@@ -146,7 +166,8 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
         super().__init__(*args)
         self._setDefault(activation="relu", maxIter=10, stepSize=0.001, batchSize=64, optimizer="adam",
                          momentum=0.9, weightDecay=0.0, clipNorm=0.0, learningRateSchedule="constant",
-                         validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps=1,
+                         validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps="auto",
+                         residentData=True,
                          handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0,
                          checkpointDir="", checkpointInterval=1)
 

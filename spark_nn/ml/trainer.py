@@ -16,15 +16,14 @@ import signal
 import sys
 import time
 
+from functools import lru_cache
+
 import numpy as np
-import pyarrow as pa
-from pyspark import StorageLevel, TaskContext
-from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
+from pyspark import Broadcast, TaskContext
 
 import spark_nn
 from spark_nn.ml import checkpoint
-from spark_nn.ml.columns import arrow_to_block, feature_expr
+from spark_nn.ml.blocks import RESIDENT_LOST, ResidentBlockLost, maybe_delete, open_block
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import Schedule, make_optimizer, optimizer_from_config
 
@@ -73,81 +72,12 @@ def unwrap_errors(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except PythonException as e:
         text = str(e)
+        if RESIDENT_LOST in text:
+            raise ResidentBlockLost(next(line for line in text.splitlines() if RESIDENT_LOST in line)) from None
         for line in reversed(text.splitlines()):
             if line.startswith(("ValueError: ", "FloatingPointError: ")):
                 raise ValueError(line.split(": ", 1)[1]) from None
         raise
-
-
-BLOCK_SCHEMA = StructType([StructField("x", BinaryType()), StructField("y", BinaryType()),
-                           StructField("n", IntegerType())])
-
-
-def make_blocks(df, feature_col, label_col, spec, handle_invalid="error", num_partitions=None):
-    """RDD with one (x block, y block) pair per partition, persisted (unpersist when done).
-
-    Inputs with more partitions than num_partitions (default: spark.default.parallelism; the
-    image source makes one per few files) are coalesced, so a step runs one task per core
-    rather than dozens of tiny ones; inputs with fewer (a small file is one partition) are
-    repartitioned once, so every core takes a share of each step.
-
-    x: float32 (n,)+shape (int64 token ids for 'ids'); y: float64 labels (None without label_col).
-    NaN/infinite features: an error naming the row, or the rows are skipped."""
-    cols = [feature_expr(feature_col, spec["kind"]).alias("x")]
-    if label_col is not None:
-        cols.append(F.col(label_col).cast("double").alias("y"))
-    selected = df.select(*cols)
-    target = num_partitions or df.sparkSession.sparkContext.defaultParallelism
-    have = selected.rdd.getNumPartitions()
-    if have > target:
-        selected = selected.coalesce(target)
-    elif have < target:
-        selected = selected.repartition(target)
-    has_label = label_col is not None
-    dtype = np.int64 if spec["kind"] == "ids" else np.float32
-    shape = tuple(spec["shape"])
-
-    def to_arrow_blocks(batches):
-        base = 0
-        pid = TaskContext.get().partitionId() if TaskContext.get() else 0
-        for b in batches:
-            try:
-                x = arrow_to_block(b.column(0), spec, feature_col, base)
-            except ValueError as e:
-                raise ValueError(f"{e} [partition {pid}]") from None
-            y = b.column(1).to_numpy(zero_copy_only=False).astype(np.float64) if has_label \
-                else np.zeros(len(x))
-            if dtype == np.float32:
-                ok = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-                if not ok.all():
-                    if handle_invalid == "error":
-                        first = int(np.flatnonzero(~ok)[0])
-                        raise ValueError(f"features column {feature_col!r} has NaN or infinite values in row "
-                                         f"{base + first} of partition {pid} ({int((~ok).sum())} such rows in "
-                                         "this batch); set handleInvalid='skip' to drop them")
-                    x, y = x[ok], y[ok]
-            base += b.num_rows
-            yield pa.RecordBatch.from_arrays(
-                [pa.array([np.ascontiguousarray(x, dtype=dtype).tobytes()], pa.binary()),
-                 pa.array([y.tobytes()], pa.binary()), pa.array([len(x)], pa.int32())], schema=pa.schema(
-                    [("x", pa.binary()), ("y", pa.binary()), ("n", pa.int32())]))
-
-    def concat(rows):
-        xs, ys = [], []
-        for r in rows:
-            xs.append(np.frombuffer(r.x, dtype=dtype).reshape((r.n,) + shape))
-            ys.append(np.frombuffer(r.y, dtype=np.float64))
-        if xs:
-            yield np.concatenate(xs), (np.concatenate(ys) if has_label else None)
-        else:
-            yield np.zeros((0,) + shape, dtype=dtype), (np.zeros(0) if has_label else None)
-
-    blocks = selected.mapInArrow(to_arrow_blocks, BLOCK_SCHEMA).rdd.mapPartitions(concat)
-    return blocks.persist(StorageLevel.MEMORY_AND_DISK)
-
-
-def partition_sizes(blocks):
-    return unwrap_errors(lambda: blocks.map(lambda b: len(b[0])).collect())
 
 
 class StepSampler:
@@ -161,14 +91,57 @@ class StepSampler:
     def rows(self, partition, epoch, step):
         n = self.sizes[partition]
         per_step = math.ceil(n / self.steps_per_epoch)
-        perm = np.random.default_rng([self.seed, epoch, partition]).permutation(n)
+        perm = _permutation(self.seed, epoch, partition, n)
         return perm[step * per_step:(step + 1) * per_step]
 
 
+@lru_cache(maxsize=4)
+def _permutation(seed, epoch, partition, n):
+    """An epoch's order of a partition's rows, drawn once per worker process and epoch rather than
+    once per step (Python workers are reused across a fit's tasks)."""
+    perm = np.random.default_rng([seed, epoch, partition]).permutation(n)
+    perm.setflags(write=False)
+    return perm
+
+
 def _add(a, b):
-    """Sum of two (loss, vector or None, count, correct) tuples; None is an absent vector."""
+    """Sum of two (loss, vector or None, count, correct, seconds) tuples; None is an absent
+    vector; seconds (the tasks' compute time) combine by max, as parallel tasks do."""
     vec = b[1] if a[1] is None else (a[1] if b[1] is None else a[1] + b[1])
-    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3])
+    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]))
+
+
+class Inline:
+    """A task payload carried in the task's closure, read like a broadcast (.value)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _weights(raw):
+    """Flat float32 weights from the raw bytes a task is shipped (no pickled array header; a
+    read-only view, no copy)."""
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+def _payload_bytes(payload):
+    if isinstance(payload, (bytes, bytearray)):
+        return len(payload)
+    if isinstance(payload, np.ndarray):
+        return payload.nbytes
+    if isinstance(payload, dict):
+        return sum(_payload_bytes(v) for v in payload.values())
+    return 64
+
+
+def _state_keys(optimizer):
+    """The optimizer's per-parameter state arrays that a local round averages (Adam's moments,
+    SGD's velocity), in a fixed order."""
+    if optimizer.name in ("adam", "adamw"):
+        return ["m", "v"]
+    if optimizer.name == "sgd" and optimizer.momentum:
+        return ["velocity"]
+    return []
 
 
 def _correct(out, yb, classification):
@@ -281,6 +254,70 @@ class Progress:
             self.stream.flush()
 
 
+class FixedLocalSteps:
+    """localSteps = k: every round takes k steps (1: synchronous, one treeAggregate per step)."""
+
+    def __init__(self, k):
+        self.k = int(k)
+
+    def next_round(self, done_steps):
+        return self.k
+
+    def observe(self, k, seconds, task_seconds):
+        pass
+
+    def state(self):
+        return None
+
+    def load_state(self, state):
+        pass
+
+
+class AutoLocalSteps:
+    """localSteps = 'auto' (post-local SGD): synchronous warm-up steps, which also measure what a
+    round costs beyond its tasks' compute (Spark's fixed cost F: scheduling, broadcast, result
+    transfer, the driver's update) and the compute C of one step; then, for the rest of the fit,
+    local rounds of k steps with k the smallest power of two for which F is at most a quarter of
+    a round: F / (F + k C) <= 1/4, i.e. k >= 3 F / C, at most the steps of an epoch. k is chosen
+    once, so the rest of the fit does not depend on timing noise, and a checkpoint keeps it."""
+
+    FIXED_SHARE = 0.25
+
+    def __init__(self, steps_per_epoch, total_steps=None):
+        self.steps_per_epoch = int(steps_per_epoch)
+        total = int(total_steps or steps_per_epoch)
+        # warm-up: at least 10 steps to measure, a tenth of the fit for convergence, at most an epoch
+        self.warmup = min(self.steps_per_epoch, max(10, total // 10))
+        self.samples = []  # (fixed seconds, compute seconds per step) of synchronous steps
+        self.k = None
+
+    def next_round(self, done_steps):
+        if self.k is None and done_steps >= self.warmup and self.samples:
+            self.k = self.choose()
+        return self.k or 1
+
+    def choose(self):
+        # medians: the first steps include worker start-up and one-off costs
+        fixed = float(np.median([f for f, _ in self.samples]))
+        compute = max(float(np.median([c for _, c in self.samples])), 1e-6)
+        need = (1 - self.FIXED_SHARE) / self.FIXED_SHARE * fixed / compute
+        k = 1 << max(0, math.ceil(math.log2(max(need, 1.0))))
+        log.info("spark_nn: localSteps auto: fixed cost %.1f ms, compute %.1f ms per step -> k = %d",
+                 fixed * 1e3, compute * 1e3, min(k, self.steps_per_epoch))
+        return max(1, min(k, self.steps_per_epoch))
+
+    def observe(self, k, seconds, task_seconds):
+        if k == 1:
+            self.samples.append((max(seconds - task_seconds, 0.0), task_seconds))
+
+    def state(self):
+        return {"k": self.k}
+
+    def load_state(self, state):
+        if state and state.get("k"):
+            self.k = int(state["k"])
+
+
 class DistributedTrainer:
     """Runs the optimizer on the driver over gradients summed by treeAggregate.
 
@@ -289,14 +326,14 @@ class DistributedTrainer:
     gives for that round) and the driver averages the resulting weights, weighted by rows:
     one broadcast and one aggregate per k steps."""
 
-    def __init__(self, sc, model_config, blocks, sizes, *, epochs, batch_size, optimizer, step_size, seed,
+    def __init__(self, sc, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
-                 threads=1, val_blocks=None, tol=0.0, patience=0, classification=True, verbose=False,
-                 local_steps=1, description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1):
-        self.sc, self.blocks, self.sizes = sc, blocks, sizes
+                 threads=1, tol=0.0, patience=0, classification=True, verbose=False,
+                 local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1):
+        self.sc, self.data, self.sizes = sc, data, list(data.sizes)
         self.config_json = json.dumps(model_config, sort_keys=True)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
-        self.sampler = StepSampler(seed, sizes, batch_size)
+        self.sampler = StepSampler(seed, self.sizes, batch_size)
         total_steps = self.sampler.steps_per_epoch * self.epochs
         opt_args = {"lr": step_size, "weight_decay": weight_decay, "clip_norm": clip_norm or None,
                     "schedule": Schedule("cosine", total_steps=total_steps) if schedule == "cosine" else None}
@@ -304,59 +341,99 @@ class DistributedTrainer:
             opt_args["momentum"] = momentum
         self.optimizer = make_optimizer(optimizer, **opt_args)
         self.depth, self.threads = int(aggregation_depth), int(threads)
-        self.local_steps = int(local_steps)
-        self.val_blocks, self.tol, self.patience = val_blocks, float(tol), int(patience)
+        self.local_steps = (AutoLocalSteps(self.sampler.steps_per_epoch, total_steps) if local_steps == "auto"
+                            else FixedLocalSteps(int(local_steps)))
+        self.has_validation = bool(getattr(data, "has_validation", False))
+        self.tol, self.patience = float(tol), int(patience)
         self.classification, self.verbose, self.description = classification, verbose, description
         self.summary = TrainingSummary()
         self.checkpoint_dir, self.checkpoint_interval = checkpoint_dir or None, int(checkpoint_interval)
-        self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, sizes, local_steps)
+        self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, self.sizes, local_steps)
         self.last_checkpoint = None
         self.resumed_from = None
+        self._inline_limit = None
 
     # ------------------------------------------------------------ one step, as Spark jobs
-    def _aggregate(self, fn, payload, blocks=None):
-        """Broadcasts payload, maps fn(broadcast) over the partitions of blocks (default: the
-        training blocks) and sums the (loss, vector, count, correct) tuples by treeAggregate."""
-        bcast = self.sc.broadcast(payload)
-        blocks = self.blocks if blocks is None else blocks
+    def _aggregate(self, make, payload):
+        """Ships payload to the tasks, maps make(shipped) over the partitions' blocks and sums the
+        (loss, vector, count, correct, seconds) tuples by treeAggregate; a task reads the payload
+        as shipped.value. A resident block found lost makes the data be materialized again and
+        the job run again (a step's result depends only on weights, seed, epoch, step and
+        partition, so the retry computes the same)."""
+        shipped = self._ship(payload)
         try:
-            return unwrap_errors(lambda: blocks.mapPartitionsWithIndex(fn(bcast)).treeAggregate(
-                (0.0, None, 0, 0), _add, _add, depth=self.depth))
+            for attempt in range(3):
+                rdd = self.data.rdd
+                try:
+                    return unwrap_errors(lambda: rdd.mapPartitionsWithIndex(make(shipped)).treeAggregate(
+                        (0.0, None, 0, 0, 0.0), _add, _add, depth=self.depth))
+                except ResidentBlockLost as e:
+                    if attempt == 2:
+                        raise
+                    log.warning("%s: %s; materializing the training data again", self.description, e)
+                    self.data.rematerialize()
+                    if list(self.data.sizes) != self.sizes:
+                        raise RuntimeError("the training data changed when it was read again (partition sizes "
+                                           f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
+                                           "e.g. cache it") from None
         finally:
-            bcast.destroy()
+            if isinstance(shipped, Broadcast):
+                shipped.destroy()
+
+    def _ship(self, payload):
+        """The payload inside the task's closure when it is small: Spark already ships every
+        task's function to the executors, so a separate broadcast would add its own driver round
+        trips (about 12 ms a step here); a broadcast above Spark's own threshold for shipping
+        functions (spark.broadcast.UDFCompressionThreshold, 1 MiB), which is then cheaper."""
+        if self._inline_limit is None:
+            self._inline_limit = int(self.sc._jvm.PythonUtils.getBroadcastThreshold(self.sc._jsc))
+        if _payload_bytes(payload) <= self._inline_limit:
+            return Inline(payload)
+        return self.sc.broadcast(payload)
 
     def gradient(self, weights, epoch, step):
-        """(loss sum, gradient sum, row count, correct count) of one step's minibatch, summed over
-        the partitions by treeAggregate."""
+        """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
+        minibatch, summed over the partitions by treeAggregate."""
         config_json, threads, sampler, seed = self.config_json, self.threads, self.sampler, self.seed
         classification = self.classification
 
-        def make(bcast):
+        def make(shipped):
             def compute(partition, blocks):
+                t0 = time.perf_counter()
                 _maybe_fail(epoch, step, partition)
-                for x, y in blocks:
-                    result = _minibatch_step(worker_model(config_json, threads), bcast.value, x, y, sampler, seed,
-                                             epoch, step, partition, classification)
+                for block in blocks:
+                    maybe_delete(block, epoch, step, partition)
+                    x, y, _, _ = open_block(block)
+                    result = _minibatch_step(worker_model(config_json, threads), _weights(shipped.value), x, y,
+                                             sampler, seed, epoch, step, partition, classification)
                     if result is not None:
-                        yield result
+                        yield result + (time.perf_counter() - t0,)
 
             return compute
 
-        return self._aggregate(make, weights)
+        return self._aggregate(make, weights.tobytes())
 
-    def local_round(self, weights, epoch, first_step, k, lr):
-        """(loss sum, rows x locally trained weights summed, row count, correct) after each
-        partition takes steps first_step .. first_step+k-1 of the epoch on its own."""
+    def local_round(self, weights, epoch, first_step, k):
+        """(loss sum, rows x [locally trained weights, optimizer state] summed, row count,
+        correct, task seconds) after each partition takes steps first_step .. first_step+k-1 of
+        the epoch on its own, every one starting from the driver's weights and optimizer state."""
         config_json, threads, sampler, seed = self.config_json, self.threads, self.sampler, self.seed
         classification = self.classification
-        opt_cfg = dict(self.optimizer.config(), lr=lr, schedule=None)
+        opt_cfg = self.optimizer.config()
+        payload = {"w": weights.tobytes(), "state": self.optimizer.state_dict()}
 
-        def make(bcast):
+        def make(shipped):
             def compute(partition, blocks):
-                for x, y in blocks:
+                t0 = time.perf_counter()
+                for block in blocks:
+                    for step in range(first_step, first_step + k):
+                        _maybe_fail(epoch, step, partition)
+                        maybe_delete(block, epoch, step, partition)
+                    x, y, _, _ = open_block(block)
                     model = worker_model(config_json, threads)
-                    w = np.array(bcast.value, dtype=np.float32, copy=True)
+                    w = _weights(shipped.value["w"]).copy()
                     opt = optimizer_from_config(opt_cfg)
+                    opt.load_state_dict(shipped.value["state"])
                     loss_sum, rows_seen, correct = 0.0, 0, 0
                     for step in range(first_step, first_step + k):
                         result = _minibatch_step(model, w, x, y, sampler, seed, epoch, step, partition,
@@ -367,62 +444,81 @@ class DistributedTrainer:
                         opt.step(w, grad / np.float32(n))
                         loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + c
                     if rows_seen:
-                        yield (loss_sum, w * np.float32(rows_seen), rows_seen, correct)
+                        state = [w] + [opt.state_dict()[key] for key in _state_keys(opt)]
+                        yield (loss_sum, np.concatenate(state) * np.float32(rows_seen), rows_seen, correct,
+                               time.perf_counter() - t0)
 
             return compute
 
-        return self._aggregate(make, weights)
+        return self._aggregate(make, payload)
 
-    def _evaluate(self, blocks, weights):
-        """(mean loss, accuracy) over blocks with these weights."""
+    def _average_round(self, weights, vec, n, k):
+        """Takes the rows-weighted mean of the partitions' weights and optimizer states."""
+        mean = vec / np.float32(n)
+        size = weights.size
+        weights[:] = mean[:size]
+        state = self.optimizer.state_dict()
+        state["t"] = np.array(int(state["t"]) + k, dtype=np.int64)
+        keys = _state_keys(self.optimizer)
+        for i, key in enumerate(keys):
+            state[key] = mean[size * (i + 1):size * (i + 2)].copy()
+        self.optimizer.load_state_dict(state)
+
+    def _evaluate(self, weights):
+        """(mean loss, accuracy) over the validation rows with these weights."""
         config_json, threads, classification = self.config_json, self.threads, self.classification
 
-        def make(bcast):
-            def evaluate(partition, it):
-                for x, y in it:
+        def make(shipped):
+            def evaluate(partition, blocks):
+                for block in blocks:
+                    _, _, x, y = open_block(block)
                     if len(x) == 0:
                         continue
                     model = worker_model(config_json, threads)
-                    model.set_params(bcast.value)
+                    model.set_params(_weights(shipped.value))
+                    x = np.asarray(x)
                     out = model.predict_output(x)
                     yb = y.astype(np.int64) if classification else x
                     loss, _ = model.loss(out, yb)
-                    yield (loss, None, len(x), _correct(out, yb, classification))
+                    yield (loss, None, len(x), _correct(out, yb, classification), 0.0)
 
             return evaluate
 
-        loss, _, n, correct = self._aggregate(make, weights, blocks)
+        loss, _, n, correct, _ = self._aggregate(make, weights.tobytes())
         return (loss / n, correct / n if self.classification else None) if n else (None, None)
 
     # ------------------------------------------------------------ the loop
     def _epoch(self, weights, epoch, progress):
-        """Runs one epoch in place on weights; returns (loss sum, rows, correct)."""
+        """Runs one epoch in place on weights; returns (loss sum, rows, correct, largest k used)."""
         steps = self.sampler.steps_per_epoch
-        tot_loss, tot_n, tot_correct = 0.0, 0, 0
+        tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
         step = 0
         while step < steps:
-            k = min(self.local_steps, steps - step)
+            k = min(self.local_steps.next_round(self.summary.totalIterations), steps - step)
             self.sc.setJobDescription(f"{self.description}: epoch {epoch + 1}/{self.epochs}, "
-                                      f"step {step + 1}/{steps}")
-            if self.local_steps == 1:
-                loss, grad, n, correct = self.gradient(weights, epoch, step)
+                                      f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else ""))
+            t0 = time.perf_counter()
+            if k == 1:
+                loss, grad, n, correct, task_seconds = self.gradient(weights, epoch, step)
                 self._check_loss(loss, n, epoch, step)
                 if n:
                     self.optimizer.step(weights, grad / np.float32(n))
             else:
-                lr = float(self.optimizer.schedule(self.optimizer.lr, self.optimizer.t))
-                loss, wsum, n, correct = self.local_round(weights, epoch, step, k, lr)
+                loss, vec, n, correct, task_seconds = self.local_round(weights, epoch, step, k)
                 self._check_loss(loss, n, epoch, step)
                 if n:
-                    weights[:] = wsum / np.float32(n)
-                self.optimizer.t += k
+                    self._average_round(weights, vec, n, k)
+                else:
+                    self.optimizer.t += k
+            self.local_steps.observe(k, time.perf_counter() - t0, task_seconds)
             if n:
                 self.summary.objectiveHistory.append(loss / n)
                 tot_loss, tot_n, tot_correct = tot_loss + loss, tot_n + n, tot_correct + correct
             self.summary.totalIterations += k
+            k_used = max(k_used, k)
             step += k
             progress.update(k, f"epoch {epoch + 1}/{self.epochs} loss {loss / max(n, 1):.4f}")
-        return tot_loss, tot_n, tot_correct
+        return tot_loss, tot_n, tot_correct, k_used
 
     def _check_loss(self, loss, n, epoch, step):
         if n and not np.isfinite(loss):
@@ -434,7 +530,7 @@ class DistributedTrainer:
     # ------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, epoch, weights, best, since_best):
         state = {"fingerprint": self.fingerprint, "summary": self.summary.asDict(), "best_metric": best[0],
-                 "best_epoch": best[2], "since_best": since_best}
+                 "best_epoch": best[2], "since_best": since_best, "local_steps": self.local_steps.state()}
         arrays = dict(checkpoint.optimizer_arrays(self.optimizer), weights=weights, best_weights=best[1])
         self.last_checkpoint = checkpoint.write(self.checkpoint_dir, epoch, state, arrays)
 
@@ -453,6 +549,7 @@ class DistributedTrainer:
         self.summary.objectiveHistory = list(s["objectiveHistory"])
         self.summary.epochs = list(s["epochs"])
         self.summary.totalIterations = int(s["totalIterations"])
+        self.local_steps.load_state(state.get("local_steps"))
         self.last_checkpoint = self.resumed_from = path
         log.info("%s: resuming from %s (epoch %d done)", self.description, path, state["epoch"])
         best_metric = state["best_metric"] if state["best_metric"] is not None else np.inf
@@ -466,15 +563,16 @@ class DistributedTrainer:
         try:
             for epoch in range(first, self.epochs):
                 t0 = time.perf_counter()
-                tot_loss, tot_n, tot_correct = self._epoch(weights, epoch, progress)
+                tot_loss, tot_n, tot_correct, k_used = self._epoch(weights, epoch, progress)
                 record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                           "accuracy": tot_correct / max(tot_n, 1) if self.classification else None}
-                if self.val_blocks is not None:
+                if self.has_validation:
                     self.sc.setJobDescription(f"{self.description}: validation after epoch "
                                               f"{epoch + 1}/{self.epochs}")
-                    record["val_loss"], record["val_accuracy"] = self._evaluate(self.val_blocks, weights)
+                    record["val_loss"], record["val_accuracy"] = self._evaluate(weights)
                 record["seconds"] = time.perf_counter() - t0
                 record["steps"] = self.sampler.steps_per_epoch
+                record["local_steps"] = k_used
                 self.summary.epochs.append(record)
                 msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                                 if v is not None)
@@ -494,7 +592,7 @@ class DistributedTrainer:
                     break
         finally:
             self.sc.setJobDescription(None)
-        if self.patience and self.val_blocks is not None:
+        if self.patience and self.has_validation:
             self.summary.bestEpoch = best[2]
             return best[1]
         return weights

@@ -1,0 +1,184 @@
+"""Where a Spark training step's time goes, and whether it grows with the data.
+
+    python benchmarks/step_cost.py [--rows 6000 60000] [--steps 40]
+
+1. Step vs data size: a tiny CNN (layers=[4, 10], batch 64) on MNIST-sized rows (1x28x28),
+   6k and 60k rows, synchronous steps, with resident blocks (memory-mapped files in the
+   executors' local dirs, the default) and with blocks cached in Spark's block manager;
+   also the setup (the one pass that writes the blocks).
+2. Fixed cost: a synchronous step at ~100k parameters (a dense net on 64 features, batch 64,
+   tiny compute) against a trivial PySpark job with the same task count in the same session
+   (a mapPartitions + treeAggregate over 2 partitions, no broadcast), and the step's parts:
+   broadcast, the job (scheduling, Python workers, compute, result), destroy, the driver's
+   optimizer step, and the tasks' own compute.
+Spark local[2], one session, medians.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import print_table  # noqa: E402
+
+
+def mnist_sized(spark, rows, partitions=2):
+    """rows x (1x28x28 float pixels, label), generated inside Spark and cached, like a user's
+    prepared training set."""
+    import pyarrow as pa
+
+    def gen(batches):
+        for b in batches:
+            ids = b.column(0).to_numpy()
+            if len(ids) == 0:
+                continue
+            rng = np.random.default_rng(int(ids[0]))
+            x = rng.random((len(ids), 784), dtype=np.float32)
+            y = (ids % 10).astype(np.float64)
+            offsets = pa.array(np.arange(0, (len(ids) + 1) * 784, 784, dtype=np.int32))
+            yield pa.RecordBatch.from_arrays([pa.ListArray.from_arrays(offsets, pa.array(x.ravel())), pa.array(y)],
+                                             names=["features", "label"])
+
+    df = spark.range(rows, numPartitions=partitions).mapInArrow(gen, "features array<float>, label double")
+    df = df.cache()
+    df.count()
+    return df
+
+
+def median_s(fn, n):
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[2:] if n > 4 else times))
+
+
+def step_vs_data(spark, rows_list, steps):
+    from spark_nn.ml.blocks import TrainingData
+    from spark_nn.ml.trainer import DistributedTrainer
+    from spark_nn.nn import builders
+
+    sc = spark.sparkContext
+    net = builders.cnn([4, 10], 10, (1, 28, 28), seed=0)
+    out, per_step = [], {}
+    for rows in rows_list:
+        df = mnist_sized(spark, rows)
+        for resident in (True, False):
+            t0 = time.perf_counter()
+            data = TrainingData(df, "features", "label", {"kind": "array", "shape": [1, 28, 28]}, resident=resident)
+            setup = time.perf_counter() - t0
+            try:
+                trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=64, optimizer="sgd",
+                                             step_size=0.01, seed=0, local_steps=1)
+                w = net.params.copy()
+                step = median_s(lambda i: trainer.gradient(w, 0, i % trainer.sampler.steps_per_epoch), steps)
+            finally:
+                data.release()
+            per_step[(rows, resident)] = step
+            out.append([f"{rows:,}", "resident" if resident else "cached", f"{setup:.2f}", f"{step * 1e3:.1f}"])
+        df.unpersist()
+    print("## Step time vs data size (tiny CNN layers=[4, 10], batch 64, 1x28x28, local[2], synchronous)")
+    print()
+    print_table(["rows", "blocks", "setup s", "step ms (median)"], out)
+    lo, hi = min(rows_list), max(rows_list)
+    for resident in (True, False):
+        ratio = per_step[(hi, resident)] / per_step[(lo, resident)]
+        print(f"{'resident' if resident else 'cached'}: step at {hi:,} rows / step at {lo:,} rows = {ratio:.2f}x")
+    print()
+
+
+def fixed_cost(spark, steps):
+    from pyspark.ml.linalg import Vectors
+
+    from spark_nn.ml.blocks import TrainingData
+    from spark_nn.ml.trainer import DistributedTrainer
+    from spark_nn.nn import builders
+
+    sc = spark.sparkContext
+    net = builders.from_specs([{"type": "Dense", "units": 1400, "activation": "relu"},
+                               {"type": "Dense", "units": 10}], (64,), seed=0)
+    rng = np.random.default_rng(0)
+    df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(2000)],
+                               ["features", "label"]).cache()
+    data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
+    trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=64, optimizer="sgd", step_size=0.01,
+                                 seed=0, local_steps=1)
+    w = net.params.copy()
+    parts = {"broadcast": [], "job": [], "destroy": [], "optimizer": [], "task compute": [], "step": []}
+    real_broadcast = sc.broadcast
+
+    class Timed:
+        """Wraps the context's broadcast so the step's parts can be timed from outside."""
+
+        def __init__(self, value):
+            t0 = time.perf_counter()
+            self.b = real_broadcast(value)
+            parts["broadcast"].append(time.perf_counter() - t0)
+
+        def __getattr__(self, name):
+            return getattr(self.b, name)
+
+        def __reduce__(self):
+            return self.b.__reduce__()
+
+        def destroy(self, *a, **kw):
+            t0 = time.perf_counter()
+            self.b.destroy(*a, **kw)
+            parts["destroy"].append(time.perf_counter() - t0)
+
+    try:
+        sc.broadcast = Timed
+        for i in range(steps):
+            t0 = time.perf_counter()
+            loss, grad, n, _, task_s = trainer.gradient(w, 0, i % trainer.sampler.steps_per_epoch)
+            t1 = time.perf_counter()
+            trainer.optimizer.step(w, grad / np.float32(n))
+            t2 = time.perf_counter()
+            parts["step"].append(t2 - t0)
+            parts["optimizer"].append(t2 - t1)
+            parts["task compute"].append(task_s)
+            parts["job"].append(t1 - t0 - parts["broadcast"][-1] - parts["destroy"][-1])
+    finally:
+        sc.broadcast = real_broadcast
+        data.release()
+
+    handles = sc.parallelize(range(2), 2).cache()
+    handles.count()
+
+    def trivial(_):
+        handles.mapPartitions(lambda it: [sum(1 for _ in it)]).treeAggregate(0, lambda a, b: a + b,
+                                                                             lambda a, b: a + b, depth=2)
+
+    bare = median_s(trivial, steps)
+    handles.unpersist()
+    med = {k: float(np.median(v[2:])) * 1e3 for k, v in parts.items()}
+    print(f"## Fixed cost of a synchronous step ({w.size:,} parameters, batch 64, local[2], 2 tasks)")
+    print()
+    print_table(["part", "ms (median)"], [[k, f"{v:.2f}"] for k, v in med.items()] +
+                [["trivial PySpark job, 2 tasks", f"{bare * 1e3:.2f}"]])
+    print(f"step / trivial job = {med['step'] / (bare * 1e3):.2f}x")
+    print()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[6000, 60000])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--skip-data", action="store_true")
+    args = ap.parse_args(argv)
+    from spark_nn.ml.session import local_session
+
+    spark = local_session("local[2]", "spark_nn step cost")
+    try:
+        fixed_cost(spark, args.steps)
+        if not args.skip_data:
+            step_vs_data(spark, args.rows, args.steps)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    main()
