@@ -171,7 +171,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from spark_nn.ml.session import local_session
 
-    spark = local_session("local[2]", "spark_nn step cost")
+    spark = local_session("local[2]", "spark_nn step cost", conf={"spark.driver.memory": "4g"})
     try:
         fixed_cost(spark, args.steps)
         if not args.skip_data:

@@ -51,6 +51,37 @@ def write_digits_folders(root, split="all", seed=0, test_size=0.2):
     return len(x)
 
 
+def digits_28(n, split="train", seed=0):
+    """An MNIST-sized set made offline from the bundled digits: n images of 1x28x28 float32 in
+    [0, 1], each a digits image (from the digits_split half named by split, so train and test
+    never share a source image) scaled up to 20x20, rotated by up to 15 degrees and placed at a
+    random offset in the 28x28 frame (bilinear sampling, vectorized). Returns (x, y)."""
+    xtr, xte, ytr, yte = digits_split(0)
+    xs, ys = (xtr, ytr) if split == "train" else (xte, yte)
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    pick = rng.integers(0, len(xs), n)
+    angle = np.deg2rad(rng.uniform(-15, 15, n))[:, None, None]
+    offset = rng.integers(0, 9, (n, 2)).astype(np.float32)
+    r, c = np.meshgrid(np.arange(28, dtype=np.float32), np.arange(28, dtype=np.float32), indexing="ij")
+    # output pixel -> the 20x20 patch's centred coordinates -> rotated back -> 8x8 source pixel
+    u = r[None] - offset[:, 0, None, None] - 9.5
+    v = c[None] - offset[:, 1, None, None] - 9.5
+    cos, sin = np.cos(angle), np.sin(angle)
+    sy = (cos * u + sin * v) / 2.5 + 3.5
+    sx = (-sin * u + cos * v) / 2.5 + 3.5
+    src = np.pad(xs[pick, 0], ((0, 0), (1, 2), (1, 2)))  # zeros around: samples outside are 0
+    y0, x0 = np.floor(sy), np.floor(sx)
+    fy, fx = sy - y0, sx - x0
+    y0 = np.clip(y0.astype(np.int64) + 1, 0, 9)
+    x0 = np.clip(x0.astype(np.int64) + 1, 0, 9)
+    idx = np.arange(n)[:, None, None]
+    out = ((1 - fy) * (1 - fx) * src[idx, y0, x0] + (1 - fy) * fx * src[idx, y0, x0 + 1]
+           + fy * (1 - fx) * src[idx, y0 + 1, x0] + fy * fx * src[idx, y0 + 1, x0 + 1])
+    inside = (sy > -1) & (sy < 8) & (sx > -1) & (sx < 8)
+    out = np.where(inside, out, 0).astype(np.float32)
+    return np.clip(out, 0, 1)[:, None], ys[pick].astype(np.int64)
+
+
 def labelled_sentences(n, seed=0):
     """A labelled text data set made up here: short product-review-like sentences whose label
     (1 positive, 0 negative) depends on sentiment words and on negation ("not good" is

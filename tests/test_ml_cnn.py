@@ -110,7 +110,7 @@ def test_explain_params_copy_and_seed_aliases():
     for name in ("layers", "stepSize", "batchSize", "optimizer", "inputCol", "localSteps", "aggregationDepth"):
         assert name in text
     other = est.copy({est.stepSize: 0.5})
-    assert other.getStepSize() == 0.5 and est.getStepSize() == 0.001
+    assert other.getStepSize() == 0.5 and est.getStepSize() == 0.003  # the CNN default
     assert CNNClassifier is CNN
     plain = CNNClassifier(featuresCol="f", labelCol="l")
     assert plain.featuresColumn() == "f" and plain.labelColumn() == "l"

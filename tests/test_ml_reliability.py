@@ -24,7 +24,8 @@ def data(spark):
 
 def est(**kw):
     return CNNClassifier(**dict(dict(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=3, batchSize=16,
-                                     stepSize=0.02, seed=9, localSteps=1), **kw))
+                                     stepSize=0.02, seed=9, localSteps=1,
+                                     learningRateSchedule="constant"), **kw))
 
 
 @pytest.mark.parametrize("local_steps", [1, 4])

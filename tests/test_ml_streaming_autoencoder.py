@@ -42,7 +42,7 @@ def test_model_scores_a_file_source_stream(spark, digit_rows, tmp_path):
 def test_autoencoder_codes_and_reconstruction_error(spark, digit_rows, tmp_path):
     xtr, xte, _, _ = digit_rows
     df = spark.createDataFrame([(Vectors.dense(a.tolist()),) for a in xtr], ["features"])
-    ae = AutoEncoder(layers=[32, 8], maxIter=20, batchSize=128, stepSize=5e-3, seed=0)
+    ae = AutoEncoder(layers=[32, 8], maxIter=20, learningRateSchedule="constant", batchSize=128, stepSize=5e-3, seed=0)
     model = ae.fit(df)
     assert model.codeSize == 8 and not model.summary.epochs[-1]["accuracy"]
     losses = model.summary.trainingLoss

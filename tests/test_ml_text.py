@@ -30,7 +30,7 @@ def test_text_pipeline_beats_majority_and_round_trips(reviews, tmp_path, cell):
         Tokenizer(inputCol="text", outputCol="words"),
         SequenceAssembler(inputCol="words", outputCol="sequence", sequenceLength=10, vocabSize=500),
         RNN(layers=[32, 2], cellType=cell, inputCol="sequence", outputCol="label", numClasses=2, maxIter=8,
-            batchSize=48, stepSize=5e-3, clipNorm=5.0, seed=0)])
+            batchSize=48, stepSize=5e-3, clipNorm=5.0, seed=0, learningRateSchedule="constant")])
     model = pipeline.fit(train)
     predictions = model.transform(test)
     acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(predictions)

@@ -68,7 +68,7 @@ def test_sampler_uses_every_row_once_per_epoch():
 def test_fit_is_deterministic_and_learns(spark, small_images):
     df, x, y = small_images
     est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=4, batchSize=16, stepSize=0.05,
-                        seed=7, localSteps=1)
+                        seed=7, localSteps=1, learningRateSchedule="constant")
     m1, m2 = est.fit(df), est.fit(df)
     np.testing.assert_array_equal(m1.weights, m2.weights)
     s = m1.summary
@@ -83,7 +83,7 @@ def test_fit_is_deterministic_and_learns(spark, small_images):
 def test_local_steps_average_weights(spark, small_images):
     df, x, y = small_images
     est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=4, batchSize=16, stepSize=0.05,
-                        seed=7, localSteps=3)
+                        seed=7, localSteps=3, learningRateSchedule="constant")
     model = est.fit(df)
     s = model.summary
     assert s.totalIterations == 4 * 6
@@ -96,7 +96,8 @@ def test_local_steps_average_weights(spark, small_images):
 def test_validation_split_and_early_stopping(spark, small_images):
     df, _, _ = small_images
     est = CNNClassifier(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=30, batchSize=16, stepSize=0.05,
-                        seed=1, validationSplit=0.3, earlyStoppingPatience=2, tol=0.0)
+                        seed=1, validationSplit=0.3, earlyStoppingPatience=2, tol=0.0, localSteps=1,
+                        learningRateSchedule="constant")
     model = est.fit(df)
     s = model.summary
     assert all(e["val_loss"] is not None and 0 <= e["val_accuracy"] <= 1 for e in s.epochs)

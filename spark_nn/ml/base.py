@@ -105,7 +105,8 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
             raise ValueError(f"validationIndicatorCol {indicator!r} is not in the DataFrame; "
                              f"columns: {dataset.columns}")
         spec = self._input_spec(dataset, fcol, kind)
-        num_classes = self.getOrDefault(self.numClasses) if self.isDefined(self.numClasses) else None
+        num_classes = (self.getOrDefault(self.numClasses)
+                       if self.hasParam("numClasses") and self.isDefined(self.numClasses) else None)
         known_k = _label_metadata(dataset, lcol, num_classes)[1] if lcol is not None else None
         probe = dict(spec, vocabSize=spec.get("vocabSize") or 2) if spec["kind"] == "ids" else dict(spec)
         self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job

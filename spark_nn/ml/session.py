@@ -36,15 +36,16 @@ def require_java():
     return None
 
 
-def local_session(master="local[2]", app_name="spark_nn", quiet=True):
-    """A SparkSession for the demo and examples (Java checked first)."""
+def local_session(master="local[2]", app_name="spark_nn", quiet=True, conf=None):
+    """A SparkSession for the demo, examples and benchmarks (Java checked first); conf: more
+    Spark settings."""
     require_java()
     # workers must run this interpreter (with spark_nn installed), not whatever python3 is on PATH
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app_name)
-    for key, value in RECOMMENDED_CONF.items():
+    for key, value in dict(RECOMMENDED_CONF, **(conf or {})).items():
         builder = builder.config(key, value)
     if quiet:
         builder = builder.config("spark.ui.showConsoleProgress", "false")

@@ -1,0 +1,267 @@
+"""Ours against what a Spark user would pick instead, in one run and one local[2] session.
+
+    python benchmarks/compare_peers.py [--sets digits mnist60k] [--mnist-epochs 3]
+
+Contenders, same architecture for the networks (3x3 conv 32 + ReLU + 2x2 max-pool, 3x3 conv 64 +
+ReLU + 2x2 max-pool, dense over 10 classes):
+- ours: the seed's program with default params (``CNN(layers=[32, 64, 10], activation="relu",
+  ...)``), the test rows as validation data so the summary has test accuracy after each epoch;
+- TorchDistributor: 2 processes (local mode, DDP over gloo, one thread each), Adam at 1e-3
+  with a cosine decay, batch 32 per process; rank 0 checks test accuracy after each epoch;
+- torch in one process (2 threads), the same settings with batch 64;
+- MLlib's MultilayerPerceptronClassifier (a dense net: MLlib has no convolutions).
+Data: (a) scikit-learn's digits as PNG folders through ImageFeature.loadImages, a random 80/20
+split; (b) 60,000 + 10,000 MNIST-sized 1x28x28 images made from the digits
+(spark_nn.datasets.digits_28), stored as Parquet and read by Spark.
+Reported: wall time of each fit (ours and TorchDistributor include their start-up: the pass
+over the data, the worker processes), seconds per epoch, final test accuracy, and the wall
+time until the test accuracy first reaches a common target.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import print_table  # noqa: E402
+
+TARGETS = {"digits": 0.98, "mnist60k": 0.97}
+
+
+# ---------------------------------------------------------------- torch (peers only)
+def torch_net():
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.LazyLinear(10))
+
+
+def torch_train(path, epochs, batch_size, lr, threads, distributed):
+    """Trains on the arrays in path (npz: xtr, ytr, xte, yte); returns [(epoch seconds, test
+    accuracy)] as seen by rank 0 (accuracy checked after every epoch, counted in its time)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    rank, world = 0, 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    d = np.load(path)
+    xtr, ytr = torch.from_numpy(d["xtr"][rank::world]), torch.from_numpy(d["ytr"][rank::world])
+    xte, yte = torch.from_numpy(d["xte"]), torch.from_numpy(d["yte"])
+    torch.manual_seed(0)
+    model = torch_net()
+    model(xtr[:1])  # materialize the lazy layer before DDP wraps it
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = -(-len(xtr) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    gen = torch.Generator().manual_seed(rank)
+    history = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        for i in range(steps):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(xte).argmax(1) == yte).float().mean()) if rank == 0 else None
+        history.append((time.perf_counter() - t0, acc))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return history
+
+
+def _distributed_entry(path, epochs, batch_size, lr):
+    return torch_train(path, epochs, batch_size, lr, threads=1, distributed=True)
+
+
+def run_torch_distributor(path, epochs):
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    t0 = time.perf_counter()
+    history = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False).run(
+        _distributed_entry, path, epochs, 32, 1e-3)
+    return time.perf_counter() - t0, history
+
+
+def run_torch_single(path, epochs):
+    t0 = time.perf_counter()
+    history = torch_train(path, epochs, 64, 1e-3, threads=2, distributed=False)
+    return time.perf_counter() - t0, history
+
+
+# ---------------------------------------------------------------- Spark contenders
+def run_ours(train, test, epochs, input_col):
+    """The seed's CNN at default params; the test rows ride along as validation data."""
+    from pyspark.sql import functions as F
+
+    from spark_nn.ml.classification import CNN
+
+    data = train.withColumn("isTest", F.lit(False)).unionByName(test.withColumn("isTest", F.lit(True)))
+    cnn = CNN(layers=[32, 64, 10], activation="relu", inputCol=input_col, outputCol="label", numClasses=10,
+              validationIndicatorCol="isTest")
+    if epochs:
+        cnn.setMaxIter(epochs)
+    t0 = time.perf_counter()
+    model = cnn.fit(data)
+    wall = time.perf_counter() - t0
+    epochs_s = [e["seconds"] for e in model.summary.epochs]
+    setup = wall - sum(epochs_s)
+    history = [(s, e["val_accuracy"]) for s, e in zip(epochs_s, model.summary.epochs)]
+    return wall, history, setup, [e["local_steps"] for e in model.summary.epochs]
+
+
+def run_mllib(train, test, features, max_iter):
+    from pyspark.ml.classification import MultilayerPerceptronClassifier
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.functions import array_to_vector
+
+    def vec(df):
+        return df.select(array_to_vector("pixels").alias("features"), "label")
+
+    mlp = MultilayerPerceptronClassifier(layers=[features, 128, 10], maxIter=max_iter, blockSize=128, seed=0)
+    t0 = time.perf_counter()
+    model = mlp.fit(vec(train))
+    wall = time.perf_counter() - t0
+    acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(model.transform(vec(test)))
+    return wall, acc
+
+
+# ---------------------------------------------------------------- data
+def digits_set(spark, workdir):
+    """The digits as PNG folders, loaded with ImageFeature.loadImages, random 80/20 split;
+    numpy copies of the same split for the torch peers."""
+    from pyspark.sql import functions as F
+
+    from spark_nn.datasets import write_digits_folders
+    from spark_nn.ml.feature import ImageFeature
+
+    folder = os.path.join(workdir, "digits")
+    write_digits_folders(folder)
+    images = ImageFeature.loadImages(folder)
+    train, test = images.randomSplit([0.8, 0.2], seed=0)
+    train, test = train.cache(), test.cache()
+
+    def arrays(df):
+        rows = df.select(F.col("image.data").alias("d"), "label").collect()
+        x = np.stack([np.frombuffer(r.d, dtype=np.uint8).reshape(1, 8, 8) for r in rows]).astype(np.float32) / 255
+        return x, np.array([int(r.label) for r in rows], dtype=np.int64)
+
+    (xtr, ytr), (xte, yte) = arrays(train), arrays(test)
+    path = os.path.join(workdir, "digits.npz")
+    np.savez(path, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
+    pixel_frame = (lambda df: df.select(F.transform(F.col("image.data").cast("array<tinyint>"),
+                                                    lambda b: ((b.cast("int") + 256) % 256) / 255.0).alias("pixels"),
+                                        "label"))
+    return train, test, "image", path, pixel_frame(train), pixel_frame(test), 64
+
+
+def mnist_set(spark, workdir, n_train=60000, n_test=10000):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_nn.datasets import digits_28
+
+    xtr, ytr = digits_28(n_train, "train")
+    xte, yte = digits_28(n_test, "test")
+    path = os.path.join(workdir, "mnist60k.npz")
+    np.savez(path, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
+
+    def parquet(x, y, name):
+        flat = x.reshape(len(x), -1)
+        offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
+        table = pa.table({"pixels": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel())),
+                          "label": pa.array(y.astype(np.float64))})
+        out = os.path.join(workdir, name)
+        pq.write_table(table, out, row_group_size=8192)
+        return spark.read.parquet(out)
+
+    train, test = parquet(xtr, ytr, "train.parquet"), parquet(xte, yte, "test.parquet")
+    return train, test, "pixels", path, train, test, 784
+
+
+# ---------------------------------------------------------------- report
+def time_to(history, target, start=0.0):
+    t = start
+    for seconds, acc in history:
+        t += seconds
+        if acc is not None and acc >= target:
+            return t
+    return None
+
+
+def report(name, rows, target):
+    print(f"## {name}: wall time, accuracy, time to {target:.3f} test accuracy")
+    print()
+    table = []
+    for label, wall, history, setup, note in rows:
+        epochs = len(history) if history else None
+        per_epoch = np.mean([s for s, _ in history]) if history else None
+        final = history[-1][1] if history else note.get("acc")
+        reach = time_to(history, target, setup) if history else None
+        table.append([label, f"{wall:.1f}", f"{setup:.1f}" if history else "-", epochs or "-",
+                      f"{per_epoch:.2f}" if per_epoch else "-", f"{final:.4f}",
+                      f"{reach:.1f}" if reach else "not reached", note.get("text", "")])
+    print_table(["contender", "wall s", "start-up s", "epochs", "s/epoch", "final acc", "s to target", "notes"],
+                table)
+    print()
+
+
+def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir):
+    train, test, input_col, npz, pix_train, pix_test, features = make(spark, workdir)
+    rows = []
+    wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col)
+    rows.append(("spark_nn (seed program, defaults)", wall, hist, setup, {"text": f"k per epoch {sorted(set(ks))}"}))
+    wall, hist = run_torch_distributor(npz, epochs_torch)
+    rows.append(("TorchDistributor, 2 processes", wall, hist, wall - sum(s for s, _ in hist), {}))
+    wall, hist = run_torch_single(npz, epochs_torch)
+    rows.append(("torch, one process, 2 threads", wall, hist, wall - sum(s for s, _ in hist), {}))
+    wall, acc = run_mllib(pix_train, pix_test, features, mlp_iter)
+    rows.append((f"MLlib MLP [{features}, 128, 10], maxIter {mlp_iter}", wall, None, 0.0,
+                 {"acc": acc, "text": "dense net, no convolutions"}))
+    report(name, rows, TARGETS[name])
+    ours, peer = rows[0], rows[1]
+    if ours[2] and peer[2]:
+        print(f"{name}: TorchDistributor wall / ours = {peer[1] / ours[1]:.2f}x; seconds per epoch, "
+              f"TorchDistributor / ours = {np.mean([s for s, _ in peer[2]]) / np.mean([s for s, _ in ours[2]]):.2f}x; "
+              f"final accuracy ours {ours[2][-1][1]:.4f} vs {peer[2][-1][1]:.4f}")
+        print()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", nargs="+", default=["digits", "mnist60k"], choices=["digits", "mnist60k"])
+    ap.add_argument("--digits-torch-epochs", type=int, default=30)
+    ap.add_argument("--mnist-epochs", type=int, default=3)
+    args = ap.parse_args(argv)
+    from spark_nn.ml.session import local_session
+
+    spark = local_session("local[2]", "spark_nn vs peers", conf={"spark.driver.memory": "4g"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="spark_nn_peers_") as workdir:
+            if "digits" in args.sets:
+                compare(spark, "digits", digits_set, None, args.digits_torch_epochs, 300, workdir)
+            if "mnist60k" in args.sets:
+                compare(spark, "mnist60k", mnist_set, args.mnist_epochs, args.mnist_epochs, 30, workdir)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    main()
