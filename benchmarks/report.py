@@ -1,6 +1,7 @@
 """One-run benchmark report: kernels vs PyTorch, the CNN vs MLlib (and the in-process epoch vs
-PyTorch), the Spark step overhead and the scaling measurement, written to benchmarks/RESULTS.md
-with the machine, the versions and the date.
+PyTorch), the Spark step overhead, the scaling measurement, the step cost vs data size and the
+comparison with TorchDistributor, written to benchmarks/RESULTS.md with the machine, the
+versions and the date.
 
     python benchmarks/report.py [--out benchmarks/RESULTS.md]
 """
@@ -17,6 +18,8 @@ PARTS = [
     ("Kernels and the in-process digits epoch vs PyTorch CPU (2 threads each)", "compare_torch.py", []),
     ("CNN vs MLlib on Spark local[2], and the per-step overhead", "compare_mllib.py", []),
     ("Step time vs parameters and workers (docs/scaling.md)", "scaling.py", []),
+    ("Where a Spark step's time goes; step time vs data size", "step_cost.py", []),
+    ("Ours vs TorchDistributor, torch and MLlib (digits; 60k MNIST-sized images)", "compare_peers.py", []),
 ]
 
 
@@ -48,7 +51,7 @@ def run(script, args):
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.join(HERE, script)] + args, capture_output=True, text=True,
                           env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
-    keep = [line for line in proc.stdout.splitlines() if not line.startswith("spark_nn CNNClassifier.fit:")]
+    keep = [line for line in proc.stdout.splitlines() if not line.startswith(("spark_nn CNNClassifier.fit:", "\r"))]
     if proc.returncode:
         keep += ["", f"FAILED (exit {proc.returncode}):"] + proc.stderr.splitlines()[-30:]
     return "\n".join(keep).strip(), time.perf_counter() - t0

@@ -44,6 +44,7 @@ def spark():
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "2").config("spark.default.parallelism", "2")
                .config("spark.driver.memory", "2g")
+               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
                .config("spark.python.unix.domain.socket.enabled", "true").getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session

@@ -11,6 +11,11 @@ import sys
 RECOMMENDED_CONF = {
     "spark.python.unix.domain.socket.enabled": "true",
     "spark.sql.shuffle.partitions": "4",
+    # The JVM's optimizing JIT compiler (C2) keeps compiling in background threads and takes a
+    # core from the Python workers on a small machine: a local round of training measured
+    # 211 ms with it and 127 ms without (tasks' compute 134 -> 61 ms) in local[2] on 2 cores.
+    # C1 alone compiles quickly and is fast enough for what the JVM does in a training step.
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
 }
 
 

@@ -104,11 +104,15 @@ def _permutation(seed, epoch, partition, n):
     return perm
 
 
+ZERO = (0.0, None, 0, 0, 0.0, 0.0, 0, 0)
+
+
 def _add(a, b):
-    """Sum of two (loss, vector or None, count, correct, seconds) tuples; None is an absent
-    vector; seconds (the tasks' compute time) combine by max, as parallel tasks do."""
+    """Sum of two (loss, vector or None, count, correct, seconds, validation loss, validation
+    count, validation correct) tuples; None is an absent vector; seconds (the tasks' compute
+    time) combine by max, as parallel tasks do."""
     vec = b[1] if a[1] is None else (a[1] if b[1] is None else a[1] + b[1])
-    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]))
+    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]), a[5] + b[5], a[6] + b[6], a[7] + b[7])
 
 
 class Inline:
@@ -158,6 +162,39 @@ def _minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, 
     yb = y[rows].astype(np.int64) if classification else x[rows]
     loss, grad, n = model.loss_and_grad(params, x[rows], yb, rng)
     return loss, grad, n, _correct(model.last_output, yb, classification)
+
+
+def _validation(model, weights, x, y, classification):
+    """(loss sum, rows, correct) of these weights on a partition's validation rows."""
+    if len(x) == 0:
+        return 0.0, 0, 0
+    model.set_params(weights)
+    x = np.asarray(x)
+    out = model.predict_output(x)
+    yb = np.asarray(y).astype(np.int64) if classification else x
+    loss, _ = model.loss(out, yb)
+    return float(loss), len(x), _correct(out, yb, classification)
+
+
+def _local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
+                 classification):
+    """(loss sum, rows x [trained weights, optimizer state arrays] or None, rows, correct) after
+    k steps of this partition's own from the given weights and optimizer state."""
+    w = weights.copy()
+    opt = optimizer_from_config(opt_cfg)
+    opt.load_state_dict(state)
+    loss_sum, rows_seen, correct = 0.0, 0, 0
+    for step in range(first_step, first_step + k):
+        result = _minibatch_step(model, w, x, y, sampler, seed, epoch, step, partition, classification)
+        if result is None:
+            continue
+        loss, grad, n, c = result
+        opt.step(w, grad / np.float32(n))
+        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + c
+    if not rows_seen:
+        return 0.0, None, 0, 0
+    state = [w] + [opt.state_dict()[key] for key in _state_keys(opt)]
+    return loss_sum, np.concatenate(state) * np.float32(rows_seen), rows_seen, correct
 
 
 class TrainingSummary:
@@ -375,7 +412,7 @@ class DistributedTrainer:
                 rdd = self.data.rdd
                 try:
                     return unwrap_errors(lambda: rdd.mapPartitionsWithIndex(make(shipped)).treeAggregate(
-                        (0.0, None, 0, 0, 0.0), _add, _add, depth=self.depth))
+                        ZERO, _add, _add, depth=self.depth))
                 except ResidentBlockLost as e:
                     if attempt == 2:
                         raise
@@ -400,66 +437,59 @@ class DistributedTrainer:
             return Inline(payload)
         return self.sc.broadcast(payload)
 
-    def gradient(self, weights, epoch, step):
-        """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
-        minibatch, summed over the partitions by treeAggregate."""
-        config_json, threads, sampler, seed = self.config_json, self.threads, self.sampler, self.seed
-        classification = self.classification
-
-        def make(shipped):
-            def compute(partition, blocks):
-                t0 = time.perf_counter()
-                _maybe_fail(epoch, step, partition)
-                for block in blocks:
-                    maybe_delete(block, epoch, step, partition)
-                    x, y, _, _ = open_block(block)
-                    result = _minibatch_step(worker_model(config_json, threads), _weights(shipped.value), x, y,
-                                             sampler, seed, epoch, step, partition, classification)
-                    if result is not None:
-                        yield result + (time.perf_counter() - t0,)
-
-            return compute
-
-        return self._aggregate(make, weights.tobytes())
-
-    def local_round(self, weights, epoch, first_step, k):
-        """(loss sum, rows x [locally trained weights, optimizer state] summed, row count,
-        correct, task seconds) after each partition takes steps first_step .. first_step+k-1 of
-        the epoch on its own, every one starting from the driver's weights and optimizer state."""
+    def _job(self, weights, epoch, first_step, k, validate=False):
+        """One Spark job over the partitions' blocks, summed by treeAggregate into (loss sum,
+        vector sum, rows, correct, task seconds, validation loss sum, validation rows,
+        validation correct):
+        - validate: first scores the shipped weights on each partition's validation rows (so
+          the validation after an epoch rides in the next epoch's first job);
+        - k = 0: nothing else (a validation job);
+        - k = 1: one synchronous step: the vector is the gradient sum of the step's minibatch;
+        - k > 1: a local round: each partition takes steps first_step .. first_step+k-1 of the
+          epoch on its own, starting from the driver's weights and optimizer state, and the
+          vector is rows x [its weights, its optimizer state arrays]."""
         config_json, threads, sampler, seed = self.config_json, self.threads, self.sampler, self.seed
         classification = self.classification
         opt_cfg = self.optimizer.config()
-        payload = {"w": weights.tobytes(), "state": self.optimizer.state_dict()}
+        payload = {"w": weights.tobytes()}
+        if k > 1:
+            payload["state"] = self.optimizer.state_dict()
 
         def make(shipped):
             def compute(partition, blocks):
                 t0 = time.perf_counter()
+                for step in range(first_step, first_step + k):
+                    _maybe_fail(epoch, step, partition)
                 for block in blocks:
                     for step in range(first_step, first_step + k):
-                        _maybe_fail(epoch, step, partition)
                         maybe_delete(block, epoch, step, partition)
-                    x, y, _, _ = open_block(block)
+                    x, y, xv, yv = open_block(block)
                     model = worker_model(config_json, threads)
-                    w = _weights(shipped.value["w"]).copy()
-                    opt = optimizer_from_config(opt_cfg)
-                    opt.load_state_dict(shipped.value["state"])
-                    loss_sum, rows_seen, correct = 0.0, 0, 0
-                    for step in range(first_step, first_step + k):
-                        result = _minibatch_step(model, w, x, y, sampler, seed, epoch, step, partition,
-                                                 classification)
-                        if result is None:
-                            continue
-                        loss, grad, n, c = result
-                        opt.step(w, grad / np.float32(n))
-                        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + c
-                    if rows_seen:
-                        state = [w] + [opt.state_dict()[key] for key in _state_keys(opt)]
-                        yield (loss_sum, np.concatenate(state) * np.float32(rows_seen), rows_seen, correct,
-                               time.perf_counter() - t0)
+                    w = _weights(shipped.value["w"])
+                    val = _validation(model, w, xv, yv, classification) if validate else (0.0, 0, 0)
+                    if k == 1:
+                        result = _minibatch_step(model, w, x, y, sampler, seed, epoch, first_step, partition,
+                                                 classification) or (0.0, None, 0, 0)
+                    elif k > 1:
+                        result = _local_steps(model, w, shipped.value["state"], opt_cfg, x, y, sampler, seed,
+                                              epoch, first_step, k, partition, classification)
+                    else:
+                        result = (0.0, None, 0, 0)
+                    yield result + (time.perf_counter() - t0,) + val
 
             return compute
 
         return self._aggregate(make, payload)
+
+    def gradient(self, weights, epoch, step):
+        """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
+        minibatch, summed over the partitions by treeAggregate."""
+        return self._job(weights, epoch, step, 1)[:5]
+
+    def local_round(self, weights, epoch, first_step, k):
+        """(loss sum, rows x [locally trained weights, optimizer state] summed, row count,
+        correct, task seconds) of a local round of k steps (see _job)."""
+        return self._job(weights, epoch, first_step, k)[:5]
 
     def _average_round(self, weights, vec, n, k):
         """Takes the rows-weighted mean of the partitions' weights and optimizer states."""
@@ -474,51 +504,45 @@ class DistributedTrainer:
         self.optimizer.load_state_dict(state)
 
     def _evaluate(self, weights):
-        """(mean loss, accuracy) over the validation rows with these weights."""
-        config_json, threads, classification = self.config_json, self.threads, self.classification
+        """(mean loss, accuracy) over the validation rows with these weights, in a job of its own."""
+        return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True))
 
-        def make(shipped):
-            def evaluate(partition, blocks):
-                for block in blocks:
-                    _, _, x, y = open_block(block)
-                    if len(x) == 0:
-                        continue
-                    model = worker_model(config_json, threads)
-                    model.set_params(_weights(shipped.value))
-                    x = np.asarray(x)
-                    out = model.predict_output(x)
-                    yb = y.astype(np.int64) if classification else x
-                    loss, _ = model.loss(out, yb)
-                    yield (loss, None, len(x), _correct(out, yb, classification), 0.0)
-
-            return evaluate
-
-        loss, _, n, correct, _ = self._aggregate(make, weights.tobytes())
+    def _validation_metrics(self, result):
+        loss, n, correct = result[5:8]
         return (loss / n, correct / n if self.classification else None) if n else (None, None)
 
     # ------------------------------------------------------------ the loop
-    def _epoch(self, weights, epoch, progress):
-        """Runs one epoch in place on weights; returns (loss sum, rows, correct, largest k used)."""
+    def _epoch(self, weights, epoch, progress, pending=None):
+        """Runs one epoch in place on weights. When pending holds the previous epoch's record,
+        the epoch's first job also scores the weights it ships (the previous epoch's) on the
+        validation rows, saving a job per epoch, and that epoch is finished before this one
+        changes anything; if finishing it stops the fit, returns None. Otherwise returns (loss
+        sum, rows, correct, largest k used)."""
         steps = self.sampler.steps_per_epoch
         tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
         step = 0
         while step < steps:
             k = min(self.local_steps.next_round(self.summary.totalIterations), steps - step)
             self.sc.setJobDescription(f"{self.description}: epoch {epoch + 1}/{self.epochs}, "
-                                      f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else ""))
+                                      f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else "")
+                                      + (f", validation of epoch {epoch}" if pending else ""))
             t0 = time.perf_counter()
+            result = self._job(weights, epoch, step, k, validate=pending is not None)
+            loss, vec, n, correct, task_seconds = result[:5]
+            if pending is not None:
+                pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
+                stop = self._finish_epoch(pending, weights, progress)
+                pending = None
+                if stop:
+                    return None
+            self._check_loss(loss, n, epoch, step)
             if k == 1:
-                loss, grad, n, correct, task_seconds = self.gradient(weights, epoch, step)
-                self._check_loss(loss, n, epoch, step)
                 if n:
-                    self.optimizer.step(weights, grad / np.float32(n))
+                    self.optimizer.step(weights, vec / np.float32(n))
+            elif n:
+                self._average_round(weights, vec, n, k)
             else:
-                loss, vec, n, correct, task_seconds = self.local_round(weights, epoch, step, k)
-                self._check_loss(loss, n, epoch, step)
-                if n:
-                    self._average_round(weights, vec, n, k)
-                else:
-                    self.optimizer.t += k
+                self.optimizer.t += k
             self.local_steps.observe(k, time.perf_counter() - t0, task_seconds)
             if n:
                 self.summary.objectiveHistory.append(loss / n)
@@ -529,6 +553,27 @@ class DistributedTrainer:
             step += k
             progress.update(k, f"epoch {epoch + 1}/{self.epochs} loss {loss / max(n, 1):.4f}")
         return tot_loss, tot_n, tot_correct, k_used
+
+    def _finish_epoch(self, record, weights, progress):
+        """Records and logs a finished epoch, tracks the best weights, writes the checkpoint;
+        True when early stopping ends the fit here. weights are the epoch's final weights."""
+        self.summary.epochs.append(record)
+        msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                        if v is not None)
+        log.info("%s: %s", self.description, msg)
+        progress.message(f"{self.description}: {msg}")
+        epoch = record["epoch"]
+        monitored = record.get("val_loss") if record.get("val_loss") is not None else record["loss"]
+        if monitored < self._best[0] - self.tol:
+            self._best, self._since_best = (monitored, weights.copy(), epoch), 0
+        else:
+            self._since_best += 1
+        stop = bool(self.patience and self._since_best >= self.patience)
+        if self.checkpoint_dir and (stop or epoch == self.epochs or epoch % self.checkpoint_interval == 0):
+            self._save_checkpoint(epoch, weights, self._best, self._since_best)
+        if stop:
+            self.summary.stoppedEarly = True
+        return stop
 
     def _check_loss(self, loss, n, epoch, step):
         if n and not np.isfinite(loss):
@@ -569,41 +614,35 @@ class DistributedTrainer:
 
     def run(self, weights):
         weights = np.array(weights, dtype=np.float32, copy=True)
-        first, best, since_best = self._resume(weights)
+        first, self._best, self._since_best = self._resume(weights)
         progress = Progress(self.sampler.steps_per_epoch * (self.epochs - first), self.description, self.verbose)
+        pending = None
         try:
             for epoch in range(first, self.epochs):
                 t0 = time.perf_counter()
-                tot_loss, tot_n, tot_correct, k_used = self._epoch(weights, epoch, progress)
+                done = self._epoch(weights, epoch, progress, pending)
+                pending = None
+                if done is None:
+                    break
+                tot_loss, tot_n, tot_correct, k_used = done
                 record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                           "accuracy": tot_correct / max(tot_n, 1) if self.classification else None}
+                if self.has_validation:
+                    record["val_loss"] = record["val_accuracy"] = None
+                record.update(seconds=time.perf_counter() - t0, steps=self.sampler.steps_per_epoch,
+                              local_steps=k_used)
+                if self.has_validation and epoch + 1 < self.epochs:
+                    pending = record  # validated by the next epoch's first job
+                    continue
                 if self.has_validation:
                     self.sc.setJobDescription(f"{self.description}: validation after epoch "
                                               f"{epoch + 1}/{self.epochs}")
                     record["val_loss"], record["val_accuracy"] = self._evaluate(weights)
-                record["seconds"] = time.perf_counter() - t0
-                record["steps"] = self.sampler.steps_per_epoch
-                record["local_steps"] = k_used
-                self.summary.epochs.append(record)
-                msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-                                if v is not None)
-                log.info("%s: %s", self.description, msg)
-                progress.message(f"{self.description}: {msg}")
-                monitored = record.get("val_loss") if record.get("val_loss") is not None else record["loss"]
-                if monitored < best[0] - self.tol:
-                    best, since_best = (monitored, weights.copy(), epoch + 1), 0
-                else:
-                    since_best += 1
-                stop = bool(self.patience and since_best >= self.patience)
-                if self.checkpoint_dir and (stop or epoch + 1 == self.epochs
-                                            or (epoch + 1) % self.checkpoint_interval == 0):
-                    self._save_checkpoint(epoch + 1, weights, best, since_best)
-                if stop:
-                    self.summary.stoppedEarly = True
+                if self._finish_epoch(record, weights, progress):
                     break
         finally:
             self.sc.setJobDescription(None)
         if self.patience and self.has_validation:
-            self.summary.bestEpoch = best[2]
-            return best[1]
+            self.summary.bestEpoch = self._best[2]
+            return self._best[1]
         return weights
