@@ -17,7 +17,6 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
                              MLReadable, MLReader, MLWritable, MLWriter)
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind

@@ -146,18 +146,26 @@ def delete_block(block):
             os.remove(path)
 
 
-def maybe_delete(block, epoch, step, partition):
-    """Test-only switch: when the job's local property spark_nn.test.deleteBlocksAt is
-    'epoch:step:partition:flagfile' and flagfile does not exist yet, create it and delete this
-    partition's resident files before the step reads them, once."""
+def fault_switch(prop, what, epoch, step, partition):
+    """Test-only fault injection: True once, when the job's local property prop is
+    'epoch:step:partition:flagfile' for this (epoch, step, partition) and flagfile does not
+    exist yet (it is then created, saying what happened at which task attempt)."""
     ctx = TaskContext.get()
-    spec = ctx.getLocalProperty(DELETE_PROPERTY) if ctx else None
+    spec = ctx.getLocalProperty(prop) if ctx else None
     if not spec:
-        return
+        return False
     e, s, p, flag = spec.split(":", 3)
-    if (int(e), int(s), int(p)) == (epoch, step, partition) and not os.path.exists(flag):
-        with open(flag, "w") as f:
-            f.write("deleted\n")
+    if (int(e), int(s), int(p)) != (epoch, step, partition) or os.path.exists(flag):
+        return False
+    with open(flag, "w") as f:
+        f.write(f"{what} attempt {ctx.attemptNumber()}\n")
+    return True
+
+
+def maybe_delete(block, epoch, step, partition):
+    """Test-only: deletes this partition's resident files before the step reads them, once, when
+    the job's local property spark_nn.test.deleteBlocksAt names this step (see fault_switch)."""
+    if fault_switch(DELETE_PROPERTY, "deleted", epoch, step, partition):
         delete_block(block)
 
 

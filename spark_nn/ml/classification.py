@@ -10,7 +10,6 @@ pyspark's probabilistic classifiers, so pyspark's evaluators work on them.
 import math
 
 from pyspark import keyword_only
-from pyspark.sql import functions as F
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_outputs
 from spark_nn.ml.columns import first_row_size, image_shape, seq_shape

@@ -19,11 +19,11 @@ import time
 from functools import lru_cache
 
 import numpy as np
-from pyspark import Broadcast, TaskContext
+from pyspark import Broadcast
 
 import spark_nn
 from spark_nn.ml import checkpoint
-from spark_nn.ml.blocks import RESIDENT_LOST, ResidentBlockLost, maybe_delete, open_block
+from spark_nn.ml.blocks import RESIDENT_LOST, ResidentBlockLost, maybe_delete, open_block, fault_switch
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import Schedule, make_optimizer, optimizer_from_config
 
@@ -49,17 +49,10 @@ FAULT_PROPERTY = "spark_nn.test.killWorkerAt"
 
 
 def _maybe_fail(epoch, step, partition):
-    """Test-only switch: when the job's local property spark_nn.test.killWorkerAt is
-    'epoch:step:partition:flagfile' and flagfile does not exist yet, create it and SIGKILL this
-    Python worker, once, so Spark's task retry can be checked."""
-    ctx = TaskContext.get()
-    spec = ctx.getLocalProperty(FAULT_PROPERTY) if ctx else None
-    if not spec:
-        return
-    e, s, p, flag = spec.split(":", 3)
-    if (int(e), int(s), int(p)) == (epoch, step, partition) and not os.path.exists(flag):
-        with open(flag, "w") as f:
-            f.write(f"killed attempt {ctx.attemptNumber()}\n")
+    """Test-only: SIGKILLs this Python worker, once, when the job's local property
+    spark_nn.test.killWorkerAt names this step (see blocks.fault_switch), so Spark's task retry
+    can be checked."""
+    if fault_switch(FAULT_PROPERTY, "killed", epoch, step, partition):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
