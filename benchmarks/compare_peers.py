@@ -10,7 +10,10 @@ ReLU + 2x2 max-pool, dense over 10 classes):
   with a cosine decay (--torch-lr), batch 32 per process; rank 0 checks test accuracy after
   each epoch;
 - torch in one process (2 threads), the same settings with batch 64;
-- MLlib's MultilayerPerceptronClassifier (a dense net: MLlib has no convolutions).
+- MLlib's MultilayerPerceptronClassifier (a dense net: MLlib has no convolutions; L-BFGS,
+  300 iterations on digits, 5 on the 60k set, where each takes a pass over the data through
+  Java BLAS; the session runs the JVM without its C2 JIT, see spark_nn.ml.session, which
+  slows MLlib's JVM-side math about 2x).
 Data: (a) scikit-learn's digits as PNG folders through ImageFeature.loadImages, a random 80/20
 split; (b) 60,000 + 10,000 MNIST-sized 1x28x28 images made from the digits
 (spark_nn.datasets.digits_28), stored as Parquet and read by Spark.
@@ -277,7 +280,7 @@ def main(argv=None):
                         args.torch_lr)
             if "mnist60k" in args.sets:
                 compare(spark, "mnist60k", lambda sp, wd: mnist_set(sp, wd, args.mnist_rows), args.mnist_epochs,
-                        args.mnist_epochs, 10, workdir, args.only,
+                        args.mnist_epochs, 5, workdir, args.only,
                         args.torch_lr)
     finally:
         spark.stop()
