@@ -11,9 +11,10 @@ ReLU + 2x2 max-pool, dense over 10 classes):
   each epoch;
 - torch in one process (2 threads), the same settings with batch 64;
 - MLlib's MultilayerPerceptronClassifier (a dense net: MLlib has no convolutions; L-BFGS,
-  300 iterations on digits, 5 on the 60k set, where each takes a pass over the data through
-  Java BLAS; the session runs the JVM without its C2 JIT, see spark_nn.ml.session, which
-  slows MLlib's JVM-side math about 2x).
+  300 iterations on digits; on the 60k set only with --mllib-60k-iter N: each iteration is a
+  pass over 60k x 784 through Java BLAS (no native BLAS here), and the session runs the JVM
+  without its C2 JIT (see spark_nn.ml.session), which slows MLlib's JVM-side math about 2x
+  on digits and made 5 iterations on the 60k set take over 6 minutes).
 Data: (a) scikit-learn's digits as PNG folders through ImageFeature.loadImages, a random 80/20
 split; (b) 60,000 + 10,000 MNIST-sized 1x28x28 images made from the digits
 (spark_nn.datasets.digits_28), stored as Parquet and read by Spark.
@@ -245,7 +246,7 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
     if "torch" in only:
         wall, hist = run_torch_single(npz, epochs_torch, lr)
         done(("torch, one process, 2 threads", wall, hist, wall - sum(s for s, _ in hist), {}))
-    if "mllib" in only:
+    if "mllib" in only and mlp_iter:
         wall, acc = run_mllib(pix_train, pix_test, features, mlp_iter)
         done((f"MLlib MLP [{features}, 128, 10], maxIter {mlp_iter}", wall, None, 0.0,
               {"acc": acc, "text": "dense net, no convolutions"}))
@@ -265,6 +266,9 @@ def main(argv=None):
     ap.add_argument("--digits-torch-epochs", type=int, default=30)
     ap.add_argument("--mnist-epochs", type=int, default=3)
     ap.add_argument("--mnist-rows", type=int, default=60000)
+    ap.add_argument("--mllib-60k-iter", type=int, default=0,
+                    help="MLlib's L-BFGS iterations on the 60k set (0, the default: not run; 5 iterations did not "
+                         "finish in 6 minutes here, see the docstring)")
     ap.add_argument("--torch-lr", type=float, default=3e-3,
                     help="Adam's learning rate for the torch peers (cosine decay; 3e-3 beat 1e-3 for them)")
     ap.add_argument("--only", nargs="+", default=["ours", "torchdistributor", "torch", "mllib"],
@@ -280,7 +284,7 @@ def main(argv=None):
                         args.torch_lr)
             if "mnist60k" in args.sets:
                 compare(spark, "mnist60k", lambda sp, wd: mnist_set(sp, wd, args.mnist_rows), args.mnist_epochs,
-                        args.mnist_epochs, 5, workdir, args.only,
+                        args.mnist_epochs, args.mllib_60k_iter, workdir, args.only,
                         args.torch_lr)
     finally:
         spark.stop()
