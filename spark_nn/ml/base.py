@@ -1,7 +1,8 @@
 """Estimator/Model machinery shared by the CNN, RNN and autoencoder stages.
 
-An estimator checks the schema and params, builds the network (spark_nn.nn), converts the data
-once into cached blocks and runs the DistributedTrainer. A model scores with ``mapInArrow``:
+An estimator checks the schema and params, converts and checks the data in one pass into
+per-partition blocks (spark_nn.ml.blocks), builds the network (spark_nn.nn) and runs the
+DistributedTrainer. A model scores with ``mapInArrow``:
 Arrow record batches -> float32 blocks -> ``predict_proba`` with broadcast weights ->
 rawPrediction / probability (vectors) and prediction columns; never a per-row Python UDF.
 On disk a model is Spark ML's metadata JSON plus data/model.json (architecture) and

@@ -1,7 +1,8 @@
-"""Distributed training: the data are converted once into cached per-partition float32 blocks;
-each step broadcasts the flat weights, every partition computes ``loss_and_grad`` on its share
-of the minibatch, and ``treeAggregate`` sums (loss, gradient, count, correct) for the driver's
-optimizer. Nothing else travels.
+"""Distributed training over the per-partition blocks of spark_nn.ml.blocks (written once per
+fit, resident on the executors): each step ships the flat weights, every partition computes
+``loss_and_grad`` on its share of the minibatch, and ``treeAggregate`` sums (loss, gradient,
+count, correct) for the driver's optimizer; a local round ships weights and optimizer state and
+sums the partitions' trained copies instead. Nothing else travels.
 
 Sampling depends only on (seed, epoch, partition) and the step: each epoch every partition
 draws a permutation of its rows from a generator keyed by (seed, epoch, partition) and takes
@@ -360,10 +361,10 @@ class AutoLocalSteps:
 class DistributedTrainer:
     """Runs the optimizer on the driver over gradients summed by treeAggregate.
 
-    With local_steps = k > 1, each partition instead takes k optimizer steps of its own from
-    the broadcast weights (a fresh optimizer of the same kind, at the learning rate the schedule
-    gives for that round) and the driver averages the resulting weights, weighted by rows:
-    one broadcast and one aggregate per k steps."""
+    In a local round of k > 1 steps, each partition instead takes k optimizer steps of its own
+    from the driver's weights and optimizer state (the schedule's learning rate at each step),
+    and the driver averages the resulting weights and optimizer states, weighted by rows: one
+    job per k steps. local_steps: an int k, or 'auto' (AutoLocalSteps)."""
 
     def __init__(self, sc, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
