@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel, TaskContext
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
+from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, feature_expr
 
@@ -33,10 +33,8 @@ RESIDENT_LOST = "spark_nn: resident training block lost"
 DELETE_PROPERTY = "spark_nn.test.deleteBlocksAt"
 
 _SCHEMA = StructType([StructField("x", BinaryType()), StructField("y", BinaryType()),
-                      StructField("v", BinaryType()), StructField("meta", StringType()),
-                      StructField("n", IntegerType())])
-_ARROW_SCHEMA = pa.schema([("x", pa.binary()), ("y", pa.binary()), ("v", pa.binary()), ("meta", pa.string()),
-                           ("n", pa.int32())])
+                      StructField("meta", StringType())])
+_ARROW_SCHEMA = pa.schema([("x", pa.binary()), ("y", pa.binary()), ("meta", pa.string())])
 
 
 class ResidentBlockLost(RuntimeError):
@@ -141,9 +139,16 @@ def open_block(block):
 
 
 def delete_block(block):
-    for path in block.get("files", {}).values():
+    """Removes a resident block's files, and the fit's folder once it is empty."""
+    paths = list(block.get("files", {}).values())
+    for path in paths:
         if os.path.exists(path):
             os.remove(path)
+    if paths:
+        try:
+            os.rmdir(os.path.dirname(paths[0]))
+        except OSError:  # another partition's files are still there
+            pass
 
 
 def fault_switch(prop, what, epoch, step, partition):
@@ -277,8 +282,7 @@ class TrainingData:
             yield pa.RecordBatch.from_arrays(
                 [pa.array([b"".join(chunks["x"] + chunks["xv"])], pa.binary()),
                  pa.array([b"".join(chunks["y"] + chunks["yv"])], pa.binary()),
-                 pa.array([b""], pa.binary()), pa.array([json.dumps(meta)]), pa.array([writer.n], pa.int32())],
-                schema=_ARROW_SCHEMA)
+                 pa.array([json.dumps(meta)])], schema=_ARROW_SCHEMA)
 
         def assemble(rows):
             for r in rows:
@@ -295,7 +299,7 @@ class TrainingData:
         return selected.mapInArrow(convert, _SCHEMA).rdd.mapPartitions(assemble)
 
     def _remove_directory(self, sc):
-        """Best effort after a failed pass: removes this fit's folder wherever these tasks run
+        """Best effort after a failure: removes this fit's folder wherever these tasks run
         (every executor in local mode; on a cluster Spark removes its local dirs when an
         executor stops)."""
         if not self.directory:
@@ -313,21 +317,21 @@ class TrainingData:
             pass
 
     def release(self):
-        """Deletes the resident files (one small job over the handles, which run where their
-        files are) and unpersists the blocks."""
+        """Deletes the resident files and their folder (one small job over the handles, which
+        run where their files are; the folder-wide removal job only if that fails) and
+        unpersists the blocks."""
         if self.rdd is None:
             return
         rdd, self.rdd = self.rdd, None
         try:
             if self.resident:
                 rdd.foreach(delete_block)
-        except Exception:  # the context may be gone (a failed fit); Spark removes its local dirs then
-            pass
+        except Exception:  # a failed fit: try the folder-wide removal; Spark removes its local dirs at the end
+            self._remove_directory(self.df.sparkSession.sparkContext)
         finally:
             try:
                 rdd.unpersist()
-                self._remove_directory(self.df.sparkSession.sparkContext)
-            except Exception:
+            except Exception:  # the context may be gone
                 pass
 
     def rematerialize(self):

@@ -480,11 +480,6 @@ class DistributedTrainer:
         minibatch, summed over the partitions by treeAggregate."""
         return self._job(weights, epoch, step, 1)[:5]
 
-    def local_round(self, weights, epoch, first_step, k):
-        """(loss sum, rows x [locally trained weights, optimizer state] summed, row count,
-        correct, task seconds) of a local round of k steps (see _job)."""
-        return self._job(weights, epoch, first_step, k)[:5]
-
     def _average_round(self, weights, vec, n, k):
         """Takes the rows-weighted mean of the partitions' weights and optimizer states."""
         mean = vec / np.float32(n)
