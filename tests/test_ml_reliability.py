@@ -10,14 +10,12 @@ from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
 from spark_nn.ml.trainer import FAULT_PROPERTY
+from pixel_data import bright_pixel_rows
 
 
 @pytest.fixture(scope="module")
 def data(spark):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((96, 36)).astype(np.float32)
-    y = rng.integers(0, 3, 96)
-    x[np.arange(96), y] += 3.0
+    x, y = bright_pixel_rows(np.random.default_rng(5), 96)
     rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
     return spark.createDataFrame(rows, ["features", "label"]).repartition(2).cache()
 

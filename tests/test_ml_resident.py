@@ -9,14 +9,12 @@ from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.blocks import DELETE_PROPERTY, TrainingData, open_block
 from spark_nn.ml.classification import CNNClassifier
+from pixel_data import bright_pixel_rows
 
 
 @pytest.fixture(scope="module")
 def data(spark):
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((120, 36)).astype(np.float32)
-    y = rng.integers(0, 3, 120)
-    x[np.arange(120), y] += 3.0
+    x, y = bright_pixel_rows(np.random.default_rng(11), 120)
     rows = [(Vectors.dense(a.tolist()), float(b), bool(i % 5 == 0)) for i, (a, b) in enumerate(zip(x, y))]
     return spark.createDataFrame(rows, ["features", "label", "isVal"]).repartition(3).cache()
 
@@ -47,6 +45,7 @@ def test_resident_and_cached_blocks_give_bitwise_equal_weights(data, local_dirs,
     np.testing.assert_array_equal(resident.weights, cached.weights)
     assert resident.summary.epochs[-1]["val_loss"] == cached.summary.epochs[-1]["val_loss"]
     assert resident_files(local_dirs) == []  # removed at the end of the fit
+    assert [p for d in local_dirs for p in glob.glob(os.path.join(d, "spark_nn", "*"))] == []  # folders too
 
 
 def test_resident_blocks_hold_every_row_once_and_read_as_memory_maps(spark, data, local_dirs):

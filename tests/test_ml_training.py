@@ -9,18 +9,12 @@ from spark_nn.ml.columns import feature_kind
 from spark_nn.ml.blocks import TrainingData, open_block
 from spark_nn.ml.trainer import DistributedTrainer, StepSampler
 from spark_nn.nn.model import Sequential
-
-
-def _image_rows(rng, n, size=6, classes=3):
-    x = rng.standard_normal((n, size * size)).astype(np.float32)
-    y = rng.integers(0, classes, n)
-    x[np.arange(n), y] += 3.0  # learnable: one bright pixel per class
-    return x, y
+from pixel_data import bright_pixel_rows
 
 
 @pytest.fixture
 def small_images(spark, rng):
-    x, y = _image_rows(rng, 90)
+    x, y = bright_pixel_rows(rng, 90)
     rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
     return spark.createDataFrame(rows, ["features", "label"]).repartition(3), x, y
 
