@@ -5,6 +5,8 @@
  *   gx = x_t w_ih^T + b_ih, gh = h_{t-1} w_hh^T + b_hh (each split r|z|n)
  *   r = sigmoid(gx_r + gh_r), z = sigmoid(gx_z + gh_z), n = tanh(gx_n + r * gh_n)
  *   h_t = (1 - z) n + z h_{t-1}
+ *   spans[N,2] or NULL: row n's data steps are [spans[2n], spans[2n+1]); padding steps carry
+ *   h unchanged, their gates are 0, and gradients pass through them (nn_step_is_data)
  *   saved for backward: hs[N,T,H], gates[N,T,3H] (r, z, n), hn[N,T,H] (= gh_n)
  *   backward: dhs[N,T,H] -> dx[N,T,D] (NULL to skip), dh0 (NULL to skip), dw_ih, dw_hh,
  *             db_ih, db_hh
@@ -55,7 +57,8 @@ NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict
 
 /* Cells of rows [r0, r1) at step t; ghr holds their gh rows. */
 NN_CLONES void gru_cells_forward(int r0, int r1, int t, int T, int H, const float *h0,
-                                 const float *ghr, float *gates, float *hs, float *hn) {
+                                 const int32_t *spans, const float *ghr, float *gates, float *hs,
+                                 float *hn) {
     const int G = 3 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         float *g = gates + (size_t)n * ldg + (size_t)t * G;
@@ -63,21 +66,29 @@ NN_CLONES void gru_cells_forward(int r0, int r1, int t, int T, int H, const floa
         float *h = hs + (size_t)n * ldh + (size_t)t * H;
         float *hnt = hn + (size_t)n * ldh + (size_t)t * H;
         const float *hp = t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL);
-        if (hp) cell_forward(H, g, gh, hp, h, hnt, 1);
+        if (!nn_step_is_data(spans, n, t)) {
+            for (int j = 0; j < G; j++) g[j] = 0.0f;
+            for (int j = 0; j < H; j++) hnt[j] = 0.0f;
+            nn_carry_row(H, h, hp);
+        } else if (hp) cell_forward(H, g, gh, hp, h, hnt, 1);
         else cell_forward(H, g, gh, NULL, h, hnt, 0);
     }
 }
 
 /* Cells of rows [r0, r1) at step t, backward. */
 NN_CLONES void gru_cells_backward(int r0, int r1, int t, int T, int H, const float *h0,
-                                  const float *hs, const float *gates, const float *hn,
-                                  const float *dhs, float *dgx, float *dgh, float *dhn) {
+                                  const int32_t *spans, const float *hs, const float *gates,
+                                  const float *hn, const float *dhs, float *dgx, float *dgh,
+                                  float *dhn) {
     const int G = 3 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         size_t og = (size_t)n * ldg + (size_t)t * G, oh = (size_t)n * ldh + (size_t)t * H;
         const float *hp = t > 0 ? hs + oh - H : (h0 ? h0 + (size_t)n * H : NULL);
         float *dhc = dhn + (size_t)n * H;
-        if (hp) cell_backward(H, gates + og, hn + oh, hp, dhs + oh, dgx + og, dgh + og, dhc, 1);
+        if (!nn_step_is_data(spans, n, t)) {
+            nn_carry_grad(H, G, dhs + oh, dhc, dgx + og);
+            for (int j = 0; j < G; j++) dgh[og + j] = 0.0f;
+        } else if (hp) cell_backward(H, gates + og, hn + oh, hp, dhs + oh, dgx + og, dgh + og, dhc, 1);
         else cell_backward(H, gates + og, hn + oh, NULL, dhs + oh, dgx + og, dgh + og, dhc, 0);
     }
 }
@@ -88,7 +99,8 @@ size_t gru_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (7 * (size_t)T + 1);
 }
 
-int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                const float *h0, const float *w_ih,
                 const float *w_hh, const float *b_ih, const float *b_hh, float *hs, float *gates,
                 float *hn, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
@@ -114,20 +126,21 @@ int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, con
                             w_hh, H, 1.0f, ghr, G);
                 else if (h0)
                     nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ghr, G);
-                gru_cells_forward(r0, r1, t, T, H, h0, ghr, gates, hs, hn);
+                gru_cells_forward(r0, r1, t, T, H, h0, spans, ghr, gates, hs, hn);
             }
         }
     }
     return NN_OK;
 }
 
-int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+int gru_backward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                 const float *h0, const float *w_ih,
                  const float *w_hh, const float *hs, const float *gates, const float *hn,
                  const float *dhs, float *dx, float *dh0, float *dw_ih, float *dw_hh,
                  float *db_ih, float *db_hh, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
     if (ws_len < gru_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
-    const int G = 3 * H, ldg = T * G, ldh = T * H;
+    const int G = 3 * H, ldg = T * G;
     float *dgx = ws, *dgh = dgx + (size_t)N * T * G, *hprev = dgh + (size_t)N * T * G;
     float *dhn = hprev + (size_t)N * T * H;
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
@@ -139,7 +152,7 @@ int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, co
         const int nr = r1 - r0;
         if (nr > 0) memset(dhn + (size_t)r0 * H, 0, sizeof(float) * nr * H);
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            gru_cells_backward(r0, r1, t, T, H, h0, hs, gates, hn, dhs, dgx, dgh, dhn);
+            gru_cells_backward(r0, r1, t, T, H, h0, spans, hs, gates, hn, dhs, dgx, dgh, dhn);
             nn_gemm(0, 0, nr, H, G, 1.0f, dgh + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
                     dhn + (size_t)r0 * H, H);
         }

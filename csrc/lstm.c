@@ -4,6 +4,8 @@
  *   x[N,T,D], h0[N,H] / c0[N,H] or NULL (zeros), w_ih[4H,D], w_hh[4H,H], b_ih[4H], b_hh[4H]
  *   a_t = x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh;  i,f,o = sigmoid, g = tanh of its quarters
  *   c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
+ *   spans[N,2] or NULL: row n's data steps are [spans[2n], spans[2n+1]); padding steps carry
+ *   h and c unchanged, their gates are 0, and gradients pass through them (nn_step_is_data)
  *   saved for backward: hs[N,T,H], cs[N,T,H], gates[N,T,4H] (i,f,g,o after their nonlinearity)
  *   backward: dhs[N,T,H], dcT[N,H] or NULL (gradient of the last cell state)
  *             -> dx[N,T,D] (NULL to skip), dh0, dc0 (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
@@ -29,10 +31,11 @@ NN_CELL void cell_forward(int H, float *restrict g, const float *restrict cp, fl
     }
 }
 
-/* One time step of one row backward: d gets dLoss/da; dhc/dcc carry dh, dc to step t-1. */
+/* One time step of one row backward: d gets dLoss/da; dcc carries dc to step t-1, dhc is
+ * zeroed for the step's GEMM to add d w_hh to it. */
 NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict c,
                            const float *restrict cp, const float *restrict dh_out,
-                           float *restrict d, const float *restrict dhc, float *restrict dcc,
+                           float *restrict d, float *restrict dhc, float *restrict dcc,
                            const int has_prev) {
     for (int j = 0; j < H; j++) {
         float i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
@@ -43,27 +46,33 @@ NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict
         d[2 * H + j] = dc * i * (1.0f - gg * gg);
         d[3 * H + j] = dh * tc * o * (1.0f - o);
         dcc[j] = dc * f;
+        dhc[j] = 0.0f;
     }
 }
 
 /* Cells of rows [r0, r1) at step t. */
-NN_CLONES void lstm_cells_forward(int r0, int r1, int t, int T, int H, const float *c0,
-                                  float *gates, float *cs, float *hs) {
+NN_CLONES void lstm_cells_forward(int r0, int r1, int t, int T, int H, const float *h0,
+                                  const float *c0, const int32_t *spans, float *gates, float *cs,
+                                  float *hs) {
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         float *g = gates + (size_t)n * ldg + (size_t)t * G;
         float *c = cs + (size_t)n * ldh + (size_t)t * H;
         float *h = hs + (size_t)n * ldh + (size_t)t * H;
         const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
-        if (cp) cell_forward(H, g, cp, c, h, 1);
+        if (!nn_step_is_data(spans, n, t)) {
+            for (int j = 0; j < G; j++) g[j] = 0.0f;
+            nn_carry_row(H, c, cp);
+            nn_carry_row(H, h, t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL));
+        } else if (cp) cell_forward(H, g, cp, c, h, 1);
         else cell_forward(H, g, NULL, c, h, 0);
     }
 }
 
 /* Cells of rows [r0, r1) at step t, backward; dg gets dLoss/da, dhn/dcn carry to t-1. */
 NN_CLONES void lstm_cells_backward(int r0, int r1, int t, int T, int H, const float *c0,
-                                   const float *gates, const float *cs, const float *dhs,
-                                   float *dg, float *dhn, float *dcn) {
+                                   const int32_t *spans, const float *gates, const float *cs,
+                                   const float *dhs, float *dg, float *dhn, float *dcn) {
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         const float *g = gates + (size_t)n * ldg + (size_t)t * G;
@@ -72,7 +81,8 @@ NN_CLONES void lstm_cells_backward(int r0, int r1, int t, int T, int H, const fl
         const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
         float *d = dg + (size_t)n * ldg + (size_t)t * G;
         float *dhc = dhn + (size_t)n * H, *dcc = dcn + (size_t)n * H;
-        if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
+        if (!nn_step_is_data(spans, n, t)) nn_carry_grad(H, G, dh_out, dhc, d);
+        else if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
         else cell_backward(H, g, c, NULL, dh_out, d, dhc, dcc, 0);
     }
 }
@@ -81,7 +91,8 @@ size_t lstm_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (5 * (size_t)T + 2);
 }
 
-int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                 const float *h0, const float *c0,
                  const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                  float *hs, float *cs, float *gates) {
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
@@ -105,21 +116,22 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, co
                             w_hh, H, 1.0f, gt, ldg);
                 else if (h0)
                     nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, gt, ldg);
-                lstm_cells_forward(r0, r1, t, T, H, c0, gates, cs, hs);
+                lstm_cells_forward(r0, r1, t, T, H, h0, c0, spans, gates, cs, hs);
             }
         }
     }
     return NN_OK;
 }
 
-int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                  const float *h0, const float *c0,
                   const float *w_ih, const float *w_hh, const float *hs, const float *cs,
                   const float *gates, const float *dhs, const float *dcT, float *dx, float *dh0,
                   float *dc0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *ws,
                   size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
     if (ws_len < lstm_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
-    const int G = 4 * H, ldg = T * G, ldh = T * H;
+    const int G = 4 * H, ldg = T * G;
     float *dg = ws, *hprev = dg + (size_t)N * T * G;
     float *dhn = hprev + (size_t)N * T * H, *dcn = dhn + (size_t)N * H;
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
@@ -136,8 +148,8 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, c
             else memset(dcn + a, 0, sizeof(float) * len);
         }
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            lstm_cells_backward(r0, r1, t, T, H, c0, gates, cs, dhs, dg, dhn, dcn);
-            nn_gemm(0, 0, nr, H, G, 1.0f, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 0.0f,
+            lstm_cells_backward(r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn);
+            nn_gemm(0, 0, nr, H, G, 1.0f, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
                     dhn + (size_t)r0 * H, H);
         }
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) {

@@ -128,6 +128,26 @@ static inline int nn_seq_dims_ok(int N, int T, int D, int H, int G) {
     return rows * gh <= 0x7fffffffLL && rows * D <= 0x7fffffffLL && gh * (D > H ? D : H) <= 0x7fffffffLL;
 }
 
+/* Per-row spans of data steps: spans[2n] <= t < spans[2n+1] (NULL: every step is data). Steps
+ * outside a row's span are padding: the state is carried through them unchanged (pre-padding
+ * leaves h0 until the first token, post-padding leaves the last token's state at step T-1),
+ * and no gradient reaches the weights or x from them, as with PyTorch's packed sequences. */
+static inline int nn_step_is_data(const int32_t *spans, int n, int t) {
+    return !spans || (t >= spans[2 * n] && t < spans[2 * n + 1]);
+}
+
+/* dst = prev (one state row), or zeros when there is no previous state. */
+static inline void nn_carry_row(int H, float *dst, const float *prev) {
+    for (int j = 0; j < H; j++) dst[j] = prev ? prev[j] : 0.0f;
+}
+
+/* Backward through a padding step: no gradient to the step's pre-activations (da, width G),
+ * the state's gradient dhc passes to step t-1 with the step's own output gradient added. */
+static inline void nn_carry_grad(int H, int G, const float *dh_out, float *dhc, float *da) {
+    for (int j = 0; j < G; j++) da[j] = 0.0f;
+    for (int j = 0; j < H; j++) dhc[j] += dh_out[j];
+}
+
 /* hprev[n,t] = hs[n,t-1], hprev[n,0] = h0[n] (or 0): rows [r0, r1) of [N,T,H]. */
 static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0, const float *hs,
                                    float *hprev) {

@@ -96,13 +96,19 @@ int pool2d_shape_init(pool2d_shape *s);
 int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax);
 int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax, float *dx);
 
+/* Recurrent kernels take spans[N,2] (int32) or NULL: row n's data steps are
+ * [spans[2n], spans[2n+1]); the other steps are padding, which carries the state unchanged and
+ * passes gradients through (PyTorch's packed sequences, with pre- or post-padding). */
+
 /* ---- rnn.c: x[N,T,D], h0[N,H] or NULL (zeros), w_ih[H,D], w_hh[H,H], b_ih[H], b_hh[H],
  *      hs[N,T,H] = all hidden states; dhs[N,T,H] = dLoss/dhs ---- */
 size_t rnn_backward_workspace_size(int N, int T, int H);
-int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
+                const float *h0,
                 const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                 float *hs);
-int rnn_backward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
+                 const float *h0,
                  const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
                  float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh,
                  float *ws, size_t ws_len);
@@ -110,10 +116,12 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const floa
 /* ---- lstm.c: gates i,f,g,o (PyTorch order); w_ih[4H,D], w_hh[4H,H], b_ih[4H], b_hh[4H];
  *      saves hs[N,T,H], cs[N,T,H], gates[N,T,4H] (after their nonlinearities) ---- */
 size_t lstm_backward_workspace_size(int N, int T, int H);
-int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                 const float *h0, const float *c0,
                  const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                  float *hs, float *cs, float *gates);
-int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *c0,
+int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                  const float *h0, const float *c0,
                   const float *w_ih, const float *w_hh, const float *hs, const float *cs,
                   const float *gates, const float *dhs, const float *dcT, float *dx, float *dh0,
                   float *dc0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *ws,
@@ -124,10 +132,12 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0, c
  *      saves hs[N,T,H], gates[N,T,3H] (r,z,n activated), hn[N,T,H] = W_hn h + b_hn ---- */
 size_t gru_forward_workspace_size(int N, int H);
 size_t gru_backward_workspace_size(int N, int T, int H);
-int gru_forward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                const float *h0, const float *w_ih,
                 const float *w_hh, const float *b_ih, const float *b_hh, float *hs, float *gates,
                 float *hn, float *ws, size_t ws_len);
-int gru_backward(int N, int T, int D, int H, const float *x, const float *h0, const float *w_ih,
+int gru_backward(int N, int T, int D, int H, const float *x, const int32_t *spans,
+                 const float *h0, const float *w_ih,
                  const float *w_hh, const float *hs, const float *gates, const float *hn,
                  const float *dhs, float *dx, float *dh0, float *dw_ih, float *dw_hh,
                  float *db_ih, float *db_hh, float *ws, size_t ws_len);

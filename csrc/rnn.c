@@ -2,6 +2,8 @@
  * Elman RNN over a whole sequence, batch-major, PyTorch's nn.RNN(batch_first=True) layout.
  *   x[N,T,D], h0[N,H] or NULL (zeros), w_ih[H,D], w_hh[H,H], b_ih[H], b_hh[H]
  *   h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), hs[N,T,H] holds every h_t
+ *   spans[N,2] or NULL: row n's data steps are [spans[2n], spans[2n+1]); padding steps carry
+ *   the state (h_t = h_{t-1}) and pass gradients through (see nn_step_is_data)
  *   backward: dhs[N,T,H] = dLoss/dh_t (put the gradient of the last state in dhs[:,T-1])
  *             -> dx[N,T,D] (NULL to skip), dh0[N,H] (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
  * Rows of the batch are independent in time, so each block of rows (fixed by N, see
@@ -11,17 +13,30 @@
  */
 #include "nn_internal.h"
 
-/* h = act(h) for rows [r0, r1) at step t. */
-NN_CLONES void rnn_cells_forward(int act, int r0, int r1, int t, int T, int H, float *hs) {
-    for (int n = r0; n < r1; n++) nn_act_row(act, H, hs + (size_t)n * T * H + (size_t)t * H);
+/* h = act(h) for rows [r0, r1) at step t; padding steps get the previous state. */
+NN_CLONES void rnn_cells_forward(int act, int r0, int r1, int t, int T, int H, const float *h0,
+                                 const int32_t *spans, float *hs) {
+    for (int n = r0; n < r1; n++) {
+        float *h = hs + (size_t)n * T * H + (size_t)t * H;
+        if (nn_step_is_data(spans, n, t)) nn_act_row(act, H, h);
+        else nn_carry_row(H, h, t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL));
+    }
 }
 
-/* das = act'(h) * (dhs + carried dh) for rows [r0, r1) at step t. */
+/* das = act'(h) * (dhs + carried dh) for rows [r0, r1) at step t; dhn's rows are then zeroed
+ * for data steps (the step's GEMM adds das w_hh to them) and keep the carried gradient plus
+ * dhs for padding steps. */
 NN_CLONES void rnn_cells_backward(int act, int r0, int r1, int t, int T, int H, const float *hs,
-                                  const float *dhs, const float *dhn, float *das) {
+                                  const float *dhs, const int32_t *spans, float *dhn, float *das) {
     for (int n = r0; n < r1; n++) {
         size_t o = (size_t)n * T * H + (size_t)t * H;
-        nn_dact_row(act, H, hs + o, dhs + o, dhn + (size_t)n * H, das + o);
+        float *dh = dhn + (size_t)n * H;
+        if (nn_step_is_data(spans, n, t)) {
+            nn_dact_row(act, H, hs + o, dhs + o, dh, das + o);
+            for (int j = 0; j < H; j++) dh[j] = 0.0f;
+        } else {
+            nn_carry_grad(H, H, dhs + o, dh, das + o);
+        }
     }
 }
 
@@ -29,7 +44,8 @@ size_t rnn_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (2 * (size_t)T + 1);
 }
 
-int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
+                const float *h0,
                 const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                 float *hs) {
     if (!nn_seq_dims_ok(N, T, D, H, 1)) return NN_EBADSHAPE;
@@ -53,14 +69,15 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float
                     nn_gemm(0, 1, nr, H, H, 1.0f, ht - H, ld, w_hh, H, 1.0f, ht, ld);
                 else if (h0)
                     nn_gemm(0, 1, nr, H, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ht, ld);
-                rnn_cells_forward(act, r0, r1, t, T, H, hs);
+                rnn_cells_forward(act, r0, r1, t, T, H, h0, spans, hs);
             }
         }
     }
     return NN_OK;
 }
 
-int rnn_backward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
+                 const float *h0,
                  const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
                  float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh,
                  float *ws, size_t ws_len) {
@@ -78,8 +95,8 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const floa
         const int nr = r1 - r0;
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dhn[k] = 0.0f;
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            rnn_cells_backward(act, r0, r1, t, T, H, hs, dhs, dhn, das);
-            nn_gemm(0, 0, nr, H, H, 1.0f, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, 0.0f,
+            rnn_cells_backward(act, r0, r1, t, T, H, hs, dhs, spans, dhn, das);
+            nn_gemm(0, 0, nr, H, H, 1.0f, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, 1.0f,
                     dhn + (size_t)r0 * H, H);
         }
         if (dh0)

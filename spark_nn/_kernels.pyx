@@ -48,28 +48,28 @@ cdef extern from "nn_kernels.h" nogil:
     int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax,
                            float *dx)
     size_t rnn_backward_workspace_size(int N, int T, int H)
-    int rnn_forward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+    int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                     const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                     float *hs)
-    int rnn_backward(int act, int N, int T, int D, int H, const float *x, const float *h0,
+    int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
                      float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih,
                      float *db_hh, float *ws, size_t ws_len)
     size_t lstm_backward_workspace_size(int N, int T, int H)
-    int lstm_forward(int N, int T, int D, int H, const float *x, const float *h0,
+    int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *c0, const float *w_ih, const float *w_hh, const float *b_ih,
                      const float *b_hh, float *hs, float *cs, float *gates)
-    int lstm_backward(int N, int T, int D, int H, const float *x, const float *h0,
+    int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                       const float *c0, const float *w_ih, const float *w_hh, const float *hs,
                       const float *cs, const float *gates, const float *dhs, const float *dcT,
                       float *dx, float *dh0, float *dc0, float *dw_ih, float *dw_hh,
                       float *db_ih, float *db_hh, float *ws, size_t ws_len)
     size_t gru_forward_workspace_size(int N, int H)
     size_t gru_backward_workspace_size(int N, int T, int H)
-    int gru_forward(int N, int T, int D, int H, const float *x, const float *h0,
+    int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                     const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                     float *hs, float *gates, float *hn, float *ws, size_t ws_len)
-    int gru_backward(int N, int T, int D, int H, const float *x, const float *h0,
+    int gru_backward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *w_ih, const float *w_hh, const float *hs, const float *gates,
                      const float *hn, const float *dhs, float *dx, float *dh0, float *dw_ih,
                      float *dw_hh, float *db_ih, float *db_hh, float *ws, size_t ws_len)
@@ -297,8 +297,9 @@ def rnn_ws_size(int N, int T, int H):
     return rnn_backward_workspace_size(N, T, H)
 
 
-def rnn_fwd(int act, int N, int T, int D, int H, x, h0, w_ih, w_hh, b_ih, b_hh, hs):
+def rnn_fwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs):
     cdef float *px = F(x)
+    cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
     cdef float *pwi = F(w_ih)
     cdef float *pwh = F(w_hh)
@@ -307,13 +308,14 @@ def rnn_fwd(int act, int N, int T, int D, int H, x, h0, w_ih, w_hh, b_ih, b_hh, 
     cdef float *phs = F(hs)
     cdef int rc
     with nogil:
-        rc = rnn_forward(act, N, T, D, H, px, ph0, pwi, pwh, pbi, pbh, phs)
+        rc = rnn_forward(act, N, T, D, H, px, psp, ph0, pwi, pwh, pbi, pbh, phs)
     check(rc, "rnn_forward")
 
 
-def rnn_bwd(int act, int N, int T, int D, int H, x, h0, w_ih, w_hh, hs, dhs, dx, dh0, dw_ih,
+def rnn_bwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, dhs, dx, dh0, dw_ih,
             dw_hh, db_ih, db_hh, ws):
     cdef float *px = F(x)
+    cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
     cdef float *pwi = F(w_ih)
     cdef float *pwh = F(w_hh)
@@ -329,7 +331,7 @@ def rnn_bwd(int act, int N, int T, int D, int H, x, h0, w_ih, w_hh, hs, dhs, dx,
     cdef size_t n = ws.size
     cdef int rc
     with nogil:
-        rc = rnn_backward(act, N, T, D, H, px, ph0, pwi, pwh, phs, pdhs, pdx, pdh0, pdwi, pdwh,
+        rc = rnn_backward(act, N, T, D, H, px, psp, ph0, pwi, pwh, phs, pdhs, pdx, pdh0, pdwi, pdwh,
                           pdbi, pdbh, pws, n)
     check(rc, "rnn_backward")
 
@@ -338,8 +340,9 @@ def lstm_ws_size(int N, int T, int H):
     return lstm_backward_workspace_size(N, T, H)
 
 
-def lstm_fwd(int N, int T, int D, int H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates):
+def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates):
     cdef float *px = F(x)
+    cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
     cdef float *pc0 = F(c0)
     cdef float *pwi = F(w_ih)
@@ -351,13 +354,14 @@ def lstm_fwd(int N, int T, int D, int H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, 
     cdef float *pg = F(gates)
     cdef int rc
     with nogil:
-        rc = lstm_forward(N, T, D, H, px, ph0, pc0, pwi, pwh, pbi, pbh, phs, pcs, pg)
+        rc = lstm_forward(N, T, D, H, px, psp, ph0, pc0, pwi, pwh, pbi, pbh, phs, pcs, pg)
     check(rc, "lstm_forward")
 
 
-def lstm_bwd(int N, int T, int D, int H, x, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, dx,
+def lstm_bwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, dx,
              dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, ws):
     cdef float *px = F(x)
+    cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
     cdef float *pc0 = F(c0)
     cdef float *pwi = F(w_ih)
@@ -378,7 +382,7 @@ def lstm_bwd(int N, int T, int D, int H, x, h0, c0, w_ih, w_hh, hs, cs, gates, d
     cdef size_t n = ws.size
     cdef int rc
     with nogil:
-        rc = lstm_backward(N, T, D, H, px, ph0, pc0, pwi, pwh, phs, pcs, pg, pdhs, pdcT, pdx,
+        rc = lstm_backward(N, T, D, H, px, psp, ph0, pc0, pwi, pwh, phs, pcs, pg, pdhs, pdcT, pdx,
                            pdh0, pdc0, pdwi, pdwh, pdbi, pdbh, pws, n)
     check(rc, "lstm_backward")
 
@@ -387,8 +391,9 @@ def gru_ws_size(int N, int T, int H):
     return gru_forward_workspace_size(N, H), gru_backward_workspace_size(N, T, H)
 
 
-def gru_fwd(int N, int T, int D, int H, x, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws):
+def gru_fwd(int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws):
     cdef float *px = F(x)
+    cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
     cdef float *pwi = F(w_ih)
     cdef float *pwh = F(w_hh)
@@ -401,13 +406,14 @@ def gru_fwd(int N, int T, int D, int H, x, h0, w_ih, w_hh, b_ih, b_hh, hs, gates
     cdef size_t n = ws.size
     cdef int rc
     with nogil:
-        rc = gru_forward(N, T, D, H, px, ph0, pwi, pwh, pbi, pbh, phs, pg, phn, pws, n)
+        rc = gru_forward(N, T, D, H, px, psp, ph0, pwi, pwh, pbi, pbh, phs, pg, phn, pws, n)
     check(rc, "gru_forward")
 
 
-def gru_bwd(int N, int T, int D, int H, x, h0, w_ih, w_hh, hs, gates, hn, dhs, dx, dh0, dw_ih,
+def gru_bwd(int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, gates, hn, dhs, dx, dh0, dw_ih,
             dw_hh, db_ih, db_hh, ws):
     cdef float *px = F(x)
+    cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
     cdef float *pwi = F(w_ih)
     cdef float *pwh = F(w_hh)
@@ -425,6 +431,6 @@ def gru_bwd(int N, int T, int D, int H, x, h0, w_ih, w_hh, hs, gates, hn, dhs, d
     cdef size_t n = ws.size
     cdef int rc
     with nogil:
-        rc = gru_backward(N, T, D, H, px, ph0, pwi, pwh, phs, pg, phn, pdhs, pdx, pdh0, pdwi,
+        rc = gru_backward(N, T, D, H, px, psp, ph0, pwi, pwh, phs, pg, phn, pdhs, pdx, pdh0, pdwi,
                           pdwh, pdbi, pdbh, pws, n)
     check(rc, "gru_backward")

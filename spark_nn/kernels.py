@@ -287,19 +287,36 @@ def _seq_dims(x, w_ih, w_hh, gates):
     return x, w_ih, w_hh, x.shape[0], x.shape[1], d, h, g
 
 
-def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, activation="tanh"):
-    """hs[N,T,H]: every hidden state of an Elman RNN over x[N,T,D]."""
+def check_spans(spans, n, t):
+    """spans[N,2] int32 of each row's data steps [begin, end), or None (every step is data).
+    Steps outside a row's span are padding: the recurrent kernels carry the state through them
+    and pass no gradient to the weights or x from them (PyTorch's packed sequences)."""
+    if spans is None:
+        return None
+    a = np.asarray(spans)
+    if a.shape != (n, 2) or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"spans must be an integer array of shape ({n}, 2), got {a.dtype} {_fmt(a.shape)}")
+    bad = np.flatnonzero((a[:, 0] < 0) | (a[:, 0] > a[:, 1]) | (a[:, 1] > t))
+    if bad.size:
+        raise ValueError(f"spans row {bad[0]} is {a[bad[0]].tolist()}; each must be [begin, end) "
+                         f"with 0 <= begin <= end <= {t}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, activation="tanh", spans=None):
+    """hs[N,T,H]: every hidden state of an Elman RNN over x[N,T,D] (spans: see check_spans)."""
     _prepare()
     act = _activation_code(activation)
     x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 1)
     b_ih, b_hh = check_array("b_ih", b_ih, (g,)), check_array("b_hh", b_hh, (g,))
     h0 = _optional("h0", h0, (n, h))
+    spans = check_spans(spans, n, t)
     hs = np.empty((n, t, h), dtype=F32)
-    _kernels.rnn_fwd(act, n, t, d, h, x, h0, w_ih, w_hh, b_ih, b_hh, hs)
+    _kernels.rnn_fwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs)
     return hs
 
 
-def rnn_backward(x, w_ih, w_hh, hs, dhs, h0=None, activation="tanh", need_dx=True, grads=None):
+def rnn_backward(x, w_ih, w_hh, hs, dhs, h0=None, activation="tanh", need_dx=True, grads=None, spans=None):
     """Returns dict dx, dh0, dw_ih, dw_hh, db_ih, db_hh; ``grads`` may hold output buffers for
     the four weight gradients."""
     _prepare()
@@ -308,9 +325,10 @@ def rnn_backward(x, w_ih, w_hh, hs, dhs, h0=None, activation="tanh", need_dx=Tru
     h0 = _optional("h0", h0, (n, h))
     hs = check_array("hs", hs, (n, t, h))
     dhs = check_array("dhs", dhs, (n, t, h))
+    spans = check_spans(spans, n, t)
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
     ws = _workspace(_kernels.rnn_ws_size(n, t, h))
-    _kernels.rnn_bwd(act, n, t, d, h, x, h0, w_ih, w_hh, hs, dhs, out["dx"], out["dh0"],
+    _kernels.rnn_bwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, hs, dhs, out["dx"], out["dh0"],
                      out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
     return out
 
@@ -324,7 +342,7 @@ def _grad_buffers(grads, g, d, h, n, t, need_dx, need_dh0):
     return out
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None):
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None, spans=None):
     """Returns (hs[N,T,H], cs[N,T,H], gates[N,T,4H]) of an LSTM over x[N,T,D]."""
     _prepare()
     x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 4)
@@ -333,12 +351,13 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None):
     hs = np.empty((n, t, h), dtype=F32)
     cs = np.empty((n, t, h), dtype=F32)
     gates = np.empty((n, t, g), dtype=F32)
-    _kernels.lstm_fwd(n, t, d, h, x, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates)
+    spans = check_spans(spans, n, t)
+    _kernels.lstm_fwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates)
     return hs, cs, gates
 
 
 def lstm_backward(x, w_ih, w_hh, hs, cs, gates, dhs, h0=None, c0=None, dcT=None, need_dx=True,
-                  grads=None):
+                  grads=None, spans=None):
     """Returns dict dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh."""
     _prepare()
     x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 4)
@@ -349,14 +368,15 @@ def lstm_backward(x, w_ih, w_hh, hs, cs, gates, dhs, h0=None, c0=None, dcT=None,
     dcT = _optional("dcT", dcT, (n, h))
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
     out["dc0"] = np.empty((n, h), dtype=F32)
+    spans = check_spans(spans, n, t)
     ws = _workspace(_kernels.lstm_ws_size(n, t, h))
-    _kernels.lstm_bwd(n, t, d, h, x, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, out["dx"],
+    _kernels.lstm_bwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, out["dx"],
                       out["dh0"], out["dc0"], out["dw_ih"], out["dw_hh"], out["db_ih"],
                       out["db_hh"], ws)
     return out
 
 
-def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None):
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, spans=None):
     """Returns (hs[N,T,H], gates[N,T,3H], hn[N,T,H]) of a GRU over x[N,T,D]."""
     _prepare()
     x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 3)
@@ -365,12 +385,13 @@ def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None):
     hs = np.empty((n, t, h), dtype=F32)
     gates = np.empty((n, t, g), dtype=F32)
     hn = np.empty((n, t, h), dtype=F32)
+    spans = check_spans(spans, n, t)
     ws = _workspace(_kernels.gru_ws_size(n, t, h)[0])
-    _kernels.gru_fwd(n, t, d, h, x, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws)
+    _kernels.gru_fwd(n, t, d, h, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws)
     return hs, gates, hn
 
 
-def gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs, h0=None, need_dx=True, grads=None):
+def gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs, h0=None, need_dx=True, grads=None, spans=None):
     """Returns dict dx, dh0, dw_ih, dw_hh, db_ih, db_hh."""
     _prepare()
     x, w_ih, w_hh, n, t, d, h, g = _seq_dims(x, w_ih, w_hh, 3)
@@ -379,7 +400,8 @@ def gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs, h0=None, need_dx=True, grads
     gates = check_array("gates", gates, (n, t, g))
     dhs = check_array("dhs", dhs, (n, t, h))
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
+    spans = check_spans(spans, n, t)
     ws = _workspace(_kernels.gru_ws_size(n, t, h)[1])
-    _kernels.gru_bwd(n, t, d, h, x, h0, w_ih, w_hh, hs, gates, hn, dhs, out["dx"], out["dh0"],
+    _kernels.gru_bwd(n, t, d, h, x, spans, h0, w_ih, w_hh, hs, gates, hn, dhs, out["dx"], out["dh0"],
                      out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
     return out

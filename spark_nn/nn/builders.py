@@ -5,7 +5,8 @@ entry equal to ``num_classes`` is the output layer, otherwise one is appended.
 - CNN: each hidden width is a block conv(kxk, same padding) + activation + 2x2 max-pool;
   then flatten and a dense output layer.
 - RNN: each hidden width is a recurrent layer (stacked; all but the last return sequences),
-  optionally after an embedding of token ids; then a dense output layer.
+  optionally after an embedding of token ids (id 0 is padding, skipped by the recurrent
+  layers); then a dense output layer.
 - Autoencoder: dense encoder through the widths down to the code, mirrored decoder.
 """
 from spark_nn.nn import layers as L
@@ -64,7 +65,7 @@ def rnn(layers, num_classes, input_shape, cell="rnn", activation="tanh", vocab_s
         raise ValueError(f"layers must give at least one recurrent layer before the output, got {layers!r}")
     if cell not in CELLS:
         raise ValueError(f"cellType must be one of {sorted(CELLS)}, got {cell!r}")
-    stack = [L.Embedding(vocab_size, embedding_dim)] if vocab_size else []
+    stack = [L.Embedding(vocab_size, embedding_dim, mask_zero=True)] if vocab_size else []
     for i, units in enumerate(hidden):
         seq = i < len(hidden) - 1
         stack.append(L.SimpleRNN(units, activation, seq) if cell == "rnn" else CELLS[cell](units, seq))

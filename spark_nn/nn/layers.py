@@ -8,6 +8,11 @@
   which writes the parameter gradients into the bound gradient views and returns dx;
 - round-trips through ``config()`` / ``layer_from_config``.
 Tensors: images NCHW, sequences [N, T, D], all float32 (token ids int).
+
+Padding: an Embedding with ``mask_zero`` marks each row's data steps (from its first to its
+last non-zero id) as ``spans`` [N, 2]; the model hands a layer's ``output_spans`` to the next
+layer as ``input_spans`` before its forward, and recurrent layers pass them to the kernels,
+which carry the state through padding steps (PyTorch's packed sequences).
 """
 import numpy as np
 
@@ -17,6 +22,8 @@ from spark_nn.nn import init
 
 class Layer:
     """Base class: no parameters, identity shape."""
+
+    input_spans = None  # set by the model before forward: data steps of sequence inputs
 
     def __init__(self):
         self.input_shape = None
@@ -59,6 +66,10 @@ class Layer:
 
     def backward(self, dy, need_dx=True):
         raise NotImplementedError
+
+    def output_spans(self):
+        """Data steps of this layer's output rows (after forward), or None: no padding."""
+        return None
 
 
 def _pair(name, v):
@@ -251,6 +262,9 @@ class Activation(Layer):
             return (y * (dy - np.sum(dy * y, axis=1, keepdims=True))).astype(np.float32)
         return K.activation_backward(y, dy, self.activation)
 
+    def output_spans(self):
+        return self.input_spans
+
     def config(self):
         return {"type": "Activation", "activation": self.activation}
 
@@ -280,16 +294,24 @@ class Dropout(Layer):
             return None
         return dy if self._mask is None else dy * self._mask
 
+    def output_spans(self):
+        return self.input_spans
+
     def config(self):
         return {"type": "Dropout", "rate": self.rate}
 
 
 class Embedding(Layer):
-    """Token ids (N, T) in [0, vocab_size) -> vectors (N, T, dim)."""
+    """Token ids (N, T) in [0, vocab_size) -> vectors (N, T, dim).
 
-    def __init__(self, vocab_size, dim):
+    mask_zero: id 0 is padding (SequenceAssembler's and Tokenizer's pad id): each row's data
+    steps run from its first to its last non-zero id, and the recurrent layers after this one
+    skip the rest, so pre-padding does not drive the state and post-padding does not dilute it."""
+
+    def __init__(self, vocab_size, dim, mask_zero=False):
         super().__init__()
         self.vocab_size, self.dim = int(vocab_size), int(dim)
+        self.mask_zero = bool(mask_zero)
         if self.vocab_size < 1 or self.dim < 1:
             raise ValueError(f"Embedding needs vocab_size >= 1 and dim >= 1, got {vocab_size}, {dim}")
 
@@ -315,6 +337,17 @@ class Embedding(Layer):
         self._ids = ids
         return self.params["w"][ids]
 
+    def output_spans(self):
+        if not self.mask_zero:
+            return None
+        data = self._ids != 0
+        t = data.shape[1]
+        begin = np.argmax(data, axis=1)
+        end = t - np.argmax(data[:, ::-1], axis=1)
+        empty = ~data.any(axis=1)
+        begin[empty], end[empty] = 0, 0  # no tokens: the state stays the initial one
+        return np.stack([begin, end], axis=1).astype(np.int32)
+
     def backward(self, dy, need_dx=True):
         g = self.grads["w"]
         g[...] = 0.0
@@ -322,7 +355,10 @@ class Embedding(Layer):
         return None
 
     def config(self):
-        return {"type": "Embedding", "vocab_size": self.vocab_size, "dim": self.dim}
+        cfg = {"type": "Embedding", "vocab_size": self.vocab_size, "dim": self.dim}
+        if self.mask_zero:  # absent in configs saved before masking: those models keep their behaviour
+            cfg["mask_zero"] = True
+        return cfg
 
 
 class _Recurrent(Layer):
@@ -363,7 +399,11 @@ class _Recurrent(Layer):
         return dhs
 
     def _out(self, hs):
+        # padding steps carry the state, so the last step holds each row's final state
         return hs if self.return_sequences else hs[:, -1]
+
+    def output_spans(self):
+        return self.input_spans if self.return_sequences else None
 
     def _grads(self):
         """The bound gradient views, under the kernel API's names (dw_ih, ...)."""
@@ -374,6 +414,10 @@ class _Recurrent(Layer):
 
 
 class SimpleRNN(_Recurrent):
+    """Elman RNN. Recurrent weights start orthogonal for tanh/sigmoid and as the identity for
+    ReLU (Le, Jaitly and Hinton 2015, "IRNN"): a ReLU state then starts as a running sum of its
+    inputs, neither vanishing nor exploding over long sequences."""
+
     gates = 1
 
     def __init__(self, units, activation="tanh", return_sequences=False):
@@ -382,15 +426,22 @@ class SimpleRNN(_Recurrent):
             raise ValueError(f"SimpleRNN activation must be 'tanh', 'relu' or 'sigmoid', got {activation!r}")
         self.activation = str(activation).lower()
 
+    def init_params(self, rng):
+        p = super().init_params(rng)
+        if self.activation == "relu":
+            p["w_hh"] = np.eye(self.units, dtype=np.float32)
+        return p
+
     def forward(self, x, training=False):
         p = self.params
-        self._x = x
-        self._hs = K.rnn_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], activation=self.activation)
+        self._x, self._spans = x, self.input_spans
+        self._hs = K.rnn_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], activation=self.activation,
+                                 spans=self._spans)
         return self._out(self._hs)
 
     def backward(self, dy, need_dx=True):
         g = K.rnn_backward(self._x, self.params["w_ih"], self.params["w_hh"], self._hs, self._dhs(dy),
-                           activation=self.activation, need_dx=need_dx, grads=self._grads())
+                           activation=self.activation, need_dx=need_dx, grads=self._grads(), spans=self._spans)
         return g["dx"]
 
     def config(self):
@@ -407,13 +458,14 @@ class LSTM(_Recurrent):
 
     def forward(self, x, training=False):
         p = self.params
-        self._x = x
-        self._hs, self._cs, self._gates = K.lstm_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+        self._x, self._spans = x, self.input_spans
+        self._hs, self._cs, self._gates = K.lstm_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                                         spans=self._spans)
         return self._out(self._hs)
 
     def backward(self, dy, need_dx=True):
         g = K.lstm_backward(self._x, self.params["w_ih"], self.params["w_hh"], self._hs, self._cs, self._gates,
-                            self._dhs(dy), need_dx=need_dx, grads=self._grads())
+                            self._dhs(dy), need_dx=need_dx, grads=self._grads(), spans=self._spans)
         return g["dx"]
 
 
@@ -422,13 +474,14 @@ class GRU(_Recurrent):
 
     def forward(self, x, training=False):
         p = self.params
-        self._x = x
-        self._hs, self._gates, self._hn = K.gru_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+        self._x, self._spans = x, self.input_spans
+        self._hs, self._gates, self._hn = K.gru_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                                        spans=self._spans)
         return self._out(self._hs)
 
     def backward(self, dy, need_dx=True):
         g = K.gru_backward(self._x, self.params["w_ih"], self.params["w_hh"], self._hs, self._gates, self._hn,
-                           self._dhs(dy), need_dx=need_dx, grads=self._grads())
+                           self._dhs(dy), need_dx=need_dx, grads=self._grads(), spans=self._spans)
         return g["dx"]
 
 

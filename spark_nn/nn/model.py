@@ -104,8 +104,15 @@ class Sequential:
 
     # ------------------------------------------------------------------ compute
     def forward(self, x, training=False):
-        for layer in self.layers:
+        return self._run(self.layers, x, training)
+
+    @staticmethod
+    def _run(layers, x, training):
+        spans = None
+        for layer in layers:
+            layer.input_spans = spans
             x = layer.forward(x, training)
+            spans = layer.output_spans()
         return x
 
     def backward(self, dout):
@@ -141,10 +148,7 @@ class Sequential:
         x = self.check_input(x)
         outs = []
         for i in range(0, len(x), batch_size):
-            h = x[i:i + batch_size]
-            for layer in self.layers[:index + 1]:
-                h = layer.forward(h, False)
-            outs.append(h)
+            outs.append(self._run(self.layers[:index + 1], x[i:i + batch_size], False))
         return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.layers[index].output_shape),
                                                           dtype=np.float32)
 
