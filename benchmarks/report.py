@@ -1,6 +1,6 @@
 """One-run benchmark report: kernels vs PyTorch, the CNN vs MLlib (and the in-process epoch vs
 PyTorch), the Spark step overhead, the scaling measurement, the step cost vs data size and the
-comparison with TorchDistributor, written to benchmarks/RESULTS.md with the machine, the
+comparison with TorchDistributor, the seed's RNN program on a real text set, written to benchmarks/RESULTS.md with the machine, the
 versions and the date.
 
     python benchmarks/report.py [--out benchmarks/RESULTS.md]
@@ -20,6 +20,7 @@ PARTS = [
     ("Step time vs parameters and workers (docs/scaling.md)", "scaling.py", []),
     ("Where a Spark step's time goes; step time vs data size", "step_cost.py", []),
     ("Ours vs TorchDistributor, torch and MLlib (digits; 60k MNIST-sized images)", "compare_peers.py", []),
+    ("The seed's RNN program on a real text set (Rotten Tomatoes snippets)", "text_rnn.py", []),
 ]
 
 

@@ -36,5 +36,7 @@ def test_cnn_example(spark, digits_dirs, monkeypatch, capsys):
 def test_rnn_example(spark, tmp_path, monkeypatch, capsys):
     path = str(tmp_path / "texts.tsv")
     write_labelled_text(path, n=800, seed=2)
-    acc = run_example("rnn_text.py", [path], 6, monkeypatch, capsys)
-    assert acc > 0.75  # majority class is about 0.5
+    acc = run_example("rnn_text.py", [path], 10, monkeypatch, capsys)
+    # majority class is about 0.5; 10 epochs reach about 0.97 (6 epochs stop near 0.75: ReLU
+    # cells that start at the identity need more steps on this toy set than orthogonal ones)
+    assert acc > 0.85

@@ -124,7 +124,9 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                      typeConverter=_check("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"))
     weightDecay = Param(Params._dummy(), "weightDecay", "weight decay (L2 for sgd/adam, decoupled for adamw), >= 0",
                         typeConverter=_check("weightDecay", lambda v: v >= 0, "a number >= 0"))
-    clipNorm = Param(Params._dummy(), "clipNorm", "clip the gradient to this global L2 norm (0: no clipping)",
+    clipNorm = Param(Params._dummy(), "clipNorm", "clip each step's mean gradient to this global L2 norm (0: no "
+                     "clipping); default 1.0 for recurrent networks (RNNClassifier), whose gradients can "
+                     "explode through time, 0 for the others",
                      typeConverter=_check("clipNorm", lambda v: v >= 0, "a number >= 0"))
     learningRateSchedule = Param(Params._dummy(), "learningRateSchedule",
                                  "'constant' or 'cosine' (decays stepSize to 0 over all steps)",
@@ -220,7 +222,7 @@ class RNNParams(NeuralParams):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(cellType="rnn", embeddingDim=32, dropout=0.0, activation="tanh")
+        self._setDefault(cellType="rnn", embeddingDim=32, dropout=0.0, activation="tanh", clipNorm=1.0)
 
 
 @with_accessors
