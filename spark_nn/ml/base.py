@@ -22,6 +22,7 @@ from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
 from spark_nn.ml.blocks import TrainingData
+from spark_nn.ml.interop import initial_weights
 from spark_nn.ml.trainer import DistributedTrainer, worker_model
 from spark_nn.nn.persist import atomic_directory, model_from_json, model_to_json, read_arrays, write_arrays
 
@@ -87,6 +88,12 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
     def _input_spec(self, df, col):
         raise NotImplementedError
 
+    def write(self):
+        if self.isDefined(self.initialWeights) and not isinstance(self.getOrDefault(self.initialWeights), str):
+            raise ValueError("initialWeights holds an in-memory model, which an estimator's metadata cannot "
+                             "store; save the model and set initialWeights to its path")
+        return super().write()
+
     def _network(self, spec, num_classes):
         raise NotImplementedError
 
@@ -109,7 +116,9 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                        if self.hasParam("numClasses") and self.isDefined(self.numClasses) else None)
         known_k = _label_metadata(dataset, lcol, num_classes)[1] if lcol is not None else None
         probe = dict(spec, vocabSize=spec.get("vocabSize") or 2) if spec["kind"] == "ids" else dict(spec)
-        self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job
+        probe_net = self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job
+        if self.isDefined(self.initialWeights) and known_k and (spec["kind"] != "ids" or spec.get("vocabSize")):
+            initial_weights(self.getOrDefault(self.initialWeights), probe_net)
         sc = dataset.sparkSession.sparkContext
         checkpoint_dir = self.getOrDefault(self.checkpointDir)
         # the one pass over the data: rows checked, validation rows split off, blocks written
@@ -127,6 +136,8 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
             if spec["kind"] == "ids" and spec.get("vocabSize") is None:
                 spec["vocabSize"] = (data.stats["max_id"] or 0) + 1
             net = self._network(spec, num_classes)
+            if self.isDefined(self.initialWeights):
+                net.set_params(initial_weights(self.getOrDefault(self.initialWeights), net))
             if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             trainer = DistributedTrainer(
@@ -150,6 +161,8 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         model._setPayload(net, spec, class_names)
         model._summary = trainer.summary
         self._copyValues(model)
+        if model.isSet(model.initialWeights) and not isinstance(model.getOrDefault(model.initialWeights), str):
+            model.clear(model.initialWeights)  # an in-memory start is not the model's to keep (or save)
         return model
 
 

@@ -15,9 +15,43 @@ from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_output
 from spark_nn.ml.columns import first_row_size, image_shape, seq_shape
 from spark_nn.ml.params import CNNParams, RNNParams
 from spark_nn.nn import builders
+from spark_nn.nn.layers import Embedding
+from spark_nn.nn.model import Sequential
 
 
 class _ClassificationModel(NeuralModel):
+    _input_kinds = ()  # feature column kinds a model made by fromTorch may read; the first is the default
+
+    @classmethod
+    def fromTorch(cls, module, inputShape, inputKind=None, classNames=None, maskZero=None, **params):
+        """A Spark model with a torch module's layers and weights (Sequential.from_torch), which
+        transforms, evaluates and saves like a fitted one. inputShape: one row's network input,
+        e.g. [1, 28, 28] or [steps] of token ids; inputKind: the features column's kind (see
+        _input_kinds; 'image' columns are scaled to [0, 1] with Spark's BGR channel order);
+        params: the model's params, e.g. inputCol='image'."""
+        net = Sequential.from_torch(module, tuple(int(d) for d in inputShape), mask_zero=maskZero)
+        kind = inputKind or cls._default_kind(net)
+        if kind not in cls._input_kinds:
+            raise ValueError(f"{cls.__name__}.fromTorch: inputKind must be one of {list(cls._input_kinds)}, "
+                             f"got {kind!r}")
+        spec = {"kind": kind, "shape": [int(d) for d in inputShape]}
+        if kind == "ids":
+            spec["vocabSize"] = net.layers[0].vocab_size
+        k = int(net.output_shape[0])
+        if classNames is not None and len(classNames) != k:
+            raise ValueError(f"classNames has {len(classNames)} names but the module has {k} outputs")
+        model = cls()
+        unknown = sorted(name for name in params if not model.hasParam(name))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no param(s) {unknown}")
+        model._set(**params)
+        model._setPayload(net, spec, list(classNames) if classNames is not None else None)
+        return model
+
+    @classmethod
+    def _default_kind(cls, net):
+        return cls._input_kinds[0]
+
     def _output_columns(self):
         return [(self.getOrDefault(self.rawPredictionCol), "vector"),
                 (self.getOrDefault(self.probabilityCol), "vector"),
@@ -48,6 +82,8 @@ class _ClassificationModel(NeuralModel):
 
 class CNNClassificationModel(_ClassificationModel, CNNParams):
     """A fitted CNNClassifier."""
+
+    _input_kinds = ("vector", "array", "image")
 
 
 class CNNClassifier(NeuralEstimator, CNNParams):
@@ -93,6 +129,14 @@ class CNNClassifier(NeuralEstimator, CNNParams):
 
 class RNNClassificationModel(_ClassificationModel, RNNParams):
     """A fitted RNNClassifier."""
+
+    _input_kinds = ("ids", "seq", "array", "vector")
+
+    @classmethod
+    def _default_kind(cls, net):
+        if isinstance(net.layers[0], Embedding):
+            return "ids"
+        return "array" if net.input_shape[-1] == 1 else "seq"
 
 
 class RNNClassifier(NeuralEstimator, RNNParams):

@@ -51,6 +51,12 @@ def _local_steps(value):
     return k
 
 
+def _interop():
+    from spark_nn.ml import interop
+
+    return interop
+
+
 def with_accessors(cls):
     """Adds pyspark-style getX/setX methods for every Param of cls that lacks them."""
     for name in dir(cls):
@@ -152,6 +158,11 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                          "directory, memory-mapped by every step, so a step reads only its minibatch rows "
                          "(False: cache the blocks in Spark's block manager; each step then deserializes "
                          "its partition's whole block)", typeConverter=TypeConverters.toBoolean)
+    initialWeights = Param(Params._dummy(), "initialWeights",
+                           "weights to start the fit from (fine-tuning): the path of a saved spark_nn model, a "
+                           "fitted spark_nn model, a spark_nn.nn.Sequential or a torch module with the layers "
+                           "this estimator builds; unset: fresh weights from seed",
+                           typeConverter=lambda v: _interop().check_initial_weights(v))
     handleInvalid = Param(Params._dummy(), "handleInvalid",
                           "rows with NaN/infinite features: 'error' (default) or 'skip' them",
                           typeConverter=_in("handleInvalid", HANDLE_INVALID))

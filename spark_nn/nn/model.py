@@ -220,6 +220,26 @@ class Sequential:
         return cls([layer_from_config(c) for c in cfg["layers"]], cfg["input_shape"],
                    loss=loss_from_config(cfg["loss"]) if cfg.get("loss") else None, seed=cfg.get("seed", 0))
 
+    # ------------------------------------------------------------------ PyTorch
+    @classmethod
+    def from_torch(cls, module, input_shape, loss=None, mask_zero=None):
+        """A model with a torch module's layers and weights; see spark_nn.nn.torch_interop."""
+        from spark_nn.nn.torch_interop import from_torch
+
+        return from_torch(module, input_shape, loss=loss, mask_zero=mask_zero)
+
+    def to_torch(self):
+        """A torch module computing what this model computes, with copies of its weights."""
+        from spark_nn.nn.torch_interop import to_torch
+
+        return to_torch(self)
+
+    def torch_state_dict(self):
+        """This model's weights under the names of ``to_torch()``'s module."""
+        from spark_nn.nn.torch_interop import torch_state_dict
+
+        return torch_state_dict(self)
+
     def summary(self):
         lines = [f"Sequential: input {self.input_shape}, {self.num_params} parameters"]
         for i, layer in enumerate(self.layers):

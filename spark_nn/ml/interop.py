@@ -1,0 +1,56 @@
+"""Weights from elsewhere into the Spark estimators and models: a saved spark_nn model, a
+fitted model, a spark_nn.nn.Sequential or a torch module (see spark_nn.nn.torch_interop)."""
+import os
+
+from spark_nn.nn.model import Sequential
+
+
+def _is_torch_module(value):
+    return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "named_children", None))
+
+
+def check_initial_weights(value):
+    """Type converter of the initialWeights param: the value as given, once its kind is known."""
+    from spark_nn.ml.base import NeuralModel
+
+    if isinstance(value, str) or isinstance(value, (NeuralModel, Sequential)) or _is_torch_module(value):
+        return value
+    raise TypeError("initialWeights must be the path of a saved spark_nn model, a fitted spark_nn model, a "
+                    f"spark_nn.nn.Sequential or a torch module, got {type(value).__name__}")
+
+
+def _network_of(value, input_shape):
+    """The Sequential that value holds or describes."""
+    from spark_nn.ml.base import NeuralModel, _local_path
+    from spark_nn.nn.persist import load_model
+
+    if isinstance(value, Sequential):
+        return value
+    if isinstance(value, NeuralModel):
+        return value.network
+    if isinstance(value, str):
+        local = _local_path(value)
+        # a Spark model keeps the network under data/; spark_nn.nn.save_model at the top
+        return load_model(os.path.join(local, "data") if os.path.isdir(os.path.join(local, "data")) else local)
+    return Sequential.from_torch(value, input_shape)
+
+
+def initial_weights(value, net):
+    """Flat float32 weights for ``net`` from ``value`` (any initialWeights kind); a clear error
+    when its layers or weight shapes differ from the network the estimator builds."""
+    what = value if isinstance(value, str) else \
+        f"{'torch ' if _is_torch_module(value) else ''}{type(value).__name__}"
+    try:
+        src = _network_of(value, net.input_shape)
+    except ValueError as e:
+        raise ValueError(f"initialWeights ({what}): {e}") from None
+    ours = [(type(net.layers[i]).__name__, name, shape) for i, name, shape, _ in net.slots]
+    theirs = [(type(src.layers[i]).__name__, name, shape) for i, name, shape, _ in src.slots]
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            raise ValueError(f"initialWeights ({what}) do not fit this estimator's network: weight {k} is "
+                             f"{b[0]}.{b[1]} {b[2]} there, {a[0]}.{a[1]} {a[2]} here")
+    if len(ours) != len(theirs):
+        raise ValueError(f"initialWeights ({what}) do not fit this estimator's network: {len(theirs)} weight "
+                         f"arrays there, {len(ours)} here")
+    return src.params.copy()
