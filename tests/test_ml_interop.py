@@ -117,3 +117,27 @@ def test_initial_weights_that_do_not_fit_are_refused_before_the_pass_over_the_da
     assert len(tracker.getJobIdsForGroup(None)) <= before + 1  # the first row's size only
     with pytest.raises(TypeError, match="initialWeights must be"):
         CNN(initialWeights=3.5)
+
+
+def test_spark_models_export_onnx_that_scores_as_transform(digits, torch_trained, spark, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, (xte, _, test) = digits
+    cnn = CNNClassificationModel.fromTorch(torch_trained, [1, 8, 8], inputCol="features")
+    sess = onnxruntime.InferenceSession(cnn.exportOnnx(str(tmp_path / "cnn.onnx")), providers=["CPUExecutionProvider"])
+    rows = cnn.transform(test).select("features", "probability").collect()
+    x = np.array([r.features.toArray() for r in rows], np.float32).reshape(-1, 1, 8, 8)
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
+    np.testing.assert_allclose(out["probability"], [r.probability.toArray() for r in rows], rtol=1e-4, atol=1e-6)
+
+    from spark_nn.ml.classification import RNN
+    from spark_nn.ml.feature import SequenceAssembler
+
+    words = spark.createDataFrame([("good film".split(), 1.0), ("bad".split(), 0.0), ("not good at all".split(), 0.0),
+                                   ("a great one".split(), 1.0)] * 8, ["words", "label"])
+    seqs = SequenceAssembler(inputCol="words", outputCol="seq", sequenceLength=6, vocabSize=64).transform(words)
+    rnn = RNN(layers=[5, 2], cellType="lstm", inputCol="seq", numClasses=2, maxIter=2).fit(seqs)
+    sess = onnxruntime.InferenceSession(rnn.exportOnnx(str(tmp_path / "rnn.onnx")), providers=["CPUExecutionProvider"])
+    rows = rnn.transform(seqs).select("seq", "rawPrediction").collect()
+    ids = np.array([r.seq for r in rows], np.int64)
+    np.testing.assert_allclose(sess.run(["output"], {"input": ids})[0], [r.rawPrediction.toArray() for r in rows],
+                               rtol=1e-4, atol=1e-5)

@@ -68,3 +68,10 @@ def test_autoencoder_codes_and_reconstruction_error(spark, digit_rows, tmp_path)
     model.write().save(path)
     again = AutoEncoderModel.load(path).transform(test).collect()
     assert [r.reconstructionError for r in again] == errors.tolist()
+    # the encoder as ONNX gives the codes
+    onnxruntime = pytest.importorskip("onnxruntime")
+    sess = onnxruntime.InferenceSession(model.exportOnnx(str(tmp_path / "encoder.onnx")),
+                                        providers=["CPUExecutionProvider"])
+    codes = sess.run(None, {"input": xte[:7].astype(np.float32)})
+    assert len(codes) == 1
+    np.testing.assert_allclose(codes[0], model.encode(xte[:7]), rtol=1e-4, atol=1e-5)

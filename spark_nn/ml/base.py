@@ -214,6 +214,16 @@ class NeuralModel(Model, MLWritable, MLReadable):
             raise RuntimeError("no training summary: this model was loaded or copied, not fitted")
         return self._summary
 
+    def exportOnnx(self, path):
+        """Writes the network as an ONNX file (needs pip install "spark_nn[onnx]"): input
+        'input' (float32 [batch, *inputSpec shape], or int64 token ids), output 'output' (and
+        'probability' for classifiers). Feed it what the network takes: image columns are
+        scaled to [0, 1], channels in Spark's BGR order. Returns path."""
+        return self._net.to_onnx(path, upto=self._onnx_upto())
+
+    def _onnx_upto(self):
+        return None
+
     def predictProbability(self, x):
         """Class probabilities for a numpy block shaped like the network input."""
         return self._net.predict_proba(x)

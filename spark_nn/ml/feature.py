@@ -350,6 +350,9 @@ class AutoEncoderModel(NeuralModel, AutoEncoderParams):
     def codeSize(self):
         return int(np.prod(self._net.layers[self.codeLayer].output_shape))
 
+    def _onnx_upto(self):
+        return self.codeLayer  # the encoder: its output is the code
+
     def _output_columns(self):
         return [(self.getOutputCol(), "vector"), (self.getOrDefault(self.reconstructionErrorCol), "double"),
                 (self.getOrDefault(self.reconstructionCol), "vector")]

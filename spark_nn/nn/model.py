@@ -240,6 +240,13 @@ class Sequential:
 
         return torch_state_dict(self)
 
+    def to_onnx(self, path, upto=None):
+        """Writes this model as ONNX (standard operators, dynamic batch axis); see
+        spark_nn.nn.onnx_export. upto: export layers 0..upto only (e.g. an encoder)."""
+        from spark_nn.nn.onnx_export import to_onnx
+
+        return to_onnx(self, path, upto=upto)
+
     def summary(self):
         lines = [f"Sequential: input {self.input_shape}, {self.num_params} parameters"]
         for i, layer in enumerate(self.layers):
