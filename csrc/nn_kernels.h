@@ -96,6 +96,13 @@ int pool2d_shape_init(pool2d_shape *s);
 int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax);
 int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax, float *dx);
 
+/* ---- optim.c: one pass over the flat parameter vector p[n], gradient g, Adam moments m, v */
+int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1, float b2,
+                float eps, float l2, float decay);
+/* sum of x[i]^2 in double, independent of the thread count; partial: sum_squares_partials(n) */
+size_t sum_squares_partials(size_t n);
+double sum_squares(size_t n, const float *x, double *partial);
+
 /* Recurrent kernels take spans[N,2] (int32) or NULL: row n's data steps are
  * [spans[2n], spans[2n+1]); the other steps are padding, which carries the state unchanged and
  * passes gradients through (PyTorch's packed sequences, with pre- or post-padding). */

@@ -4,6 +4,7 @@ get here: every array is a C-contiguous float32 (labels and argmax int32) ndarra
 size, optional ones may be None. Each call releases the GIL around the C kernel."""
 
 cimport numpy as cnp
+import numpy as np
 from libc.stdint cimport int32_t
 from scipy.linalg.cython_blas cimport sgemm
 
@@ -47,6 +48,10 @@ cdef extern from "nn_kernels.h" nogil:
     int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax)
     int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax,
                            float *dx)
+    int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1,
+                    float b2, float eps, float l2, float decay)
+    size_t sum_squares_partials(size_t n)
+    double sum_squares(size_t n, const float *x, double *partial)
     size_t rnn_backward_workspace_size(int N, int T, int H)
     int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                     const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
@@ -434,3 +439,27 @@ def gru_bwd(int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, gates, hn,
         rc = gru_backward(N, T, D, H, px, psp, ph0, pwi, pwh, phs, pg, phn, pdhs, pdx, pdh0, pdwi,
                           pdwh, pdbi, pdbh, pws, n)
     check(rc, "gru_backward")
+
+
+def adam_upd(p, g, m, v, float step, float b1, float b2, float eps, float l2, float decay):
+    cdef float *pp = F(p)
+    cdef float *pg = F(g)
+    cdef float *pm = F(m)
+    cdef float *pv = F(v)
+    cdef size_t n = p.size
+    cdef int rc
+    with nogil:
+        rc = adam_update(n, pp, pg, pm, pv, step, b1, b2, eps, l2, decay)
+    check(rc, "adam_update")
+
+
+def sum_sq(x):
+    """Sum of squares of a C-contiguous float32 array, in double."""
+    cdef size_t n = x.size
+    partial = np.empty(max(<size_t>1, sum_squares_partials(n)), dtype=np.float64)
+    cdef float *px = F(x)
+    cdef double *pp = <double *>cnp.PyArray_DATA(partial)
+    cdef double s
+    with nogil:
+        s = sum_squares(n, px, pp)
+    return s

@@ -43,9 +43,15 @@ class Schedule:
 def clip_by_global_norm(grad, clip_norm):
     """Scales grad in place so its L2 norm is at most clip_norm; returns the norm before.
 
-    A plain reduction, not np.dot: numpy's BLAS would wake its own thread pool, which then
-    competes with our OpenMP threads for the cores (measured 5x slower training steps)."""
-    norm = math.sqrt(float(np.sum(np.square(grad, dtype=np.float64))))
+    Our own reduction (csrc/optim.c), not np.dot: numpy's BLAS would wake its own thread pool,
+    which then competes with our OpenMP threads for the cores (measured 5x slower training
+    steps); in double, in a fixed order."""
+    from spark_nn import _kernels
+
+    if grad.dtype == np.float32 and grad.flags.c_contiguous:
+        norm = math.sqrt(_kernels.sum_sq(grad))
+    else:
+        norm = math.sqrt(float(np.sum(np.square(grad, dtype=np.float64))))
     if clip_norm is not None and norm > clip_norm > 0:
         grad *= np.float32(clip_norm / norm)
     return norm
@@ -145,6 +151,21 @@ class Adam(Optimizer):
         self.m = self.v = None
 
     def _update(self, params, grad, lr):
+        """One fused pass in C (csrc/optim.c); _update_reference is the same in numpy."""
+        from spark_nn import _kernels
+
+        if self.m is None:
+            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
+        t = self.t + 1
+        step = lr * np.float32(math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t))
+        l2 = np.float32(self.weight_decay) if self.weight_decay and not self.decoupled else np.float32(0)
+        decay = np.float32(1 - lr * self.weight_decay) if self.weight_decay and self.decoupled else np.float32(1)
+        if not (params.dtype == grad.dtype == np.float32 and params.flags.c_contiguous and grad.flags.c_contiguous
+                and params.shape == grad.shape):
+            return self._update_reference(params, grad, lr)
+        _kernels.adam_upd(params, grad, self.m, self.v, step, self.beta1, self.beta2, self.eps, l2, decay)
+
+    def _update_reference(self, params, grad, lr):
         if self.weight_decay and not self.decoupled:
             grad += np.float32(self.weight_decay) * params
         if self.m is None:

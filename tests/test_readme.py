@@ -1,0 +1,25 @@
+"""The README's "Models in and out" snippets run as written, in order, in one namespace."""
+import os
+import re
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _section_snippets(title):
+    text = open(README).read()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+
+
+def test_models_in_and_out_snippets_run(spark, tmp_path, monkeypatch):
+    snippets = _section_snippets("Models in and out (PyTorch, ONNX)")
+    assert len(snippets) == 3
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    for code in snippets:
+        exec(compile(code, README, "exec"), scope)
+    assert scope["logits"].shape == (4, 10)
+    assert scope["probability"].shape == (4, 10)
+    assert set(scope["state"]) == set(scope["torch_net"].state_dict())
+    assert os.path.exists(tmp_path / "digits_cnn.onnx")
