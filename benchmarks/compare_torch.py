@@ -1,6 +1,9 @@
 """Our kernels vs PyTorch CPU, same shapes, same thread count, in one run.
 
-    python benchmarks/compare_torch.py [--threads 2] [--repeat 15]
+    python benchmarks/compare_torch.py [--threads 2] [--repeat 15] [--isa all|avx512|avx2]
+
+Every op at each vector instruction level the CPU has (default), each level in its own process
+with ours, torch/oneDNN and OpenBLAS capped to it.
 
 Prints, per op, forward and forward+backward: our median ms, torch's median ms and the ratio
 torch/ours (> 1: we are faster), then the GFLOPS our convolutions reach against the float32
@@ -150,11 +153,36 @@ def epoch_rows(torch, batch_sizes, repeat):
     return rows
 
 
+# each level caps ours (SPARK_NN_ISA, which also sets scipy's OpenBLAS core type), numpy's
+# OpenBLAS (the peak), PyTorch's own kernels and oneDNN alike
+ISA_ENV = {"avx512": {"SPARK_NN_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+           "avx2": {"SPARK_NN_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+                    "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--isa", default="all",
+                    help="'all' (every level this CPU has, each in its own process), 'avx512', 'avx2' or 'this' "
+                         "(this process as it is)")
     args = ap.parse_args(argv)
+    if args.isa != "this":
+        import subprocess
+
+        from spark_nn import _kernels
+
+        have = ["avx2", "avx512"][: max(_kernels.isa_level(), 1)]
+        levels = list(reversed(have)) if args.isa == "all" else [args.isa]
+        for level in levels:
+            print(f"=== ISA level {level} (SPARK_NN_ISA, ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, OpenBLAS core) ===",
+                  flush=True)
+            cmd = [sys.executable, os.path.abspath(__file__), "--isa", "this", "--threads", str(args.threads),
+                   "--repeat", str(args.repeat)]
+            subprocess.run(cmd, env=dict(os.environ, **ISA_ENV[level]), check=True)
+            print(flush=True)
+        return None
     import torch
 
     torch.set_num_threads(args.threads)
@@ -169,7 +197,8 @@ def main(argv=None):
             if flops:
                 conv_rows.append((name, flops / (o1 * 1e-3) / 1e9, 3 * flops / (o2 * 1e-3) / 1e9))
     peak = sgemm_peak_gflops()
-    print(f"spark_nn {spark_nn.__version__} vs torch {torch.__version__}, {args.threads} threads, "
+    print(f"spark_nn {spark_nn.__version__} ({spark_nn.isa()}) vs torch {torch.__version__} "
+          f"({torch.backends.cpu.get_cpu_capability()}), {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     print_table(["op", "fwd ours ms", "fwd torch ms", "fwd torch/ours", "fwd+bwd ours ms",
                  "fwd+bwd torch ms", "fwd+bwd torch/ours"], rows)

@@ -56,9 +56,9 @@ NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict
 }
 
 /* Cells of rows [r0, r1) at step t; ghr holds their gh rows. */
-NN_CLONES void gru_cells_forward(int r0, int r1, int t, int T, int H, const float *h0,
+NN_MULTI_VOID(gru_cells_forward, (int r0, int r1, int t, int T, int H, const float *h0,
                                  const int32_t *spans, const float *ghr, float *gates, float *hs,
-                                 float *hn) {
+                                 float *hn), (r0, r1, t, T, H, h0, spans, ghr, gates, hs, hn), {
     const int G = 3 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         float *g = gates + (size_t)n * ldg + (size_t)t * G;
@@ -73,13 +73,14 @@ NN_CLONES void gru_cells_forward(int r0, int r1, int t, int T, int H, const floa
         } else if (hp) cell_forward(H, g, gh, hp, h, hnt, 1);
         else cell_forward(H, g, gh, NULL, h, hnt, 0);
     }
-}
+})
 
 /* Cells of rows [r0, r1) at step t, backward. */
-NN_CLONES void gru_cells_backward(int r0, int r1, int t, int T, int H, const float *h0,
+NN_MULTI_VOID(gru_cells_backward, (int r0, int r1, int t, int T, int H, const float *h0,
                                   const int32_t *spans, const float *hs, const float *gates,
                                   const float *hn, const float *dhs, float *dgx, float *dgh,
-                                  float *dhn) {
+                                  float *dhn),
+              (r0, r1, t, T, H, h0, spans, hs, gates, hn, dhs, dgx, dgh, dhn), {
     const int G = 3 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         size_t og = (size_t)n * ldg + (size_t)t * G, oh = (size_t)n * ldh + (size_t)t * H;
@@ -91,7 +92,7 @@ NN_CLONES void gru_cells_backward(int r0, int r1, int t, int T, int H, const flo
         } else if (hp) cell_backward(H, gates + og, hn + oh, hp, dhs + oh, dgx + og, dgh + og, dhc, 1);
         else cell_backward(H, gates + og, hn + oh, NULL, dhs + oh, dgx + og, dgh + og, dhc, 0);
     }
-}
+})
 
 size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H; }
 

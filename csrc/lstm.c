@@ -51,9 +51,9 @@ NN_CELL void cell_backward(int H, const float *restrict g, const float *restrict
 }
 
 /* Cells of rows [r0, r1) at step t. */
-NN_CLONES void lstm_cells_forward(int r0, int r1, int t, int T, int H, const float *h0,
+NN_MULTI_VOID(lstm_cells_forward, (int r0, int r1, int t, int T, int H, const float *h0,
                                   const float *c0, const int32_t *spans, float *gates, float *cs,
-                                  float *hs) {
+                                  float *hs), (r0, r1, t, T, H, h0, c0, spans, gates, cs, hs), {
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         float *g = gates + (size_t)n * ldg + (size_t)t * G;
@@ -67,12 +67,13 @@ NN_CLONES void lstm_cells_forward(int r0, int r1, int t, int T, int H, const flo
         } else if (cp) cell_forward(H, g, cp, c, h, 1);
         else cell_forward(H, g, NULL, c, h, 0);
     }
-}
+})
 
 /* Cells of rows [r0, r1) at step t, backward; dg gets dLoss/da, dhn/dcn carry to t-1. */
-NN_CLONES void lstm_cells_backward(int r0, int r1, int t, int T, int H, const float *c0,
+NN_MULTI_VOID(lstm_cells_backward, (int r0, int r1, int t, int T, int H, const float *c0,
                                    const int32_t *spans, const float *gates, const float *cs,
-                                   const float *dhs, float *dg, float *dhn, float *dcn) {
+                                   const float *dhs, float *dg, float *dhn, float *dcn),
+              (r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn), {
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         const float *g = gates + (size_t)n * ldg + (size_t)t * G;
@@ -85,7 +86,7 @@ NN_CLONES void lstm_cells_backward(int r0, int r1, int t, int T, int H, const fl
         else if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
         else cell_backward(H, g, c, NULL, dh_out, d, dhc, dcc, 0);
     }
-}
+})
 
 size_t lstm_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (5 * (size_t)T + 2);

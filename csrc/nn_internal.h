@@ -85,13 +85,35 @@ static inline float nn_dact1(int kind, float y, float g) {
  * either unconditional or gone: a conditional load would keep the loop from vectorizing. */
 #define NN_CELL static inline __attribute__((always_inline))
 
-/* Elementwise loops over a block of rows are cloned for AVX2 and picked at load time (ifunc),
- * so a portable wheel still runs 8-wide on CPUs that have it. -std=c99 keeps floating-point
- * contraction off, so every clone computes bitwise the same results. */
+/* Elementwise loops over a block of rows are compiled for AVX-512, AVX2 and baseline x86-64,
+ * and nn_isa() picks one at run time (SPARK_NN_ISA caps it), so a portable wheel runs 16- or
+ * 8-wide where the CPU can and the lower paths stay testable on any machine. -std=c99 keeps
+ * floating-point contraction off, so every version computes bitwise the same results.
+ * NN_MULTI_VOID(name, (params), (args), { body }) defines name_avx512, name_avx2, name_base
+ * and a static dispatcher name. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
-#define NN_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), visibility("hidden")))
+#define NN_MULTI_VOID(name, params, args, ...)                                                  \
+    __attribute__((target("avx512f"))) static void name##_avx512 params __VA_ARGS__           \
+    __attribute__((target("avx2"))) static void name##_avx2 params __VA_ARGS__                \
+    static void name##_base params __VA_ARGS__                                                \
+    static void name params {                                                                  \
+        int isa_ = nn_isa();                                                                   \
+        if (isa_ == NN_ISA_AVX512) name##_avx512 args;                                         \
+        else if (isa_ == NN_ISA_AVX2) name##_avx2 args;                                        \
+        else name##_base args;                                                                 \
+    }
+#define NN_MULTI(ret, name, params, args, ...)                                                  \
+    __attribute__((target("avx512f"))) static ret name##_avx512 params __VA_ARGS__            \
+    __attribute__((target("avx2"))) static ret name##_avx2 params __VA_ARGS__                 \
+    static ret name##_base params __VA_ARGS__                                                 \
+    static ret name params {                                                                   \
+        int isa_ = nn_isa();                                                                   \
+        return isa_ == NN_ISA_AVX512 ? name##_avx512 args                                      \
+               : isa_ == NN_ISA_AVX2 ? name##_avx2 args : name##_base args;                   \
+    }
 #else
-#define NN_CLONES
+#define NN_MULTI_VOID(name, params, args, ...) static void name params __VA_ARGS__
+#define NN_MULTI(ret, name, params, args, ...) static ret name params __VA_ARGS__
 #endif
 
 NN_CELL void nn_act_row_k(int n, float *restrict x, const int kind) {

@@ -36,6 +36,13 @@ void nn_set_sgemm(nn_sgemm_fn fn);
 void nn_set_num_threads(int n);
 int nn_get_num_threads(void);
 /* Reference mode: GEMM by plain scalar loops and one thread; the tests compare against it. */
+/* Vector instruction level in use (isa.c): the CPU's best, capped by $SPARK_NN_ISA. */
+#define NN_ISA_BASELINE 0
+#define NN_ISA_AVX2 1
+#define NN_ISA_AVX512 2
+int nn_isa(void);
+int nn_isa_cap(const char *name); /* level of a SPARK_NN_ISA value, -1 if unknown */
+
 void nn_set_reference(int on);
 int nn_get_reference(void);
 /* Threads a kernel will use right now (1 in reference mode and in a forked child of a process

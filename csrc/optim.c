@@ -13,8 +13,9 @@
 #define NN_OPT_PAR_MIN 65536
 #define NN_SQ_BLOCK 16384
 
-NN_CLONES void adam_range(size_t a, size_t b, float *p, const float *g, float *m, float *v, float step,
-                          float b1, float b2, float eps, float l2, float decay) {
+NN_MULTI_VOID(adam_range, (size_t a, size_t b, float *p, const float *g, float *m, float *v, float step,
+                          float b1, float b2, float eps, float l2, float decay),
+              (a, b, p, g, m, v, step, b1, b2, eps, l2, decay), {
     const float c1 = 1.0f - b1, c2 = 1.0f - b2;
     if (l2 != 0.0f) {
         for (size_t i = a; i < b; i++) {
@@ -33,7 +34,7 @@ NN_CLONES void adam_range(size_t a, size_t b, float *p, const float *g, float *m
             p[i] = p[i] * decay - step * mi / (sqrtf(vi) + eps);
         }
     }
-}
+})
 
 int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1, float b2,
                 float eps, float l2, float decay) {
@@ -53,7 +54,7 @@ int adam_update(size_t n, float *p, const float *g, float *m, float *v, float st
  * elements (fixed by n) each sum into 8 lanes in a fixed order; the blocks' sums land in
  * partial[(n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK] and are added in block order, so the result
  * does not depend on the thread count. */
-NN_CLONES double sq_block(const float *x, size_t a, size_t b) {
+NN_MULTI(double, sq_block, (const float *x, size_t a, size_t b), (x, a, b), {
     double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t i = a;
     for (; i + 8 <= b; i += 8)
@@ -62,7 +63,7 @@ NN_CLONES double sq_block(const float *x, size_t a, size_t b) {
     for (; i < b; i++) s += (double)x[i] * (double)x[i];
     for (int k = 0; k < 8; k++) s += lane[k];
     return s;
-}
+})
 
 size_t sum_squares_partials(size_t n) { return (n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK; }
 

@@ -14,20 +14,22 @@
 #include "nn_internal.h"
 
 /* h = act(h) for rows [r0, r1) at step t; padding steps get the previous state. */
-NN_CLONES void rnn_cells_forward(int act, int r0, int r1, int t, int T, int H, const float *h0,
-                                 const int32_t *spans, float *hs) {
+NN_MULTI_VOID(rnn_cells_forward, (int act, int r0, int r1, int t, int T, int H, const float *h0,
+                                 const int32_t *spans, float *hs),
+              (act, r0, r1, t, T, H, h0, spans, hs), {
     for (int n = r0; n < r1; n++) {
         float *h = hs + (size_t)n * T * H + (size_t)t * H;
         if (nn_step_is_data(spans, n, t)) nn_act_row(act, H, h);
         else nn_carry_row(H, h, t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL));
     }
-}
+})
 
 /* das = act'(h) * (dhs + carried dh) for rows [r0, r1) at step t; dhn's rows are then zeroed
  * for data steps (the step's GEMM adds das w_hh to them) and keep the carried gradient plus
  * dhs for padding steps. */
-NN_CLONES void rnn_cells_backward(int act, int r0, int r1, int t, int T, int H, const float *hs,
-                                  const float *dhs, const int32_t *spans, float *dhn, float *das) {
+NN_MULTI_VOID(rnn_cells_backward, (int act, int r0, int r1, int t, int T, int H, const float *hs,
+                                  const float *dhs, const int32_t *spans, float *dhn, float *das),
+              (act, r0, r1, t, T, H, hs, dhs, spans, dhn, das), {
     for (int n = r0; n < r1; n++) {
         size_t o = (size_t)n * T * H + (size_t)t * H;
         float *dh = dhn + (size_t)n * H;
@@ -38,7 +40,7 @@ NN_CLONES void rnn_cells_backward(int act, int r0, int r1, int t, int T, int H, 
             nn_carry_grad(H, H, dhs + o, dh, das + o);
         }
     }
-}
+})
 
 size_t rnn_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (2 * (size_t)T + 1);

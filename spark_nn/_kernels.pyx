@@ -20,6 +20,8 @@ cdef extern from "nn_kernels.h" nogil:
     void nn_set_sgemm(nn_sgemm_fn fn)
     void nn_set_num_threads(int n)
     int nn_get_num_threads()
+    int nn_isa()
+    int nn_isa_cap(const char *name)
     void nn_set_reference(int on)
     int nn_get_reference()
     int nn_threads()
@@ -463,3 +465,14 @@ def sum_sq(x):
     with nogil:
         s = sum_squares(n, px, pp)
     return s
+
+
+def isa_level():
+    """Vector instruction level the kernels use: 0 baseline x86-64, 1 AVX2, 2 AVX-512F."""
+    return nn_isa()
+
+
+def isa_cap_level(str name):
+    """Level a SPARK_NN_ISA value names, -1 for an unknown name."""
+    b = name.encode()
+    return nn_isa_cap(b)

@@ -1,0 +1,76 @@
+"""The kernels at every vector instruction level this CPU has (SPARK_NN_ISA caps it): the
+kernel tests pass at each, and our own loops compute the same bits at each."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from spark_nn import _kernels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones this CPU runs
+
+# one run of the recurrent cells (with padding), the Adam update and the sum of squares
+PROBE = """
+import sys, numpy as np, spark_nn
+from spark_nn import kernels as K, _kernels
+assert spark_nn.isa() == sys.argv[2], (spark_nn.isa(), sys.argv[2])
+rng = np.random.default_rng(0)
+n, t, d, h = 37, 7, 5, 19
+x = rng.standard_normal((n, t, d)).astype(np.float32)
+dhs = rng.standard_normal((n, t, h)).astype(np.float32)
+spans = np.stack([rng.integers(0, 3, n), rng.integers(4, t + 1, n)], 1).astype(np.int32)
+out = {}
+for kind, g in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+    w = [(rng.standard_normal(s) * 0.4).astype(np.float32) for s in ((g * h, d), (g * h, h), (g * h,), (g * h,))]
+    if kind == "rnn":
+        hs = K.rnn_forward(x, *w, activation="relu", spans=spans); saved = ()
+        grads = K.rnn_backward(x, w[0], w[1], hs, dhs, activation="relu", spans=spans)
+    elif kind == "lstm":
+        hs, *saved = K.lstm_forward(x, *w, spans=spans)
+        grads = K.lstm_backward(x, w[0], w[1], hs, *saved, dhs, spans=spans)
+    else:
+        hs, *saved = K.gru_forward(x, *w, spans=spans)
+        grads = K.gru_backward(x, w[0], w[1], hs, *saved, dhs, spans=spans)
+    out[kind + "_hs"] = hs
+    out.update({f"{kind}_{k}": v for k, v in grads.items() if v is not None})
+p, g, m, v = (rng.standard_normal(100003).astype(np.float32) for _ in range(4))
+v = np.abs(v)
+_kernels.adam_upd(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0)
+out.update(p=p, m=m, v=v, sumsq=np.array(_kernels.sum_sq(g)))
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _env(level, **extra):
+    # scipy's OpenBLAS keeps one kernel set, so any difference comes from our loops
+    return dict(os.environ, SPARK_NN_ISA=level, OPENBLAS_CORETYPE="Prescott", **extra)
+
+
+def test_our_loops_compute_the_same_bits_at_every_level(tmp_path):
+    results = {}
+    for level in LEVELS:
+        path = str(tmp_path / f"{level}.npz")
+        run = subprocess.run([sys.executable, "-c", PROBE, path, level], env=_env(level), capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[level] = dict(np.load(path))
+    first = results[LEVELS[0]]
+    for level in LEVELS[1:]:
+        for key, value in first.items():
+            np.testing.assert_array_equal(results[level][key], value, err_msg=f"{key} at {level}")
+
+
+@pytest.mark.parametrize("level", [lv for lv in LEVELS if lv != LEVELS[-1]])
+def test_kernel_tests_pass_at_lower_levels(level):
+    """The CPU's own level runs in the main test process; each lower one runs every kernel test
+    again in a subprocess (the AVX2 path on an AVX-512 machine, the baseline on both)."""
+    tests = sorted(os.path.join("tests", f) for f in os.listdir(os.path.join(ROOT, "tests"))
+                   if f.startswith("test_kernels_"))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                         env=dict(os.environ, SPARK_NN_ISA=level), capture_output=True, text=True, cwd=ROOT,
+                         timeout=900)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    assert " passed" in run.stdout
