@@ -11,8 +11,8 @@
  *   backward: dhs[N,T,H] -> dx[N,T,D] (NULL to skip), dh0 (NULL to skip), dw_ih, dw_hh,
  *             db_ih, db_hh
  * Blocks of batch rows run the whole sequence independently (see rnn.c).
- * Forward workspace: gh[N,3H]. Backward workspace: dgx[N,T,3H] + dgh[N,T,3H] + hprev[N,T,H]
- * + dhn[N,H].
+ * Forward workspace: gh[N,3H] + w_hh packed for the steps' GEMMs (gemm_packed.c).
+ * Backward workspace: dgx[N,T,3H] + dgh[N,T,3H] + hprev[N,T,H] + dhn[N,H] + packed w_hh.
  */
 #include <string.h>
 #include "nn_internal.h"
@@ -94,10 +94,10 @@ NN_MULTI_VOID(gru_cells_backward, (int r0, int r1, int t, int T, int H, const fl
     }
 })
 
-size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H; }
+size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H + nn_packed_size(H, 3 * H); }
 
 size_t gru_backward_workspace_size(int N, int T, int H) {
-    return (size_t)N * H * (7 * (size_t)T + 1);
+    return (size_t)N * H * (7 * (size_t)T + 1) + nn_packed_size(3 * H, H);
 }
 
 int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
@@ -110,6 +110,8 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
+    float *wp = ws + (size_t)N * G; /* w_hh packed once for every step's GEMM */
+    nn_pack_b(1, H, G, w_hh, H, wp);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
@@ -123,10 +125,10 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
                 for (int n = 0; n < nr; n++)
                     for (int j = 0; j < G; j++) ghr[(size_t)n * G + j] = b_hh[j];
                 if (t > 0)
-                    nn_gemm(0, 1, nr, G, H, 1.0f, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh,
-                            w_hh, H, 1.0f, ghr, G);
+                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H, wp,
+                                   ghr, G);
                 else if (h0)
-                    nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ghr, G);
+                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wp, ghr, G);
                 gru_cells_forward(r0, r1, t, T, H, h0, spans, ghr, gates, hs, hn);
             }
         }
@@ -144,6 +146,8 @@ int gru_backward(int N, int T, int D, int H, const float *x, const int32_t *span
     const int G = 3 * H, ldg = T * G;
     float *dgx = ws, *dgh = dgx + (size_t)N * T * G, *hprev = dgh + (size_t)N * T * G;
     float *dhn = hprev + (size_t)N * T * H;
+    float *wp = dhn + (size_t)N * H; /* w_hh packed once for every step's GEMM */
+    nn_pack_b(0, G, H, w_hh, H, wp);
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
@@ -154,8 +158,8 @@ int gru_backward(int N, int T, int D, int H, const float *x, const int32_t *span
         if (nr > 0) memset(dhn + (size_t)r0 * H, 0, sizeof(float) * nr * H);
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
             gru_cells_backward(r0, r1, t, T, H, h0, spans, hs, gates, hn, dhs, dgx, dgh, dhn);
-            nn_gemm(0, 0, nr, H, G, 1.0f, dgh + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
-                    dhn + (size_t)r0 * H, H);
+            nn_gemm_packed(0, nr, H, G, dgh + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, wp,
+                           dhn + (size_t)r0 * H, H);
         }
         if (dh0)
             for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dh0[k] = dhn[k];

@@ -10,7 +10,8 @@
  *   backward: dhs[N,T,H], dcT[N,H] or NULL (gradient of the last cell state)
  *             -> dx[N,T,D] (NULL to skip), dh0, dc0 (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
  * Blocks of batch rows run the whole sequence independently (see rnn.c).
- * Backward workspace: dgates[N,T,4H] + hprev[N,T,H] + dhn[N,H] + dcn[N,H].
+ * Forward workspace: w_hh packed for the steps' GEMMs (lstm_forward_workspace_size).
+ * Backward workspace: dgates[N,T,4H] + hprev[N,T,H] + dhn[N,H] + dcn[N,H] + packed w_hh.
  */
 #include <string.h>
 #include "nn_internal.h"
@@ -88,19 +89,24 @@ NN_MULTI_VOID(lstm_cells_backward, (int r0, int r1, int t, int T, int H, const f
     }
 })
 
+size_t lstm_forward_workspace_size(int H) { return nn_packed_size(H, 4 * H); }
+
 size_t lstm_backward_workspace_size(int N, int T, int H) {
-    return (size_t)N * H * (5 * (size_t)T + 2);
+    return (size_t)N * H * (5 * (size_t)T + 2) + nn_packed_size(4 * H, H);
 }
 
 int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
                  const float *h0, const float *c0,
                  const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
-                 float *hs, float *cs, float *gates) {
+                 float *hs, float *cs, float *gates, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
+    if (ws_len < lstm_forward_workspace_size(H)) return NN_EWORKSPACE;
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
+    float *wp = ws; /* w_hh packed once for every step's GEMM */
+    nn_pack_b(1, H, G, w_hh, H, wp);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
@@ -113,10 +119,10 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *span
             for (int t = 0; t < T; t++) {
                 float *gt = gr + (size_t)t * G;
                 if (t > 0)
-                    nn_gemm(0, 1, nr, G, H, 1.0f, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh,
-                            w_hh, H, 1.0f, gt, ldg);
+                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H, wp,
+                                   gt, ldg);
                 else if (h0)
-                    nn_gemm(0, 1, nr, G, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, gt, ldg);
+                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wp, gt, ldg);
                 lstm_cells_forward(r0, r1, t, T, H, h0, c0, spans, gates, cs, hs);
             }
         }
@@ -135,6 +141,8 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spa
     const int G = 4 * H, ldg = T * G;
     float *dg = ws, *hprev = dg + (size_t)N * T * G;
     float *dhn = hprev + (size_t)N * T * H, *dcn = dhn + (size_t)N * H;
+    float *wp = dcn + (size_t)N * H; /* w_hh packed once for every step's GEMM */
+    nn_pack_b(0, G, H, w_hh, H, wp);
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
@@ -150,8 +158,8 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spa
         }
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
             lstm_cells_backward(r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn);
-            nn_gemm(0, 0, nr, H, G, 1.0f, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, 1.0f,
-                    dhn + (size_t)r0 * H, H);
+            nn_gemm_packed(0, nr, H, G, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, wp,
+                           dhn + (size_t)r0 * H, H);
         }
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) {
             if (dh0) dh0[k] = dhn[k];

@@ -181,6 +181,14 @@ static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0
     }
 }
 
+/* gemm_packed.c: C[M,N] += A[M,K] op(B), op(B) = B^T for B[N][K] (transB) or B[K][N], with B
+ * packed once by nn_pack_b(transB, K, N, B, ldb, bp) into nn_packed_size(K, N) floats; the
+ * reference path reads B itself. */
+size_t nn_packed_size(int K, int N);
+void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp);
+void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    const float *bp, float *C, int ldc);
+
 /* Sizes that must fit an int for BLAS and be positive. */
 static inline int nn_dims_ok(long long a, long long b, long long c) {
     return a > 0 && b > 0 && c > 0 && a * b <= 0x7fffffffLL && b * c <= 0x7fffffffLL &&

@@ -116,11 +116,12 @@ double sum_squares(size_t n, const float *x, double *partial);
 
 /* ---- rnn.c: x[N,T,D], h0[N,H] or NULL (zeros), w_ih[H,D], w_hh[H,H], b_ih[H], b_hh[H],
  *      hs[N,T,H] = all hidden states; dhs[N,T,H] = dLoss/dhs ---- */
+size_t rnn_forward_workspace_size(int H);
 size_t rnn_backward_workspace_size(int N, int T, int H);
 int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
                 const float *h0,
                 const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
-                float *hs);
+                float *hs, float *ws, size_t ws_len);
 int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
                  const float *h0,
                  const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
@@ -129,11 +130,12 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int3
 
 /* ---- lstm.c: gates i,f,g,o (PyTorch order); w_ih[4H,D], w_hh[4H,H], b_ih[4H], b_hh[4H];
  *      saves hs[N,T,H], cs[N,T,H], gates[N,T,4H] (after their nonlinearities) ---- */
+size_t lstm_forward_workspace_size(int H);
 size_t lstm_backward_workspace_size(int N, int T, int H);
 int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
                  const float *h0, const float *c0,
                  const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
-                 float *hs, float *cs, float *gates);
+                 float *hs, float *cs, float *gates, float *ws, size_t ws_len);
 int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spans,
                   const float *h0, const float *c0,
                   const float *w_ih, const float *w_hh, const float *hs, const float *cs,

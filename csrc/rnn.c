@@ -7,9 +7,12 @@
  *   backward: dhs[N,T,H] = dLoss/dh_t (put the gradient of the last state in dhs[:,T-1])
  *             -> dx[N,T,D] (NULL to skip), dh0[N,H] (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
  * Rows of the batch are independent in time, so each block of rows (fixed by N, see
- * nn_seq_block_rows) runs its whole sequence on one thread with no barrier per step; the input projection for all steps is one GEMM per
- * block, and the weight gradients are one GEMM each over all N*T rows afterwards.
- * Backward workspace: das[N,T,H] + hprev[N,T,H] + dhn[N,H].
+ * nn_seq_block_rows) runs its whole sequence on one thread with no barrier per step; the
+ * input projection for all steps is one GEMM per block, each step's recurrent product one
+ * nn_gemm_packed against w_hh packed once per call, and the weight gradients one GEMM each
+ * over all N*T rows afterwards.
+ * Forward workspace: w_hh packed for the steps' GEMMs (rnn_forward_workspace_size).
+ * Backward workspace: das[N,T,H] + hprev[N,T,H] + dhn[N,H] + packed w_hh.
  */
 #include "nn_internal.h"
 
@@ -42,16 +45,20 @@ NN_MULTI_VOID(rnn_cells_backward, (int act, int r0, int r1, int t, int T, int H,
     }
 })
 
+size_t rnn_forward_workspace_size(int H) { return nn_packed_size(H, H); }
+
 size_t rnn_backward_workspace_size(int N, int T, int H) {
-    return (size_t)N * H * (2 * (size_t)T + 1);
+    return (size_t)N * H * (2 * (size_t)T + 1) + nn_packed_size(H, H);
 }
 
 int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
                 const float *h0,
                 const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
-                float *hs) {
+                float *hs, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 1)) return NN_EBADSHAPE;
     if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
+    if (ws_len < rnn_forward_workspace_size(H)) return NN_EWORKSPACE;
+    nn_pack_b(1, H, H, w_hh, H, ws); /* w_hh packed once for every step's GEMM */
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
@@ -68,9 +75,9 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32
             for (int t = 0; t < T; t++) {
                 float *ht = hr + (size_t)t * H;
                 if (t > 0)
-                    nn_gemm(0, 1, nr, H, H, 1.0f, ht - H, ld, w_hh, H, 1.0f, ht, ld);
+                    nn_gemm_packed(1, nr, H, H, ht - H, ld, w_hh, H, ws, ht, ld);
                 else if (h0)
-                    nn_gemm(0, 1, nr, H, H, 1.0f, h0 + (size_t)r0 * H, H, w_hh, H, 1.0f, ht, ld);
+                    nn_gemm_packed(1, nr, H, H, h0 + (size_t)r0 * H, H, w_hh, H, ws, ht, ld);
                 rnn_cells_forward(act, r0, r1, t, T, H, h0, spans, hs);
             }
         }
@@ -87,6 +94,8 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int3
     if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
     if (ws_len < rnn_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
     float *das = ws, *hprev = das + (size_t)N * T * H, *dhn = hprev + (size_t)N * T * H;
+    float *wp = dhn + (size_t)N * H; /* w_hh packed once for every step's GEMM */
+    nn_pack_b(0, H, H, w_hh, H, wp);
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
@@ -98,8 +107,8 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int3
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dhn[k] = 0.0f;
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
             rnn_cells_backward(act, r0, r1, t, T, H, hs, dhs, spans, dhn, das);
-            nn_gemm(0, 0, nr, H, H, 1.0f, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, 1.0f,
-                    dhn + (size_t)r0 * H, H);
+            nn_gemm_packed(0, nr, H, H, das + (size_t)r0 * ld + (size_t)t * H, ld, w_hh, H, wp,
+                           dhn + (size_t)r0 * H, H);
         }
         if (dh0)
             for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dh0[k] = dhn[k];

@@ -54,18 +54,20 @@ cdef extern from "nn_kernels.h" nogil:
                     float b2, float eps, float l2, float decay)
     size_t sum_squares_partials(size_t n)
     double sum_squares(size_t n, const float *x, double *partial)
+    size_t rnn_forward_workspace_size(int H)
     size_t rnn_backward_workspace_size(int N, int T, int H)
     int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                     const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
-                    float *hs)
+                    float *hs, float *ws, size_t ws_len)
     int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
                      float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih,
                      float *db_hh, float *ws, size_t ws_len)
+    size_t lstm_forward_workspace_size(int H)
     size_t lstm_backward_workspace_size(int N, int T, int H)
     int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *c0, const float *w_ih, const float *w_hh, const float *b_ih,
-                     const float *b_hh, float *hs, float *cs, float *gates)
+                     const float *b_hh, float *hs, float *cs, float *gates, float *ws, size_t ws_len)
     int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                       const float *c0, const float *w_ih, const float *w_hh, const float *hs,
                       const float *cs, const float *gates, const float *dhs, const float *dcT,
@@ -301,10 +303,10 @@ def maxpool2d_bwd(tuple dims, dy, argmax, dx):
 
 
 def rnn_ws_size(int N, int T, int H):
-    return rnn_backward_workspace_size(N, T, H)
+    return rnn_forward_workspace_size(H), rnn_backward_workspace_size(N, T, H)
 
 
-def rnn_fwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs):
+def rnn_fwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, ws):
     cdef float *px = F(x)
     cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
@@ -313,9 +315,11 @@ def rnn_fwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih,
     cdef float *pbi = F(b_ih)
     cdef float *pbh = F(b_hh)
     cdef float *phs = F(hs)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
     cdef int rc
     with nogil:
-        rc = rnn_forward(act, N, T, D, H, px, psp, ph0, pwi, pwh, pbi, pbh, phs)
+        rc = rnn_forward(act, N, T, D, H, px, psp, ph0, pwi, pwh, pbi, pbh, phs, pws, n)
     check(rc, "rnn_forward")
 
 
@@ -344,10 +348,10 @@ def rnn_bwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, d
 
 
 def lstm_ws_size(int N, int T, int H):
-    return lstm_backward_workspace_size(N, T, H)
+    return lstm_forward_workspace_size(H), lstm_backward_workspace_size(N, T, H)
 
 
-def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates):
+def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, ws):
     cdef float *px = F(x)
     cdef int32_t *psp = I(spans)
     cdef float *ph0 = F(h0)
@@ -359,9 +363,11 @@ def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_h
     cdef float *phs = F(hs)
     cdef float *pcs = F(cs)
     cdef float *pg = F(gates)
+    cdef float *pws = F(ws)
+    cdef size_t n = ws.size
     cdef int rc
     with nogil:
-        rc = lstm_forward(N, T, D, H, px, psp, ph0, pc0, pwi, pwh, pbi, pbh, phs, pcs, pg)
+        rc = lstm_forward(N, T, D, H, px, psp, ph0, pc0, pwi, pwh, pbi, pbh, phs, pcs, pg, pws, n)
     check(rc, "lstm_forward")
 
 

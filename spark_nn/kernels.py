@@ -312,7 +312,8 @@ def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, activation="tanh", spans=Non
     h0 = _optional("h0", h0, (n, h))
     spans = check_spans(spans, n, t)
     hs = np.empty((n, t, h), dtype=F32)
-    _kernels.rnn_fwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs)
+    ws = _workspace(_kernels.rnn_ws_size(n, t, h)[0])
+    _kernels.rnn_fwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, ws)
     return hs
 
 
@@ -327,7 +328,7 @@ def rnn_backward(x, w_ih, w_hh, hs, dhs, h0=None, activation="tanh", need_dx=Tru
     dhs = check_array("dhs", dhs, (n, t, h))
     spans = check_spans(spans, n, t)
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
-    ws = _workspace(_kernels.rnn_ws_size(n, t, h))
+    ws = _workspace(_kernels.rnn_ws_size(n, t, h)[1])
     _kernels.rnn_bwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, hs, dhs, out["dx"], out["dh0"],
                      out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
     return out
@@ -352,7 +353,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None, spans=None):
     cs = np.empty((n, t, h), dtype=F32)
     gates = np.empty((n, t, g), dtype=F32)
     spans = check_spans(spans, n, t)
-    _kernels.lstm_fwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates)
+    ws = _workspace(_kernels.lstm_ws_size(n, t, h)[0])
+    _kernels.lstm_fwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, ws)
     return hs, cs, gates
 
 
@@ -369,7 +371,7 @@ def lstm_backward(x, w_ih, w_hh, hs, cs, gates, dhs, h0=None, c0=None, dcT=None,
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
     out["dc0"] = np.empty((n, h), dtype=F32)
     spans = check_spans(spans, n, t)
-    ws = _workspace(_kernels.lstm_ws_size(n, t, h))
+    ws = _workspace(_kernels.lstm_ws_size(n, t, h)[1])
     _kernels.lstm_bwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, out["dx"],
                       out["dh0"], out["dc0"], out["dw_ih"], out["dw_hh"], out["db_ih"],
                       out["db_hh"], ws)
