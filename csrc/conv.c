@@ -4,9 +4,13 @@
  *   OH = (H + 2 PH - KH) / SH + 1, OW = (W + 2 PW - KW) / SW + 1 (zero padding)
  *   backward: dy[N,OC,OH,OW] -> dx[N,C,H,W] (NULL to skip), dw[OC,C,KH,KW], db[OC] (NULL to skip)
  *
- * Work is cut into chunks of nb whole images (nb fixed by the shape alone). Each thread builds
- * the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one GEMM covers the chunk with a long
- * inner dimension. Weight/bias gradients go to one partial per chunk and are summed in chunk
+ * Forward (implicit GEMM): for each image, im2col_packed gathers the columns straight into the
+ * panel layout of gemm_packed.c (BLIS-style packing fused with the im2col gather), and the
+ * packed micro-kernel writes w x cols into y, bias included; no cols matrix, no sgemm packing,
+ * no copy of the output. The scalar reference path keeps im2col + sgemm.
+ * Backward: work is cut into chunks of nb whole images (nb fixed by the shape alone). Each
+ * thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one GEMM covers the chunk
+ * with a long inner dimension. Weight/bias gradients go to one partial per chunk and are summed in chunk
  * order, so they are deterministic and independent of the thread count.
  *
  * Workspace (floats), see conv2d_workspace_size:
@@ -46,17 +50,30 @@ static int chunk_images(const conv2d_shape *s) {
     return (s->N + nchunks - 1) / nchunks; /* even out the chunks */
 }
 
+/* Stride 1 forward: the zero-padded image [C, Hp, Wp] (+ one panel of slack) and the output
+ * computed on the padded width, [OC, panels of (OH - 1) Wp + OW columns]. */
+static size_t padded_floats(const conv2d_shape *s) {
+    size_t hp = (size_t)s->H + 2 * s->PH, wp = (size_t)s->W + 2 * s->PW;
+    size_t q = (size_t)(s->OH - 1) * wp + s->OW, qp = (q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
+    return (size_t)s->C * hp * wp + NN_PACK_NR + (size_t)s->OC * qp;
+}
+
 static size_t per_thread_floats(const conv2d_shape *s, int nb) {
     size_t cols = (size_t)nb * s->OH * s->OW;
-    return cols * ((size_t)s->C * s->KH * s->KW + s->OC);
+    size_t gemm = cols * ((size_t)s->C * s->KH * s->KW + s->OC);
+    size_t packed = nn_packed_size(s->C * s->KH * s->KW, s->OH * s->OW) + (size_t)s->OH * s->OW + NN_PACK_NR;
+    size_t padded = padded_floats(s);
+    size_t most = gemm > packed ? gemm : packed;
+    return most > padded ? most : padded;
 }
 
 size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
     int nb = chunk_images(s);
     int nchunks = (s->N + nb - 1) / nb;
     if (nthreads < 1) nthreads = 1;
-    return (size_t)nthreads * per_thread_floats(s, nb) +
-           (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
+    size_t shared = (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
+    size_t offsets = (size_t)s->C * s->KH * s->KW; /* forward's row offsets (ints) */
+    return (size_t)nthreads * per_thread_floats(s, nb) + (shared > offsets ? shared : offsets);
 }
 
 /* Columns of one image [C,H,W] into cols (leading dimension ld). */
@@ -92,6 +109,52 @@ static void im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld
             }
 }
 
+/* Row k = (c, kh, kw) of one image's columns: row[q] for the OH*OW output positions q. */
+static void im2col_row(const conv2d_shape *s, const float *x, int k, float *row) {
+    const int H = s->H, W = s->W, OH = s->OH, OW = s->OW;
+    const int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
+    /* ow range whose input column is inside the image */
+    int lo = s->PW - kw > 0 ? (s->PW - kw + s->SW - 1) / s->SW : 0;
+    int hi = (W - 1 + s->PW - kw) / s->SW + 1; /* exclusive */
+    if (W - 1 + s->PW - kw < 0) hi = 0;
+    if (hi > OW) hi = OW;
+    if (lo > hi) lo = hi;
+    const int off = kw - s->PW; /* input column of ow is ow*SW + off */
+    for (int oh = 0; oh < OH; oh++) {
+        float *d = row + (size_t)oh * OW;
+        int ih = oh * s->SH - s->PH + kh;
+        if (ih < 0 || ih >= H) {
+            for (int ow = 0; ow < OW; ow++) d[ow] = 0.0f;
+            continue;
+        }
+        const float *src = x + ((size_t)c * H + ih) * W;
+        for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+        if (s->SW == 1) {
+            for (int ow = lo; ow < hi; ow++) d[ow] = src[ow + off];
+        } else {
+            for (int ow = lo; ow < hi; ow++) d[ow] = src[ow * s->SW + off];
+        }
+        for (int ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+    }
+}
+
+/* Columns of one image [C,H,W] in the packed panel layout of gemm_packed.c: column (output
+ * position) q of row k goes to bp[((q / NR) * CKK + k) * NR + q % NR]; the last panel's unused
+ * columns are zero. row: scratch of NR * panels floats. */
+static void im2col_packed(const conv2d_shape *s, const float *x, float *bp, float *row) {
+    const int NR = NN_PACK_NR, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
+    const int panels = (OHW + NR - 1) / NR;
+    for (int q = OHW; q < panels * NR; q++) row[q] = 0.0f;
+    for (int k = 0; k < CKK; k++) {
+        im2col_row(s, x, k, row);
+        for (int p = 0; p < panels; p++) { /* a loop, not memcpy: 64 bytes are less than a call */
+            float *dst = bp + ((size_t)p * CKK + k) * NR;
+            const float *src = row + p * NR;
+            for (int j = 0; j < NR; j++) dst[j] = src[j];
+        }
+    }
+}
+
 /* Adds columns back into one image dx [C,H,W] (the adjoint of im2col). */
 static void col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx) {
     const int H = s->H, W = s->W, OH = s->OH, OW = s->OW;
@@ -125,6 +188,62 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
     const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
     const size_t ptf = per_thread_floats(s, nb);
+    if (!nn_get_reference() && s->SH == 1 && s->SW == 1) {
+        /* direct: on the zero-padded image, row k = (c, kh, kw) of the columns is the image
+         * itself from offset c Hp Wp + kh Wp + kw, for outputs laid out on the padded width */
+        const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
+        const int Q = (s->OH - 1) * Wp + s->OW, Qp = (Q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
+        int *boff = (int *)(ws + (size_t)nt * ptf);
+        for (int k = 0; k < CKK; k++) {
+            int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
+            boff[k] = (c * Hp + kh) * Wp + kw;
+        }
+        int nti = nt > s->N ? s->N : nt;
+#pragma omp parallel num_threads(nti)
+        {
+            float *xp = ws + (size_t)NN_THREAD_ID() * ptf;
+            float *ct = xp + (size_t)s->C * Hp * Wp + NN_PACK_NR;
+            for (size_t i = 0; i < (size_t)s->C * Hp * Wp + NN_PACK_NR; i++) xp[i] = 0.0f; /* borders */
+#pragma omp for schedule(static)
+            for (int n = 0; n < s->N; n++) {
+                const float *xi = x + (size_t)n * xs;
+                for (int c = 0; c < s->C; c++)
+                    for (int h = 0; h < s->H; h++) {
+                        float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
+                        const float *r = xi + ((size_t)c * s->H + h) * s->W;
+                        for (int w_ = 0; w_ < s->W; w_++) d[w_] = r[w_];
+                    }
+                for (size_t i = 0; i < (size_t)OC * Qp; i++) ct[i] = 0.0f;
+                nn_gemm_offset_rows(OC, Q, CKK, w, CKK, xp, boff, ct, Qp);
+                float *yi = y + (size_t)n * ys;
+                for (int oc = 0; oc < OC; oc++) {
+                    float bias = b ? b[oc] : 0.0f;
+                    for (int oh = 0; oh < s->OH; oh++) {
+                        const float *src = ct + (size_t)oc * Qp + (size_t)oh * Wp;
+                        float *dst = yi + (size_t)oc * OHW + (size_t)oh * s->OW;
+                        for (int ow = 0; ow < s->OW; ow++) dst[ow] = src[ow] + bias;
+                    }
+                }
+            }
+        }
+        return NN_OK;
+    }
+    if (!nn_get_reference()) {
+        int nti = nt > s->N ? s->N : nt;
+#pragma omp parallel num_threads(nti)
+        {
+            float *bp = ws + (size_t)NN_THREAD_ID() * ptf, *row = bp + nn_packed_size(CKK, OHW);
+#pragma omp for schedule(static)
+            for (int n = 0; n < s->N; n++) {
+                float *yi = y + (size_t)n * ys;
+                for (int oc = 0; oc < OC; oc++)
+                    for (int p = 0; p < OHW; p++) yi[(size_t)oc * OHW + p] = b ? b[oc] : 0.0f;
+                im2col_packed(s, x + (size_t)n * xs, bp, row);
+                nn_gemm_packed(0, OC, OHW, CKK, w, CKK, NULL, 0, bp, yi, OHW);
+            }
+        }
+        return NN_OK;
+    }
     if (nt > nchunks) nt = nchunks;
 #pragma omp parallel num_threads(nt)
     {

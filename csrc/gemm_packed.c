@@ -12,7 +12,7 @@
 #include <string.h>
 #include "nn_internal.h"
 
-#define NN_NR 16
+#define NN_NR NN_PACK_NR
 
 /* Vector types of each level's native width: GCC splits wider ones badly (into scalars)
  * where the global target lacks them. NN_NR = 16 floats = NV vectors of each type. */
@@ -43,7 +43,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
             for (int v = 0; v < (NV); v++) c[i][v] = (VT){0};                                      \
         for (int k = 0; k < K; k++) {                                                              \
             /* the panel row in named vectors (an array of them would live on the stack) */       \
-            const float *brow = bp + (size_t)k * NN_NR;                                            \
+            const float *brow = boff ? bp + boff[k] : bp + (size_t)k * NN_NR;                      \
             VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                             \
             memcpy(&b0, brow, sizeof b0);                                                          \
             if ((NV) > 1) memcpy(&b1, brow + NN_NR / (NV), sizeof b1);                             \
@@ -79,8 +79,9 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
         NN_TILE(1, VT, NV)                                                                         \
     }
 
+/* B's row k of the panel: bp + k NN_NR (packed), or bp + boff[k] (rows of one array). */
 #define NN_PANEL_PARAMS                                                                            \
-    (int M, int K, const float *A, int lda, const float *bp, float *C, int ldc, int ncols)
+    (int M, int K, const float *A, int lda, const float *bp, const int *boff, float *C, int ldc, int ncols)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
 /* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512: 8 rows x
@@ -92,9 +93,9 @@ NN_PANEL_BODY(6, nn_v8, 2)
 static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4)
 static void panel NN_PANEL_PARAMS {
     int isa = nn_isa();
-    if (isa == NN_ISA_AVX512) panel_avx512(M, K, A, lda, bp, C, ldc, ncols);
-    else if (isa == NN_ISA_AVX2) panel_avx2(M, K, A, lda, bp, C, ldc, ncols);
-    else panel_base(M, K, A, lda, bp, C, ldc, ncols);
+    if (isa == NN_ISA_AVX512) panel_avx512(M, K, A, lda, bp, boff, C, ldc, ncols);
+    else if (isa == NN_ISA_AVX2) panel_avx2(M, K, A, lda, bp, boff, C, ldc, ncols);
+    else panel_base(M, K, A, lda, bp, boff, C, ldc, ncols);
 }
 #else
 static void panel NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4)
@@ -109,6 +110,14 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
     }
     for (int p = 0; p * NN_NR < N; p++) {
         int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
-        panel(M, K, A, lda, bp + (size_t)p * K * NN_NR, C + p * NN_NR, ldc, ncols);
+        panel(M, K, A, lda, bp + (size_t)p * K * NN_NR, NULL, C + p * NN_NR, ldc, ncols);
+    }
+}
+
+void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const float *base, const int *boff,
+                         float *C, int ldc) {
+    for (int p = 0; p * NN_NR < N; p++) {
+        int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
+        panel(M, K, A, lda, base + p * NN_NR, boff, C + p * NN_NR, ldc, ncols);
     }
 }

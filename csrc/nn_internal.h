@@ -184,10 +184,15 @@ static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0
 /* gemm_packed.c: C[M,N] += A[M,K] op(B), op(B) = B^T for B[N][K] (transB) or B[K][N], with B
  * packed once by nn_pack_b(transB, K, N, B, ldb, bp) into nn_packed_size(K, N) floats; the
  * reference path reads B itself. */
+#define NN_PACK_NR 16 /* columns per packed panel */
 size_t nn_packed_size(int K, int N);
 void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp);
 void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bp, float *C, int ldc);
+/* C[M,N] += A[M,K] B where B's row k is the N floats at base + boff[k], read in whole panels
+ * (up to NN_PACK_NR - 1 floats past N): no packing at all. */
+void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const float *base, const int *boff,
+                         float *C, int ldc);
 
 /* Sizes that must fit an int for BLAS and be positive. */
 static inline int nn_dims_ok(long long a, long long b, long long c) {
