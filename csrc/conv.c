@@ -4,13 +4,14 @@
  *   OH = (H + 2 PH - KH) / SH + 1, OW = (W + 2 PW - KW) / SW + 1 (zero padding)
  *   backward: dy[N,OC,OH,OW] -> dx[N,C,H,W] (NULL to skip), dw[OC,C,KH,KW], db[OC] (NULL to skip)
  *
- * Forward (implicit GEMM): for each image, im2col_packed gathers the columns straight into the
- * panel layout of gemm_packed.c (BLIS-style packing fused with the im2col gather), and the
- * packed micro-kernel writes w x cols into y, bias included; no cols matrix, no sgemm packing,
- * no copy of the output. The scalar reference path keeps im2col + sgemm.
- * Backward: work is cut into chunks of nb whole images (nb fixed by the shape alone). Each
- * thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one GEMM covers the chunk
- * with a long inner dimension. Weight/bias gradients go to one partial per chunk and are summed in chunk
+ * Stride 1 (direct_forward, direct_backward): no im2col. On a zero-padded copy of the image,
+ * row k = (c, kh, kw) of the columns is the image itself from an offset, for outputs laid out
+ * on the padded width, so the micro-kernel of gemm_packed.c reads the rows in place; dx is the
+ * forward of dy with the flipped, transposed weights.
+ * Other strides, tiny layers (fewer than NN_DIRECT_MIN_CKK column rows) and the scalar
+ * reference path: im2col + sgemm. Work is cut into chunks of nb whole images (nb fixed by the
+ * shape alone). Each thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one
+ * GEMM covers the chunk with a long inner dimension. Weight/bias gradients go to one partial per chunk and are summed in chunk
  * order, so they are deterministic and independent of the thread count.
  *
  * Workspace (floats), see conv2d_workspace_size:
@@ -25,6 +26,7 @@
  * spread over the threads. Both depend on the shape only (see common.c). */
 #define NN_CONV_MIN_CHUNKS 8
 #define CONV_CHUNK_FLOATS (256 * 1024)
+#define NN_DIRECT_MIN_CKK 32
 
 int conv2d_shape_init(conv2d_shape *s) {
     if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
@@ -60,21 +62,9 @@ static size_t padded_floats(const conv2d_shape *s) {
 
 static size_t per_thread_floats(const conv2d_shape *s, int nb) {
     size_t cols = (size_t)nb * s->OH * s->OW;
-    size_t gemm = cols * ((size_t)s->C * s->KH * s->KW + s->OC);
-    size_t packed = nn_packed_size(s->C * s->KH * s->KW, s->OH * s->OW) + (size_t)s->OH * s->OW + NN_PACK_NR;
-    size_t padded = padded_floats(s);
-    size_t most = gemm > packed ? gemm : packed;
-    return most > padded ? most : padded;
+    return cols * ((size_t)s->C * s->KH * s->KW + s->OC);
 }
 
-size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
-    int nb = chunk_images(s);
-    int nchunks = (s->N + nb - 1) / nb;
-    if (nthreads < 1) nthreads = 1;
-    size_t shared = (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
-    size_t offsets = (size_t)s->C * s->KH * s->KW; /* forward's row offsets (ints) */
-    return (size_t)nthreads * per_thread_floats(s, nb) + (shared > offsets ? shared : offsets);
-}
 
 /* Columns of one image [C,H,W] into cols (leading dimension ld). */
 static void im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld) {
@@ -109,52 +99,6 @@ static void im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld
             }
 }
 
-/* Row k = (c, kh, kw) of one image's columns: row[q] for the OH*OW output positions q. */
-static void im2col_row(const conv2d_shape *s, const float *x, int k, float *row) {
-    const int H = s->H, W = s->W, OH = s->OH, OW = s->OW;
-    const int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
-    /* ow range whose input column is inside the image */
-    int lo = s->PW - kw > 0 ? (s->PW - kw + s->SW - 1) / s->SW : 0;
-    int hi = (W - 1 + s->PW - kw) / s->SW + 1; /* exclusive */
-    if (W - 1 + s->PW - kw < 0) hi = 0;
-    if (hi > OW) hi = OW;
-    if (lo > hi) lo = hi;
-    const int off = kw - s->PW; /* input column of ow is ow*SW + off */
-    for (int oh = 0; oh < OH; oh++) {
-        float *d = row + (size_t)oh * OW;
-        int ih = oh * s->SH - s->PH + kh;
-        if (ih < 0 || ih >= H) {
-            for (int ow = 0; ow < OW; ow++) d[ow] = 0.0f;
-            continue;
-        }
-        const float *src = x + ((size_t)c * H + ih) * W;
-        for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
-        if (s->SW == 1) {
-            for (int ow = lo; ow < hi; ow++) d[ow] = src[ow + off];
-        } else {
-            for (int ow = lo; ow < hi; ow++) d[ow] = src[ow * s->SW + off];
-        }
-        for (int ow = hi; ow < OW; ow++) d[ow] = 0.0f;
-    }
-}
-
-/* Columns of one image [C,H,W] in the packed panel layout of gemm_packed.c: column (output
- * position) q of row k goes to bp[((q / NR) * CKK + k) * NR + q % NR]; the last panel's unused
- * columns are zero. row: scratch of NR * panels floats. */
-static void im2col_packed(const conv2d_shape *s, const float *x, float *bp, float *row) {
-    const int NR = NN_PACK_NR, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const int panels = (OHW + NR - 1) / NR;
-    for (int q = OHW; q < panels * NR; q++) row[q] = 0.0f;
-    for (int k = 0; k < CKK; k++) {
-        im2col_row(s, x, k, row);
-        for (int p = 0; p < panels; p++) { /* a loop, not memcpy: 64 bytes are less than a call */
-            float *dst = bp + ((size_t)p * CKK + k) * NR;
-            const float *src = row + p * NR;
-            for (int j = 0; j < NR; j++) dst[j] = src[j];
-        }
-    }
-}
-
 /* Adds columns back into one image dx [C,H,W] (the adjoint of im2col). */
 static void col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx) {
     const int H = s->H, W = s->W, OH = s->OH, OW = s->OW;
@@ -178,6 +122,55 @@ static void col2im(const conv2d_shape *s, const float *cols, size_t ld, float *d
             }
 }
 
+/* Floats direct_forward needs: per thread padded_floats, then the row offsets (ints). */
+static size_t direct_floats(const conv2d_shape *s, int nt) {
+    return (size_t)nt * padded_floats(s) + (size_t)s->C * s->KH * s->KW;
+}
+
+/* Stride-1 forward: on the zero-padded image, row k = (c, kh, kw) of the columns is the image
+ * itself from offset (c Hp + kh) Wp + kw, for outputs laid out on the padded width; the packed
+ * micro-kernel reads those rows directly (gemm_packed.c), no im2col. */
+static void direct_forward(const conv2d_shape *s, const float *x, const float *w, const float *b, float *y,
+                           float *ws, int nt) {
+    const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
+    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW, ptf = padded_floats(s);
+    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
+    const int Q = (s->OH - 1) * Wp + s->OW, Qp = (Q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
+    int *boff = (int *)(ws + (size_t)nt * ptf);
+    for (int k = 0; k < CKK; k++) {
+        int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
+        boff[k] = (c * Hp + kh) * Wp + kw;
+    }
+    int nti = nt > s->N ? s->N : nt;
+#pragma omp parallel num_threads(nti)
+    {
+        float *xp = ws + (size_t)NN_THREAD_ID() * ptf;
+        float *ct = xp + (size_t)s->C * Hp * Wp + NN_PACK_NR;
+        for (size_t i = 0; i < (size_t)s->C * Hp * Wp + NN_PACK_NR; i++) xp[i] = 0.0f; /* borders */
+#pragma omp for schedule(static)
+        for (int n = 0; n < s->N; n++) {
+            const float *xi = x + (size_t)n * xs;
+            for (int c = 0; c < s->C; c++)
+                for (int h = 0; h < s->H; h++) {
+                    float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
+                    const float *r = xi + ((size_t)c * s->H + h) * s->W;
+                    for (int w_ = 0; w_ < s->W; w_++) d[w_] = r[w_];
+                }
+            for (size_t i = 0; i < (size_t)OC * Qp; i++) ct[i] = 0.0f;
+            nn_gemm_offset_rows(OC, Q, CKK, w, CKK, xp, boff, ct, Qp);
+            float *yi = y + (size_t)n * ys;
+            for (int oc = 0; oc < OC; oc++) {
+                float bias = b ? b[oc] : 0.0f;
+                for (int oh = 0; oh < s->OH; oh++) {
+                    const float *src = ct + (size_t)oc * Qp + (size_t)oh * Wp;
+                    float *dst = yi + (size_t)oc * OHW + (size_t)oh * s->OW;
+                    for (int ow = 0; ow < s->OW; ow++) dst[ow] = src[ow] + bias;
+                }
+            }
+        }
+    }
+}
+
 int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
                    float *y, float *ws, size_t ws_len) {
     conv2d_shape t = *s;
@@ -188,60 +181,10 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
     const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
     const size_t ptf = per_thread_floats(s, nb);
-    if (!nn_get_reference() && s->SH == 1 && s->SW == 1) {
-        /* direct: on the zero-padded image, row k = (c, kh, kw) of the columns is the image
-         * itself from offset c Hp Wp + kh Wp + kw, for outputs laid out on the padded width */
-        const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
-        const int Q = (s->OH - 1) * Wp + s->OW, Qp = (Q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
-        int *boff = (int *)(ws + (size_t)nt * ptf);
-        for (int k = 0; k < CKK; k++) {
-            int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
-            boff[k] = (c * Hp + kh) * Wp + kw;
-        }
-        int nti = nt > s->N ? s->N : nt;
-#pragma omp parallel num_threads(nti)
-        {
-            float *xp = ws + (size_t)NN_THREAD_ID() * ptf;
-            float *ct = xp + (size_t)s->C * Hp * Wp + NN_PACK_NR;
-            for (size_t i = 0; i < (size_t)s->C * Hp * Wp + NN_PACK_NR; i++) xp[i] = 0.0f; /* borders */
-#pragma omp for schedule(static)
-            for (int n = 0; n < s->N; n++) {
-                const float *xi = x + (size_t)n * xs;
-                for (int c = 0; c < s->C; c++)
-                    for (int h = 0; h < s->H; h++) {
-                        float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
-                        const float *r = xi + ((size_t)c * s->H + h) * s->W;
-                        for (int w_ = 0; w_ < s->W; w_++) d[w_] = r[w_];
-                    }
-                for (size_t i = 0; i < (size_t)OC * Qp; i++) ct[i] = 0.0f;
-                nn_gemm_offset_rows(OC, Q, CKK, w, CKK, xp, boff, ct, Qp);
-                float *yi = y + (size_t)n * ys;
-                for (int oc = 0; oc < OC; oc++) {
-                    float bias = b ? b[oc] : 0.0f;
-                    for (int oh = 0; oh < s->OH; oh++) {
-                        const float *src = ct + (size_t)oc * Qp + (size_t)oh * Wp;
-                        float *dst = yi + (size_t)oc * OHW + (size_t)oh * s->OW;
-                        for (int ow = 0; ow < s->OW; ow++) dst[ow] = src[ow] + bias;
-                    }
-                }
-            }
-        }
-        return NN_OK;
-    }
-    if (!nn_get_reference()) {
-        int nti = nt > s->N ? s->N : nt;
-#pragma omp parallel num_threads(nti)
-        {
-            float *bp = ws + (size_t)NN_THREAD_ID() * ptf, *row = bp + nn_packed_size(CKK, OHW);
-#pragma omp for schedule(static)
-            for (int n = 0; n < s->N; n++) {
-                float *yi = y + (size_t)n * ys;
-                for (int oc = 0; oc < OC; oc++)
-                    for (int p = 0; p < OHW; p++) yi[(size_t)oc * OHW + p] = b ? b[oc] : 0.0f;
-                im2col_packed(s, x + (size_t)n * xs, bp, row);
-                nn_gemm_packed(0, OC, OHW, CKK, w, CKK, NULL, 0, bp, yi, OHW);
-            }
-        }
+    /* below ~32 rows of columns (e.g. one input channel) the padded-width layout's copies cost
+     * more than the im2col it saves */
+    if (!nn_get_reference() && s->SH == 1 && s->SW == 1 && CKK >= NN_DIRECT_MIN_CKK) {
+        direct_forward(s, x, w, b, y, ws, nt);
         return NN_OK;
     }
     if (nt > nchunks) nt = nchunks;
@@ -266,6 +209,131 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
     return NN_OK;
 }
 
+/* The dx of a stride-1 convolution is the stride-1 convolution of dy, padded by K - 1 - P, with
+ * w transposed (OC <-> C) and flipped: its shape. */
+static conv2d_shape dx_shape(const conv2d_shape *s) {
+    conv2d_shape t = {s->N, s->OC, s->OH, s->OW, s->C, s->KH, s->KW, 1, 1, s->KH - 1 - s->PH,
+                      s->KW - 1 - s->PW, 0, 0};
+    conv2d_shape_init(&t);
+    return t;
+}
+
+static int direct_backward_ok(const conv2d_shape *s) {
+    return s->SH == 1 && s->SW == 1 && s->PH <= s->KH - 1 && s->PW <= s->KW - 1 &&
+           s->C * s->KH * s->KW >= NN_DIRECT_MIN_CKK && s->OC * s->KH * s->KW >= NN_DIRECT_MIN_CKK;
+}
+
+/* direct_backward's floats: per thread the padded image and dy packed on the padded width
+ * (transposed, panels over OC); per chunk dw^T and db partials; the row offsets (ints); then,
+ * reusing it all, the flipped weights and direct_forward's workspace for dx. */
+static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
+    const size_t hp = (size_t)s->H + 2 * s->PH, wp = (size_t)s->W + 2 * s->PW;
+    const size_t q = (size_t)(s->OH - 1) * wp + s->OW, ckk = (size_t)s->C * s->KH * s->KW;
+    const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
+    size_t grads = (size_t)nt * (s->C * hp * wp + NN_PACK_NR + nn_packed_size((int)q, s->OC)) +
+                   (size_t)nchunks * (ckk * s->OC + s->OC) + ckk;
+    conv2d_shape t = dx_shape(s);
+    size_t dx = (size_t)s->OC * ckk + direct_floats(&t, nt);
+    return grads > dx ? grads : dx;
+}
+
+size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
+    int nb = chunk_images(s);
+    int nchunks = (s->N + nb - 1) / nb;
+    if (nthreads < 1) nthreads = 1;
+    size_t gemm = (size_t)nthreads * per_thread_floats(s, nb) +
+                  (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
+    size_t direct = direct_floats(s, nthreads);
+    if (direct_backward_ok(s)) {
+        size_t bwd = direct_backward_floats(s, nthreads);
+        if (bwd > direct) direct = bwd;
+    }
+    return gemm > direct ? gemm : direct;
+}
+
+/* Stride-1 backward without im2col. dw^T[CKK, OC] = X dy^T, where X's row k is the padded image
+ * from offset boff[k] (as in direct_forward) and dy is packed on the padded width with zeros in
+ * the columns past OW; one partial per chunk of images, summed in chunk order (deterministic
+ * for any thread count). dx: a direct forward of dy with the flipped, transposed weights. */
+static void direct_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy, float *dx,
+                            float *dw, float *db, float *ws, int nt) {
+    const int OC = s->OC, C = s->C, CKK = C * s->KH * s->KW, OHW = s->OH * s->OW, NR = NN_PACK_NR;
+    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW, Q = (s->OH - 1) * Wp + s->OW;
+    const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
+    const size_t xs = (size_t)C * s->H * s->W, ys = (size_t)OC * OHW;
+    const size_t pad = (size_t)C * Hp * Wp + NR, ptf = pad + nn_packed_size(Q, OC);
+    float *dwt = ws + (size_t)nt * ptf;                /* [nchunks, CKK, OC] */
+    float *dbp = dwt + (size_t)nchunks * CKK * OC;     /* [nchunks, OC] */
+    int *boff = (int *)(dbp + (size_t)nchunks * OC);
+    for (int k = 0; k < CKK; k++) {
+        int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
+        boff[k] = (c * Hp + kh) * Wp + kw;
+    }
+    int ntc = nt > nchunks ? nchunks : nt;
+#pragma omp parallel num_threads(ntc)
+    {
+        float *xp = ws + (size_t)NN_THREAD_ID() * ptf, *dyp = xp + pad;
+        for (size_t i = 0; i < pad; i++) xp[i] = 0.0f; /* borders */
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < nchunks; ch++) {
+            float *part = dwt + (size_t)ch * CKK * OC;
+            for (size_t i = 0; i < (size_t)CKK * OC; i++) part[i] = 0.0f;
+            for (int oc = 0; oc < OC; oc++) dbp[(size_t)ch * OC + oc] = 0.0f;
+            const int n1 = (ch + 1) * nb < s->N ? (ch + 1) * nb : s->N;
+            for (int n = ch * nb; n < n1; n++) {
+                const float *xi = x + (size_t)n * xs, *dyi = dy + (size_t)n * ys;
+                for (int c = 0; c < C; c++)
+                    for (int h = 0; h < s->H; h++) {
+                        float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
+                        const float *r = xi + ((size_t)c * s->H + h) * s->W;
+                        for (int w_ = 0; w_ < s->W; w_++) d[w_] = r[w_];
+                    }
+                for (int p = 0; p * NR < OC; p++) /* dyp[(p Q + q) NR + j] = dy[p NR + j] at q */
+                    for (int q = 0; q < Q; q++) {
+                        float *dst = dyp + ((size_t)p * Q + q) * NR;
+                        const int oh = q / Wp, ow = q % Wp;
+                        for (int j = 0; j < NR; j++) {
+                            const int oc = p * NR + j;
+                            dst[j] = oc < OC && ow < s->OW
+                                         ? dyi[(size_t)oc * OHW + (size_t)oh * s->OW + ow] : 0.0f;
+                        }
+                    }
+                nn_gemm_offset_a(CKK, OC, Q, xp, boff, dyp, part, OC);
+                for (int oc = 0; oc < OC; oc++) {
+                    double acc = 0.0;
+                    for (int i = 0; i < OHW; i++) acc += dyi[(size_t)oc * OHW + i];
+                    dbp[(size_t)ch * OC + oc] += (float)acc;
+                }
+            }
+        }
+    }
+    const size_t nw = (size_t)OC * CKK;
+    int nt_red = nw * nchunks < 65536 ? 1 : nt;
+#pragma omp parallel for schedule(static) num_threads(nt_red)
+    for (long long e = 0; e < (long long)nw; e++) { /* dw[oc][k] = sum over chunks of dw^T[k][oc] */
+        const size_t oc = (size_t)e / CKK, k = (size_t)e % CKK;
+        float acc = 0.0f;
+        for (int ch = 0; ch < nchunks; ch++) acc += dwt[((size_t)ch * CKK + k) * OC + oc];
+        dw[e] = acc;
+    }
+    if (db)
+        for (int oc = 0; oc < OC; oc++) {
+            float acc = 0.0f;
+            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
+            db[oc] = acc;
+        }
+    if (dx) { /* the workspace is free again: flipped, transposed w, then a direct forward */
+        const conv2d_shape t = dx_shape(s);
+        const int KK = s->KH * s->KW;
+        float *wt = ws;
+        for (int oc = 0; oc < OC; oc++)
+            for (int c = 0; c < C; c++)
+                for (int kk = 0; kk < KK; kk++)
+                    wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
+        direct_forward(&t, dy, wt, NULL, dx, wt + (size_t)OC * C * KK, nt);
+    }
+}
+
 int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
                     float *dx, float *dw, float *db, float *ws, size_t ws_len) {
     conv2d_shape t = *s;
@@ -276,6 +344,10 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
     const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
     const size_t ptf = per_thread_floats(s, nb);
+    if (!nn_get_reference() && direct_backward_ok(s)) {
+        direct_backward(s, x, w, dy, dx, dw, db, ws, nt);
+        return NN_OK;
+    }
     float *dwp = ws + (size_t)nt * ptf;           /* [nchunks, OC*CKK] */
     float *dbp = dwp + (size_t)nchunks * OC * CKK; /* [nchunks, OC] */
     int nt_chunks = nt > nchunks ? nchunks : nt;

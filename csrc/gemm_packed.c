@@ -39,8 +39,11 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 #define NN_TILE(R, VT, NV)                                                                         \
     for (; r + (R) <= M; r += (R)) {                                                               \
         VT c[R][NV];                                                                               \
-        for (int i = 0; i < (R); i++)                                                              \
+        const float *ar[R]; /* A's rows: A + i lda, or A + aoff[i] */                              \
+        for (int i = 0; i < (R); i++) {                                                            \
+            ar[i] = aoff ? A + aoff[r + i] : A + (size_t)(r + i) * lda;                            \
             for (int v = 0; v < (NV); v++) c[i][v] = (VT){0};                                      \
+        }                                                                                          \
         for (int k = 0; k < K; k++) {                                                              \
             /* the panel row in named vectors (an array of them would live on the stack) */       \
             const float *brow = boff ? bp + boff[k] : bp + (size_t)k * NN_NR;                      \
@@ -52,7 +55,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
                 memcpy(&b3, brow + 3 * NN_NR / (NV), sizeof b3);                                   \
             }                                                                                      \
             for (int i = 0; i < (R); i++) {                                                        \
-                float a = A[(size_t)(r + i) * lda + k];                                            \
+                float a = ar[i][k];                                                                \
                 c[i][0] += a * b0;                                                                 \
                 if ((NV) > 1) c[i][1 % (NV)] += a * b1;                                            \
                 if ((NV) > 2) {                                                                    \
@@ -79,9 +82,11 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
         NN_TILE(1, VT, NV)                                                                         \
     }
 
-/* B's row k of the panel: bp + k NN_NR (packed), or bp + boff[k] (rows of one array). */
+/* A's row i: A + i lda, or A + aoff[i]; B's row k of the panel: bp + k NN_NR (packed), or
+ * bp + boff[k] (rows of one array). */
 #define NN_PANEL_PARAMS                                                                            \
-    (int M, int K, const float *A, int lda, const float *bp, const int *boff, float *C, int ldc, int ncols)
+    (int M, int K, const float *A, int lda, const int *aoff, const float *bp, const int *boff, float *C,  \
+     int ldc, int ncols)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
 /* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512: 8 rows x
@@ -93,9 +98,9 @@ NN_PANEL_BODY(6, nn_v8, 2)
 static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4)
 static void panel NN_PANEL_PARAMS {
     int isa = nn_isa();
-    if (isa == NN_ISA_AVX512) panel_avx512(M, K, A, lda, bp, boff, C, ldc, ncols);
-    else if (isa == NN_ISA_AVX2) panel_avx2(M, K, A, lda, bp, boff, C, ldc, ncols);
-    else panel_base(M, K, A, lda, bp, boff, C, ldc, ncols);
+    if (isa == NN_ISA_AVX512) panel_avx512(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
+    else if (isa == NN_ISA_AVX2) panel_avx2(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
+    else panel_base(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
 }
 #else
 static void panel NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4)
@@ -110,7 +115,15 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
     }
     for (int p = 0; p * NN_NR < N; p++) {
         int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
-        panel(M, K, A, lda, bp + (size_t)p * K * NN_NR, NULL, C + p * NN_NR, ldc, ncols);
+        panel(M, K, A, lda, NULL, bp + (size_t)p * K * NN_NR, NULL, C + p * NN_NR, ldc, ncols);
+    }
+}
+
+void nn_gemm_offset_a(int M, int N, int K, const float *A, const int *aoff, const float *bp, float *C,
+                      int ldc) {
+    for (int p = 0; p * NN_NR < N; p++) {
+        int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
+        panel(M, K, A, 0, aoff, bp + (size_t)p * K * NN_NR, NULL, C + p * NN_NR, ldc, ncols);
     }
 }
 
@@ -118,6 +131,6 @@ void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const flo
                          float *C, int ldc) {
     for (int p = 0; p * NN_NR < N; p++) {
         int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
-        panel(M, K, A, lda, base + p * NN_NR, boff, C + p * NN_NR, ldc, ncols);
+        panel(M, K, A, lda, NULL, base + p * NN_NR, boff, C + p * NN_NR, ldc, ncols);
     }
 }

@@ -193,6 +193,9 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
  * (up to NN_PACK_NR - 1 floats past N): no packing at all. */
 void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const float *base, const int *boff,
                          float *C, int ldc);
+/* C[M,N] += A B where A's row i is the K floats at A + aoff[i] and B[K,N] is packed (nn_pack_b). */
+void nn_gemm_offset_a(int M, int N, int K, const float *A, const int *aoff, const float *bp, float *C,
+                      int ldc);
 
 /* Sizes that must fit an int for BLAS and be positive. */
 static inline int nn_dims_ok(long long a, long long b, long long c) {

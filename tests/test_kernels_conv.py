@@ -16,6 +16,12 @@ SHAPES = [
     (2, 2, 9, 10, 3, 3, (2, 1), (1, 2)),  # mixed stride and padding
     (37, 8, 16, 16, 5, 3, 1, 1),          # several chunks, uneven last one
     (4, 1, 3, 3, 2, 3, 1, 2),             # padding larger than half the kernel
+    # stride 1 with >= 32 column rows: the direct (no im2col) forward and backward
+    (1, 4, 5, 7, 9, 3, 1, 0),             # batch 1, no padding, odd sizes
+    (3, 5, 6, 9, 17, (3, 5), 1, (1, 2)),  # rectangular kernel, OC not a multiple of 16
+    (2, 16, 4, 4, 33, 3, 1, 2),           # padding K - 1 (dx's own padding 0)
+    (2, 8, 5, 5, 6, 3, 1, 3),             # padding past K - 1: direct forward, im2col backward
+    (2, 4, 9, 9, 8, 5, 1, 2),             # 5x5
 ]
 
 
