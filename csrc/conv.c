@@ -11,10 +11,12 @@
  * Other strides, tiny layers (fewer than NN_DIRECT_MIN_CKK column rows) and the scalar
  * reference path: im2col + sgemm. Work is cut into chunks of nb whole images (nb fixed by the
  * shape alone). Each thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one
- * GEMM covers the chunk with a long inner dimension. Weight/bias gradients go to one partial per chunk and are summed in chunk
- * order, so they are deterministic and independent of the thread count.
+ * GEMM covers the chunk with a long inner dimension. On both paths weight/bias gradients go
+ * to one partial per chunk and are summed in chunk order, so they are deterministic and
+ * independent of the thread count.
  *
- * Workspace (floats), see conv2d_workspace_size:
+ * Workspace (floats), see conv2d_workspace_size: the larger of the direct paths' needs
+ * (direct_floats, direct_backward_floats) and the im2col path's:
  *   per thread: cols[CKK * nb*OHW] + buf[OC * nb*OHW]
  *   shared:     dw partials[nchunks * OC*CKK] + db partials[nchunks * OC]
  */
