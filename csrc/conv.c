@@ -124,6 +124,14 @@ static void col2im(const conv2d_shape *s, const float *cols, size_t ld, float *d
             }
 }
 
+/* Stride 1, enough column rows to beat im2col (see NN_DIRECT_MIN_CKK), and the padded image's
+ * offsets fit an int. */
+static int direct_forward_ok(const conv2d_shape *s) {
+    long long padded = (long long)s->C * (s->H + 2LL * s->PH) * (s->W + 2LL * s->PW);
+    return s->SH == 1 && s->SW == 1 && s->C * s->KH * s->KW >= NN_DIRECT_MIN_CKK &&
+           padded + 2 * NN_PACK_NR < 0x7fffffffLL;
+}
+
 /* Floats direct_forward needs: per thread padded_floats, then the row offsets (ints). */
 static size_t direct_floats(const conv2d_shape *s, int nt) {
     return (size_t)nt * padded_floats(s) + (size_t)s->C * s->KH * s->KW;
@@ -185,7 +193,7 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
     const size_t ptf = per_thread_floats(s, nb);
     /* below ~32 rows of columns (e.g. one input channel) the padded-width layout's copies cost
      * more than the im2col it saves */
-    if (!nn_get_reference() && s->SH == 1 && s->SW == 1 && CKK >= NN_DIRECT_MIN_CKK) {
+    if (!nn_get_reference() && direct_forward_ok(s)) {
         direct_forward(s, x, w, b, y, ws, nt);
         return NN_OK;
     }
@@ -221,8 +229,9 @@ static conv2d_shape dx_shape(const conv2d_shape *s) {
 }
 
 static int direct_backward_ok(const conv2d_shape *s) {
-    return s->SH == 1 && s->SW == 1 && s->PH <= s->KH - 1 && s->PW <= s->KW - 1 &&
-           s->C * s->KH * s->KW >= NN_DIRECT_MIN_CKK && s->OC * s->KH * s->KW >= NN_DIRECT_MIN_CKK;
+    if (!(s->PH <= s->KH - 1 && s->PW <= s->KW - 1 && direct_forward_ok(s))) return 0;
+    conv2d_shape t = dx_shape(s); /* dx is a direct forward too */
+    return direct_forward_ok(&t);
 }
 
 /* direct_backward's floats: per thread the padded image and dy packed on the padded width
@@ -245,7 +254,7 @@ size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     size_t gemm = (size_t)nthreads * per_thread_floats(s, nb) +
                   (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
-    size_t direct = direct_floats(s, nthreads);
+    size_t direct = direct_forward_ok(s) ? direct_floats(s, nthreads) : 0;
     if (direct_backward_ok(s)) {
         size_t bwd = direct_backward_floats(s, nthreads);
         if (bwd > direct) direct = bwd;
