@@ -1,13 +1,15 @@
 /*
- * Small-M GEMM against a matrix packed once, for the recurrent steps:
- *   C[M, N] (ldc) += A[M, K] (lda) B[K, N]
- * with B packed by nn_pack_b into column panels of NN_NR: bp[(p K + k) NN_NR + j] =
- * B[k][p NN_NR + j], zero past N (B given as B[K][N] or, transB, as B^T[N][K] like W_hh).
- * The recurrent kernels pack W_hh once per sequence and call nn_gemm_packed at every step,
- * where sgemm repacks W_hh on every call (15 % of the LSTM forward here). The micro-kernel
- * keeps a tile of rows x NN_NR columns of C in registers; each C element sums its K products in
- * k order (FMA where the level has it), so results depend on the ISA level but never on the
- * thread count. The scalar reference path (nn_set_reference) uses nn_gemm instead.
+ * Our GEMM micro-kernel, C[M, N] (ldc) += A[M, K] B[K, N], with B in one of two forms:
+ * - packed by nn_pack_b into column panels of NN_NR: bp[(p K + k) NN_NR + j] =
+ *   B[k][p NN_NR + j], zero past N (B given as B[K][N] or, transB, as B^T[N][K] like W_hh).
+ *   The recurrent kernels pack W_hh once per sequence and call nn_gemm_packed at every step,
+ *   where sgemm repacked W_hh on every call (15 % of the LSTM forward here);
+ * - read in place, row k of B at base + boff[k] (nn_gemm_offset_rows): the direct convolution's
+ *   padded image (conv.c); A's rows may also sit at offsets (nn_gemm_offset_a).
+ * The micro-kernel keeps a tile of rows x NN_NR (or 2 NN_NR) columns of C in registers; each C
+ * element sums its K products in k order (FMA where the level has it), so results depend on
+ * the ISA level but never on the thread count. The scalar reference path (nn_set_reference)
+ * uses nn_gemm in nn_gemm_packed; the convolution keeps im2col + sgemm there.
  */
 #include <string.h>
 #include "nn_internal.h"
