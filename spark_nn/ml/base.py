@@ -117,8 +117,9 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         known_k = _label_metadata(dataset, lcol, num_classes)[1] if lcol is not None else None
         probe = dict(spec, vocabSize=spec.get("vocabSize") or 2) if spec["kind"] == "ids" else dict(spec)
         probe_net = self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job
+        start = None  # initialWeights, checked and converted before the pass when the network is known by now
         if self.isDefined(self.initialWeights) and known_k and (spec["kind"] != "ids" or spec.get("vocabSize")):
-            initial_weights(self.getOrDefault(self.initialWeights), probe_net)
+            start = initial_weights(self.getOrDefault(self.initialWeights), probe_net)
         sc = dataset.sparkSession.sparkContext
         checkpoint_dir = self.getOrDefault(self.checkpointDir)
         # the one pass over the data: rows checked, validation rows split off, blocks written
@@ -137,7 +138,8 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                 spec["vocabSize"] = (data.stats["max_id"] or 0) + 1
             net = self._network(spec, num_classes)
             if self.isDefined(self.initialWeights):
-                net.set_params(initial_weights(self.getOrDefault(self.initialWeights), net))
+                same = start is not None and net.config() == probe_net.config()
+                net.set_params(start if same else initial_weights(self.getOrDefault(self.initialWeights), net))
             if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             trainer = DistributedTrainer(
