@@ -137,6 +137,27 @@ static size_t direct_floats(const conv2d_shape *s, int nt) {
     return (size_t)nt * padded_floats(s) + (size_t)s->C * s->KH * s->KW;
 }
 
+/* Row offsets of the columns in the zero-padded image: row k = (c, kh, kw) starts at
+ * boff[k] = (c Hp + kh) Wp + kw. */
+static void padded_row_offsets(const conv2d_shape *s, int *boff) {
+    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
+    for (int k = 0; k < s->C * s->KH * s->KW; k++) {
+        int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
+        boff[k] = (c * Hp + kh) * Wp + kw;
+    }
+}
+
+/* One image x[C,H,W] into the interior of its zero-padded copy xp[C,Hp,Wp] (borders stay 0). */
+static void pad_image(const conv2d_shape *s, const float *x, float *xp) {
+    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
+    for (int c = 0; c < s->C; c++)
+        for (int h = 0; h < s->H; h++) {
+            float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
+            const float *r = x + ((size_t)c * s->H + h) * s->W;
+            for (int w = 0; w < s->W; w++) d[w] = r[w];
+        }
+}
+
 /* Stride-1 forward: on the zero-padded image, row k = (c, kh, kw) of the columns is the image
  * itself from offset (c Hp + kh) Wp + kw, for outputs laid out on the padded width; the packed
  * micro-kernel reads those rows directly (gemm_packed.c), no im2col. */
@@ -147,10 +168,7 @@ static void direct_forward(const conv2d_shape *s, const float *x, const float *w
     const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
     const int Q = (s->OH - 1) * Wp + s->OW, Qp = (Q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
     int *boff = (int *)(ws + (size_t)nt * ptf);
-    for (int k = 0; k < CKK; k++) {
-        int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
-        boff[k] = (c * Hp + kh) * Wp + kw;
-    }
+    padded_row_offsets(s, boff);
     int nti = nt > s->N ? s->N : nt;
 #pragma omp parallel num_threads(nti)
     {
@@ -159,13 +177,7 @@ static void direct_forward(const conv2d_shape *s, const float *x, const float *w
         for (size_t i = 0; i < (size_t)s->C * Hp * Wp + NN_PACK_NR; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
         for (int n = 0; n < s->N; n++) {
-            const float *xi = x + (size_t)n * xs;
-            for (int c = 0; c < s->C; c++)
-                for (int h = 0; h < s->H; h++) {
-                    float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
-                    const float *r = xi + ((size_t)c * s->H + h) * s->W;
-                    for (int w_ = 0; w_ < s->W; w_++) d[w_] = r[w_];
-                }
+            pad_image(s, x + (size_t)n * xs, xp);
             for (size_t i = 0; i < (size_t)OC * Qp; i++) ct[i] = 0.0f;
             nn_gemm_offset_rows(OC, Q, CKK, w, CKK, xp, boff, ct, Qp);
             float *yi = y + (size_t)n * ys;
@@ -276,10 +288,7 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
     float *dwt = ws + (size_t)nt * ptf;                /* [nchunks, CKK, OC] */
     float *dbp = dwt + (size_t)nchunks * CKK * OC;     /* [nchunks, OC] */
     int *boff = (int *)(dbp + (size_t)nchunks * OC);
-    for (int k = 0; k < CKK; k++) {
-        int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
-        boff[k] = (c * Hp + kh) * Wp + kw;
-    }
+    padded_row_offsets(s, boff);
     int ntc = nt > nchunks ? nchunks : nt;
 #pragma omp parallel num_threads(ntc)
     {
@@ -292,13 +301,8 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
             for (int oc = 0; oc < OC; oc++) dbp[(size_t)ch * OC + oc] = 0.0f;
             const int n1 = (ch + 1) * nb < s->N ? (ch + 1) * nb : s->N;
             for (int n = ch * nb; n < n1; n++) {
-                const float *xi = x + (size_t)n * xs, *dyi = dy + (size_t)n * ys;
-                for (int c = 0; c < C; c++)
-                    for (int h = 0; h < s->H; h++) {
-                        float *d = xp + ((size_t)c * Hp + h + s->PH) * Wp + s->PW;
-                        const float *r = xi + ((size_t)c * s->H + h) * s->W;
-                        for (int w_ = 0; w_ < s->W; w_++) d[w_] = r[w_];
-                    }
+                const float *dyi = dy + (size_t)n * ys;
+                pad_image(s, x + (size_t)n * xs, xp);
                 for (int p = 0; p * NR < OC; p++) /* dyp[(p Q + q) NR + j] = dy[p NR + j] at q */
                     for (int q = 0; q < Q; q++) {
                         float *dst = dyp + ((size_t)p * Q + q) * NR;
