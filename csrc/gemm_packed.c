@@ -36,92 +36,190 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
         }
 }
 
-/* NN_TILE(R, VT, NV, WID): rows [r, r + R) of one panel, R rows x WID columns (NV vectors of
- * type VT per row) of C in registers; packed panels are NN_NR wide (WID = NN_NR). */
-#define NN_TILE(R, VT, NV, WID)                                                                    \
-    for (; r + (R) <= M; r += (R)) {                                                               \
+/* NN_TILE(R, VT, NV, VW): rows [r, r + R) x NV vectors of VW floats of C in registers.
+ * Vector v's column of B at step k is bv[v] + ko, ko = boff[k] (in place) or k NN_NR (packed);
+ * bv[v] = bp + (v / vpp) pstride + (v % vpp) VW, vpp = NN_NR / VW vectors per panel, so one
+ * tile covers several panels: consecutive ones (pstride = K NN_NR) for a plain GEMM, or B's
+ * contiguous rows (pstride = NN_NR). The tile's NV * VW columns are C's next columns. */
+#define NN_TILE_ZERO(R, VT, NV)                                                                    \
         VT c[R][NV];                                                                               \
-        const float *ar[R]; /* A's rows: A + i lda, or A + aoff[i] */                              \
-        for (int i = 0; i < (R); i++) {                                                            \
-            ar[i] = aoff ? A + aoff[r + i] : A + (size_t)(r + i) * lda;                            \
-            for (int v = 0; v < (NV); v++) c[i][v] = (VT){0};                                      \
-        }                                                                                          \
-        for (int k = 0; k < K; k++) {                                                              \
-            /* the panel row in named vectors (an array of them would live on the stack) */       \
-            const float *brow = boff ? bp + boff[k] : bp + (size_t)k * NN_NR;                      \
-            VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                             \
-            memcpy(&b0, brow, sizeof b0);                                                          \
-            if ((NV) > 1) memcpy(&b1, brow + (WID) / (NV), sizeof b1);                             \
-            if ((NV) > 2) {                                                                        \
-                memcpy(&b2, brow + 2 * (WID) / (NV), sizeof b2);                                   \
-                memcpy(&b3, brow + 3 * (WID) / (NV), sizeof b3);                                   \
-            }                                                                                      \
-            for (int i = 0; i < (R); i++) {                                                        \
-                float a = ar[i][k];                                                                \
-                c[i][0] += a * b0;                                                                 \
-                if ((NV) > 1) c[i][1 % (NV)] += a * b1;                                            \
-                if ((NV) > 2) {                                                                    \
-                    c[i][2 % (NV)] += a * b2;                                                      \
-                    c[i][3 % (NV)] += a * b3;                                                      \
+        for (int i = 0; i < (R); i++)                                                              \
+            for (int v = 0; v < (NV); v++) c[i][v] = (VT){0};
+
+/* c[i][v] += sum over k < KK of A's row r + i (at AA + i LDA, or AA + AOFF[i]) times B_v. */
+#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, KK, BV, BOFF)                                          \
+        {                                                                                          \
+            const float *ar[R];                                                                    \
+            for (int i = 0; i < (R); i++)                                                          \
+                ar[i] = (AOFF) ? (AA) + (AOFF)[r + i] : (AA) + (size_t)(r + i) * (LDA);            \
+            for (int k = 0; k < (KK); k++) {                                                       \
+                /* B's vectors in named variables (an array of them would live on the stack) */   \
+                const size_t ko = (BOFF) ? (size_t)(BOFF)[k] : (size_t)k * NN_NR;                  \
+                VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                         \
+                memcpy(&b0, (BV)[0] + ko, sizeof b0);                                              \
+                if ((NV) > 1) memcpy(&b1, (BV)[1 % (NV)] + ko, sizeof b1);                         \
+                if ((NV) > 2) memcpy(&b2, (BV)[2 % (NV)] + ko, sizeof b2);                         \
+                if ((NV) > 3) memcpy(&b3, (BV)[3 % (NV)] + ko, sizeof b3);                         \
+                for (int i = 0; i < (R); i++) {                                                    \
+                    float a = ar[i][k];                                                            \
+                    c[i][0] += a * b0;                                                             \
+                    if ((NV) > 1) c[i][1 % (NV)] += a * b1;                                        \
+                    if ((NV) > 2) c[i][2 % (NV)] += a * b2;                                        \
+                    if ((NV) > 3) c[i][3 % (NV)] += a * b3;                                        \
                 }                                                                                  \
             }                                                                                      \
-        }                                                                                          \
+        }
+
+#define NN_TILE(R, VT, NV, VW)                                                                     \
+    for (; r + (R) <= M; r += (R)) {                                                               \
+        NN_TILE_ZERO(R, VT, NV)                                                                    \
+        NN_TILE_K(R, VT, NV, A, lda, aoff, K, bv, boff)                                            \
+        const int nc = ncols < (NV) * (VW) ? ncols : (NV) * (VW);                                  \
         for (int i = 0; i < (R); i++) {                                                            \
-            float out[WID];                                                                        \
+            float out[(NV) * (VW)];                                                                \
             memcpy(out, c[i], sizeof out);                                                         \
-            for (int j = 0; j < ncols; j++) C[(size_t)(r + i) * ldc + j] += out[j];                \
+            for (int j = 0; j < nc; j++) C[(size_t)(r + i) * ldc + j] += out[j];                \
         }                                                                                          \
     }
 
-/* Rows [0, M) of one panel: C[:, 0:ncols] += A bp_panel, in tiles of BIG rows (as many
+/* Rows [0, M) of NV * VW columns: C[:, 0:ncols] += A B, in tiles of BIG rows (as many
  * accumulators as the level's registers hold), then 4, 2, 1. */
-#define NN_PANEL_BODY(BIG, VT, NV, WID)                                                            \
+#define NN_PANEL_BODY(BIG, VT, NV, VW)                                                             \
     {                                                                                              \
+        const float *bv[NV];                                                                       \
+        for (int v = 0; v < (NV); v++)                                                             \
+            bv[v] = bp + (size_t)(v / (NN_NR / (VW))) * pstride + (v % (NN_NR / (VW))) * (VW);     \
         int r = 0;                                                                                 \
-        NN_TILE(BIG, VT, NV, WID)                                                                  \
-        NN_TILE(4, VT, NV, WID)                                                                    \
-        NN_TILE(2, VT, NV, WID)                                                                    \
-        NN_TILE(1, VT, NV, WID)                                                                    \
+        NN_TILE(BIG, VT, NV, VW)                                                                   \
+        NN_TILE(4, VT, NV, VW)                                                                     \
+        NN_TILE(2, VT, NV, VW)                                                                     \
+        NN_TILE(1, VT, NV, VW)                                                                     \
     }
 
-/* A's row i: A + i lda, or A + aoff[i]; B's row k of the panel: bp + k NN_NR (packed), or
- * bp + boff[k] (rows of one array). */
+/* A's row i: A + i lda, or A + aoff[i]; B: see NN_TILE. */
 #define NN_PANEL_PARAMS                                                                            \
-    (int M, int K, const float *A, int lda, const int *aoff, const float *bp, const int *boff, float *C,  \
-     int ldc, int ncols)
+    (int M, int K, const float *A, int lda, const int *aoff, const float *bp, size_t pstride,      \
+     const int *boff, float *C, int ldc, int ncols)
+#define NN_PANEL_ARGS (M, K, A, lda, aoff, bp, pstride, boff, C, ldc, ncols)
 
+/* panels(np, ...): C[:, 0:ncols] += A B over up to np panels (np * NN_NR columns); returns how
+ * many panels this level's widest tile for np took. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
-/* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512: 8 rows x
- * one zmm; AVX2: 6 rows x two ymm (12 of its 16 registers). */
-__attribute__((target("avx512f"), optimize("fp-contract=fast"))) static void panel_avx512 NN_PANEL_PARAMS
-NN_PANEL_BODY(8, nn_v16, 1, NN_NR)
+/* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512 has two
+ * loads per cycle for its two FMAs: a tile of 8 rows x one zmm (9 loads per 8 FMAs) is bound
+ * by its loads; 8 rows x three zmm (11 per 24) measured best here (LSTM backward step 6.2 ->
+ * 5.6 ms, conv 32->64 backward 3.7 -> 3.3 ms), ahead of 8 x 2, 12 x 2 and 6 x 4. AVX2: 6 rows
+ * x two ymm (12 of its 16 registers; 8 loads per 12 FMAs). */
+#define NN_FMA __attribute__((target("avx512f"), optimize("fp-contract=fast")))
+NN_FMA static void panel3_avx512 NN_PANEL_PARAMS NN_PANEL_BODY(8, nn_v16, 3, 16)
+NN_FMA static void panel2_avx512 NN_PANEL_PARAMS NN_PANEL_BODY(8, nn_v16, 2, 16)
+NN_FMA static void panel1_avx512 NN_PANEL_PARAMS NN_PANEL_BODY(8, nn_v16, 1, 16)
 __attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) static void panel_avx2 NN_PANEL_PARAMS
-NN_PANEL_BODY(6, nn_v8, 2, NN_NR)
-static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4, NN_NR)
-static void panel NN_PANEL_PARAMS {
+NN_PANEL_BODY(6, nn_v8, 2, 8)
+static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4, 4)
+static int panels(int np, int M, int K, const float *A, int lda, const int *aoff, const float *bp,
+                  size_t pstride, const int *boff, float *C, int ldc, int ncols) {
     int isa = nn_isa();
-    if (isa == NN_ISA_AVX512) panel_avx512(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
-    else if (isa == NN_ISA_AVX2) panel_avx2(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
-    else panel_base(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
+    if (isa == NN_ISA_AVX512) {
+        if (np >= 3) return panel3_avx512 NN_PANEL_ARGS, 3;
+        if (np == 2) return panel2_avx512 NN_PANEL_ARGS, 2;
+        return panel1_avx512 NN_PANEL_ARGS, 1;
+    }
+    if (isa == NN_ISA_AVX2) return panel_avx2 NN_PANEL_ARGS, 1;
+    return panel_base NN_PANEL_ARGS, 1;
 }
-/* Wide panels for B read in place (boff), AVX-512 only: twice the columns, so each broadcast
- * of A feeds two zmm (8 rows x 2 = 16 accumulators; conv 32->64 forward 2.0 -> 1.6 ms). AVX2
- * has too few registers for it (3 rows x four ymm measured 45 % slower than its 6 x 2). */
-__attribute__((target("avx512f"), optimize("fp-contract=fast"))) static void wide_avx512 NN_PANEL_PARAMS
-NN_PANEL_BODY(8, nn_v16, 2, 2 * NN_NR)
-/* 2 NN_NR columns from bp + boff[k]; 0 when this level has no wide panel. */
-static int wide_panel NN_PANEL_PARAMS {
-    if (nn_isa() != NN_ISA_AVX512) return 0;
-    wide_avx512(M, K, A, lda, aoff, bp, boff, C, ldc, ncols);
-    return 1;
-}
+/* Gate tiles: for recurrent cells whose update needs each hidden unit's NG gate sums together,
+ * over two products at once: x_t W_ih^T + h_{t-1} W_hh^T. Each W[NG H, K] is packed per gate
+ * (nn_pack_gates): gate g's panel of units [u, u + NN_NR) at wp + (g P + u / NN_NR) K NN_NR,
+ * P = panels per gate. A tile holds R rows x NG vectors of VW units (one per gate, same units),
+ * runs the K1 steps of the first product and the K2 of the second into the same registers
+ * and hands the tile's sums to the epilogue, which finishes the cell for those units. */
+#define NN_GATE_TILE(R, VT, NG, VW)                                                                \
+    for (; r + (R) <= M; r += (R)) {                                                               \
+        NN_TILE_ZERO(R, VT, NG)                                                                    \
+        NN_TILE_K(R, VT, NG, A1, lda1, noff, K1, bv1, noff)                                        \
+        NN_TILE_K(R, VT, NG, A2, lda2, noff, K2, bv2, noff)                                        \
+        float acc[(R) * (NG) * (VW)];                                                              \
+        memcpy(acc, c, sizeof acc);                                                                \
+        epi(ctx, r, R, u0, nc, acc, VW);                                                           \
+    }
+#define NN_GATES_BODY(BIG, VT, NG, VW)                                                             \
+    {                                                                                              \
+        const int *noff = NULL;                                                                    \
+        const int P = (H + NN_NR - 1) / NN_NR;                                                     \
+        for (int u0 = 0; u0 < H; u0 += (VW)) {                                                     \
+            const int nc = H - u0 < (VW) ? H - u0 : (VW);                                          \
+            const float *bv1[NG], *bv2[NG];                                                        \
+            for (int g = 0; g < (NG); g++) {                                                       \
+                size_t at = ((size_t)g * P + u0 / NN_NR) * NN_NR;                                  \
+                bv1[g] = wp1 + at * K1 + u0 % NN_NR;                                               \
+                bv2[g] = wp2 + at * K2 + u0 % NN_NR;                                               \
+            }                                                                                      \
+            int r = 0;                                                                             \
+            NN_GATE_TILE(BIG, VT, NG, VW)                                                          \
+            NN_GATE_TILE(2, VT, NG, VW)                                                            \
+            NN_GATE_TILE(1, VT, NG, VW)                                                            \
+        }                                                                                          \
+    }
+#define NN_GATES_PARAMS                                                                            \
+    (int M, int H, int K1, const float *A1, int lda1, const float *wp1, int K2, const float *A2,   \
+     int lda2, const float *wp2, nn_gate_epilogue epi, void *ctx)
+#define NN_GATES_ARGS (M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx)
+
+/* 4 gates, AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
+ * registers hold 3 rows x 4 ymm; measured, that tile plus the cells in its epilogue took the
+ * LSTM forward from 3.9 to 4.5 ms, so AVX2 keeps the input projection as one sgemm, the steps
+ * on its 6 x 2 panels and the cells as a pass of their own. */
+NN_FMA static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4, 16)
+#define NN_HAVE_GATE_TILES 1
+
 #else
-static void panel NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4, NN_NR)
-static int wide_panel NN_PANEL_PARAMS {
-    (void)M, (void)K, (void)A, (void)lda, (void)aoff, (void)bp, (void)boff, (void)C, (void)ldc, (void)ncols;
-    return 0;
+static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4, 4)
+static int panels(int np, int M, int K, const float *A, int lda, const int *aoff, const float *bp,
+                  size_t pstride, const int *boff, float *C, int ldc, int ncols) {
+    (void)np;
+    return panel_base NN_PANEL_ARGS, 1;
 }
 #endif
+
+size_t nn_gates_packed_size(int NG, int K, int H) { return (size_t)NG * nn_packed_size(K, H); }
+
+void nn_pack_gates(int NG, int K, int H, const float *W, int ldw, float *wp) {
+    for (int g = 0; g < NG; g++)
+        nn_pack_b(1, K, H, W + (size_t)g * H * ldw, ldw, wp + (size_t)g * nn_packed_size(K, H));
+}
+
+int nn_gate_tiles(int NG) {
+#ifdef NN_HAVE_GATE_TILES
+    return NG == 4 && nn_isa() == NN_ISA_AVX512 && !nn_get_reference();
+#else
+    (void)NG;
+    return 0;
+#endif
+}
+
+void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, const float *wp1, int K2,
+                   const float *A2, int lda2, const float *wp2, nn_gate_epilogue epi, void *ctx) {
+#ifdef NN_HAVE_GATE_TILES
+    if (M > 0 && H > 0 && K1 >= 0 && K2 >= 0 && NG == 4)
+        gates4_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
+#else
+    (void)NG, (void)M, (void)H, (void)K1, (void)A1, (void)lda1, (void)wp1, (void)K2, (void)A2;
+    (void)lda2, (void)wp2, (void)epi, (void)ctx;
+#endif
+}
+
+/* C[M, 0:N] += A B over B's panels (packed: pstride = K NN_NR; in place: NN_NR). */
+static void gemm_panels(int M, int N, int K, const float *A, int lda, const int *aoff, const float *bp,
+                        size_t pstride, const int *boff, float *C, int ldc) {
+    int p = 0;
+    const int np = (N + NN_NR - 1) / NN_NR;
+    while (p < np) {
+        int q = p * NN_NR, rest = N - q;
+        p += panels(np - p, M, K, A, lda, aoff, bp + (size_t)p * pstride, pstride, boff, C + q, ldc,
+                    rest);
+    }
+}
 
 void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bp, float *C, int ldc) {
@@ -130,28 +228,15 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
         nn_gemm(0, transB, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
         return;
     }
-    for (int p = 0; p * NN_NR < N; p++) {
-        int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
-        panel(M, K, A, lda, NULL, bp + (size_t)p * K * NN_NR, NULL, C + p * NN_NR, ldc, ncols);
-    }
+    gemm_panels(M, N, K, A, lda, NULL, bp, (size_t)K * NN_NR, NULL, C, ldc);
 }
 
 void nn_gemm_offset_a(int M, int N, int K, const float *A, const int *aoff, const float *bp, float *C,
                       int ldc) {
-    for (int p = 0; p * NN_NR < N; p++) {
-        int ncols = N - p * NN_NR < NN_NR ? N - p * NN_NR : NN_NR;
-        panel(M, K, A, 0, aoff, bp + (size_t)p * K * NN_NR, NULL, C + p * NN_NR, ldc, ncols);
-    }
+    gemm_panels(M, N, K, A, 0, aoff, bp, (size_t)K * NN_NR, NULL, C, ldc);
 }
 
 void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const float *base, const int *boff,
                          float *C, int ldc) {
-    int q = 0;
-    while (N - q > NN_NR && wide_panel(M, K, A, lda, NULL, base + q, boff, C + q, ldc,
-                                       N - q < 2 * NN_NR ? N - q : 2 * NN_NR))
-        q += 2 * NN_NR;
-    for (; q < N; q += NN_NR) {
-        int ncols = N - q < NN_NR ? N - q : NN_NR;
-        panel(M, K, A, lda, NULL, base + q, boff, C + q, ldc, ncols);
-    }
+    gemm_panels(M, N, K, A, lda, NULL, base, NN_NR, boff, C, ldc);
 }

@@ -10,16 +10,21 @@
  *   backward: dhs[N,T,H], dcT[N,H] or NULL (gradient of the last cell state)
  *             -> dx[N,T,D] (NULL to skip), dh0, dc0 (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
  * Blocks of batch rows run the whole sequence independently (see rnn.c).
- * Forward workspace: w_hh packed for the steps' GEMMs (lstm_forward_workspace_size).
+ * Forward, where nn_gate_tiles(4) (AVX-512): each step is one nn_gemm_gates over x_t and h_{t-1}
+ * against w_ih and w_hh packed once per call, the cell update in its epilogue while the step's
+ * gate sums are in registers; elsewhere the input projection is one GEMM per block, each step
+ * one nn_gemm_packed, then a pass of the cells.
+ * Forward workspace: w_ih and w_hh packed, and b_ih + b_hh (lstm_forward_workspace_size).
  * Backward workspace: dgates[N,T,4H] + hprev[N,T,H] + dhn[N,H] + dcn[N,H] + packed w_hh.
  */
 #include <string.h>
 #include "nn_internal.h"
 
-/* One time step of one row: g holds the pre-activations a (i,f,g,o) and gets the gates. */
-NN_CELL void cell_forward(int H, float *restrict g, const float *restrict cp, float *restrict c,
-                          float *restrict h, const int has_prev) {
-    for (int j = 0; j < H; j++) {
+/* One time step of n units of one row: g holds the pre-activations a (i,f,g,o, H apart) and
+ * gets the gates. */
+NN_CELL void cell_forward(int n, int H, float *restrict g, const float *restrict cp,
+                          float *restrict c, float *restrict h, const int has_prev) {
+    for (int j = 0; j < n; j++) {
         float i = nn_sigmoid(g[j]), f = nn_sigmoid(g[H + j]);
         float gg = nn_tanh(g[2 * H + j]), o = nn_sigmoid(g[3 * H + j]);
         g[j] = i;
@@ -65,8 +70,40 @@ NN_MULTI_VOID(lstm_cells_forward, (int r0, int r1, int t, int T, int H, const fl
             for (int j = 0; j < G; j++) g[j] = 0.0f;
             nn_carry_row(H, c, cp);
             nn_carry_row(H, h, t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL));
-        } else if (cp) cell_forward(H, g, cp, c, h, 1);
-        else cell_forward(H, g, NULL, c, h, 0);
+        } else if (cp) cell_forward(H, H, g, cp, c, h, 1);
+        else cell_forward(H, H, g, NULL, c, h, 0);
+    }
+})
+
+/* The step's GEMM epilogue (nn_gemm_gates): units [u0, u0 + nc) of row r0 + row at step t. */
+struct lstm_step {
+    int T, H, t, r0;
+    const float *bias, *h0, *c0; /* bias: b_ih + b_hh */
+    const int32_t *spans;
+    float *gates, *cs, *hs;
+};
+NN_MULTI_VOID(lstm_step_epilogue, (void *ctx, int row, int nrows, int u0, int nc, const float *acc,
+                                   int vw), (ctx, row, nrows, u0, nc, acc, vw), {
+    const struct lstm_step *s = ctx;
+    const int H = s->H, t = s->t;
+    for (int i = 0; i < nrows; i++, acc += 4 * vw) {
+        const int n = s->r0 + row + i;
+        const size_t at = (size_t)n * s->T + t;
+        float *g = s->gates + at * 4 * H + u0, *c = s->cs + at * H + u0, *h = s->hs + at * H + u0;
+        const float *cp = t > 0 ? c - H : (s->c0 ? s->c0 + (size_t)n * H + u0 : NULL);
+        if (!nn_step_is_data(s->spans, n, t)) {
+            for (int q = 0; q < 4; q++)
+                for (int j = 0; j < nc; j++) g[q * H + j] = 0.0f;
+            nn_carry_row(nc, c, cp);
+            nn_carry_row(nc, h, t > 0 ? h - H : (s->h0 ? s->h0 + (size_t)n * H + u0 : NULL));
+            continue;
+        }
+        for (int q = 0; q < 4; q++)
+            for (int j = 0; j < nc; j++) g[q * H + j] = s->bias[q * H + u0 + j] + acc[q * vw + j];
+        /* whole vectors with a constant count: one pass without a loop around it */
+        if (cp && nc == 16) cell_forward(16, H, g, cp, c, h, 1);
+        else if (cp) cell_forward(nc, H, g, cp, c, h, 1);
+        else cell_forward(nc, H, g, NULL, c, h, 0);
     }
 })
 
@@ -89,7 +126,9 @@ NN_MULTI_VOID(lstm_cells_backward, (int r0, int r1, int t, int T, int H, const f
     }
 })
 
-size_t lstm_forward_workspace_size(int H) { return nn_packed_size(H, 4 * H); }
+size_t lstm_forward_workspace_size(int D, int H) {
+    return nn_gates_packed_size(4, D, H) + nn_gates_packed_size(4, H, H) + 4 * (size_t)H;
+}
 
 size_t lstm_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (5 * (size_t)T + 2) + nn_packed_size(4 * H, H);
@@ -100,29 +139,48 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *span
                  const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
                  float *hs, float *cs, float *gates, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
-    if (ws_len < lstm_forward_workspace_size(H)) return NN_EWORKSPACE;
+    if (ws_len < lstm_forward_workspace_size(D, H)) return NN_EWORKSPACE;
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
-    float *wp = ws; /* w_hh packed once for every step's GEMM */
-    nn_pack_b(1, H, G, w_hh, H, wp);
+    /* AVX-512: w_ih and w_hh packed per gate for the fused steps; else w_hh for nn_gemm_packed */
+    const int fused = nn_gate_tiles(4);
+    float *wpi = ws, *wph = wpi + nn_gates_packed_size(4, D, H), *bias = wph + nn_gates_packed_size(4, H, H);
+    for (int j = 0; j < G; j++) bias[j] = b_ih[j] + b_hh[j];
+    if (fused) {
+        nn_pack_gates(4, D, H, w_ih, D, wpi);
+        nn_pack_gates(4, H, H, w_hh, H, wph);
+    } else if (!nn_get_reference())
+        nn_pack_b(1, H, G, w_hh, H, wph);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
-        if (nr > 0) {
+        if (nr > 0 && fused) {
+            /* each step one pass: x_t w_ih^T + h_{t-1} w_hh^T in registers, the cells in the
+             * epilogue; the input projection as one sgemm over all steps wrote and reread 4H
+             * floats per row and step through memory (a block's gates outgrow the L2 cache) */
+            struct lstm_step s = {T, H, 0, r0, bias, h0, c0, spans, gates, cs, hs};
+            for (int t = 0; t < T; t++) {
+                const float *hp = t > 0 ? hs + (size_t)r0 * ldh + (size_t)(t - 1) * H
+                                        : h0 ? h0 + (size_t)r0 * H : NULL;
+                s.t = t;
+                nn_gemm_gates(4, nr, H, D, x + ((size_t)r0 * T + t) * D, T * D, wpi, hp ? H : 0,
+                              hp ? hp : x, t > 0 ? ldh : H, wph, lstm_step_epilogue, &s);
+            }
+        } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *gr = gates + (size_t)r0 * ldg;
             for (size_t i = 0; i < (size_t)nr * T; i++)
-                for (int j = 0; j < G; j++) gr[i * G + j] = b_ih[j] + b_hh[j];
+                for (int j = 0; j < G; j++) gr[i * G + j] = bias[j];
             nn_gemm(0, 1, nr * T, G, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, gr, G);
             for (int t = 0; t < T; t++) {
                 float *gt = gr + (size_t)t * G;
                 if (t > 0)
-                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H, wp,
-                                   gt, ldg);
+                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H,
+                                   wph, gt, ldg);
                 else if (h0)
-                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wp, gt, ldg);
+                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, gt, ldg);
                 lstm_cells_forward(r0, r1, t, T, H, h0, c0, spans, gates, cs, hs);
             }
         }

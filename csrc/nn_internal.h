@@ -197,6 +197,19 @@ void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const flo
 void nn_gemm_offset_a(int M, int N, int K, const float *A, const int *aoff, const float *bp, float *C,
                       int ldc);
 
+/* Recurrent steps with the cell in the GEMM's epilogue (nn_gemm_gates): rows [0, M) of
+ * A1[M, K1] (lda1) W1^T + A2[M, K2] (lda2) W2^T (x_t W_ih^T + h_{t-1} W_hh^T), each W[NG H, K]
+ * packed per gate by nn_pack_gates into nn_gates_packed_size(NG, K, H) floats (NG = 4 only,
+ * LSTM, where nn_gate_tiles says so; K2 = 0 skips the second product). For rows [row, row + nrows) and units [u0, u0 + nc),
+ * epi gets the NG gate sums as acc[(i NG + g) vw + j] and finishes those units' cell update. */
+typedef void (*nn_gate_epilogue)(void *ctx, int row, int nrows, int u0, int nc, const float *acc,
+                                 int vw);
+int nn_gate_tiles(int NG); /* 1 where this level has them (AVX-512, not the reference path) */
+size_t nn_gates_packed_size(int NG, int K, int H);
+void nn_pack_gates(int NG, int K, int H, const float *W, int ldw, float *wp);
+void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, const float *wp1, int K2,
+                   const float *A2, int lda2, const float *wp2, nn_gate_epilogue epi, void *ctx);
+
 /* Sizes that must fit an int for BLAS and be positive. */
 static inline int nn_dims_ok(long long a, long long b, long long c) {
     return a > 0 && b > 0 && c > 0 && a * b <= 0x7fffffffLL && b * c <= 0x7fffffffLL &&

@@ -63,7 +63,7 @@ cdef extern from "nn_kernels.h" nogil:
                      const float *w_ih, const float *w_hh, const float *hs, const float *dhs,
                      float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih,
                      float *db_hh, float *ws, size_t ws_len)
-    size_t lstm_forward_workspace_size(int H)
+    size_t lstm_forward_workspace_size(int D, int H)
     size_t lstm_backward_workspace_size(int N, int T, int H)
     int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *c0, const float *w_ih, const float *w_hh, const float *b_ih,
@@ -347,8 +347,8 @@ def rnn_bwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, d
     check(rc, "rnn_backward")
 
 
-def lstm_ws_size(int N, int T, int H):
-    return lstm_forward_workspace_size(H), lstm_backward_workspace_size(N, T, H)
+def lstm_ws_size(int N, int T, int D, int H):
+    return lstm_forward_workspace_size(D, H), lstm_backward_workspace_size(N, T, H)
 
 
 def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, ws):

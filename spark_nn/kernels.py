@@ -353,7 +353,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None, spans=None):
     cs = np.empty((n, t, h), dtype=F32)
     gates = np.empty((n, t, g), dtype=F32)
     spans = check_spans(spans, n, t)
-    ws = _workspace(_kernels.lstm_ws_size(n, t, h)[0])
+    ws = _workspace(_kernels.lstm_ws_size(n, t, d, h)[0])
     _kernels.lstm_fwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, ws)
     return hs, cs, gates
 
@@ -371,7 +371,7 @@ def lstm_backward(x, w_ih, w_hh, hs, cs, gates, dhs, h0=None, c0=None, dcT=None,
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
     out["dc0"] = np.empty((n, h), dtype=F32)
     spans = check_spans(spans, n, t)
-    ws = _workspace(_kernels.lstm_ws_size(n, t, h)[1])
+    ws = _workspace(_kernels.lstm_ws_size(n, t, d, h)[1])
     _kernels.lstm_bwd(n, t, d, h, x, spans, h0, c0, w_ih, w_hh, hs, cs, gates, dhs, dcT, out["dx"],
                       out["dh0"], out["dc0"], out["dw_ih"], out["dw_hh"], out["db_ih"],
                       out["db_hh"], ws)

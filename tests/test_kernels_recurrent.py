@@ -6,7 +6,7 @@ from gradcheck import assert_close, check_directional, t64, weighted_sum
 from spark_nn import kernels as K
 
 # (N, T, D, H): batch 1, sequence length 1, hidden sizes not multiples of 8
-SHAPES = [(1, 1, 1, 1), (3, 5, 4, 7), (2, 9, 3, 13), (8, 3, 10, 5), (5, 1, 6, 3), (17, 12, 8, 33)]
+SHAPES = [(1, 1, 1, 1), (3, 5, 4, 7), (2, 9, 3, 13), (8, 3, 10, 5), (5, 1, 6, 3), (17, 12, 8, 33), (40, 6, 17, 32)]
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
 
