@@ -5,9 +5,12 @@
  *   backward: dy[N,OC,OH,OW] -> dx[N,C,H,W] (NULL to skip), dw[OC,C,KH,KW], db[OC] (NULL to skip)
  *
  * Stride 1 (direct_forward, direct_backward): no im2col. On a zero-padded copy of the image,
- * row k = (c, kh, kw) of the columns is the image itself from an offset, for outputs laid out
- * on the padded width, so the micro-kernel of gemm_packed.c reads the rows in place; dx is the
- * forward of dy with the flipped, transposed weights.
+ * column k = (c, kh, kw) of output position p = (oh, ow) is the padded image at
+ * poff[p] + koff[k] (poff[p] = oh Wp + ow, koff[k] = (c Hp + kh) Wp + kw), so the micro-kernel
+ * of gemm_packed.c reads it in place: y^T[p, oc] = sum_k X(p, k) w^T[k, oc], with the output
+ * positions as the tile's rows and the weights packed once per call, stored transposed into
+ * y[oc, p]. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] the same way; dx is the forward of dy with
+ * the flipped, transposed weights.
  * Other strides, tiny layers (fewer than NN_DIRECT_MIN_CKK column rows) and the scalar
  * reference path: im2col + sgemm. Work is cut into chunks of nb whole images (nb fixed by the
  * shape alone). Each thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one
@@ -54,12 +57,9 @@ static int chunk_images(const conv2d_shape *s) {
     return (s->N + nchunks - 1) / nchunks; /* even out the chunks */
 }
 
-/* Stride 1 forward: the zero-padded image [C, Hp, Wp] (+ one panel of slack) and the output
- * computed on the padded width, [OC, panels of (OH - 1) Wp + OW columns]. */
+/* Stride 1: the zero-padded image [C, Hp, Wp], one per thread. */
 static size_t padded_floats(const conv2d_shape *s) {
-    size_t hp = (size_t)s->H + 2 * s->PH, wp = (size_t)s->W + 2 * s->PW;
-    size_t q = (size_t)(s->OH - 1) * wp + s->OW, qp = (q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
-    return (size_t)s->C * hp * wp + NN_PACK_NR + (size_t)s->OC * qp;
+    return (size_t)s->C * (s->H + 2 * s->PH) * (s->W + 2 * s->PW);
 }
 
 static size_t per_thread_floats(const conv2d_shape *s, int nb) {
@@ -132,19 +132,22 @@ static int direct_forward_ok(const conv2d_shape *s) {
            padded + 2 * NN_PACK_NR < 0x7fffffffLL;
 }
 
-/* Floats direct_forward needs: per thread padded_floats, then the row offsets (ints). */
+/* Floats direct_forward needs: per thread padded_floats, then w^T packed, the column offsets
+ * koff (ints) and the position offsets poff (ints). */
 static size_t direct_floats(const conv2d_shape *s, int nt) {
-    return (size_t)nt * padded_floats(s) + (size_t)s->C * s->KH * s->KW;
+    const int CKK = s->C * s->KH * s->KW;
+    return (size_t)nt * padded_floats(s) + nn_packed_size(CKK, s->OC) + CKK + (size_t)s->OH * s->OW;
 }
 
-/* Row offsets of the columns in the zero-padded image: row k = (c, kh, kw) starts at
- * boff[k] = (c Hp + kh) Wp + kw. */
-static void padded_row_offsets(const conv2d_shape *s, int *boff) {
+/* Column k = (c, kh, kw) of output position p = (oh, ow) sits at koff[k] + poff[p] in the
+ * zero-padded image: koff[k] = (c Hp + kh) Wp + kw, poff[p] = oh Wp + ow. */
+static void padded_offsets(const conv2d_shape *s, int *koff, int *poff) {
     const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
     for (int k = 0; k < s->C * s->KH * s->KW; k++) {
         int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
-        boff[k] = (c * Hp + kh) * Wp + kw;
+        koff[k] = (c * Hp + kh) * Wp + kw;
     }
+    for (int p = 0; p < s->OH * s->OW; p++) poff[p] = (p / s->OW) * Wp + p % s->OW;
 }
 
 /* One image x[C,H,W] into the interior of its zero-padded copy xp[C,Hp,Wp] (borders stay 0). */
@@ -158,37 +161,32 @@ static void pad_image(const conv2d_shape *s, const float *x, float *xp) {
         }
 }
 
-/* Stride-1 forward: on the zero-padded image, row k = (c, kh, kw) of the columns is the image
- * itself from offset (c Hp + kh) Wp + kw, for outputs laid out on the padded width; the packed
- * micro-kernel reads those rows directly (gemm_packed.c), no im2col. */
+/* Stride-1 forward: y^T[p, oc] = X(p, k) w^T[k, oc] with X read in place from the zero-padded
+ * image (padded_offsets) and w^T packed once; the tiles store into y[oc, p] directly. Only
+ * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
+ * work: a third at 4x4 images). */
 static void direct_forward(const conv2d_shape *s, const float *x, const float *w, const float *b, float *y,
                            float *ws, int nt) {
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW, ptf = padded_floats(s);
-    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
-    const int Q = (s->OH - 1) * Wp + s->OW, Qp = (Q + NN_PACK_NR - 1) / NN_PACK_NR * NN_PACK_NR;
-    int *boff = (int *)(ws + (size_t)nt * ptf);
-    padded_row_offsets(s, boff);
+    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW, pad = padded_floats(s);
+    float *wp = ws + (size_t)nt * pad;
+    int *koff = (int *)(wp + nn_packed_size(CKK, OC)), *poff = koff + CKK;
+    nn_pack_b(1, CKK, OC, w, CKK, wp);
+    padded_offsets(s, koff, poff);
     int nti = nt > s->N ? s->N : nt;
 #pragma omp parallel num_threads(nti)
     {
-        float *xp = ws + (size_t)NN_THREAD_ID() * ptf;
-        float *ct = xp + (size_t)s->C * Hp * Wp + NN_PACK_NR;
-        for (size_t i = 0; i < (size_t)s->C * Hp * Wp + NN_PACK_NR; i++) xp[i] = 0.0f; /* borders */
+        float *xp = ws + (size_t)NN_THREAD_ID() * pad;
+        for (size_t i = 0; i < pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
         for (int n = 0; n < s->N; n++) {
             pad_image(s, x + (size_t)n * xs, xp);
-            for (size_t i = 0; i < (size_t)OC * Qp; i++) ct[i] = 0.0f;
-            nn_gemm_offset_rows(OC, Q, CKK, w, CKK, xp, boff, ct, Qp);
             float *yi = y + (size_t)n * ys;
             for (int oc = 0; oc < OC; oc++) {
-                float bias = b ? b[oc] : 0.0f;
-                for (int oh = 0; oh < s->OH; oh++) {
-                    const float *src = ct + (size_t)oc * Qp + (size_t)oh * Wp;
-                    float *dst = yi + (size_t)oc * OHW + (size_t)oh * s->OW;
-                    for (int ow = 0; ow < s->OW; ow++) dst[ow] = src[ow] + bias;
-                }
+                const float bias = b ? b[oc] : 0.0f;
+                for (int p = 0; p < OHW; p++) yi[(size_t)oc * OHW + p] = bias;
             }
+            nn_gemm_offsets(OHW, OC, CKK, xp, poff, koff, wp, yi, OHW, 1);
         }
     }
 }
@@ -246,15 +244,14 @@ static int direct_backward_ok(const conv2d_shape *s) {
     return direct_forward_ok(&t);
 }
 
-/* direct_backward's floats: per thread the padded image and dy packed on the padded width
- * (transposed, panels over OC); per chunk dw^T and db partials; the row offsets (ints); then,
- * reusing it all, the flipped weights and direct_forward's workspace for dx. */
+/* direct_backward's floats: per thread the padded image and dy^T packed (panels over OC); per
+ * chunk dw^T and db partials; the offsets (ints); then, reusing it all, the flipped weights and
+ * direct_forward's workspace for dx. */
 static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
-    const size_t hp = (size_t)s->H + 2 * s->PH, wp = (size_t)s->W + 2 * s->PW;
-    const size_t q = (size_t)(s->OH - 1) * wp + s->OW, ckk = (size_t)s->C * s->KH * s->KW;
+    const size_t ckk = (size_t)s->C * s->KH * s->KW, ohw = (size_t)s->OH * s->OW;
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
-    size_t grads = (size_t)nt * (s->C * hp * wp + NN_PACK_NR + nn_packed_size((int)q, s->OC)) +
-                   (size_t)nchunks * (ckk * s->OC + s->OC) + ckk;
+    size_t grads = (size_t)nt * (padded_floats(s) + nn_packed_size((int)ohw, s->OC)) +
+                   (size_t)nchunks * (ckk * s->OC + s->OC) + ckk + ohw;
     conv2d_shape t = dx_shape(s);
     size_t dx = (size_t)s->OC * ckk + direct_floats(&t, nt);
     return grads > dx ? grads : dx;
@@ -274,21 +271,20 @@ size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
     return gemm > direct ? gemm : direct;
 }
 
-/* Stride-1 backward without im2col. dw^T[CKK, OC] = X dy^T, where X's row k is the padded image
- * from offset boff[k] (as in direct_forward) and dy is packed on the padded width with zeros in
- * the columns past OW; one partial per chunk of images, summed in chunk order (deterministic
- * for any thread count). dx: a direct forward of dy with the flipped, transposed weights. */
+/* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc], X read in place
+ * from the padded image (as in direct_forward) and dy^T packed per image; one partial per
+ * chunk of images, summed in chunk order (deterministic for any thread count). dx: a direct
+ * forward of dy with the flipped, transposed weights. */
 static void direct_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy, float *dx,
                             float *dw, float *db, float *ws, int nt) {
-    const int OC = s->OC, C = s->C, CKK = C * s->KH * s->KW, OHW = s->OH * s->OW, NR = NN_PACK_NR;
-    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW, Q = (s->OH - 1) * Wp + s->OW;
+    const int OC = s->OC, C = s->C, CKK = C * s->KH * s->KW, OHW = s->OH * s->OW;
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const size_t xs = (size_t)C * s->H * s->W, ys = (size_t)OC * OHW;
-    const size_t pad = (size_t)C * Hp * Wp + NR, ptf = pad + nn_packed_size(Q, OC);
+    const size_t pad = padded_floats(s), ptf = pad + nn_packed_size(OHW, OC);
     float *dwt = ws + (size_t)nt * ptf;                /* [nchunks, CKK, OC] */
     float *dbp = dwt + (size_t)nchunks * CKK * OC;     /* [nchunks, OC] */
-    int *boff = (int *)(dbp + (size_t)nchunks * OC);
-    padded_row_offsets(s, boff);
+    int *koff = (int *)(dbp + (size_t)nchunks * OC), *poff = koff + CKK;
+    padded_offsets(s, koff, poff);
     int ntc = nt > nchunks ? nchunks : nt;
 #pragma omp parallel num_threads(ntc)
     {
@@ -303,17 +299,8 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
             for (int n = ch * nb; n < n1; n++) {
                 const float *dyi = dy + (size_t)n * ys;
                 pad_image(s, x + (size_t)n * xs, xp);
-                for (int p = 0; p * NR < OC; p++) /* dyp[(p Q + q) NR + j] = dy[p NR + j] at q */
-                    for (int q = 0; q < Q; q++) {
-                        float *dst = dyp + ((size_t)p * Q + q) * NR;
-                        const int oh = q / Wp, ow = q % Wp;
-                        for (int j = 0; j < NR; j++) {
-                            const int oc = p * NR + j;
-                            dst[j] = oc < OC && ow < s->OW
-                                         ? dyi[(size_t)oc * OHW + (size_t)oh * s->OW + ow] : 0.0f;
-                        }
-                    }
-                nn_gemm_offset_a(CKK, OC, Q, xp, boff, dyp, part, OC);
+                nn_pack_b(1, OHW, OC, dyi, OHW, dyp); /* dy^T[p, oc] */
+                nn_gemm_offsets(CKK, OC, OHW, xp, koff, poff, dyp, part, OC, 0);
                 for (int oc = 0; oc < OC; oc++) {
                     double acc = 0.0;
                     for (int i = 0; i < OHW; i++) acc += dyi[(size_t)oc * OHW + i];

@@ -1,15 +1,18 @@
 /*
- * Our GEMM micro-kernel, C[M, N] (ldc) += A[M, K] B[K, N], with B in one of two forms:
- * - packed by nn_pack_b into column panels of NN_NR: bp[(p K + k) NN_NR + j] =
- *   B[k][p NN_NR + j], zero past N (B given as B[K][N] or, transB, as B^T[N][K] like W_hh).
- *   The recurrent kernels pack W_hh once per sequence and call nn_gemm_packed at every step,
- *   where sgemm repacked W_hh on every call (15 % of the LSTM forward here);
- * - read in place, row k of B at base + boff[k] (nn_gemm_offset_rows): the direct convolution's
- *   padded image (conv.c); A's rows may also sit at offsets (nn_gemm_offset_a).
- * The micro-kernel keeps a tile of rows x NN_NR (or 2 NN_NR) columns of C in registers; each C
- * element sums its K products in k order (FMA where the level has it), so results depend on
- * the ISA level but never on the thread count. The scalar reference path (nn_set_reference)
- * uses nn_gemm in nn_gemm_packed; the convolution keeps im2col + sgemm there.
+ * Our GEMM micro-kernel, C[M, N] += A[M, K] B[K, N], with B packed by nn_pack_b into column
+ * panels of NN_NR: bp[(p K + k) NN_NR + j] = B[k][p NN_NR + j], zero past N (B given as
+ * B[K][N] or, transB, as B^T[N][K] like W_hh).
+ * - nn_gemm_packed: A row-major. The recurrent kernels pack W_hh once per sequence and call it
+ *   at every step, where sgemm repacked W_hh on every call (15 % of the LSTM forward here).
+ * - nn_gemm_offsets: A(i, k) = A[aoff[i] + akoff[k]] and C(i, j) at C + i ldc + j or, for C
+ *   transposed, C + i + j ldc: the direct convolution (conv.c) reads its zero-padded image in
+ *   place with A's rows = output positions and k = (c, kh, kw), no im2col and no padded-width
+ *   outputs.
+ * - nn_gemm_gates: the LSTM step, both products of a step and the cell in one pass.
+ * The micro-kernel keeps a tile of rows x (a few panels) of C in registers; each C element
+ * sums its K products in k order (FMA where the level has it), so results depend on the ISA
+ * level but never on the thread count. The scalar reference path (nn_set_reference) uses
+ * nn_gemm in nn_gemm_packed; the convolution keeps im2col + sgemm there.
  */
 #include <string.h>
 #include "nn_internal.h"
@@ -36,32 +39,33 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
         }
 }
 
-/* NN_TILE(R, VT, NV, VW): rows [r, r + R) x NV vectors of VW floats of C in registers.
- * Vector v's column of B at step k is bv[v] + ko, ko = boff[k] (in place) or k NN_NR (packed);
- * bv[v] = bp + (v / vpp) pstride + (v % vpp) VW, vpp = NN_NR / VW vectors per panel, so one
- * tile covers several panels: consecutive ones (pstride = K NN_NR) for a plain GEMM, or B's
- * contiguous rows (pstride = NN_NR). The tile's NV * VW columns are C's next columns. */
+/* Tile modes, compile-time in each kernel: A's k-th element at akoff[k] (else k), C transposed. */
+#define NN_AKOFF 1
+#define NN_CT 2
+
 #define NN_TILE_ZERO(R, VT, NV)                                                                    \
         VT c[R][NV];                                                                               \
         for (int i = 0; i < (R); i++)                                                              \
             for (int v = 0; v < (NV); v++) c[i][v] = (VT){0};
 
-/* c[i][v] += sum over k < KK of A's row r + i (at AA + i LDA, or AA + AOFF[i]) times B_v. */
-#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, KK, BV, BOFF)                                          \
+/* c[i][v] += sum over k < KK of A(r + i, k) B_v[k]: A's row at AA + i LDA (or AA + AOFF[i]),
+ * its k-th element at k (or, MODE & NN_AKOFF, akoff[k]); B_v[k] at BV[v] + k NN_NR. */
+#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, KK, BV, MODE)                                          \
         {                                                                                          \
             const float *ar[R];                                                                    \
             for (int i = 0; i < (R); i++)                                                          \
                 ar[i] = (AOFF) ? (AA) + (AOFF)[r + i] : (AA) + (size_t)(r + i) * (LDA);            \
             for (int k = 0; k < (KK); k++) {                                                       \
                 /* B's vectors in named variables (an array of them would live on the stack) */   \
-                const size_t ko = (BOFF) ? (size_t)(BOFF)[k] : (size_t)k * NN_NR;                  \
+                const size_t ko = (size_t)k * NN_NR;                                               \
+                const int ak = ((MODE) & NN_AKOFF) ? akoff[k] : k;                                 \
                 VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                         \
                 memcpy(&b0, (BV)[0] + ko, sizeof b0);                                              \
                 if ((NV) > 1) memcpy(&b1, (BV)[1 % (NV)] + ko, sizeof b1);                         \
                 if ((NV) > 2) memcpy(&b2, (BV)[2 % (NV)] + ko, sizeof b2);                         \
                 if ((NV) > 3) memcpy(&b3, (BV)[3 % (NV)] + ko, sizeof b3);                         \
                 for (int i = 0; i < (R); i++) {                                                    \
-                    float a = ar[i][k];                                                            \
+                    float a = ar[i][ak];                                                           \
                     c[i][0] += a * b0;                                                             \
                     if ((NV) > 1) c[i][1 % (NV)] += a * b1;                                        \
                     if ((NV) > 2) c[i][2 % (NV)] += a * b2;                                        \
@@ -70,64 +74,55 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
             }                                                                                      \
         }
 
-#define NN_TILE(R, VT, NV, VW)                                                                     \
+/* Rows [r, r + R) x NV vectors of VW floats: the tile's NV * VW columns are C's next ones. */
+#define NN_TILE(R, VT, NV, VW, MODE)                                                               \
     for (; r + (R) <= M; r += (R)) {                                                               \
         NN_TILE_ZERO(R, VT, NV)                                                                    \
-        NN_TILE_K(R, VT, NV, A, lda, aoff, K, bv, boff)                                            \
+        NN_TILE_K(R, VT, NV, A, lda, aoff, K, bv, MODE)                                            \
         const int nc = ncols < (NV) * (VW) ? ncols : (NV) * (VW);                                  \
         for (int i = 0; i < (R); i++) {                                                            \
             float out[(NV) * (VW)];                                                                \
             memcpy(out, c[i], sizeof out);                                                         \
-            for (int j = 0; j < nc; j++) C[(size_t)(r + i) * ldc + j] += out[j];                \
+            if ((MODE) & NN_CT)                                                                    \
+                for (int j = 0; j < nc; j++) C[(size_t)(r + i) + (size_t)j * ldc] += out[j];       \
+            else                                                                                   \
+                for (int j = 0; j < nc; j++) C[(size_t)(r + i) * ldc + j] += out[j];               \
         }                                                                                          \
     }
 
-/* Rows [0, M) of NV * VW columns: C[:, 0:ncols] += A B, in tiles of BIG rows (as many
- * accumulators as the level's registers hold), then 4, 2, 1. */
-#define NN_PANEL_BODY(BIG, VT, NV, VW)                                                             \
+/* Rows [0, M) of NV * VW columns (NV * VW / NN_NR panels, pstride apart), in tiles of BIG
+ * rows (as many accumulators as the level's registers hold), then 4, 2, 1. */
+#define NN_PANEL_BODY(BIG, VT, NV, VW, MODE)                                                       \
     {                                                                                              \
         const float *bv[NV];                                                                       \
         for (int v = 0; v < (NV); v++)                                                             \
             bv[v] = bp + (size_t)(v / (NN_NR / (VW))) * pstride + (v % (NN_NR / (VW))) * (VW);     \
         int r = 0;                                                                                 \
-        NN_TILE(BIG, VT, NV, VW)                                                                   \
-        NN_TILE(4, VT, NV, VW)                                                                     \
-        NN_TILE(2, VT, NV, VW)                                                                     \
-        NN_TILE(1, VT, NV, VW)                                                                     \
+        NN_TILE(BIG, VT, NV, VW, MODE)                                                             \
+        NN_TILE(4, VT, NV, VW, MODE)                                                               \
+        NN_TILE(2, VT, NV, VW, MODE)                                                               \
+        NN_TILE(1, VT, NV, VW, MODE)                                                               \
     }
 
-/* A's row i: A + i lda, or A + aoff[i]; B: see NN_TILE. */
 #define NN_PANEL_PARAMS                                                                            \
-    (int M, int K, const float *A, int lda, const int *aoff, const float *bp, size_t pstride,      \
-     const int *boff, float *C, int ldc, int ncols)
-#define NN_PANEL_ARGS (M, K, A, lda, aoff, bp, pstride, boff, C, ldc, ncols)
+    (int M, int K, const float *A, int lda, const int *aoff, const int *akoff, const float *bp,    \
+     size_t pstride, float *C, int ldc, int ncols)
+#define NN_PANEL_ARGS (M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols)
 
-/* panels(np, ...): C[:, 0:ncols] += A B over up to np panels (np * NN_NR columns); returns how
- * many panels this level's widest tile for np took. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
-/* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512 has two
- * loads per cycle for its two FMAs: a tile of 8 rows x one zmm (9 loads per 8 FMAs) is bound
- * by its loads; 8 rows x three zmm (11 per 24) measured best here (LSTM backward step 6.2 ->
- * 5.6 ms, conv 32->64 backward 3.7 -> 3.3 ms), ahead of 8 x 2, 12 x 2 and 6 x 4. AVX2: 6 rows
- * x two ymm (12 of its 16 registers; 8 loads per 12 FMAs). */
-#define NN_FMA __attribute__((target("avx512f"), optimize("fp-contract=fast")))
-NN_FMA static void panel3_avx512 NN_PANEL_PARAMS NN_PANEL_BODY(8, nn_v16, 3, 16)
-NN_FMA static void panel2_avx512 NN_PANEL_PARAMS NN_PANEL_BODY(8, nn_v16, 2, 16)
-NN_FMA static void panel1_avx512 NN_PANEL_PARAMS NN_PANEL_BODY(8, nn_v16, 1, 16)
-__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) static void panel_avx2 NN_PANEL_PARAMS
-NN_PANEL_BODY(6, nn_v8, 2, 8)
-static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4, 4)
-static int panels(int np, int M, int K, const float *A, int lda, const int *aoff, const float *bp,
-                  size_t pstride, const int *boff, float *C, int ldc, int ncols) {
-    int isa = nn_isa();
-    if (isa == NN_ISA_AVX512) {
-        if (np >= 3) return panel3_avx512 NN_PANEL_ARGS, 3;
-        if (np == 2) return panel2_avx512 NN_PANEL_ARGS, 2;
-        return panel1_avx512 NN_PANEL_ARGS, 1;
+/* NN_PANELS(name, ATTR, ...): name(mode, ...) over the three modes used: plain, A's k at
+ * offsets with C transposed (convolution forward), A's k at offsets (weight gradient). */
+#define NN_PANELS(name, ATTR, BIG, VT, NV, VW)                                                     \
+    ATTR static void name##_m0 NN_PANEL_PARAMS NN_PANEL_BODY(BIG, VT, NV, VW, 0)                   \
+    ATTR static void name##_m1 NN_PANEL_PARAMS NN_PANEL_BODY(BIG, VT, NV, VW, NN_AKOFF | NN_CT)    \
+    ATTR static void name##_m2 NN_PANEL_PARAMS NN_PANEL_BODY(BIG, VT, NV, VW, NN_AKOFF)            \
+    static void name(int mode, int M, int K, const float *A, int lda, const int *aoff,             \
+                     const int *akoff, const float *bp, size_t pstride, float *C, int ldc,         \
+                     int ncols) {                                                                  \
+        if (mode == 0) name##_m0 NN_PANEL_ARGS;                                                    \
+        else if (mode == (NN_AKOFF | NN_CT)) name##_m1 NN_PANEL_ARGS;                              \
+        else name##_m2 NN_PANEL_ARGS;                                                              \
     }
-    if (isa == NN_ISA_AVX2) return panel_avx2 NN_PANEL_ARGS, 1;
-    return panel_base NN_PANEL_ARGS, 1;
-}
+
 /* Gate tiles: for recurrent cells whose update needs each hidden unit's NG gate sums together,
  * over two products at once: x_t W_ih^T + h_{t-1} W_hh^T. Each W[NG H, K] is packed per gate
  * (nn_pack_gates): gate g's panel of units [u, u + NN_NR) at wp + (g P + u / NN_NR) K NN_NR,
@@ -137,15 +132,16 @@ static int panels(int np, int M, int K, const float *A, int lda, const int *aoff
 #define NN_GATE_TILE(R, VT, NG, VW)                                                                \
     for (; r + (R) <= M; r += (R)) {                                                               \
         NN_TILE_ZERO(R, VT, NG)                                                                    \
-        NN_TILE_K(R, VT, NG, A1, lda1, noff, K1, bv1, noff)                                        \
-        NN_TILE_K(R, VT, NG, A2, lda2, noff, K2, bv2, noff)                                        \
+        NN_TILE_K(R, VT, NG, A1, lda1, noff, K1, bv1, 0)                                           \
+        NN_TILE_K(R, VT, NG, A2, lda2, noff, K2, bv2, 0)                                           \
         float acc[(R) * (NG) * (VW)];                                                              \
         memcpy(acc, c, sizeof acc);                                                                \
         epi(ctx, r, R, u0, nc, acc, VW);                                                           \
     }
 #define NN_GATES_BODY(BIG, VT, NG, VW)                                                             \
     {                                                                                              \
-        const int *noff = NULL;                                                                    \
+        const int *noff = NULL, *akoff = NULL;                                                     \
+        (void)akoff;                                                                               \
         const int P = (H + NN_NR - 1) / NN_NR;                                                     \
         for (int u0 = 0; u0 < H; u0 += (VW)) {                                                     \
             const int nc = H - u0 < (VW) ? H - u0 : (VW);                                          \
@@ -164,23 +160,76 @@ static int panels(int np, int M, int K, const float *A, int lda, const int *aoff
 #define NN_GATES_PARAMS                                                                            \
     (int M, int H, int K1, const float *A1, int lda1, const float *wp1, int K2, const float *A2,   \
      int lda2, const float *wp2, nn_gate_epilogue epi, void *ctx)
-#define NN_GATES_ARGS (M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx)
+
+/* panels(mode, np, ...): C[:, 0:ncols] += A B over up to np panels (np * NN_NR columns);
+ * returns how many panels this level's tile for np took. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
+/* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512 has two
+ * loads per cycle for its two FMAs: a tile of 8 rows x one zmm (9 loads per 8 FMAs) is bound
+ * by its loads; 8 rows x three zmm (11 per 24) measured best here (LSTM backward step 6.2 ->
+ * 5.6 ms, conv 32->64 backward 3.7 -> 3.3 ms), ahead of 8 x 2, 12 x 2 and 6 x 4. AVX2: 6 rows
+ * x two ymm (12 of its 16 registers; 8 loads per 12 FMAs). */
+#define NN_FMA_512 __attribute__((target("avx512f"), optimize("fp-contract=fast")))
+#define NN_FMA_256 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
+NN_PANELS(panel3_avx512, NN_FMA_512, 8, nn_v16, 3, 16)
+NN_PANELS(panel2_avx512, NN_FMA_512, 8, nn_v16, 2, 16)
+NN_PANELS(panel1_avx512, NN_FMA_512, 8, nn_v16, 1, 16)
+NN_PANELS(panel_avx2, NN_FMA_256, 6, nn_v8, 2, 8)
+NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
+static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
+                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, int ncols) {
+    int isa = nn_isa();
+    if (isa == NN_ISA_AVX512) {
+        if (np >= 3 && np != 4) return panel3_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 3;
+        if (np >= 2) return panel2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 2;
+        return panel1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+    }
+    if (isa == NN_ISA_AVX2) return panel_avx2(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+}
 
 /* 4 gates, AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
  * registers hold 3 rows x 4 ymm; measured, that tile plus the cells in its epilogue took the
  * LSTM forward from 3.9 to 4.5 ms, so AVX2 keeps the input projection as one sgemm, the steps
  * on its 6 x 2 panels and the cells as a pass of their own. */
-NN_FMA static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4, 16)
+NN_FMA_512 static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4, 16)
 #define NN_HAVE_GATE_TILES 1
-
 #else
-static void panel_base NN_PANEL_PARAMS NN_PANEL_BODY(2, nn_v4, 4, 4)
-static int panels(int np, int M, int K, const float *A, int lda, const int *aoff, const float *bp,
-                  size_t pstride, const int *boff, float *C, int ldc, int ncols) {
+NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
+static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
+                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, int ncols) {
     (void)np;
-    return panel_base NN_PANEL_ARGS, 1;
+    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
 }
 #endif
+
+/* C[M, 0:N] += A B over B's packed panels. */
+static void gemm_panels(int mode, int M, int N, int K, const float *A, int lda, const int *aoff,
+                        const int *akoff, const float *bp, float *C, int ldc) {
+    const int np = (N + NN_NR - 1) / NN_NR;
+    for (int p = 0; p < np;) {
+        const int q = p * NN_NR;
+        float *Cq = mode & NN_CT ? C + (size_t)q * ldc : C + q;
+        p += panels(mode, np - p, M, K, A, lda, aoff, akoff, bp + (size_t)p * K * NN_NR,
+                    (size_t)K * NN_NR, Cq, ldc, N - q);
+    }
+}
+
+void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    const float *bp, float *C, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    if (nn_get_reference()) { /* the scalar reference path reads B as given */
+        nn_gemm(0, transB, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+        return;
+    }
+    gemm_panels(0, M, N, K, A, lda, NULL, NULL, bp, C, ldc);
+}
+
+void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
+                     const float *bp, float *C, int ldc, int ct) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    gemm_panels(ct ? NN_AKOFF | NN_CT : NN_AKOFF, M, N, K, A, 0, aoff, akoff, bp, C, ldc);
+}
 
 size_t nn_gates_packed_size(int NG, int K, int H) { return (size_t)NG * nn_packed_size(K, H); }
 
@@ -207,36 +256,4 @@ void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, cons
     (void)NG, (void)M, (void)H, (void)K1, (void)A1, (void)lda1, (void)wp1, (void)K2, (void)A2;
     (void)lda2, (void)wp2, (void)epi, (void)ctx;
 #endif
-}
-
-/* C[M, 0:N] += A B over B's panels (packed: pstride = K NN_NR; in place: NN_NR). */
-static void gemm_panels(int M, int N, int K, const float *A, int lda, const int *aoff, const float *bp,
-                        size_t pstride, const int *boff, float *C, int ldc) {
-    int p = 0;
-    const int np = (N + NN_NR - 1) / NN_NR;
-    while (p < np) {
-        int q = p * NN_NR, rest = N - q;
-        p += panels(np - p, M, K, A, lda, aoff, bp + (size_t)p * pstride, pstride, boff, C + q, ldc,
-                    rest);
-    }
-}
-
-void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                    const float *bp, float *C, int ldc) {
-    if (M <= 0 || N <= 0 || K <= 0) return;
-    if (nn_get_reference()) { /* the scalar reference path reads B as given */
-        nn_gemm(0, transB, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
-        return;
-    }
-    gemm_panels(M, N, K, A, lda, NULL, bp, (size_t)K * NN_NR, NULL, C, ldc);
-}
-
-void nn_gemm_offset_a(int M, int N, int K, const float *A, const int *aoff, const float *bp, float *C,
-                      int ldc) {
-    gemm_panels(M, N, K, A, 0, aoff, bp, (size_t)K * NN_NR, NULL, C, ldc);
-}
-
-void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const float *base, const int *boff,
-                         float *C, int ldc) {
-    gemm_panels(M, N, K, A, lda, NULL, base, NN_NR, boff, C, ldc);
 }

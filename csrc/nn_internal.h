@@ -189,13 +189,10 @@ size_t nn_packed_size(int K, int N);
 void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp);
 void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bp, float *C, int ldc);
-/* C[M,N] += A[M,K] B where B's row k is the N floats at base + boff[k], read in whole panels
- * (up to NN_PACK_NR - 1 floats past N): no packing at all. */
-void nn_gemm_offset_rows(int M, int N, int K, const float *A, int lda, const float *base, const int *boff,
-                         float *C, int ldc);
-/* C[M,N] += A B where A's row i is the K floats at A + aoff[i] and B[K,N] is packed (nn_pack_b). */
-void nn_gemm_offset_a(int M, int N, int K, const float *A, const int *aoff, const float *bp, float *C,
-                      int ldc);
+/* C[M,N] += A B with A(i, k) = A[aoff[i] + akoff[k]] and B[K,N] packed (nn_pack_b); C(i, j)
+ * at C + i ldc + j, or with ct at C + i + j ldc. */
+void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
+                     const float *bp, float *C, int ldc, int ct);
 
 /* Recurrent steps with the cell in the GEMM's epilogue (nn_gemm_gates): rows [0, M) of
  * A1[M, K1] (lda1) W1^T + A2[M, K2] (lda2) W2^T (x_t W_ih^T + h_{t-1} W_hh^T), each W[NG H, K]
