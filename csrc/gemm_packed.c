@@ -174,11 +174,17 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 NN_PANELS(panel3_avx512, NN_FMA_512, 8, nn_v16, 3, 16)
 NN_PANELS(panel2_avx512, NN_FMA_512, 8, nn_v16, 2, 16)
 NN_PANELS(panel1_avx512, NN_FMA_512, 8, nn_v16, 1, 16)
+NN_PANELS(tall2_avx512, NN_FMA_512, 12, nn_v16, 2, 16)
+NN_PANELS(tall1_avx512, NN_FMA_512, 12, nn_v16, 1, 16)
 NN_PANELS(panel_avx2, NN_FMA_256, 6, nn_v8, 2, 8)
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
                   const int *akoff, const float *bp, size_t pstride, float *C, int ldc, int ncols) {
     int isa = nn_isa();
+    if (isa == NN_ISA_AVX512 && mode != 0) { /* convolution: long M, K */
+        if (np >= 2) return tall2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 2;
+        return tall1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+    }
     if (isa == NN_ISA_AVX512) {
         if (np >= 3 && np != 4) return panel3_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 3;
         if (np >= 2) return panel2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 2;
