@@ -15,7 +15,8 @@
  * gate sums are in registers; elsewhere the input projection is one GEMM per block, each step
  * one nn_gemm_packed, then a pass of the cells.
  * Forward workspace: w_ih and w_hh packed, and b_ih + b_hh (lstm_forward_workspace_size).
- * Backward workspace: dgates[N,T,4H] + hprev[N,T,H] + dhn[N,H] + dcn[N,H] + packed w_hh.
+ * Backward workspace: dgates[N,T,4H] + [x_t, h_{t-1}][N,T,D+H] + dhn[N,H] + dcn[N,H] + packed
+ * w_hh and w_ih + per-block bias gradients + [dw_ih, dw_hh]; dx_t = dg_t w_ih at each step while dg_t is in cache.
  */
 #include <string.h>
 #include "nn_internal.h"
@@ -107,11 +108,12 @@ NN_MULTI_VOID(lstm_step_epilogue, (void *ctx, int row, int nrows, int u0, int nc
     }
 })
 
-/* Cells of rows [r0, r1) at step t, backward; dg gets dLoss/da, dhn/dcn carry to t-1. */
+/* Cells of rows [r0, r1) at step t, backward; dg gets dLoss/da, dhn/dcn carry to t-1, and the
+ * block's bias gradient dbb[G] adds the step's dg (one pass less over dg than a column sum). */
 NN_MULTI_VOID(lstm_cells_backward, (int r0, int r1, int t, int T, int H, const float *c0,
                                    const int32_t *spans, const float *gates, const float *cs,
-                                   const float *dhs, float *dg, float *dhn, float *dcn),
-              (r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn), {
+                                   const float *dhs, float *dg, float *dhn, float *dcn, float *dbb),
+              (r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn, dbb), {
     const int G = 4 * H, ldg = T * G, ldh = T * H;
     for (int n = r0; n < r1; n++) {
         const float *g = gates + (size_t)n * ldg + (size_t)t * G;
@@ -120,9 +122,13 @@ NN_MULTI_VOID(lstm_cells_backward, (int r0, int r1, int t, int T, int H, const f
         const float *cp = t > 0 ? c - H : (c0 ? c0 + (size_t)n * H : NULL);
         float *d = dg + (size_t)n * ldg + (size_t)t * G;
         float *dhc = dhn + (size_t)n * H, *dcc = dcn + (size_t)n * H;
-        if (!nn_step_is_data(spans, n, t)) nn_carry_grad(H, G, dh_out, dhc, d);
-        else if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
+        if (!nn_step_is_data(spans, n, t)) {
+            nn_carry_grad(H, G, dh_out, dhc, d);
+            continue;
+        }
+        if (cp) cell_backward(H, g, c, cp, dh_out, d, dhc, dcc, 1);
         else cell_backward(H, g, c, NULL, dh_out, d, dhc, dcc, 0);
+        for (int j = 0; j < G; j++) dbb[j] += d[j];
     }
 })
 
@@ -130,8 +136,10 @@ size_t lstm_forward_workspace_size(int D, int H) {
     return nn_gates_packed_size(4, D, H) + nn_gates_packed_size(4, H, H) + 4 * (size_t)H;
 }
 
-size_t lstm_backward_workspace_size(int N, int T, int H) {
-    return (size_t)N * H * (5 * (size_t)T + 2) + nn_packed_size(4 * H, H);
+size_t lstm_backward_workspace_size(int N, int T, int D, int H) {
+    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
+    return (size_t)N * T * (4 * (size_t)H + D + H) + 2 * (size_t)N * H + nn_packed_size(4 * H, H) +
+           nn_packed_size(4 * H, D) + (size_t)nblocks * 4 * H + 4 * (size_t)H * (D + H);
 }
 
 int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
@@ -195,41 +203,58 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spa
                   float *dc0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *ws,
                   size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
-    if (ws_len < lstm_backward_workspace_size(N, T, H)) return NN_EWORKSPACE;
+    if (ws_len < lstm_backward_workspace_size(N, T, D, H)) return NN_EWORKSPACE;
     const int G = 4 * H, ldg = T * G;
-    float *dg = ws, *hprev = dg + (size_t)N * T * G;
-    float *dhn = hprev + (size_t)N * T * H, *dcn = dhn + (size_t)N * H;
-    float *wp = dcn + (size_t)N * H; /* w_hh packed once for every step's GEMM */
-    nn_pack_b(0, G, H, w_hh, H, wp);
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
+    const int DH = D + H;
+    float *dg = ws, *xh = dg + (size_t)N * T * G; /* xh[N,T,D+H] = [x_t, h_{t-1}] */
+    float *dhn = xh + (size_t)N * T * DH, *dcn = dhn + (size_t)N * H;
+    /* w_hh and w_ih packed once for every step's products: dh_{t-1} and dx_t = dg_t w */
+    float *wph = dcn + (size_t)N * H, *wpi = wph + nn_packed_size(G, H);
+    float *dbb = wpi + nn_packed_size(G, D); /* [nblocks, G] bias gradient partials */
+    float *dwc = dbb + (size_t)nblocks * G;   /* [G, D+H] = [dw_ih, dw_hh] */
+    nn_pack_b(0, G, H, w_hh, H, wph);
+    if (dx) nn_pack_b(0, G, D, w_ih, D, wpi);
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
+        float *db_blk = dbb + (size_t)blk * G;
+        memset(db_blk, 0, sizeof(float) * G);
         if (nr > 0) {
             size_t a = (size_t)r0 * H, len = (size_t)nr * H;
             memset(dhn + a, 0, sizeof(float) * len);
             if (dcT) memcpy(dcn + a, dcT + a, sizeof(float) * len);
             else memset(dcn + a, 0, sizeof(float) * len);
+            if (dx) memset(dx + (size_t)r0 * T * D, 0, sizeof(float) * nr * T * D);
         }
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
-            lstm_cells_backward(r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn);
-            nn_gemm_packed(0, nr, H, G, dg + (size_t)r0 * ldg + (size_t)t * G, ldg, w_hh, H, wp,
-                           dhn + (size_t)r0 * H, H);
+            lstm_cells_backward(r0, r1, t, T, H, c0, spans, gates, cs, dhs, dg, dhn, dcn, db_blk);
+            const float *dgt = dg + (size_t)r0 * ldg + (size_t)t * G; /* still in cache */
+            nn_gemm_packed(0, nr, H, G, dgt, ldg, w_hh, H, wph, dhn + (size_t)r0 * H, H);
+            if (dx) nn_gemm_packed(0, nr, D, G, dgt, ldg, w_ih, D, wpi, dx + ((size_t)r0 * T + t) * D, T * D);
         }
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) {
             if (dh0) dh0[k] = dhn[k];
             if (dc0) dc0[k] = dcn[k];
         }
-        nn_shift_states(r0, r1, T, H, h0, hs, hprev);
+        for (size_t i = (size_t)r0 * T; i < (size_t)r1 * T; i++)
+            memcpy(xh + i * DH, x + i * D, sizeof(float) * D);
+        nn_shift_states(r0, r1, T, H, h0, hs, xh + D, DH);
     }
-    const int rows = N * T;
-    nn_gemm_par(1, 0, G, D, rows, 1.0f, dg, G, x, D, 0.0f, dw_ih, D);
-    nn_gemm_par(1, 0, G, H, rows, 1.0f, dg, G, hprev, H, 0.0f, dw_hh, H);
-    nn_colsum(rows, G, dg, G, db_ih);
-    memcpy(db_hh, db_ih, sizeof(float) * G);
-    if (dx) nn_gemm_par(0, 0, rows, D, G, 1.0f, dg, G, w_ih, D, 0.0f, dx, D);
+    /* both weight gradients in one GEMM: dg^T is packed once instead of twice */
+    nn_gemm_par(1, 0, G, DH, N * T, 1.0f, dg, G, xh, DH, 0.0f, dwc, DH);
+    for (int j = 0; j < G; j++) {
+        memcpy(dw_ih + (size_t)j * D, dwc + (size_t)j * DH, sizeof(float) * D);
+        memcpy(dw_hh + (size_t)j * H, dwc + (size_t)j * DH + D, sizeof(float) * H);
+    }
+    for (int j = 0; j < G; j++) { /* blocks in order: the same sums for any thread count */
+        float acc = 0.0f;
+        for (int blk = 0; blk < nblocks; blk++) acc += dbb[(size_t)blk * G + j];
+        db_ih[j] = acc;
+        db_hh[j] = acc;
+    }
     return NN_OK;
 }

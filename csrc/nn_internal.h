@@ -170,15 +170,16 @@ static inline void nn_carry_grad(int H, int G, const float *dh_out, float *dhc, 
     for (int j = 0; j < H; j++) dhc[j] += dh_out[j];
 }
 
-/* hprev[n,t] = hs[n,t-1], hprev[n,0] = h0[n] (or 0): rows [r0, r1) of [N,T,H]. */
+/* hprev[n,t] = hs[n,t-1], hprev[n,0] = h0[n] (or 0): rows [r0, r1) of [N,T,H], each state
+ * ldp floats after the previous one (H: packed; more: beside other columns). */
 static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0, const float *hs,
-                                   float *hprev) {
-    for (int n = r0; n < r1; n++) {
-        float *dst = hprev + (size_t)n * T * H;
-        const float *src = hs + (size_t)n * T * H;
-        for (int j = 0; j < H; j++) dst[j] = h0 ? h0[(size_t)n * H + j] : 0.0f;
-        for (size_t k = 0; k < (size_t)(T - 1) * H; k++) dst[H + k] = src[k];
-    }
+                                   float *hprev, int ldp) {
+    for (int n = r0; n < r1; n++)
+        for (int t = 0; t < T; t++) {
+            float *dst = hprev + ((size_t)n * T + t) * ldp;
+            const float *src = t > 0 ? hs + ((size_t)n * T + t - 1) * H : h0 ? h0 + (size_t)n * H : NULL;
+            for (int j = 0; j < H; j++) dst[j] = src ? src[j] : 0.0f;
+        }
 }
 
 /* gemm_packed.c: C[M,N] += A[M,K] op(B), op(B) = B^T for B[N][K] (transB) or B[K][N], with B

@@ -131,7 +131,7 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int3
 /* ---- lstm.c: gates i,f,g,o (PyTorch order); w_ih[4H,D], w_hh[4H,H], b_ih[4H], b_hh[4H];
  *      saves hs[N,T,H], cs[N,T,H], gates[N,T,4H] (after their nonlinearities) ---- */
 size_t lstm_forward_workspace_size(int D, int H);
-size_t lstm_backward_workspace_size(int N, int T, int H);
+size_t lstm_backward_workspace_size(int N, int T, int D, int H);
 int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
                  const float *h0, const float *c0,
                  const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,

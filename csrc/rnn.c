@@ -112,7 +112,7 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int3
         }
         if (dh0)
             for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dh0[k] = dhn[k];
-        nn_shift_states(r0, r1, T, H, h0, hs, hprev);
+        nn_shift_states(r0, r1, T, H, h0, hs, hprev, H);
     }
     const int rows = N * T;
     nn_gemm_par(1, 0, H, D, rows, 1.0f, das, H, x, D, 0.0f, dw_ih, D);

@@ -64,7 +64,7 @@ cdef extern from "nn_kernels.h" nogil:
                      float *dx, float *dh0, float *dw_ih, float *dw_hh, float *db_ih,
                      float *db_hh, float *ws, size_t ws_len)
     size_t lstm_forward_workspace_size(int D, int H)
-    size_t lstm_backward_workspace_size(int N, int T, int H)
+    size_t lstm_backward_workspace_size(int N, int T, int D, int H)
     int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                      const float *c0, const float *w_ih, const float *w_hh, const float *b_ih,
                      const float *b_hh, float *hs, float *cs, float *gates, float *ws, size_t ws_len)
@@ -348,7 +348,7 @@ def rnn_bwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, d
 
 
 def lstm_ws_size(int N, int T, int D, int H):
-    return lstm_forward_workspace_size(D, H), lstm_backward_workspace_size(N, T, H)
+    return lstm_forward_workspace_size(D, H), lstm_backward_workspace_size(N, T, D, H)
 
 
 def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, ws):
