@@ -181,12 +181,7 @@ static void direct_forward(const conv2d_shape *s, const float *x, const float *w
 #pragma omp for schedule(static)
         for (int n = 0; n < s->N; n++) {
             pad_image(s, x + (size_t)n * xs, xp);
-            float *yi = y + (size_t)n * ys;
-            for (int oc = 0; oc < OC; oc++) {
-                const float bias = b ? b[oc] : 0.0f;
-                for (int p = 0; p < OHW; p++) yi[(size_t)oc * OHW + p] = bias;
-            }
-            nn_gemm_offsets(OHW, OC, CKK, xp, poff, koff, wp, yi, OHW, 1);
+            nn_gemm_offsets(OHW, OC, CKK, xp, poff, koff, wp, y + (size_t)n * ys, OHW, 1, b);
         }
     }
 }
@@ -300,7 +295,7 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
                 const float *dyi = dy + (size_t)n * ys;
                 pad_image(s, x + (size_t)n * xs, xp);
                 nn_pack_b(1, OHW, OC, dyi, OHW, dyp); /* dy^T[p, oc] */
-                nn_gemm_offsets(CKK, OC, OHW, xp, koff, poff, dyp, part, OC, 0);
+                nn_gemm_offsets(CKK, OC, OHW, xp, koff, poff, dyp, part, OC, 0, NULL);
                 for (int oc = 0; oc < OC; oc++) {
                     double acc = 0.0;
                     for (int i = 0; i < OHW; i++) acc += dyi[(size_t)oc * OHW + i];

@@ -5,7 +5,7 @@
  * - nn_gemm_packed: A row-major. The recurrent kernels pack W_hh once per sequence and call it
  *   at every step, where sgemm repacked W_hh on every call (15 % of the LSTM forward here).
  * - nn_gemm_offsets: A(i, k) = A[aoff[i] + akoff[k]] and C(i, j) at C + i ldc + j or, for C
- *   transposed, C + i + j ldc: the direct convolution (conv.c) reads its zero-padded image in
+ *   transposed, set to (A B)(i, j) + bias[j] at C + i + j ldc: the direct convolution (conv.c) reads its zero-padded image in
  *   place with A's rows = output positions and k = (c, kh, kw), no im2col and no padded-width
  *   outputs.
  * - nn_gemm_gates: the LSTM step, both products of a step and the cell in one pass.
@@ -83,8 +83,9 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
         for (int i = 0; i < (R); i++) {                                                            \
             float out[(NV) * (VW)];                                                                \
             memcpy(out, c[i], sizeof out);                                                         \
-            if ((MODE) & NN_CT)                                                                    \
-                for (int j = 0; j < nc; j++) C[(size_t)(r + i) + (size_t)j * ldc] += out[j];       \
+            if ((MODE) & NN_CT) /* set, with the bias: one pass over K, no read of C */         \
+                for (int j = 0; j < nc; j++)                                                       \
+                    C[(size_t)(r + i) + (size_t)j * ldc] = out[j] + (cbias ? cbias[j] : 0.0f);     \
             else                                                                                   \
                 for (int j = 0; j < nc; j++) C[(size_t)(r + i) * ldc + j] += out[j];               \
         }                                                                                          \
@@ -106,8 +107,8 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 
 #define NN_PANEL_PARAMS                                                                            \
     (int M, int K, const float *A, int lda, const int *aoff, const int *akoff, const float *bp,    \
-     size_t pstride, float *C, int ldc, int ncols)
-#define NN_PANEL_ARGS (M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols)
+     size_t pstride, float *C, int ldc, const float *cbias, int ncols)
+#define NN_PANEL_ARGS (M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols)
 
 /* NN_PANELS(name, ATTR, ...): name(mode, ...) over the three modes used: plain, A's k at
  * offsets with C transposed (convolution forward), A's k at offsets (weight gradient). */
@@ -117,7 +118,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
     ATTR static void name##_m2 NN_PANEL_PARAMS NN_PANEL_BODY(BIG, VT, NV, VW, NN_AKOFF)            \
     static void name(int mode, int M, int K, const float *A, int lda, const int *aoff,             \
                      const int *akoff, const float *bp, size_t pstride, float *C, int ldc,         \
-                     int ncols) {                                                                  \
+                     const float *cbias, int ncols) {                                              \
         if (mode == 0) name##_m0 NN_PANEL_ARGS;                                                    \
         else if (mode == (NN_AKOFF | NN_CT)) name##_m1 NN_PANEL_ARGS;                              \
         else name##_m2 NN_PANEL_ARGS;                                                              \
@@ -167,31 +168,33 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 /* contraction on here (-std=c99 turns it off elsewhere): mul + add -> FMA. AVX-512 has two
  * loads per cycle for its two FMAs: a tile of 8 rows x one zmm (9 loads per 8 FMAs) is bound
  * by its loads; 8 rows x three zmm (11 per 24) measured best here (LSTM backward step 6.2 ->
- * 5.6 ms, conv 32->64 backward 3.7 -> 3.3 ms), ahead of 8 x 2, 12 x 2 and 6 x 4. AVX2: 6 rows
- * x two ymm (12 of its 16 registers; 8 loads per 12 FMAs). */
+ * 5.6 ms), ahead of 8 x 2, 12 x 2 and 6 x 4. The convolution's long products take 14 rows x
+ * two zmm (conv 32->64 forward 1.42 -> 1.28 ms against 8 x 3, 1.36 at 12 x 2). AVX2: 6 rows x
+ * two ymm (12 of its 16 registers; 8 loads per 12 FMAs). */
 #define NN_FMA_512 __attribute__((target("avx512f"), optimize("fp-contract=fast")))
 #define NN_FMA_256 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
 NN_PANELS(panel3_avx512, NN_FMA_512, 8, nn_v16, 3, 16)
 NN_PANELS(panel2_avx512, NN_FMA_512, 8, nn_v16, 2, 16)
 NN_PANELS(panel1_avx512, NN_FMA_512, 8, nn_v16, 1, 16)
-NN_PANELS(tall2_avx512, NN_FMA_512, 12, nn_v16, 2, 16)
+NN_PANELS(tall2_avx512, NN_FMA_512, 14, nn_v16, 2, 16)
 NN_PANELS(tall1_avx512, NN_FMA_512, 12, nn_v16, 1, 16)
 NN_PANELS(panel_avx2, NN_FMA_256, 6, nn_v8, 2, 8)
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
-                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, int ncols) {
+                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, const float *cbias,
+                  int ncols) {
     int isa = nn_isa();
-    if (isa == NN_ISA_AVX512 && mode != 0) { /* convolution: long M, K */
-        if (np >= 2) return tall2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 2;
-        return tall1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+    if (isa == NN_ISA_AVX512 && mode != 0) { /* convolution: 14 rows x 2 zmm (28 accumulators) */
+        if (np >= 2) return tall2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 2;
+        return tall1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
     }
     if (isa == NN_ISA_AVX512) {
-        if (np >= 3 && np != 4) return panel3_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 3;
-        if (np >= 2) return panel2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 2;
-        return panel1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+        if (np >= 3 && np != 4) return panel3_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 3;
+        if (np >= 2) return panel2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 2;
+        return panel1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
     }
-    if (isa == NN_ISA_AVX2) return panel_avx2(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
-    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+    if (isa == NN_ISA_AVX2) return panel_avx2(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
+    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
 }
 
 /* 4 gates, AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
@@ -203,21 +206,22 @@ NN_FMA_512 static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4,
 #else
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
-                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, int ncols) {
+                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, const float *cbias,
+                  int ncols) {
     (void)np;
-    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ncols), 1;
+    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
 }
 #endif
 
 /* C[M, 0:N] += A B over B's packed panels. */
 static void gemm_panels(int mode, int M, int N, int K, const float *A, int lda, const int *aoff,
-                        const int *akoff, const float *bp, float *C, int ldc) {
+                        const int *akoff, const float *bp, float *C, int ldc, const float *cbias) {
     const int np = (N + NN_NR - 1) / NN_NR;
     for (int p = 0; p < np;) {
         const int q = p * NN_NR;
         float *Cq = mode & NN_CT ? C + (size_t)q * ldc : C + q;
         p += panels(mode, np - p, M, K, A, lda, aoff, akoff, bp + (size_t)p * K * NN_NR,
-                    (size_t)K * NN_NR, Cq, ldc, N - q);
+                    (size_t)K * NN_NR, Cq, ldc, cbias ? cbias + q : NULL, N - q);
     }
 }
 
@@ -228,13 +232,13 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
         nn_gemm(0, transB, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
         return;
     }
-    gemm_panels(0, M, N, K, A, lda, NULL, NULL, bp, C, ldc);
+    gemm_panels(0, M, N, K, A, lda, NULL, NULL, bp, C, ldc, NULL);
 }
 
 void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
-                     const float *bp, float *C, int ldc, int ct) {
+                     const float *bp, float *C, int ldc, int ct, const float *bias) {
     if (M <= 0 || N <= 0 || K <= 0) return;
-    gemm_panels(ct ? NN_AKOFF | NN_CT : NN_AKOFF, M, N, K, A, 0, aoff, akoff, bp, C, ldc);
+    gemm_panels(ct ? NN_AKOFF | NN_CT : NN_AKOFF, M, N, K, A, 0, aoff, akoff, bp, C, ldc, bias);
 }
 
 size_t nn_gates_packed_size(int NG, int K, int H) { return (size_t)NG * nn_packed_size(K, H); }

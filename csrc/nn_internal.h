@@ -190,10 +190,11 @@ size_t nn_packed_size(int K, int N);
 void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp);
 void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bp, float *C, int ldc);
-/* C[M,N] += A B with A(i, k) = A[aoff[i] + akoff[k]] and B[K,N] packed (nn_pack_b); C(i, j)
- * at C + i ldc + j, or with ct at C + i + j ldc. */
+/* A B with A(i, k) = A[aoff[i] + akoff[k]] and B[K,N] packed (nn_pack_b): C(i, j) at
+ * C + i ldc + j gets += (A B)(i, j); with ct, C(i, j) at C + i + j ldc is set to
+ * (A B)(i, j) + bias[j] (bias NULL: 0). */
 void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
-                     const float *bp, float *C, int ldc, int ct);
+                     const float *bp, float *C, int ldc, int ct, const float *bias);
 
 /* Recurrent steps with the cell in the GEMM's epilogue (nn_gemm_gates): rows [0, M) of
  * A1[M, K1] (lda1) W1^T + A2[M, K2] (lda2) W2^T (x_t W_ih^T + h_{t-1} W_hh^T), each W[NG H, K]
