@@ -5,7 +5,8 @@
 Every op at each vector instruction level the CPU has (default), each level in its own process
 with ours, torch/oneDNN and OpenBLAS capped to it.
 
-Prints, per op, forward and forward+backward: our median ms, torch's median ms and the ratio
+Prints, per op, forward and forward+backward: our median ms, torch's median ms (measured in
+alternating blocks, timing.paired_median_ms) and the ratio
 torch/ours (> 1: we are faster), then the GFLOPS our convolutions reach against the float32
 matmul peak numpy measures in the same run.
 """
@@ -17,7 +18,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_ms, print_table, sgemm_peak_gflops  # noqa: E402
+from timing import paired_median_ms, print_table, sgemm_peak_gflops  # noqa: E402
 
 import spark_nn  # noqa: E402
 from spark_nn import kernels as K  # noqa: E402
@@ -148,7 +149,7 @@ def epoch_rows(torch, batch_sizes, repeat):
         def ours_epoch():
             model.fit(xtr, ytr, epochs=1, batch_size=bs, optimizer="adam", lr=1e-3)
 
-        o, t = median_ms(ours_epoch, repeat, warmup=1), median_ms(torch_epoch, repeat, warmup=1)
+        o, t = paired_median_ms(ours_epoch, torch_epoch, repeat, block=1)
         rows.append([f"digits CNN epoch, batch {bs} ({len(xtr)} images)", f"{o:.1f}", f"{t:.1f}", f"{t / o:.2f}"])
     return rows
 
@@ -191,8 +192,8 @@ def main(argv=None):
     rows, conv_rows = [], []
     for gen in (conv_cases, pool_case, recurrent_cases):
         for name, of, ofb, tf, tfb, flops in gen(rng, torch):
-            o1, t1 = median_ms(of, args.repeat), median_ms(tf, args.repeat)
-            o2, t2 = median_ms(ofb, args.repeat), median_ms(tfb, args.repeat)
+            o1, t1 = paired_median_ms(of, tf, args.repeat)
+            o2, t2 = paired_median_ms(ofb, tfb, args.repeat)
             rows.append([name, f"{o1:.2f}", f"{t1:.2f}", f"{t1 / o1:.2f}", f"{o2:.2f}", f"{t2:.2f}", f"{t2 / o2:.2f}"])
             if flops:
                 conv_rows.append((name, flops / (o1 * 1e-3) / 1e9, 3 * flops / (o2 * 1e-3) / 1e9))

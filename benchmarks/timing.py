@@ -17,6 +17,22 @@ def median_ms(fn, repeat=15, warmup=3, min_time=0.0):
     return float(np.median(times))
 
 
+def paired_median_ms(fa, fb, repeat=15, block=3):
+    """Median wall times of fa() and fb() in milliseconds, measured in alternating blocks so
+    that both see the same stretches of a noisy machine (this one drifts by 10-15 % over
+    seconds). Each block starts with one untimed call: the other library's worker threads may
+    still be spinning from its last call."""
+    ta, tb = [], []
+    while len(ta) < repeat:
+        for fn, times in ((fa, ta), (fb, tb)):
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ta)), float(np.median(tb))
+
+
 def sgemm_peak_gflops(n=1024, repeat=7):
     """Float32 matmul throughput numpy reaches on this machine (its BLAS, all its threads)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
