@@ -235,18 +235,19 @@ static conv2d_shape dx_shape(const conv2d_shape *s) {
 
 static int direct_backward_ok(const conv2d_shape *s) {
     if (!(s->PH <= s->KH - 1 && s->PW <= s->KW - 1 && direct_forward_ok(s))) return 0;
+    if ((long long)chunk_images(s) * (long long)padded_floats(s) >= 0x7fffffffLL) return 0;
     conv2d_shape t = dx_shape(s); /* dx is a direct forward too */
     return direct_forward_ok(&t);
 }
 
-/* direct_backward's floats: per thread the padded image and dy^T packed (panels over OC); per
- * chunk dw^T and db partials; the offsets (ints); then, reusing it all, the flipped weights and
+/* direct_backward's floats: per thread a chunk's padded images and dy^T packed (panels over
+ * OC); per chunk dw^T and db partials; the offsets (ints); then, reusing it all, the flipped weights and
  * direct_forward's workspace for dx. */
 static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
     const size_t ckk = (size_t)s->C * s->KH * s->KW, ohw = (size_t)s->OH * s->OW;
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
-    size_t grads = (size_t)nt * (padded_floats(s) + nn_packed_size((int)ohw, s->OC)) +
-                   (size_t)nchunks * (ckk * s->OC + s->OC) + ckk + ohw;
+    size_t grads = (size_t)nt * (nb * padded_floats(s) + nn_packed_size(nb * (int)ohw, s->OC)) +
+                   (size_t)nchunks * (ckk * s->OC + s->OC) + ckk + nb * ohw;
     conv2d_shape t = dx_shape(s);
     size_t dx = (size_t)s->OC * ckk + direct_floats(&t, nt);
     return grads > dx ? grads : dx;
@@ -266,41 +267,46 @@ size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
     return gemm > direct ? gemm : direct;
 }
 
-/* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc], X read in place
- * from the padded image (as in direct_forward) and dy^T packed per image; one partial per
- * chunk of images, summed in chunk order (deterministic for any thread count). dx: a direct
- * forward of dy with the flipped, transposed weights. */
+/* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] over the positions
+ * of a chunk of images at once (their padded copies side by side, one product per chunk: the
+ * tiles sum a whole chunk in registers), X read in place as in direct_forward and dy^T packed;
+ * one partial per chunk, summed in chunk order (deterministic for any thread count). dx: a
+ * direct forward of dy with the flipped, transposed weights. */
 static void direct_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy, float *dx,
                             float *dw, float *db, float *ws, int nt) {
     const int OC = s->OC, C = s->C, CKK = C * s->KH * s->KW, OHW = s->OH * s->OW;
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const size_t xs = (size_t)C * s->H * s->W, ys = (size_t)OC * OHW;
-    const size_t pad = padded_floats(s), ptf = pad + nn_packed_size(OHW, OC);
+    const size_t pad = padded_floats(s), ptf = nb * pad + nn_packed_size(nb * OHW, OC);
     float *dwt = ws + (size_t)nt * ptf;                /* [nchunks, CKK, OC] */
     float *dbp = dwt + (size_t)nchunks * CKK * OC;     /* [nchunks, OC] */
-    int *koff = (int *)(dbp + (size_t)nchunks * OC), *poff = koff + CKK;
+    int *koff = (int *)(dbp + (size_t)nchunks * OC), *poff = koff + CKK; /* poff[nb * OHW] */
     padded_offsets(s, koff, poff);
+    for (int j = 1; j < nb; j++) /* image j's positions in its padded copy, j pad further on */
+        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)pad + poff[p];
     int ntc = nt > nchunks ? nchunks : nt;
 #pragma omp parallel num_threads(ntc)
     {
-        float *xp = ws + (size_t)NN_THREAD_ID() * ptf, *dyp = xp + pad;
-        for (size_t i = 0; i < pad; i++) xp[i] = 0.0f; /* borders */
+        float *xp = ws + (size_t)NN_THREAD_ID() * ptf, *dyp = xp + nb * pad;
+        for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
             float *part = dwt + (size_t)ch * CKK * OC;
             for (size_t i = 0; i < (size_t)CKK * OC; i++) part[i] = 0.0f;
-            for (int oc = 0; oc < OC; oc++) dbp[(size_t)ch * OC + oc] = 0.0f;
-            const int n1 = (ch + 1) * nb < s->N ? (ch + 1) * nb : s->N;
-            for (int n = ch * nb; n < n1; n++) {
-                const float *dyi = dy + (size_t)n * ys;
-                pad_image(s, x + (size_t)n * xs, xp);
-                nn_pack_b(1, OHW, OC, dyi, OHW, dyp); /* dy^T[p, oc] */
-                nn_gemm_offsets(CKK, OC, OHW, xp, koff, poff, dyp, part, OC, 0, NULL);
-                for (int oc = 0; oc < OC; oc++) {
-                    double acc = 0.0;
-                    for (int i = 0; i < OHW; i++) acc += dyi[(size_t)oc * OHW + i];
-                    dbp[(size_t)ch * OC + oc] += (float)acc;
+            const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+            for (int j = 0; j < nc; j++) {
+                const float *dyi = dy + (size_t)(n0 + j) * ys;
+                pad_image(s, x + (size_t)(n0 + j) * xs, xp + j * pad);
+                nn_pack_b_rows(1, OHW, OC, dyi, OHW, dyp, nc * OHW, j * OHW); /* dy^T[p, oc] */
+            }
+            nn_gemm_offsets(CKK, OC, nc * OHW, xp, koff, poff, dyp, part, OC, 0, NULL);
+            for (int oc = 0; oc < OC; oc++) {
+                double acc = 0.0;
+                for (int j = 0; j < nc; j++) {
+                    const float *r = dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW;
+                    for (int i = 0; i < OHW; i++) acc += r[i];
                 }
+                dbp[(size_t)ch * OC + oc] = (float)acc;
             }
         }
     }

@@ -27,16 +27,20 @@ typedef float nn_v4 __attribute__((vector_size(16)));
 
 size_t nn_packed_size(int K, int N) { return (size_t)((N + NN_NR - 1) / NN_NR) * K * NN_NR; }
 
-void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
+void nn_pack_b_rows(int transB, int K, int N, const float *B, int ldb, float *bp, int Ktot, int k0) {
     const int panels = (N + NN_NR - 1) / NN_NR;
     for (int p = 0; p < panels; p++)
         for (int k = 0; k < K; k++) {
-            float *dst = bp + ((size_t)p * K + k) * NN_NR;
+            float *dst = bp + ((size_t)p * Ktot + k0 + k) * NN_NR;
             for (int j = 0; j < NN_NR; j++) {
                 int col = p * NN_NR + j;
                 dst[j] = col >= N ? 0.0f : transB ? B[(size_t)col * ldb + k] : B[(size_t)k * ldb + col];
             }
         }
+}
+
+void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
+    nn_pack_b_rows(transB, K, N, B, ldb, bp, K, 0);
 }
 
 /* Tile modes, compile-time in each kernel: A's k-th element at akoff[k] (else k), C transposed. */

@@ -188,6 +188,8 @@ static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0
 #define NN_PACK_NR 16 /* columns per packed panel */
 size_t nn_packed_size(int K, int N);
 void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp);
+/* B's K rows as rows [k0, k0 + K) of a packed matrix of Ktot rows (nn_packed_size(Ktot, N)). */
+void nn_pack_b_rows(int transB, int K, int N, const float *B, int ldb, float *bp, int Ktot, int k0);
 void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bp, float *C, int ldc);
 /* A B with A(i, k) = A[aoff[i] + akoff[k]] and B[K,N] packed (nn_pack_b): C(i, j) at
