@@ -267,6 +267,17 @@ size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
     return gemm > direct ? gemm : direct;
 }
 
+/* Sum of n floats in double, four lanes at a time (a single running sum is one long chain of
+ * dependent adds). */
+static double sum_floats(int n, const float *r) {
+    double p[4] = {0.0, 0.0, 0.0, 0.0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++) p[l] += r[i + l];
+    for (; i < n; i++) p[0] += r[i];
+    return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
 /* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] over the positions
  * of a chunk of images at once (their padded copies side by side, one product per chunk: the
  * tiles sum a whole chunk in registers), X read in place as in direct_forward and dy^T packed;
@@ -302,22 +313,27 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
             nn_gemm_offsets(CKK, OC, nc * OHW, xp, koff, poff, dyp, part, OC, 0, NULL);
             for (int oc = 0; oc < OC; oc++) {
                 double acc = 0.0;
-                for (int j = 0; j < nc; j++) {
-                    const float *r = dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW;
-                    for (int i = 0; i < OHW; i++) acc += r[i];
-                }
+                for (int j = 0; j < nc; j++) acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
                 dbp[(size_t)ch * OC + oc] = (float)acc;
             }
         }
     }
     const size_t nw = (size_t)OC * CKK;
     int nt_red = nw * nchunks < 65536 ? 1 : nt;
-#pragma omp parallel for schedule(static) num_threads(nt_red)
-    for (long long e = 0; e < (long long)nw; e++) { /* dw[oc][k] = sum over chunks of dw^T[k][oc] */
-        const size_t oc = (size_t)e / CKK, k = (size_t)e % CKK;
-        float acc = 0.0f;
-        for (int ch = 0; ch < nchunks; ch++) acc += dwt[((size_t)ch * CKK + k) * OC + oc];
-        dw[e] = acc;
+    /* dw[oc][k] = sum over chunks of dw^T[k][oc]: the partials added into the first in chunk
+     * order (contiguous, vectorized), then one transpose */
+#pragma omp parallel num_threads(nt_red)
+    {
+        int e0, e1;
+        nn_split((int)nw, NN_THREAD_ID(), NN_THREAD_COUNT(), &e0, &e1);
+        for (int ch = 1; ch < nchunks; ch++) {
+            const float *src = dwt + (size_t)ch * nw;
+            for (int e = e0; e < e1; e++) dwt[e] += src[e];
+        }
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int oc = 0; oc < OC; oc++)
+            for (int k = 0; k < CKK; k++) dw[(size_t)oc * CKK + k] = dwt[(size_t)k * OC + oc];
     }
     if (db)
         for (int oc = 0; oc < OC; oc++) {
