@@ -313,7 +313,8 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
             nn_gemm_offsets(CKK, OC, nc * OHW, xp, koff, poff, dyp, part, OC, 0, NULL);
             for (int oc = 0; oc < OC; oc++) {
                 double acc = 0.0;
-                for (int j = 0; j < nc; j++) acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
+                for (int j = 0; j < nc; j++)
+                    acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
                 dbp[(size_t)ch * OC + oc] = (float)acc;
             }
         }

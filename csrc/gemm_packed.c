@@ -5,9 +5,9 @@
  * - nn_gemm_packed: A row-major. The recurrent kernels pack W_hh once per sequence and call it
  *   at every step, where sgemm repacked W_hh on every call (15 % of the LSTM forward here).
  * - nn_gemm_offsets: A(i, k) = A[aoff[i] + akoff[k]] and C(i, j) at C + i ldc + j or, for C
- *   transposed, set to (A B)(i, j) + bias[j] at C + i + j ldc: the direct convolution (conv.c) reads its zero-padded image in
- *   place with A's rows = output positions and k = (c, kh, kw), no im2col and no padded-width
- *   outputs.
+ *   transposed, set to (A B)(i, j) + bias[j] at C + i + j ldc: the direct convolution
+ *   (conv.c) reads its zero-padded image in place, A's rows = output positions and
+ *   k = (c, kh, kw): no im2col and no outputs on the padded width.
  * - nn_gemm_gates: the LSTM step, both products of a step and the cell in one pass.
  * The micro-kernel keeps a tile of rows x (a few panels) of C in registers; each C element
  * sums its K products in k order (FMA where the level has it), so results depend on the ISA
@@ -184,21 +184,22 @@ NN_PANELS(tall2_avx512, NN_FMA_512, 14, nn_v16, 2, 16)
 NN_PANELS(tall1_avx512, NN_FMA_512, 12, nn_v16, 1, 16)
 NN_PANELS(panel_avx2, NN_FMA_256, 6, nn_v8, 2, 8)
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
+#define NN_PANELS_CALL(fn) fn(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
-                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, const float *cbias,
-                  int ncols) {
+                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc,
+                  const float *cbias, int ncols) {
     int isa = nn_isa();
     if (isa == NN_ISA_AVX512 && mode != 0) { /* convolution: 14 rows x 2 zmm (28 accumulators) */
-        if (np >= 2) return tall2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 2;
-        return tall1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
+        if (np >= 2) return NN_PANELS_CALL(tall2_avx512), 2;
+        return NN_PANELS_CALL(tall1_avx512), 1;
     }
     if (isa == NN_ISA_AVX512) {
-        if (np >= 3 && np != 4) return panel3_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 3;
-        if (np >= 2) return panel2_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 2;
-        return panel1_avx512(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
+        if (np >= 3 && np != 4) return NN_PANELS_CALL(panel3_avx512), 3;
+        if (np >= 2) return NN_PANELS_CALL(panel2_avx512), 2;
+        return NN_PANELS_CALL(panel1_avx512), 1;
     }
-    if (isa == NN_ISA_AVX2) return panel_avx2(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
-    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
+    if (isa == NN_ISA_AVX2) return NN_PANELS_CALL(panel_avx2), 1;
+    return NN_PANELS_CALL(panel_base), 1;
 }
 
 /* 4 gates, AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
@@ -210,8 +211,8 @@ NN_FMA_512 static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4,
 #else
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
-                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc, const float *cbias,
-                  int ncols) {
+                  const int *akoff, const float *bp, size_t pstride, float *C, int ldc,
+                  const float *cbias, int ncols) {
     (void)np;
     return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
 }

@@ -16,7 +16,8 @@
  * one nn_gemm_packed, then a pass of the cells.
  * Forward workspace: w_ih and w_hh packed, and b_ih + b_hh (lstm_forward_workspace_size).
  * Backward workspace: dgates[N,T,4H] + [x_t, h_{t-1}][N,T,D+H] + dhn[N,H] + dcn[N,H] + packed
- * w_hh and w_ih + per-block bias gradients + [dw_ih, dw_hh]; dx_t = dg_t w_ih at each step while dg_t is in cache.
+ * w_hh and w_ih + per-block bias gradients + [dw_ih, dw_hh]; dx_t = dg_t w_ih at each step,
+ * while dg_t is in cache.
  */
 #include <string.h>
 #include "nn_internal.h"
