@@ -59,6 +59,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
             const float *ar[R];                                                                    \
             for (int i = 0; i < (R); i++)                                                          \
                 ar[i] = (AOFF) ? (AA) + (AOFF)[r + i] : (AA) + (size_t)(r + i) * (LDA);            \
+            _Pragma("GCC unroll 2")                                                                \
             for (int k = 0; k < (KK); k++) {                                                       \
                 /* B's vectors in named variables (an array of them would live on the stack) */   \
                 const size_t ko = (size_t)k * NN_NR;                                               \
