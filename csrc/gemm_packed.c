@@ -8,7 +8,7 @@
  *   transposed, set to (A B)(i, j) + bias[j] at C + i + j ldc: the direct convolution
  *   (conv.c) reads its zero-padded image in place, A's rows = output positions and
  *   k = (c, kh, kw): no im2col and no outputs on the padded width.
- * - nn_gemm_gates: the LSTM step, both products of a step and the cell in one pass.
+ * - nn_gemm_gates: the LSTM or GRU step, both products of a step and the cell in one pass.
  * The micro-kernel keeps a tile of rows x (a few panels) of C in registers; each C element
  * sums its K products in k order (FMA where the level has it), so results depend on the ISA
  * level but never on the thread count. The scalar reference path (nn_set_reference) uses
@@ -53,8 +53,9 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
             for (int v = 0; v < (NV); v++) c[i][v] = (VT){0};
 
 /* c[i][v] += sum over k < KK of A(r + i, k) B_v[k]: A's row at AA + i LDA (or AA + AOFF[i]),
- * its k-th element at k (or, MODE & NN_AKOFF, akoff[k]); B_v[k] at BV[v] + k NN_NR. */
-#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, KK, BV, MODE)                                          \
+ * its k-th element at k (or, MODE & NN_AKOFF, akoff[k]); B_v[k] at BV[v] + k NN_NR; B_2 goes
+ * to c[i][MAP2] (2, or 3 for the GRU's separate sums). */
+#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, KK, BV, MODE, MAP2)                                    \
         {                                                                                          \
             const float *ar[R];                                                                    \
             for (int i = 0; i < (R); i++)                                                          \
@@ -73,7 +74,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
                     float a = ar[i][ak];                                                           \
                     c[i][0] += a * b0;                                                             \
                     if ((NV) > 1) c[i][1 % (NV)] += a * b1;                                        \
-                    if ((NV) > 2) c[i][2 % (NV)] += a * b2;                                        \
+                    if ((NV) > 2) c[i][MAP2] += a * b2;                                            \
                     if ((NV) > 3) c[i][3 % (NV)] += a * b3;                                        \
                 }                                                                                  \
             }                                                                                      \
@@ -83,7 +84,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 #define NN_TILE(R, VT, NV, VW, MODE)                                                               \
     for (; r + (R) <= M; r += (R)) {                                                               \
         NN_TILE_ZERO(R, VT, NV)                                                                    \
-        NN_TILE_K(R, VT, NV, A, lda, aoff, K, bv, MODE)                                            \
+        NN_TILE_K(R, VT, NV, A, lda, aoff, K, bv, MODE, 2 % (NV))                                  \
         const int nc = ncols < (NV) * (VW) ? ncols : (NV) * (VW);                                  \
         for (int i = 0; i < (R); i++) {                                                            \
             float out[(NV) * (VW)];                                                                \
@@ -129,18 +130,20 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
         else name##_m2 NN_PANEL_ARGS;                                                              \
     }
 
-/* Gate tiles: for recurrent cells whose update needs each hidden unit's NG gate sums together,
+/* Gate tiles: for recurrent cells whose update needs each hidden unit's gate sums together,
  * over two products at once: x_t W_ih^T + h_{t-1} W_hh^T. Each W[NG H, K] is packed per gate
  * (nn_pack_gates): gate g's panel of units [u, u + NN_NR) at wp + (g P + u / NN_NR) K NN_NR,
- * P = panels per gate. A tile holds R rows x NG vectors of VW units (one per gate, same units),
- * runs the K1 steps of the first product and the K2 of the second into the same registers
- * and hands the tile's sums to the epilogue, which finishes the cell for those units. */
+ * P = panels per gate. A tile holds R rows x 4 vectors of VW units (same units), runs the K1
+ * steps of the first product and the K2 of the second into the same registers and hands the
+ * tile's sums to the epilogue, which finishes the cell for those units. LSTM (NG = 4): the
+ * four gates, both products summed. GRU (NG = 3): r and z summed over both products, n kept
+ * apart, x_t's in vector 2 and h_{t-1}'s in vector 3 (n = tanh(x W_n + r (h U_n + b))). */
 #define NN_GATE_TILE(R, VT, NG, VW)                                                                \
     for (; r + (R) <= M; r += (R)) {                                                               \
-        NN_TILE_ZERO(R, VT, NG)                                                                    \
-        NN_TILE_K(R, VT, NG, A1, lda1, noff, K1, bv1, 0)                                           \
-        NN_TILE_K(R, VT, NG, A2, lda2, noff, K2, bv2, 0)                                           \
-        float acc[(R) * (NG) * (VW)];                                                              \
+        NN_TILE_ZERO(R, VT, 4)                                                                     \
+        NN_TILE_K(R, VT, NG, A1, lda1, noff, K1, bv1, 0, 2)                                        \
+        NN_TILE_K(R, VT, NG, A2, lda2, noff, K2, bv2, 0, (NG) == 3 ? 3 : 2)                        \
+        float acc[(R) * 4 * (VW)];                                                                 \
         memcpy(acc, c, sizeof acc);                                                                \
         epi(ctx, r, R, u0, nc, acc, VW);                                                           \
     }
@@ -203,11 +206,12 @@ static int panels(int mode, int np, int M, int K, const float *A, int lda, const
     return NN_PANELS_CALL(panel_base), 1;
 }
 
-/* 4 gates, AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
+/* AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
  * registers hold 3 rows x 4 ymm; measured, that tile plus the cells in its epilogue took the
  * LSTM forward from 3.9 to 4.5 ms, so AVX2 keeps the input projection as one sgemm, the steps
  * on its 6 x 2 panels and the cells as a pass of their own. */
 NN_FMA_512 static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4, 16)
+NN_FMA_512 static void gates3_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 3, 16)
 #define NN_HAVE_GATE_TILES 1
 #else
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
@@ -256,7 +260,7 @@ void nn_pack_gates(int NG, int K, int H, const float *W, int ldw, float *wp) {
 
 int nn_gate_tiles(int NG) {
 #ifdef NN_HAVE_GATE_TILES
-    return NG == 4 && nn_isa() == NN_ISA_AVX512 && !nn_get_reference();
+    return (NG == 4 || NG == 3) && nn_isa() == NN_ISA_AVX512 && !nn_get_reference();
 #else
     (void)NG;
     return 0;
@@ -266,8 +270,9 @@ int nn_gate_tiles(int NG) {
 void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, const float *wp1, int K2,
                    const float *A2, int lda2, const float *wp2, nn_gate_epilogue epi, void *ctx) {
 #ifdef NN_HAVE_GATE_TILES
-    if (M > 0 && H > 0 && K1 >= 0 && K2 >= 0 && NG == 4)
-        gates4_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
+    if (M <= 0 || H <= 0 || K1 < 0 || K2 < 0) return;
+    if (NG == 4) gates4_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
+    else if (NG == 3) gates3_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
 #else
     (void)NG, (void)M, (void)H, (void)K1, (void)A1, (void)lda1, (void)wp1, (void)K2, (void)A2;
     (void)lda2, (void)wp2, (void)epi, (void)ctx;

@@ -11,7 +11,10 @@
  *   backward: dhs[N,T,H] -> dx[N,T,D] (NULL to skip), dh0 (NULL to skip), dw_ih, dw_hh,
  *             db_ih, db_hh
  * Blocks of batch rows run the whole sequence independently (see rnn.c).
- * Forward workspace: gh[N,3H] + w_hh packed for the steps' GEMMs (gemm_packed.c).
+ * Forward, where nn_gate_tiles(3) (AVX-512): each step is one nn_gemm_gates over x_t and h_{t-1}
+ * with the cell in its epilogue (as in lstm.c); elsewhere the input projection is one GEMM per
+ * block, each step one nn_gemm_packed, then a pass of the cells.
+ * Forward workspace: gh[N,3H] + w_ih and w_hh packed + b_ih + b_hh of r and z.
  * Backward workspace: dgx[N,T,3H] + dgh[N,T,3H] + hprev[N,T,H] + dhn[N,H] + packed w_hh.
  */
 #include <string.h>
@@ -94,7 +97,59 @@ NN_MULTI_VOID(gru_cells_backward, (int r0, int r1, int t, int T, int H, const fl
     }
 })
 
-size_t gru_forward_workspace_size(int N, int H) { return (size_t)N * 3 * H + nn_packed_size(H, 3 * H); }
+/* The fused step's epilogue (nn_gemm_gates, NG = 3): units [u0, u0 + nc) of rows
+ * r0 + [row, row + nrows) at step t. */
+struct gru_step {
+    int T, H, t, r0;
+    const float *brz, *b_ih, *b_hh, *h0; /* brz: b_ih + b_hh for r and z */
+    const int32_t *spans;
+    float *gates, *hs, *hn;
+};
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
+#include "nn_vec512.h"
+__attribute__((target("avx512f"), optimize("fp-contract=fast")))
+static void gru_step_epilogue(void *ctx, int row, int nrows, int u0, int nc, const float *acc, int vw) {
+    const struct gru_step *s = ctx;
+    const int H = s->H, t = s->t;
+    const __mmask16 m = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    const __m512 br = _mm512_maskz_loadu_ps(m, s->brz + u0), bz = _mm512_maskz_loadu_ps(m, s->brz + H + u0);
+    const __m512 bxn = _mm512_maskz_loadu_ps(m, s->b_ih + 2 * H + u0);
+    const __m512 bhn = _mm512_maskz_loadu_ps(m, s->b_hh + 2 * H + u0);
+    for (int i = 0; i < nrows; i++, acc += 4 * vw) {
+        const int n = s->r0 + row + i;
+        const size_t at = (size_t)n * s->T + t;
+        float *g = s->gates + at * 3 * H + u0, *h = s->hs + at * H + u0, *hnt = s->hn + at * H + u0;
+        const float *hp = t > 0 ? h - H : (s->h0 ? s->h0 + (size_t)n * H + u0 : NULL);
+        if (!nn_step_is_data(s->spans, n, t)) { /* padding: gates 0, h carried */
+            for (int q = 0; q < 3; q++)
+                for (int j = 0; j < nc; j++) g[q * H + j] = 0.0f;
+            for (int j = 0; j < nc; j++) hnt[j] = 0.0f;
+            nn_carry_row(nc, h, hp);
+            continue;
+        }
+        __m512 r = v_sigmoid(_mm512_add_ps(br, _mm512_loadu_ps(acc)));
+        __m512 z = v_sigmoid(_mm512_add_ps(bz, _mm512_loadu_ps(acc + vw)));
+        __m512 ghn = _mm512_add_ps(bhn, _mm512_loadu_ps(acc + 3 * vw));
+        __m512 nv = v_tanh(_mm512_fmadd_ps(r, ghn, _mm512_add_ps(bxn, _mm512_loadu_ps(acc + 2 * vw))));
+        __m512 hv = _mm512_mul_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), z), nv);
+        if (hp) hv = _mm512_fmadd_ps(z, _mm512_maskz_loadu_ps(m, hp), hv);
+        _mm512_mask_storeu_ps(g, m, r);
+        _mm512_mask_storeu_ps(g + H, m, z);
+        _mm512_mask_storeu_ps(g + 2 * H, m, nv);
+        _mm512_mask_storeu_ps(hnt, m, ghn);
+        _mm512_mask_storeu_ps(h, m, hv);
+    }
+}
+#else
+/* never called: nn_gate_tiles is 0 without the AVX-512 clones */
+static void gru_step_epilogue(void *ctx, int row, int nrows, int u0, int nc, const float *acc, int vw) {
+    (void)ctx, (void)row, (void)nrows, (void)u0, (void)nc, (void)acc, (void)vw;
+}
+#endif
+
+size_t gru_forward_workspace_size(int N, int D, int H) {
+    return (size_t)N * 3 * H + nn_gates_packed_size(3, D, H) + nn_gates_packed_size(3, H, H) + 2 * (size_t)H;
+}
 
 size_t gru_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (7 * (size_t)T + 1) + nn_packed_size(3 * H, H);
@@ -105,18 +160,35 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
                 const float *w_hh, const float *b_ih, const float *b_hh, float *hs, float *gates,
                 float *hn, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
-    if (ws_len < gru_forward_workspace_size(N, H)) return NN_EWORKSPACE;
+    if (ws_len < gru_forward_workspace_size(N, D, H)) return NN_EWORKSPACE;
     const int G = 3 * H, ldg = T * G, ldh = T * H;
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
-    float *wp = ws + (size_t)N * G; /* w_hh packed once for every step's GEMM */
-    nn_pack_b(1, H, G, w_hh, H, wp);
+    /* AVX-512: w_ih and w_hh packed per gate for the fused steps; else w_hh for nn_gemm_packed */
+    const int fused = nn_gate_tiles(3);
+    float *wpi = ws + (size_t)N * G, *wph = wpi + nn_gates_packed_size(3, D, H);
+    float *brz = wph + nn_gates_packed_size(3, H, H);
+    for (int j = 0; j < 2 * H; j++) brz[j] = b_ih[j] + b_hh[j];
+    if (fused) {
+        nn_pack_gates(3, D, H, w_ih, D, wpi);
+        nn_pack_gates(3, H, H, w_hh, H, wph);
+    } else if (!nn_get_reference())
+        nn_pack_b(1, H, G, w_hh, H, wph);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
-        if (nr > 0) {
+        if (nr > 0 && fused) { /* each step one pass, the cells in the epilogue (see lstm.c) */
+            struct gru_step st = {T, H, 0, r0, brz, b_ih, b_hh, h0, spans, gates, hs, hn};
+            for (int t = 0; t < T; t++) {
+                const float *hp = t > 0 ? hs + (size_t)r0 * ldh + (size_t)(t - 1) * H
+                                        : h0 ? h0 + (size_t)r0 * H : NULL;
+                st.t = t;
+                nn_gemm_gates(3, nr, H, D, x + ((size_t)r0 * T + t) * D, T * D, wpi, hp ? H : 0,
+                              hp ? hp : x, t > 0 ? ldh : H, wph, gru_step_epilogue, &st);
+            }
+        } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *gr = gates + (size_t)r0 * ldg, *ghr = ws + (size_t)r0 * G;
             for (size_t i = 0; i < (size_t)nr * T; i++)
                 for (int j = 0; j < G; j++) gr[i * G + j] = b_ih[j];
@@ -125,10 +197,10 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
                 for (int n = 0; n < nr; n++)
                     for (int j = 0; j < G; j++) ghr[(size_t)n * G + j] = b_hh[j];
                 if (t > 0)
-                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H, wp,
+                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H, wph,
                                    ghr, G);
                 else if (h0)
-                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wp, ghr, G);
+                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, ghr, G);
                 gru_cells_forward(r0, r1, t, T, H, h0, spans, ghr, gates, hs, hn);
             }
         }

@@ -85,7 +85,7 @@ struct lstm_step {
     float *gates, *cs, *hs;
 };
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
-#include <immintrin.h>
+#include "nn_vec512.h"
 /* Row n, units [u0, u0 + nc) at step t if the step is padding: gates 0, the state carried.
  * Returns 0 for a data step. */
 static int lstm_step_padding(const struct lstm_step *s, int n, int u0, int nc) {
@@ -98,49 +98,6 @@ static int lstm_step_padding(const struct lstm_step *s, int n, int u0, int nc) {
     nn_carry_row(nc, c, t > 0 ? c - H : (s->c0 ? s->c0 + (size_t)n * H + u0 : NULL));
     nn_carry_row(nc, h, t > 0 ? h - H : (s->h0 ? s->h0 + (size_t)n * H + u0 : NULL));
     return 1;
-}
-
-/* The fused steps run at AVX-512 only (nn_gate_tiles), so the epilogue is written for it with
- * intrinsics: the cell was 38 % of the fused forward as auto-vectorized scalar code, mostly its
- * five divisions per unit (vdivps). Here 1 / d is rcp14 refined by one Newton step (within
- * ~1 ulp), exp the same Cody-Waite + Cephes polynomial as nn_expf with FMAs and scalef. */
-#define NN_V512 __attribute__((target("avx512f"), optimize("fp-contract=fast"))) static inline
-NN_V512 __m512 v_exp(__m512 x) {
-    /* max/min with x second: a NaN x passes through, as in nn_expf */
-    x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
-}
-NN_V512 __m512 v_recip(__m512 d) { /* 1 / d: rcp14 and one Newton step */
-    __m512 r = _mm512_rcp14_ps(d);
-    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
-}
-NN_V512 __m512 v_sigmoid(__m512 v) {
-    return v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), v_exp(_mm512_sub_ps(_mm512_setzero_ps(), v))));
-}
-NN_V512 __m512 v_tanh(__m512 x) { /* as nn_tanh: (1 - e) / (1 + e), e = exp(-2|x|), series below 0.05 */
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 a = _mm512_abs_ps(x);
-    __m512 e = v_exp(_mm512_mul_ps(_mm512_set1_ps(-2.0f), a));
-    __m512 t = _mm512_mul_ps(_mm512_sub_ps(one, e), v_recip(_mm512_add_ps(one, e)));
-    __m512 a2 = _mm512_mul_ps(a, a);
-    __m512 series = _mm512_mul_ps(a, _mm512_fmadd_ps(a2, _mm512_fmadd_ps(a2, _mm512_set1_ps(0.133333333f),
-                                                                        _mm512_set1_ps(-0.333333333f)), one));
-    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(0.05f), _CMP_LT_OQ), t, series);
-    /* copysign: t >= 0, x's sign bit */
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t),
-                                               _mm512_and_si512(_mm512_castps_si512(x),
-                                                                _mm512_set1_epi32((int)0x80000000u))));
 }
 
 __attribute__((target("avx512f"), optimize("fp-contract=fast")))

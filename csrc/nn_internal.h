@@ -199,11 +199,12 @@ void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const
                      const float *bp, float *C, int ldc, int ct, const float *bias);
 
 /* Recurrent steps with the cell in the GEMM's epilogue (nn_gemm_gates): rows [0, M) of
- * A1[M, K1] (lda1) W1^T + A2[M, K2] (lda2) W2^T (x_t W_ih^T + h_{t-1} W_hh^T), each W[NG H, K]
- * packed per gate by nn_pack_gates into nn_gates_packed_size(NG, K, H) floats (NG = 4 only,
- * LSTM, where nn_gate_tiles says so; K2 = 0 skips the second product). For rows
- * [row, row + nrows) and units [u0, u0 + nc), epi gets the NG gate sums as
- * acc[(i NG + g) vw + j] and finishes those units' cell update. */
+ * A1[M, K1] (lda1) W1^T and A2[M, K2] (lda2) W2^T (x_t W_ih^T, h_{t-1} W_hh^T), each W[NG H, K]
+ * packed per gate by nn_pack_gates into nn_gates_packed_size(NG, K, H) floats, where
+ * nn_gate_tiles(NG) says so (K2 = 0 skips the second product). For rows [row, row + nrows) and
+ * units [u0, u0 + nc), epi gets four sums per unit as acc[(4 i + v) vw + j]: NG = 4 (LSTM) the
+ * gates i, f, g, o of both products; NG = 3 (GRU) r, z of both, n of x_t, n of h_{t-1}; and
+ * finishes those units' cell update. */
 typedef void (*nn_gate_epilogue)(void *ctx, int row, int nrows, int u0, int nc, const float *acc,
                                  int vw);
 int nn_gate_tiles(int NG); /* 1 where this level has them (AVX-512, not the reference path) */

@@ -146,7 +146,7 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spa
 /* ---- gru.c: gates r,z,n (PyTorch order, n = tanh(Wx + b_in + r*(W_hn h + b_hn)));
  *      w_ih[3H,D], w_hh[3H,H], b_ih[3H], b_hh[3H];
  *      saves hs[N,T,H], gates[N,T,3H] (r,z,n activated), hn[N,T,H] = W_hn h + b_hn ---- */
-size_t gru_forward_workspace_size(int N, int H);
+size_t gru_forward_workspace_size(int N, int D, int H);
 size_t gru_backward_workspace_size(int N, int T, int H);
 int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans,
                 const float *h0, const float *w_ih,

@@ -73,7 +73,7 @@ cdef extern from "nn_kernels.h" nogil:
                       const float *cs, const float *gates, const float *dhs, const float *dcT,
                       float *dx, float *dh0, float *dc0, float *dw_ih, float *dw_hh,
                       float *db_ih, float *db_hh, float *ws, size_t ws_len)
-    size_t gru_forward_workspace_size(int N, int H)
+    size_t gru_forward_workspace_size(int N, int D, int H)
     size_t gru_backward_workspace_size(int N, int T, int H)
     int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                     const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
@@ -400,8 +400,8 @@ def lstm_bwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, hs, cs, g
     check(rc, "lstm_backward")
 
 
-def gru_ws_size(int N, int T, int H):
-    return gru_forward_workspace_size(N, H), gru_backward_workspace_size(N, T, H)
+def gru_ws_size(int N, int T, int D, int H):
+    return gru_forward_workspace_size(N, D, H), gru_backward_workspace_size(N, T, H)
 
 
 def gru_fwd(int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws):

@@ -388,7 +388,7 @@ def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, spans=None):
     gates = np.empty((n, t, g), dtype=F32)
     hn = np.empty((n, t, h), dtype=F32)
     spans = check_spans(spans, n, t)
-    ws = _workspace(_kernels.gru_ws_size(n, t, h)[0])
+    ws = _workspace(_kernels.gru_ws_size(n, t, d, h)[0])
     _kernels.gru_fwd(n, t, d, h, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, gates, hn, ws)
     return hs, gates, hn
 
@@ -403,7 +403,7 @@ def gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs, h0=None, need_dx=True, grads
     dhs = check_array("dhs", dhs, (n, t, h))
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
     spans = check_spans(spans, n, t)
-    ws = _workspace(_kernels.gru_ws_size(n, t, h)[1])
+    ws = _workspace(_kernels.gru_ws_size(n, t, d, h)[1])
     _kernels.gru_bwd(n, t, d, h, x, spans, h0, w_ih, w_hh, hs, gates, hn, dhs, out["dx"], out["dh0"],
                      out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
     return out
