@@ -186,6 +186,17 @@ static void direct_forward(const conv2d_shape *s, const float *x, const float *w
     }
 }
 
+/* Sum of n floats in double, four lanes at a time (a single running sum is one long chain of
+ * dependent adds). */
+static double sum_floats(int n, const float *r) {
+    double p[4] = {0.0, 0.0, 0.0, 0.0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++) p[l] += r[i + l];
+    for (; i < n; i++) p[0] += r[i];
+    return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
 int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
                    float *y, float *ws, size_t ws_len) {
     conv2d_shape t = *s;
@@ -202,6 +213,16 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
         direct_forward(s, x, w, b, y, ws, nt);
         return NN_OK;
     }
+    /* Large images: one GEMM per image straight into y, the bias as a row of ones under the
+     * columns (conv 1->32 on 28x28: y was written twice, by the GEMM into buf and by the copy,
+     * 6.4 MB each). Small ones keep one long GEMM per chunk and the copy. */
+    const int per_image = OHW >= 256;
+    float *wb = ws + (size_t)nt * ptf; /* [OC, CKK + 1]: w and b (the gradients' partials' room) */
+    if (per_image)
+        for (int oc = 0; oc < OC; oc++) {
+            memcpy(wb + (size_t)oc * (CKK + 1), w + (size_t)oc * CKK, sizeof(float) * CKK);
+            wb[(size_t)oc * (CKK + 1) + CKK] = b ? b[oc] : 0.0f;
+        }
     if (nt > nchunks) nt = nchunks;
 #pragma omp parallel num_threads(nt)
     {
@@ -211,6 +232,13 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
         for (int ch = 0; ch < nchunks; ch++) {
             int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
             for (int j = 0; j < nc; j++) im2col(s, x + (n0 + j) * xs, cols + (size_t)j * OHW, L);
+            if (per_image) { /* cols[CKK + 1, L] (the ones row in buf's room, unused here) */
+                for (int i = 0; i < L; i++) cols[(size_t)CKK * L + i] = 1.0f;
+                for (int j = 0; j < nc; j++)
+                    nn_gemm(0, 0, OC, OHW, CKK + 1, 1.0f, wb, CKK + 1, cols + (size_t)j * OHW, L, 0.0f,
+                            y + (n0 + j) * ys, OHW);
+                continue;
+            }
             nn_gemm(0, 0, OC, L, CKK, 1.0f, w, CKK, cols, L, 0.0f, buf, L);
             for (int j = 0; j < nc; j++)
                 for (int oc = 0; oc < OC; oc++) {
@@ -265,17 +293,6 @@ size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
         if (bwd > direct) direct = bwd;
     }
     return gemm > direct ? gemm : direct;
-}
-
-/* Sum of n floats in double, four lanes at a time (a single running sum is one long chain of
- * dependent adds). */
-static double sum_floats(int n, const float *r) {
-    double p[4] = {0.0, 0.0, 0.0, 0.0};
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int l = 0; l < 4; l++) p[l] += r[i + l];
-    for (; i < n; i++) p[0] += r[i];
-    return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
 /* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] over the positions
@@ -378,6 +395,25 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
             int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            if (OHW >= 256) { /* large images: per image, dy read in place (as the forward) */
+                float *part = dwp + (size_t)ch * OC * CKK;
+                for (int oc = 0; oc < OC; oc++) dbp[(size_t)ch * OC + oc] = 0.0f;
+                for (int j = 0; j < nc; j++) {
+                    const float *dyi = dy + (n0 + j) * ys;
+                    float *cj = cols + (size_t)j * OHW;
+                    im2col(s, x + (n0 + j) * xs, cj, L);
+                    nn_gemm(0, 1, OC, CKK, OHW, 1.0f, dyi, OHW, cj, L, j ? 1.0f : 0.0f, part, CKK);
+                    for (int oc = 0; oc < OC; oc++)
+                        dbp[(size_t)ch * OC + oc] += (float)sum_floats(OHW, dyi + (size_t)oc * OHW);
+                    if (dx) { /* the image's columns are free again */
+                        nn_gemm(1, 0, CKK, OHW, OC, 1.0f, w, CKK, dyi, OHW, 0.0f, cj, L);
+                        float *dxi = dx + (n0 + j) * xs;
+                        memset(dxi, 0, sizeof(float) * xs);
+                        col2im(s, cj, L, dxi);
+                    }
+                }
+                continue;
+            }
             for (int j = 0; j < nc; j++) {
                 im2col(s, x + (n0 + j) * xs, cols + (size_t)j * OHW, L);
                 for (int oc = 0; oc < OC; oc++)

@@ -15,6 +15,8 @@ SHAPES = [
     (2, 3, 6, 6, 7, 1, 1, 0),             # 1x1
     (2, 2, 9, 10, 3, 3, (2, 1), (1, 2)),  # mixed stride and padding
     (37, 8, 16, 16, 5, 3, 1, 1),          # several chunks, uneven last one
+    (3, 1, 20, 20, 6, 3, 1, 1),           # im2col, >= 256 outputs per image: one GEMM per image
+    (2, 3, 40, 36, 4, 3, 2, 1),           # the same with stride 2
     (4, 1, 3, 3, 2, 3, 1, 2),             # padding larger than half the kernel
     # stride 1 with >= 32 column rows: the direct (no im2col) forward and backward
     (1, 4, 5, 7, 9, 3, 1, 0),             # batch 1, no padding, odd sizes
