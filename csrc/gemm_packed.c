@@ -8,7 +8,7 @@
  *   transposed, set to (A B)(i, j) + bias[j] at C + i + j ldc: the direct convolution
  *   (conv.c) reads its zero-padded image in place, A's rows = output positions and
  *   k = (c, kh, kw): no im2col and no outputs on the padded width.
- * - nn_gemm_gates: the LSTM or GRU step, both products of a step and the cell in one pass.
+ * - nn_gemm_gates: an LSTM, GRU or RNN step, both products of a step and the cell in one pass.
  * The micro-kernel keeps a tile of rows x (a few panels) of C in registers; each C element
  * sums its K products in k order (FMA where the level has it), so results depend on the ISA
  * level but never on the thread count. The scalar reference path (nn_set_reference) uses
@@ -133,16 +133,18 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 /* Gate tiles: for recurrent cells whose update needs each hidden unit's gate sums together,
  * over two products at once: x_t W_ih^T + h_{t-1} W_hh^T. Each W[NG H, K] is packed per gate
  * (nn_pack_gates): gate g's panel of units [u, u + NN_NR) at wp + (g P + u / NN_NR) K NN_NR,
- * P = panels per gate. A tile holds R rows x 4 vectors of VW units (same units), runs the K1
- * steps of the first product and the K2 of the second into the same registers and hands the
- * tile's sums to the epilogue, which finishes the cell for those units. LSTM (NG = 4): the
- * four gates, both products summed. GRU (NG = 3): r and z summed over both products, n kept
- * apart, x_t's in vector 2 and h_{t-1}'s in vector 3 (n = tanh(x W_n + r (h U_n + b))). */
+ * P = panels per gate. A tile holds R rows x 4 vectors of VW units, runs the K1 steps of the
+ * first product and the K2 of the second into the same registers and hands the tile's sums
+ * to the epilogue, which finishes the cell for those units. LSTM (NG = 4): the gates i, f, g,
+ * o of the same units, both products summed. GRU (NG = 3): r and z summed over both products,
+ * n kept apart, x_t's in vector 2 and h_{t-1}'s in vector 3 (n = tanh(x W_n + r (h U_n + b))).
+ * Elman RNN (NG = 1): three consecutive blocks of units, both products summed. */
+#define NN_GATE_NV(NG) ((NG) == 1 ? 3 : (NG)) /* B vectors per k */
 #define NN_GATE_TILE(R, VT, NG, VW)                                                                \
     for (; r + (R) <= M; r += (R)) {                                                               \
         NN_TILE_ZERO(R, VT, 4)                                                                     \
-        NN_TILE_K(R, VT, NG, A1, lda1, noff, K1, bv1, 0, 2)                                        \
-        NN_TILE_K(R, VT, NG, A2, lda2, noff, K2, bv2, 0, (NG) == 3 ? 3 : 2)                        \
+        NN_TILE_K(R, VT, NN_GATE_NV(NG), A1, lda1, noff, K1, bv1, 0, 2)                            \
+        NN_TILE_K(R, VT, NN_GATE_NV(NG), A2, lda2, noff, K2, bv2, 0, (NG) == 3 ? 3 : 2)            \
         float acc[(R) * 4 * (VW)];                                                                 \
         memcpy(acc, c, sizeof acc);                                                                \
         epi(ctx, r, R, u0, nc, acc, VW);                                                           \
@@ -151,12 +153,14 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
     {                                                                                              \
         const int *noff = NULL, *akoff = NULL;                                                     \
         (void)akoff;                                                                               \
-        const int P = (H + NN_NR - 1) / NN_NR;                                                     \
-        for (int u0 = 0; u0 < H; u0 += (VW)) {                                                     \
-            const int nc = H - u0 < (VW) ? H - u0 : (VW);                                          \
-            const float *bv1[NG], *bv2[NG];                                                        \
-            for (int g = 0; g < (NG); g++) {                                                       \
-                size_t at = ((size_t)g * P + u0 / NN_NR) * NN_NR;                                  \
+        const int P = (H + NN_NR - 1) / NN_NR, step = (NG) == 1 ? 3 * (VW) : (VW);                 \
+        for (int u0 = 0; u0 < H; u0 += step) {                                                     \
+            const int nc = H - u0 < step ? H - u0 : step;                                          \
+            const float *bv1[NN_GATE_NV(NG)], *bv2[NN_GATE_NV(NG)];                                \
+            for (int g = 0; g < NN_GATE_NV(NG); g++) {                                             \
+                int q = u0 / NN_NR + g; /* RNN: past the last panel only for unused lanes */       \
+                size_t at = ((NG) == 1 ? (size_t)(q < P ? q : P - 1)                               \
+                                       : (size_t)g * P + u0 / NN_NR) * NN_NR;                      \
                 bv1[g] = wp1 + at * K1 + u0 % NN_NR;                                               \
                 bv2[g] = wp2 + at * K2 + u0 % NN_NR;                                               \
             }                                                                                      \
@@ -206,12 +210,13 @@ static int panels(int mode, int np, int M, int K, const float *A, int lda, const
     return NN_PANELS_CALL(panel_base), 1;
 }
 
-/* AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs). AVX2's 16
- * registers hold 3 rows x 4 ymm; measured, that tile plus the cells in its epilogue took the
- * LSTM forward from 3.9 to 4.5 ms, so AVX2 keeps the input projection as one sgemm, the steps
- * on its 6 x 2 panels and the cells as a pass of their own. */
+/* AVX-512 only: 6 rows x 4 zmm (24 accumulators, 10 loads per 24 FMAs; the RNN's 8 x 3). AVX2's
+ * 16 registers hold 3 rows x 4 ymm; measured, that tile plus the cells in its epilogue took
+ * the LSTM forward from 3.9 to 4.5 ms, so AVX2 keeps the input projection as one sgemm, the
+ * steps on its 6 x 2 panels and the cells as a pass of their own. */
 NN_FMA_512 static void gates4_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 4, 16)
 NN_FMA_512 static void gates3_avx512 NN_GATES_PARAMS NN_GATES_BODY(6, nn_v16, 3, 16)
+NN_FMA_512 static void gates1_avx512 NN_GATES_PARAMS NN_GATES_BODY(8, nn_v16, 1, 16)
 #define NN_HAVE_GATE_TILES 1
 #else
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4)
@@ -260,7 +265,7 @@ void nn_pack_gates(int NG, int K, int H, const float *W, int ldw, float *wp) {
 
 int nn_gate_tiles(int NG) {
 #ifdef NN_HAVE_GATE_TILES
-    return (NG == 4 || NG == 3) && nn_isa() == NN_ISA_AVX512 && !nn_get_reference();
+    return (NG == 4 || NG == 3 || NG == 1) && nn_isa() == NN_ISA_AVX512 && !nn_get_reference();
 #else
     (void)NG;
     return 0;
@@ -273,6 +278,7 @@ void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, cons
     if (M <= 0 || H <= 0 || K1 < 0 || K2 < 0) return;
     if (NG == 4) gates4_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
     else if (NG == 3) gates3_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
+    else if (NG == 1) gates1_avx512(M, H, K1, A1, lda1, wp1, K2, A2, lda2, wp2, epi, ctx);
 #else
     (void)NG, (void)M, (void)H, (void)K1, (void)A1, (void)lda1, (void)wp1, (void)K2, (void)A2;
     (void)lda2, (void)wp2, (void)epi, (void)ctx;

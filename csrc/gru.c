@@ -197,8 +197,8 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
                 for (int n = 0; n < nr; n++)
                     for (int j = 0; j < G; j++) ghr[(size_t)n * G + j] = b_hh[j];
                 if (t > 0)
-                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H, wph,
-                                   ghr, G);
+                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H,
+                                   wph, ghr, G);
                 else if (h0)
                     nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, ghr, G);
                 gru_cells_forward(r0, r1, t, T, H, h0, spans, ghr, gates, hs, hn);

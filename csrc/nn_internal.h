@@ -203,8 +203,8 @@ void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const
  * packed per gate by nn_pack_gates into nn_gates_packed_size(NG, K, H) floats, where
  * nn_gate_tiles(NG) says so (K2 = 0 skips the second product). For rows [row, row + nrows) and
  * units [u0, u0 + nc), epi gets four sums per unit as acc[(4 i + v) vw + j]: NG = 4 (LSTM) the
- * gates i, f, g, o of both products; NG = 3 (GRU) r, z of both, n of x_t, n of h_{t-1}; and
- * finishes those units' cell update. */
+ * gates i, f, g, o of both products; NG = 3 (GRU) r, z of both, n of x_t, n of h_{t-1};
+ * NG = 1 (RNN) units u0 + 16 v + j, v < 3, of both; and finishes those units' cell update. */
 typedef void (*nn_gate_epilogue)(void *ctx, int row, int nrows, int u0, int nc, const float *acc,
                                  int vw);
 int nn_gate_tiles(int NG); /* 1 where this level has them (AVX-512, not the reference path) */

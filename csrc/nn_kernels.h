@@ -116,7 +116,7 @@ double sum_squares(size_t n, const float *x, double *partial);
 
 /* ---- rnn.c: x[N,T,D], h0[N,H] or NULL (zeros), w_ih[H,D], w_hh[H,H], b_ih[H], b_hh[H],
  *      hs[N,T,H] = all hidden states; dhs[N,T,H] = dLoss/dhs ---- */
-size_t rnn_forward_workspace_size(int H);
+size_t rnn_forward_workspace_size(int D, int H);
 size_t rnn_backward_workspace_size(int N, int T, int H);
 int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans,
                 const float *h0,

@@ -45,7 +45,49 @@ NN_MULTI_VOID(rnn_cells_backward, (int act, int r0, int r1, int t, int T, int H,
     }
 })
 
-size_t rnn_forward_workspace_size(int H) { return nn_packed_size(H, H); }
+/* The fused step's epilogue (nn_gemm_gates, NG = 1): units [u0, u0 + nc) of rows
+ * r0 + [row, row + nrows) at step t, in three vectors of 16. */
+struct rnn_step {
+    int T, H, t, r0, act;
+    const float *bias, *h0; /* bias: b_ih + b_hh */
+    const int32_t *spans;
+    float *hs;
+};
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
+#include "nn_vec512.h"
+__attribute__((target("avx512f"), optimize("fp-contract=fast")))
+static void rnn_step_epilogue(void *ctx, int row, int nrows, int u0, int nc, const float *acc, int vw) {
+    const struct rnn_step *s = ctx;
+    const int H = s->H, t = s->t;
+    for (int i = 0; i < nrows; i++, acc += 4 * vw) {
+        const int n = s->r0 + row + i;
+        float *h = s->hs + ((size_t)n * s->T + t) * H + u0;
+        if (!nn_step_is_data(s->spans, n, t)) {
+            nn_carry_row(nc, h, t > 0 ? h - H : (s->h0 ? s->h0 + (size_t)n * H + u0 : NULL));
+            continue;
+        }
+        for (int v = 0; v < 3 && 16 * v < nc; v++) {
+            const int lanes = nc - 16 * v < 16 ? nc - 16 * v : 16;
+            const __mmask16 m = lanes == 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
+            __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(m, s->bias + u0 + 16 * v),
+                                     _mm512_loadu_ps(acc + v * vw));
+            if (s->act == NN_ACT_SIGMOID) z = v_sigmoid(z);
+            else if (s->act == NN_ACT_TANH) z = v_tanh(z);
+            else if (s->act == NN_ACT_RELU) z = _mm512_max_ps(z, _mm512_setzero_ps()); /* NaN -> 0 */
+            _mm512_mask_storeu_ps(h + 16 * v, m, z);
+        }
+    }
+}
+#else
+/* never called: nn_gate_tiles is 0 without the AVX-512 clones */
+static void rnn_step_epilogue(void *ctx, int row, int nrows, int u0, int nc, const float *acc, int vw) {
+    (void)ctx, (void)row, (void)nrows, (void)u0, (void)nc, (void)acc, (void)vw;
+}
+#endif
+
+size_t rnn_forward_workspace_size(int D, int H) {
+    return nn_gates_packed_size(1, D, H) + nn_gates_packed_size(1, H, H) + (size_t)H;
+}
 
 size_t rnn_backward_workspace_size(int N, int T, int H) {
     return (size_t)N * H * (2 * (size_t)T + 1) + nn_packed_size(H, H);
@@ -57,8 +99,13 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32
                 float *hs, float *ws, size_t ws_len) {
     if (!nn_seq_dims_ok(N, T, D, H, 1)) return NN_EBADSHAPE;
     if (act < NN_ACT_IDENTITY || act > NN_ACT_RELU) return NN_EBADARG;
-    if (ws_len < rnn_forward_workspace_size(H)) return NN_EWORKSPACE;
-    nn_pack_b(1, H, H, w_hh, H, ws); /* w_hh packed once for every step's GEMM */
+    if (ws_len < rnn_forward_workspace_size(D, H)) return NN_EWORKSPACE;
+    /* AVX-512: w_ih and w_hh packed for the fused steps; else w_hh for nn_gemm_packed */
+    const int fused = nn_gate_tiles(1);
+    float *wpi = ws, *wph = wpi + nn_gates_packed_size(1, D, H), *bias = wph + nn_gates_packed_size(1, H, H);
+    for (int j = 0; j < H; j++) bias[j] = b_ih[j] + b_hh[j];
+    if (fused) nn_pack_gates(1, D, H, w_ih, D, wpi);
+    if (!nn_get_reference()) nn_pack_b(1, H, H, w_hh, H, wph); /* the same layout as one gate */
     const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
     int nt = nn_threads();
     if (nt > nblocks) nt = nblocks;
@@ -67,17 +114,26 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32
     for (int blk = 0; blk < nblocks; blk++) {
         const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
         const int nr = r1 - r0;
-        if (nr > 0) {
+        if (nr > 0 && fused) { /* each step one pass, the activation in the epilogue (see lstm.c) */
+            struct rnn_step st = {T, H, 0, r0, act, bias, h0, spans, hs};
+            for (int t = 0; t < T; t++) {
+                const float *hp = t > 0 ? hs + (size_t)r0 * ld + (size_t)(t - 1) * H
+                                        : h0 ? h0 + (size_t)r0 * H : NULL;
+                st.t = t;
+                nn_gemm_gates(1, nr, H, D, x + ((size_t)r0 * T + t) * D, T * D, wpi, hp ? H : 0,
+                              hp ? hp : x, t > 0 ? ld : H, wph, rnn_step_epilogue, &st);
+            }
+        } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *hr = hs + (size_t)r0 * ld;
             for (size_t i = 0; i < (size_t)nr * T; i++)
-                for (int j = 0; j < H; j++) hr[i * H + j] = b_ih[j] + b_hh[j];
+                for (int j = 0; j < H; j++) hr[i * H + j] = bias[j];
             nn_gemm(0, 1, nr * T, H, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, hr, H);
             for (int t = 0; t < T; t++) {
                 float *ht = hr + (size_t)t * H;
                 if (t > 0)
-                    nn_gemm_packed(1, nr, H, H, ht - H, ld, w_hh, H, ws, ht, ld);
+                    nn_gemm_packed(1, nr, H, H, ht - H, ld, w_hh, H, wph, ht, ld);
                 else if (h0)
-                    nn_gemm_packed(1, nr, H, H, h0 + (size_t)r0 * H, H, w_hh, H, ws, ht, ld);
+                    nn_gemm_packed(1, nr, H, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, ht, ld);
                 rnn_cells_forward(act, r0, r1, t, T, H, h0, spans, hs);
             }
         }

@@ -54,7 +54,7 @@ cdef extern from "nn_kernels.h" nogil:
                     float b2, float eps, float l2, float decay)
     size_t sum_squares_partials(size_t n)
     double sum_squares(size_t n, const float *x, double *partial)
-    size_t rnn_forward_workspace_size(int H)
+    size_t rnn_forward_workspace_size(int D, int H)
     size_t rnn_backward_workspace_size(int N, int T, int H)
     int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
                     const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh,
@@ -302,8 +302,8 @@ def maxpool2d_bwd(tuple dims, dy, argmax, dx):
     check(rc, "maxpool2d_backward")
 
 
-def rnn_ws_size(int N, int T, int H):
-    return rnn_forward_workspace_size(H), rnn_backward_workspace_size(N, T, H)
+def rnn_ws_size(int N, int T, int D, int H):
+    return rnn_forward_workspace_size(D, H), rnn_backward_workspace_size(N, T, H)
 
 
 def rnn_fwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, ws):

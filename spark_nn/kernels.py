@@ -312,7 +312,7 @@ def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, activation="tanh", spans=Non
     h0 = _optional("h0", h0, (n, h))
     spans = check_spans(spans, n, t)
     hs = np.empty((n, t, h), dtype=F32)
-    ws = _workspace(_kernels.rnn_ws_size(n, t, h)[0])
+    ws = _workspace(_kernels.rnn_ws_size(n, t, d, h)[0])
     _kernels.rnn_fwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs, ws)
     return hs
 
@@ -328,7 +328,7 @@ def rnn_backward(x, w_ih, w_hh, hs, dhs, h0=None, activation="tanh", need_dx=Tru
     dhs = check_array("dhs", dhs, (n, t, h))
     spans = check_spans(spans, n, t)
     out = _grad_buffers(grads, g, d, h, n, t, need_dx, True)
-    ws = _workspace(_kernels.rnn_ws_size(n, t, h)[1])
+    ws = _workspace(_kernels.rnn_ws_size(n, t, d, h)[1])
     _kernels.rnn_bwd(act, n, t, d, h, x, spans, h0, w_ih, w_hh, hs, dhs, out["dx"], out["dh0"],
                      out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
     return out
