@@ -221,8 +221,8 @@ __attribute__((target("avx512f"))) static inline void transpose16(__m512 *r) {
         r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
     }
 }
-__attribute__((target("avx512f"), noinline)) static void ct_store_avx512(const float *tb, int R, int W, int nc, float *C,
-                                                              int ldc, const float *bias) {
+__attribute__((target("avx512f"), noinline))
+static void ct_store_avx512(const float *tb, int R, int W, int nc, float *C, int ldc, const float *bias) {
     const __mmask16 m = (__mmask16)((1u << R) - 1); /* R <= 16 */
     for (int j0 = 0; j0 < nc; j0 += 16) {
         __m512 r[16];
@@ -233,8 +233,8 @@ __attribute__((target("avx512f"), noinline)) static void ct_store_avx512(const f
                                   bias ? _mm512_add_ps(r[j], _mm512_set1_ps(bias[j0 + j])) : r[j]);
     }
 }
-__attribute__((target("avx2"), noinline)) static void ct_store_avx2(const float *tb, int R, int W, int nc, float *C,
-                                                         int ldc, const float *bias) {
+__attribute__((target("avx2"), noinline))
+static void ct_store_avx2(const float *tb, int R, int W, int nc, float *C, int ldc, const float *bias) {
     const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(R), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int j0 = 0; j0 < nc; j0 += 8) { /* R <= 8: one 8 x 8 transpose per 8 columns */
         __m256 r[8], t[8];
