@@ -357,3 +357,14 @@ void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, cons
     (void)lda2, (void)wp2, (void)epi, (void)ctx;
 #endif
 }
+
+void nn_gate_steps(int NG, int nr, int T, int D, int H, const float *xr, const float *hr,
+                   const float *h0r, const float *wpi, const float *wph, nn_gate_epilogue epi, void *ctx,
+                   int *step) {
+    for (int t = 0; t < T; t++) {
+        const float *hp = t > 0 ? hr + (size_t)(t - 1) * H : h0r;
+        *step = t;
+        nn_gemm_gates(NG, nr, H, D, xr + (size_t)t * D, T * D, wpi, hp ? H : 0, hp ? hp : xr,
+                      t > 0 ? T * H : H, wph, epi, ctx);
+    }
+}

@@ -181,13 +181,8 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
         const int nr = r1 - r0;
         if (nr > 0 && fused) { /* each step one pass, the cells in the epilogue (see lstm.c) */
             struct gru_step st = {T, H, 0, r0, brz, b_ih, b_hh, h0, spans, gates, hs, hn};
-            for (int t = 0; t < T; t++) {
-                const float *hp = t > 0 ? hs + (size_t)r0 * ldh + (size_t)(t - 1) * H
-                                        : h0 ? h0 + (size_t)r0 * H : NULL;
-                st.t = t;
-                nn_gemm_gates(3, nr, H, D, x + ((size_t)r0 * T + t) * D, T * D, wpi, hp ? H : 0,
-                              hp ? hp : x, t > 0 ? ldh : H, wph, gru_step_epilogue, &st);
-            }
+            nn_gate_steps(3, nr, T, D, H, x + (size_t)r0 * T * D, hs + (size_t)r0 * ldh,
+                          h0 ? h0 + (size_t)r0 * H : NULL, wpi, wph, gru_step_epilogue, &st, &st.t);
         } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *gr = gates + (size_t)r0 * ldg, *ghr = ws + (size_t)r0 * G;
             for (size_t i = 0; i < (size_t)nr * T; i++)

@@ -197,13 +197,8 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *span
              * epilogue; the input projection as one sgemm over all steps wrote and reread 4H
              * floats per row and step through memory (a block's gates outgrow the L2 cache) */
             struct lstm_step s = {T, H, 0, r0, bias, h0, c0, spans, gates, cs, hs};
-            for (int t = 0; t < T; t++) {
-                const float *hp = t > 0 ? hs + (size_t)r0 * ldh + (size_t)(t - 1) * H
-                                        : h0 ? h0 + (size_t)r0 * H : NULL;
-                s.t = t;
-                nn_gemm_gates(4, nr, H, D, x + ((size_t)r0 * T + t) * D, T * D, wpi, hp ? H : 0,
-                              hp ? hp : x, t > 0 ? ldh : H, wph, lstm_step_epilogue, &s);
-            }
+            nn_gate_steps(4, nr, T, D, H, x + (size_t)r0 * T * D, hs + (size_t)r0 * ldh,
+                          h0 ? h0 + (size_t)r0 * H : NULL, wpi, wph, lstm_step_epilogue, &s, &s.t);
         } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *gr = gates + (size_t)r0 * ldg;
             for (size_t i = 0; i < (size_t)nr * T; i++)

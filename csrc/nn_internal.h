@@ -212,6 +212,12 @@ size_t nn_gates_packed_size(int NG, int K, int H);
 void nn_pack_gates(int NG, int K, int H, const float *W, int ldw, float *wp);
 void nn_gemm_gates(int NG, int M, int H, int K1, const float *A1, int lda1, const float *wp1, int K2,
                    const float *A2, int lda2, const float *wp2, nn_gate_epilogue epi, void *ctx);
+/* A block's whole sequence of fused steps: rows xr[nr, T, D] of x, hr[nr, T, H] of the states
+ * (written by epi), initial states h0r[nr, H] or NULL; *step (the epilogue's context) is set
+ * to t before step t. */
+void nn_gate_steps(int NG, int nr, int T, int D, int H, const float *xr, const float *hr,
+                   const float *h0r, const float *wpi, const float *wph, nn_gate_epilogue epi, void *ctx,
+                   int *step);
 
 /* Sizes that must fit an int for BLAS and be positive. */
 static inline int nn_dims_ok(long long a, long long b, long long c) {

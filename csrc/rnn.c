@@ -116,13 +116,8 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32
         const int nr = r1 - r0;
         if (nr > 0 && fused) { /* each step one pass, the activation in the epilogue (see lstm.c) */
             struct rnn_step st = {T, H, 0, r0, act, bias, h0, spans, hs};
-            for (int t = 0; t < T; t++) {
-                const float *hp = t > 0 ? hs + (size_t)r0 * ld + (size_t)(t - 1) * H
-                                        : h0 ? h0 + (size_t)r0 * H : NULL;
-                st.t = t;
-                nn_gemm_gates(1, nr, H, D, x + ((size_t)r0 * T + t) * D, T * D, wpi, hp ? H : 0,
-                              hp ? hp : x, t > 0 ? ld : H, wph, rnn_step_epilogue, &st);
-            }
+            nn_gate_steps(1, nr, T, D, H, x + (size_t)r0 * T * D, hs + (size_t)r0 * ld,
+                          h0 ? h0 + (size_t)r0 * H : NULL, wpi, wph, rnn_step_epilogue, &st, &st.t);
         } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *hr = hs + (size_t)r0 * ld;
             for (size_t i = 0; i < (size_t)nr * T; i++)
