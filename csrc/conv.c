@@ -32,6 +32,9 @@
 #define NN_CONV_MIN_CHUNKS 8
 #define CONV_CHUNK_FLOATS (256 * 1024)
 #define NN_DIRECT_MIN_CKK 32
+/* im2col path: from this many outputs per image, one GEMM per image reads and writes y and dy
+ * in place (no copy through a chunk buffer) */
+#define NN_PER_IMAGE_OHW 256
 
 int conv2d_shape_init(conv2d_shape *s) {
     if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
@@ -216,7 +219,7 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
     /* Large images: one GEMM per image straight into y, the bias as a row of ones under the
      * columns (conv 1->32 on 28x28: y was written twice, by the GEMM into buf and by the copy,
      * 6.4 MB each). Small ones keep one long GEMM per chunk and the copy. */
-    const int per_image = OHW >= 256;
+    const int per_image = OHW >= NN_PER_IMAGE_OHW;
     float *wb = ws + (size_t)nt * ptf; /* [OC, CKK + 1]: w and b (the gradients' partials' room) */
     if (per_image)
         for (int oc = 0; oc < OC; oc++) {
@@ -395,7 +398,7 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
             int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
-            if (OHW >= 256) { /* large images: per image, dy read in place (as the forward) */
+            if (OHW >= NN_PER_IMAGE_OHW) { /* per image, dy read in place (as the forward) */
                 float *part = dwp + (size_t)ch * OC * CKK;
                 for (int oc = 0; oc < OC; oc++) dbp[(size_t)ch * OC + oc] = 0.0f;
                 for (int j = 0; j < nc; j++) {
