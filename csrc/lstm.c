@@ -22,11 +22,10 @@
 #include <string.h>
 #include "nn_internal.h"
 
-/* One time step of n units of one row: g holds the pre-activations a (i,f,g,o, H apart) and
- * gets the gates. */
-NN_CELL void cell_forward(int n, int H, float *restrict g, const float *restrict cp,
-                          float *restrict c, float *restrict h, const int has_prev) {
-    for (int j = 0; j < n; j++) {
+/* One time step of one row: g holds the pre-activations a (i,f,g,o) and gets the gates. */
+NN_CELL void cell_forward(int H, float *restrict g, const float *restrict cp, float *restrict c,
+                          float *restrict h, const int has_prev) {
+    for (int j = 0; j < H; j++) {
         float i = nn_sigmoid(g[j]), f = nn_sigmoid(g[H + j]);
         float gg = nn_tanh(g[2 * H + j]), o = nn_sigmoid(g[3 * H + j]);
         g[j] = i;
@@ -72,8 +71,8 @@ NN_MULTI_VOID(lstm_cells_forward, (int r0, int r1, int t, int T, int H, const fl
             for (int j = 0; j < G; j++) g[j] = 0.0f;
             nn_carry_row(H, c, cp);
             nn_carry_row(H, h, t > 0 ? h - H : (h0 ? h0 + (size_t)n * H : NULL));
-        } else if (cp) cell_forward(H, H, g, cp, c, h, 1);
-        else cell_forward(H, H, g, NULL, c, h, 0);
+        } else if (cp) cell_forward(H, g, cp, c, h, 1);
+        else cell_forward(H, g, NULL, c, h, 0);
     }
 })
 

@@ -7,11 +7,13 @@
  *   backward: dhs[N,T,H] = dLoss/dh_t (put the gradient of the last state in dhs[:,T-1])
  *             -> dx[N,T,D] (NULL to skip), dh0[N,H] (NULL to skip), dw_ih, dw_hh, db_ih, db_hh
  * Rows of the batch are independent in time, so each block of rows (fixed by N, see
- * nn_seq_block_rows) runs its whole sequence on one thread with no barrier per step; the
- * input projection for all steps is one GEMM per block, each step's recurrent product one
- * nn_gemm_packed against w_hh packed once per call, and the weight gradients one GEMM each
- * over all N*T rows afterwards.
- * Forward workspace: w_hh packed for the steps' GEMMs (rnn_forward_workspace_size).
+ * nn_seq_block_rows) runs its whole sequence on one thread with no barrier per step. Forward,
+ * where nn_gate_tiles(1) (AVX-512): each step is one nn_gemm_gates over x_t and h_{t-1} with
+ * the activation in its epilogue (as in lstm.c); elsewhere the input projection for all steps
+ * is one GEMM per block, each step's recurrent product one nn_gemm_packed against w_hh packed
+ * once per call, then the activation. The weight gradients are one GEMM each over all N*T
+ * rows afterwards.
+ * Forward workspace: w_ih and w_hh packed, and b_ih + b_hh (rnn_forward_workspace_size).
  * Backward workspace: das[N,T,H] + hprev[N,T,H] + dhn[N,H] + packed w_hh.
  */
 #include "nn_internal.h"
