@@ -26,6 +26,9 @@ if os.environ.get("SPARK_NN_SANITIZE") == "1":
 ext = Extension(
     "spark_nn._kernels",
     sources=["spark_nn/_kernels.pyx"] + sorted(glob.glob("csrc/*.c")),
+    # every object is rebuilt when a header changes (setuptools compares each object with its
+    # source and these; it cannot tell which .c includes which header)
+    depends=sorted(glob.glob("csrc/*.h")),
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,

@@ -1,0 +1,308 @@
+"""Training data as one float32 block per partition, made in a single pass over the data.
+
+One Spark job (``materialize``) reads the features and labels, checks every row, splits off the
+validation rows and writes each partition's block. Where the block lives:
+
+- resident (default): in the executor's Spark local directory (``SPARK_LOCAL_DIRS``, the block
+  manager's own folder, removed by Spark when the executor stops) as raw files that every step
+  memory-maps, so a step's task reads only its minibatch rows: O(batch), not O(partition). The
+  persisted RDD holds only a small handle per partition. Spark places and recomputes handle and
+  file together (the handle is derived from the data by lineage, so an executor lost with its
+  files recomputes both elsewhere); a task whose handle has no file fails with
+  ``RESIDENT_LOST`` in its message, and the driver materializes the data again.
+- cached: the arrays themselves in Spark's block manager (every step then ships and
+  deserializes its partition's whole block to the Python worker).
+
+The same pass returns per-partition statistics (rows, labels' nulls, range and non-integral
+values, largest token id) from which the driver checks the labels and sizes the network, so a
+fit needs no other pass over the data.
+"""
+import json
+import os
+import shutil
+import uuid
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel, TaskContext
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, StringType, StructField, StructType
+
+from spark_nn.ml.columns import arrow_to_block, feature_expr
+from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
+
+
+_SCHEMA = StructType([StructField("x", BinaryType()), StructField("y", BinaryType()),
+                      StructField("meta", StringType())])
+_ARROW_SCHEMA = pa.schema([("x", pa.binary()), ("y", pa.binary()), ("meta", pa.string())])
+
+
+def local_dir():
+    """This executor's Spark local directory (the first of SPARK_LOCAL_DIRS, which Spark sets for
+    its Python workers); the system's temporary folder outside Spark."""
+    dirs = os.environ.get("SPARK_LOCAL_DIRS", "")
+    return dirs.split(",")[0] if dirs else os.environ.get("TMPDIR", "/tmp")
+
+
+def _label_stats(y):
+    """What the driver needs to check a partition's labels without another pass."""
+    if len(y) == 0:
+        return {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None}
+    null = np.isnan(y)
+    v = y[~null]
+    frac = v != np.floor(v)
+    return {"nulls": int(null.sum()), "lo": float(v.min()) if len(v) else None,
+            "hi": float(v.max()) if len(v) else None, "frac": int(frac.sum()),
+            "frac_value": float(v[frac][0]) if frac.any() else None}
+
+
+def _merge_label_stats(parts):
+    out = {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None}
+    for s in parts:
+        out["nulls"] += s["nulls"]
+        out["frac"] += s["frac"]
+        if out["frac_value"] is None:
+            out["frac_value"] = s["frac_value"]
+        for key, pick in (("lo", min), ("hi", max)):
+            if s[key] is not None:
+                out[key] = s[key] if out[key] is None else pick(out[key], s[key])
+    return out
+
+
+class _PartitionWriter:
+    """Accumulates one partition's train and validation rows, into files or in memory."""
+
+    def __init__(self, directory, pid, attempt, dtype):
+        self.dtype, self.pid = dtype, pid
+        self.files = None
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+            base = os.path.join(directory, f"part-{pid:05d}")
+            self.final = {k: f"{base}.{k}" for k in ("x", "y", "xv", "yv")}
+            self.tmp = {k: f"{p}.tmp{attempt}" for k, p in self.final.items()}
+            self.files = {k: open(p, "wb") for k, p in self.tmp.items()}
+        self.chunks = {k: [] for k in ("x", "y", "xv", "yv")}
+        self.n, self.nv = 0, 0
+
+    def add(self, x, y, val):
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        for key, xs, ys in (("", x[~val], y[~val]), ("v", x[val], y[val])):
+            if self.files is not None:
+                xs.tofile(self.files["x" + key])
+                ys.tofile(self.files["y" + key])
+            else:
+                self.chunks["x" + key].append(xs.tobytes())
+                self.chunks["y" + key].append(ys.tobytes())
+        self.n += int((~val).sum())
+        self.nv += int(val.sum())
+
+    def close(self):
+        """The handle (resident) or None; files appear under their final names only when whole."""
+        if self.files is None:
+            return None
+        for f in self.files.values():
+            f.close()
+        for k in self.final:
+            os.replace(self.tmp[k], self.final[k])
+        return self.final
+
+    def abort(self):
+        if self.files is not None:
+            for k, f in self.files.items():
+                f.close()
+                if os.path.exists(self.tmp[k]):
+                    os.remove(self.tmp[k])
+
+
+def _open(path, dtype, shape, n):
+    if not os.path.exists(path):
+        raise ResidentBlockLost(f"{RESIDENT_LOST}: {path} is gone")
+    if n == 0:
+        return np.zeros((0,) + shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,) + shape)
+
+
+def open_block(block):
+    """(x, y, x_val, y_val) of a partition's block: memory maps for a resident block (reading
+    rows of them reads only those rows), arrays for a cached one."""
+    shape, dtype = tuple(block["shape"]), np.dtype(block["dtype"])
+    if "files" in block:
+        f, n, nv = block["files"], block["n"], block["nv"]
+        return (_open(f["x"], dtype, shape, n), _open(f["y"], np.float64, (), n),
+                _open(f["xv"], dtype, shape, nv), _open(f["yv"], np.float64, (), nv))
+    return block["x"], block["y"], block["xv"], block["yv"]
+
+
+def delete_block(block):
+    """Removes a resident block's files, and the fit's folder once it is empty."""
+    paths = list(block.get("files", {}).values())
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+    if paths:
+        try:
+            os.rmdir(os.path.dirname(paths[0]))
+        except OSError:  # another partition's files are still there
+            pass
+
+
+class TrainingData:
+    """The persisted per-partition blocks of one fit and what the pass that made them found.
+
+    sizes / val_sizes: training / validation rows per partition; stats: the merged label
+    statistics ("rows" counts every row read, skipped ones included; "max_id" for token ids)."""
+
+    def __init__(self, df, feature_col, label_col, spec, handle_invalid="error", *, val_fraction=0.0,
+                 val_indicator=None, seed=0, resident=True, num_partitions=None):
+        self.df, self.feature_col, self.label_col = df, feature_col, label_col
+        self.spec, self.handle_invalid = dict(spec), handle_invalid
+        self.val_fraction, self.val_indicator, self.seed = float(val_fraction), val_indicator, int(seed)
+        self.resident = bool(resident)
+        self.num_partitions = num_partitions or df.sparkSession.sparkContext.defaultParallelism
+        self.rdd, self.directory = None, None
+        self.materialize()
+
+    @property
+    def has_validation(self):
+        return bool(self.val_indicator) or self.val_fraction > 0
+
+    def materialize(self):
+        """Runs the one pass: converts, checks, splits and writes every partition's block (one
+        Spark job, plus the shuffle stage of a repartition when the input has fewer partitions
+        than cores)."""
+        sc = self.df.sparkSession.sparkContext
+        self.directory = (f"spark_nn/{sc.applicationId}-{uuid.uuid4().hex[:12]}" if self.resident else None)
+        rdd = self._build().persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            parts = unwrap_errors(lambda: rdd.map(lambda b: (b["n"], b["nv"], b["stats"])).collect())
+        except BaseException:
+            rdd.unpersist()
+            self._remove_directory(sc)
+            raise
+        self.rdd = rdd
+        self.sizes = [p[0] for p in parts]
+        self.val_sizes = [p[1] for p in parts]
+        stats = _merge_label_stats([p[2]["labels"] for p in parts])
+        stats["rows"] = sum(p[2]["rows"] for p in parts)
+        ids = [p[2]["max_id"] for p in parts if p[2]["max_id"] is not None]
+        stats["max_id"] = max(ids) if ids else None
+        self.stats = stats
+        return self
+
+    def _build(self):
+        spec, fcol, has_label = self.spec, self.feature_col, self.label_col is not None
+        handle_invalid, val_fraction, seed = self.handle_invalid, self.val_fraction, self.seed
+        relative_dir = self.directory
+        dtype = np.int64 if spec["kind"] == "ids" else np.float32
+        cols = [feature_expr(fcol, spec["kind"]).alias("x")]
+        cols.append(F.col(self.label_col).cast("double").alias("y") if has_label else F.lit(0.0).alias("y"))
+        cols.append(F.coalesce(F.col(self.val_indicator).cast("boolean"), F.lit(False)).alias("v")
+                    if self.val_indicator else F.lit(False).alias("v"))
+        selected = self.df.select(*cols)
+        have = selected.rdd.getNumPartitions()
+        if have > self.num_partitions:
+            selected = selected.coalesce(self.num_partitions)
+        elif have < self.num_partitions:
+            selected = selected.repartition(self.num_partitions)
+
+        def convert(batches):
+            ctx = TaskContext.get()
+            pid = ctx.partitionId() if ctx else 0
+            attempt = ctx.taskAttemptId() if ctx else 0
+            directory = os.path.join(local_dir(), relative_dir) if relative_dir else None
+            writer = _PartitionWriter(directory, pid, attempt, dtype)
+            rng = np.random.default_rng([seed, pid, 0x5eed])
+            labels, rows, max_id, base = [], 0, None, 0
+            try:
+                for b in batches:
+                    try:
+                        x = arrow_to_block(b.column(0), spec, fcol, base)
+                    except ValueError as e:
+                        raise ValueError(f"{e} [partition {pid}]") from None
+                    y = b.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
+                    val = b.column(2).to_numpy(zero_copy_only=False).astype(bool)
+                    if val_fraction > 0:
+                        val = rng.random(len(x)) < val_fraction
+                    rows += len(x)
+                    if dtype == np.float32:
+                        ok = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+                        if not ok.all():
+                            if handle_invalid == "error":
+                                first = int(np.flatnonzero(~ok)[0])
+                                raise ValueError(
+                                    f"features column {fcol!r} has NaN or infinite values in row {base + first} of "
+                                    f"partition {pid} ({int((~ok).sum())} such rows in this batch); set "
+                                    "handleInvalid='skip' to drop them")
+                            x, y, val = x[ok], y[ok], val[ok]
+                    elif len(x):
+                        top = int(x.max())
+                        max_id = top if max_id is None else max(max_id, top)
+                    if has_label:
+                        labels.append(_label_stats(y))
+                    writer.add(x, y, val)
+                    base += b.num_rows
+                files = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            meta = {"files": files, "n": writer.n, "nv": writer.nv, "shape": list(spec["shape"]),
+                    "dtype": np.dtype(dtype).str,
+                    "stats": {"rows": rows, "max_id": max_id, "labels": _merge_label_stats(labels)}}
+            chunks = writer.chunks
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([b"".join(chunks["x"] + chunks["xv"])], pa.binary()),
+                 pa.array([b"".join(chunks["y"] + chunks["yv"])], pa.binary()),
+                 pa.array([json.dumps(meta)])], schema=_ARROW_SCHEMA)
+
+        def assemble(rows):
+            for r in rows:
+                block = json.loads(r.meta)
+                if block["files"] is None:
+                    del block["files"]
+                    shape, dt = tuple(block["shape"]), np.dtype(block["dtype"])
+                    n, nv = block["n"], block["nv"]
+                    x = np.frombuffer(r.x, dtype=dt).reshape((n + nv,) + shape)
+                    y = np.frombuffer(r.y, dtype=np.float64)
+                    block.update(x=x[:n], xv=x[n:], y=y[:n], yv=y[n:])
+                yield block
+
+        return selected.mapInArrow(convert, _SCHEMA).rdd.mapPartitions(assemble)
+
+    def _remove_directory(self, sc):
+        """Best effort after a failure: removes this fit's folder wherever these tasks run
+        (every executor in local mode; on a cluster Spark removes its local dirs when an
+        executor stops)."""
+        if not self.directory:
+            return
+        relative = self.directory
+
+        def remove(_):
+            shutil.rmtree(os.path.join(local_dir(), relative), ignore_errors=True)
+
+        try:
+            sc.parallelize(range(self.num_partitions), self.num_partitions).foreach(remove)
+        except Exception:
+            pass
+
+    def release(self):
+        """Deletes the resident files and their folder (one small job over the handles, which
+        run where their files are; the folder-wide removal job only if that fails) and
+        unpersists the blocks."""
+        if self.rdd is None:
+            return
+        rdd, self.rdd = self.rdd, None
+        try:
+            if self.resident:
+                rdd.foreach(delete_block)
+        except Exception:  # a failed fit: try the folder-wide removal; Spark removes its local dirs at the end
+            self._remove_directory(self.df.sparkSession.sparkContext)
+        finally:
+            try:
+                rdd.unpersist()
+            except Exception:  # the context may be gone
+                pass
+
+    def rematerialize(self):
+        self.release()
+        return self.materialize()
