@@ -6,6 +6,8 @@
  *   PH <= KH/2 and PW <= KW/2 so no window is all padding.
  * Parallel over the N*C planes; each plane is owned by one thread, so the scatter in the
  * backward pass has no races and ties keep the first maximum (row-major), as PyTorch does.
+ * The 2x2/2 window has a vectorized path (AVX-512, AVX2, baseline by nn_isa()); the general
+ * loop is the reference (nn_set_reference) and serves every other window.
  */
 #include <string.h>
 #include "nn_internal.h"
@@ -28,45 +30,147 @@ static int shape_ok(const pool2d_shape *s) {
     return pool2d_shape_init(&t) == NN_OK && t.OH == s->OH && t.OW == s->OW;
 }
 
-/* The common 2x2 window, stride 2, no padding: branch-free selects over four unconditional
- * loads so the loop over a row vectorizes. Same tie and NaN rules as the general path. */
-static void pool_2x2_row(int OW, const float *restrict r0, const float *restrict r1, int32_t base,
-                         int W, float *restrict yr, int32_t *restrict ar) {
-    for (int ow = 0; ow < OW; ow++) {
-        float best = r0[2 * ow], v;
-        int32_t i0 = base + 2 * ow, bi = i0, take;
+/* The common 2x2 window, stride 2, no padding, in blocks of outputs: whole planes at a time
+ * when a plane has at most POOL_TAB outputs (the digits net's 4x4 and 2x2 outputs fill a
+ * vector only across planes), else runs of output rows of one plane. A table made once per
+ * call holds each output's window (its top-left input offset from the block's first input,
+ * and its argmax base within its plane), so a vector of 16 (AVX-512) or 8 (AVX2) outputs
+ * gathers its four candidates across rows and planes alike. Candidates are taken in row-major
+ * order, a later one only when greater, or NaN over a number: the first maximum wins and NaN
+ * propagates, as in the general path and PyTorch; every level computes the same bits. */
+#define POOL_TAB 1024
+
+typedef struct {
+    int n;                 /* outputs per block */
+    int planes, rows;      /* a block: `planes` whole planes, or `rows` output rows of one plane */
+    int32_t tab[POOL_TAB]; /* window's top-left input, from the block's first input */
+    int32_t arg[POOL_TAB]; /* the same within its plane, from the block's first row */
+} pool_blocks;
+
+/* 0 when no block layout fits (an output row wider than the table): the general path runs */
+static int pool_blocks_init(const pool2d_shape *s, pool_blocks *b) {
+    const int plane_out = s->OH * s->OW;
+    if (s->OW > POOL_TAB) return 0;
+    b->planes = plane_out <= POOL_TAB ? POOL_TAB / plane_out : 0;
+    b->rows = b->planes ? s->OH : POOL_TAB / s->OW;
+    if (b->planes > s->N * s->C) b->planes = s->N * s->C;
+    const int nplanes = b->planes ? b->planes : 1;
+    int j = 0;
+    for (int p = 0; p < nplanes; p++)
+        for (int oh = 0; oh < b->rows; oh++)
+            for (int ow = 0; ow < s->OW; ow++, j++) {
+                b->arg[j] = 2 * oh * s->W + 2 * ow;
+                b->tab[j] = p * s->H * s->W + b->arg[j];
+            }
+    b->n = j;
+    return 1;
+}
+
 #define NN_POOL_TAKE(value, index)                                   \
     v = (value);                                                     \
     take = (v > best) | ((v != v) & (best == best));                 \
     best = take ? v : best;                                          \
     bi = take ? (index) : bi;
-        NN_POOL_TAKE(r0[2 * ow + 1], i0 + 1)
-        NN_POOL_TAKE(r1[2 * ow], i0 + W)
-        NN_POOL_TAKE(r1[2 * ow + 1], i0 + W + 1)
-#undef NN_POOL_TAKE
-        yr[ow] = best;
-        ar[ow] = bi;
+
+/* n outputs of a block: x its first input, y and am its first output, aoff added to arg */
+static void pool_2x2_block_base(int n, const int32_t *tab, const int32_t *arg, int32_t aoff, const float *x,
+                                int W, float *restrict y, int32_t *restrict am) {
+    for (int j = 0; j < n; j++) {
+        const float *r0 = x + tab[j];
+        float best = r0[0], v;
+        int32_t i0 = arg[j] + aoff, bi = i0, take;
+        NN_POOL_TAKE(r0[1], i0 + 1)
+        NN_POOL_TAKE(r0[W], i0 + W)
+        NN_POOL_TAKE(r0[W + 1], i0 + W + 1)
+        y[j] = best;
+        am[j] = bi;
     }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
+#include <immintrin.h>
+#define NN_POOL_CLONES 1
+__attribute__((target("avx512f"))) static void pool_2x2_block_avx512(int n, const int32_t *tab, const int32_t *arg,
+                                                                     int32_t aoff, const float *x, int W,
+                                                                     float *y, int32_t *am) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __m512i t = _mm512_maskz_loadu_epi32(m, tab + j);
+        const __m512i a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, arg + j), _mm512_set1_epi32(aoff));
+        __m512 best = _mm512_mask_i32gather_ps(zero, m, t, x, 4);
+        __m512i bi = a;
+        const int d[3] = {1, W, W + 1};
+        for (int c = 0; c < 3; c++) {
+            const __m512i dv = _mm512_set1_epi32(d[c]);
+            const __m512 v = _mm512_mask_i32gather_ps(zero, m, _mm512_add_epi32(t, dv), x, 4);
+            const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
+                                   (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
+            best = _mm512_mask_mov_ps(best, take, v);
+            bi = _mm512_mask_mov_epi32(bi, take, _mm512_add_epi32(a, dv));
+        }
+        _mm512_mask_storeu_ps(y + j, m, best);
+        _mm512_mask_storeu_epi32(am + j, m, bi);
+    }
+}
+__attribute__((target("avx2"))) static void pool_2x2_block_avx2(int n, const int32_t *tab, const int32_t *arg,
+                                                                int32_t aoff, const float *x, int W, float *y,
+                                                                int32_t *am) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j = 0; j < n; j += 8) {
+        const __m256i mi = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lanes);
+        const __m256 m = _mm256_castsi256_ps(mi);
+        const __m256i t = _mm256_maskload_epi32(tab + j, mi);
+        const __m256i a = _mm256_add_epi32(_mm256_maskload_epi32(arg + j, mi), _mm256_set1_epi32(aoff));
+        __m256 best = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, t, m, 4);
+        __m256 bi = _mm256_castsi256_ps(a);
+        const int d[3] = {1, W, W + 1};
+        for (int c = 0; c < 3; c++) {
+            const __m256i dv = _mm256_set1_epi32(d[c]);
+            const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, _mm256_add_epi32(t, dv), m, 4);
+            const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                                             _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q),
+                                                           _mm256_cmp_ps(best, best, _CMP_ORD_Q)));
+            best = _mm256_blendv_ps(best, v, take);
+            bi = _mm256_blendv_ps(bi, _mm256_castsi256_ps(_mm256_add_epi32(a, dv)), take);
+        }
+        _mm256_maskstore_ps(y + j, mi, best);
+        _mm256_maskstore_epi32(am + j, mi, _mm256_castps_si256(bi));
+    }
+}
+#endif
+
+static void pool_2x2_block(int n, const int32_t *tab, const int32_t *arg, int32_t aoff, const float *x, int W,
+                           float *y, int32_t *am) {
+#ifdef NN_POOL_CLONES
+    const int isa = nn_isa();
+    if (isa == NN_ISA_AVX512) return pool_2x2_block_avx512(n, tab, arg, aoff, x, W, y, am);
+    if (isa == NN_ISA_AVX2) return pool_2x2_block_avx2(n, tab, arg, aoff, x, W, y, am);
+#endif
+    pool_2x2_block_base(n, tab, arg, aoff, x, W, y, am);
 }
 
 int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax) {
     if (!shape_ok(s)) return NN_EBADSHAPE;
-    if (s->KH == 2 && s->KW == 2 && s->SH == 2 && s->SW == 2 && s->PH == 0 && s->PW == 0) {
-        const long long planes = (long long)s->N * s->C;
-        const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
-        int nt = planes * in_sz < 32768 ? 1 : nn_threads();
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (long long p = 0; p < planes; p++)
-            for (int oh = 0; oh < s->OH; oh++) {
-                const float *r0 = x + p * in_sz + (size_t)(2 * oh) * s->W;
-                pool_2x2_row(s->OW, r0, r0 + s->W, 2 * oh * s->W, s->W, y + p * out_sz + (size_t)oh * s->OW,
-                             argmax + p * out_sz + (size_t)oh * s->OW);
-            }
-        return NN_OK;
-    }
     const long long planes = (long long)s->N * s->C;
     const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
     int nt = planes * in_sz < 32768 ? 1 : nn_threads();
+    pool_blocks b;
+    if (s->KH == 2 && s->KW == 2 && s->SH == 2 && s->SW == 2 && s->PH == 0 && s->PW == 0 &&
+        !nn_get_reference() && pool_blocks_init(s, &b)) {
+        const int per_plane = b.planes ? 1 : (s->OH + b.rows - 1) / b.rows;
+        const long long nblocks = b.planes ? (planes + b.planes - 1) / b.planes : planes * per_plane;
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (long long k = 0; k < nblocks; k++) {
+            long long p0 = b.planes ? k * b.planes : k / per_plane;
+            int oh0 = b.planes ? 0 : (int)(k % per_plane) * b.rows, n = b.n;
+            if (b.planes && p0 + b.planes > planes) n = (int)(planes - p0) * (int)out_sz;
+            if (!b.planes && oh0 + b.rows > s->OH) n = (s->OH - oh0) * s->OW;
+            pool_2x2_block(n, b.tab, b.arg, 2 * oh0 * s->W, x + p0 * in_sz + (size_t)2 * oh0 * s->W, s->W,
+                           y + p0 * out_sz + (size_t)oh0 * s->OW, argmax + p0 * out_sz + (size_t)oh0 * s->OW);
+        }
+        return NN_OK;
+    }
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (long long p = 0; p < planes; p++) {
         const float *xp = x + p * in_sz;
