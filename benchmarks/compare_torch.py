@@ -1,14 +1,18 @@
 """Our kernels vs PyTorch CPU, same shapes, same thread count, in one run.
 
-    python benchmarks/compare_torch.py [--threads 2] [--repeat 15] [--isa all|avx512|avx2]
+    python benchmarks/compare_torch.py [--threads 2] [--repeat 15] [--runs 5] [--isa all|avx512|avx2]
 
 Every op at each vector instruction level the CPU has (default), each level in its own process
 with ours, torch/oneDNN and OpenBLAS capped to it.
 
 Prints, per op, forward and forward+backward: our median ms, torch's median ms (measured in
-alternating blocks, timing.paired_median_ms) and the ratio
-torch/ours (> 1: we are faster), then the GFLOPS our convolutions reach against the float32
-matmul peak numpy measures in the same run.
+alternating blocks, timing.paired_median_ms) and the ratio torch/ours (> 1: we are faster),
+then the GFLOPS our convolutions reach against the float32 matmul peak numpy measures in the
+same run. With --runs N every op is measured N times, the runs of one op spread over the whole
+benchmark (each run goes through every op in turn), and the table gives the median of the N
+times and the median ratio with its min-max; a ratio whose min-max spans 1.0 is marked '~'
+(this shared machine swings by 10-40 % between runs: one run cannot tell a regression from
+noise).
 """
 import argparse
 import os
@@ -18,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import paired_median_ms, print_table, sgemm_peak_gflops  # noqa: E402
+from timing import paired_median_ms, print_table, ratio_cell, sgemm_peak_gflops  # noqa: E402
 
 import spark_nn  # noqa: E402
 from spark_nn import kernels as K  # noqa: E402
@@ -120,14 +124,13 @@ def recurrent_cases(rng, torch):
         yield f"{kind} N{n} T{t} D{d} H{h}", f, fb, torch_f, torch_fb, None
 
 
-def epoch_rows(torch, batch_sizes, repeat):
+def epoch_cases(torch, batch_sizes):
     """One training epoch of the digits CNN (seed layers [32, 64, 10]), ours vs the same torch
     model: same data, Adam, batch size and threads."""
     from spark_nn.datasets import digits_split
     from spark_nn.nn import builders
 
     xtr, _, ytr, _ = digits_split()
-    rows = []
     for bs in batch_sizes:
         model = builders.cnn([32, 64, 10], 10, (1, 8, 8), seed=0)
         tnet = torch.nn.Sequential(
@@ -146,12 +149,26 @@ def epoch_rows(torch, batch_sizes, repeat):
                 loss.backward()
                 topt.step()
 
-        def ours_epoch():
+        def ours_epoch(model=model, bs=bs):
             model.fit(xtr, ytr, epochs=1, batch_size=bs, optimizer="adam", lr=1e-3)
 
-        o, t = paired_median_ms(ours_epoch, torch_epoch, repeat, block=1)
-        rows.append([f"digits CNN epoch, batch {bs} ({len(xtr)} images)", f"{o:.1f}", f"{t:.1f}", f"{t / o:.2f}"])
-    return rows
+        yield f"digits CNN epoch, batch {bs} ({len(xtr)} images)", ours_epoch, torch_epoch
+
+
+def measure(cases, runs, repeat, block=3):
+    """{(case, column): [(ours ms, torch ms) per run]}; cases: (name, column, ours fn, torch fn).
+    Each run goes through every case in turn, so one case's runs are spread over the benchmark."""
+    out = {}
+    for _ in range(runs):
+        for name, col, ours, theirs in cases:
+            out.setdefault((name, col), []).append(paired_median_ms(ours, theirs, repeat, block))
+    return out
+
+
+def cells(pairs, digits=2):
+    """ours ms, torch ms (medians over the runs) and the torch/ours ratio cell."""
+    return [f"{np.median([o for o, _ in pairs]):.{digits}f}", f"{np.median([t for _, t in pairs]):.{digits}f}",
+            ratio_cell([t / o for o, t in pairs])]
 
 
 # each level caps ours (SPARK_NN_ISA, which also sets scipy's OpenBLAS core type), numpy's
@@ -165,6 +182,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=5,
+                    help="measure every op this many times, spread over the run (median and min-max ratio)")
     ap.add_argument("--isa", default="all",
                     help="'all' (every level this CPU has, each in its own process), 'avx512', 'avx2' or 'this' "
                          "(this process as it is)")
@@ -180,7 +199,7 @@ def main(argv=None):
             print(f"=== ISA level {level} (SPARK_NN_ISA, ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, OpenBLAS core) ===",
                   flush=True)
             cmd = [sys.executable, os.path.abspath(__file__), "--isa", "this", "--threads", str(args.threads),
-                   "--repeat", str(args.repeat)]
+                   "--repeat", str(args.repeat), "--runs", str(args.runs)]
             subprocess.run(cmd, env=dict(os.environ, **ISA_ENV[level]), check=True)
             print(flush=True)
         return None
@@ -189,25 +208,33 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     spark_nn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    rows, conv_rows = [], []
-    for gen in (conv_cases, pool_case, recurrent_cases):
-        for name, of, ofb, tf, tfb, flops in gen(rng, torch):
-            o1, t1 = paired_median_ms(of, tf, args.repeat)
-            o2, t2 = paired_median_ms(ofb, tfb, args.repeat)
-            rows.append([name, f"{o1:.2f}", f"{t1:.2f}", f"{t1 / o1:.2f}", f"{o2:.2f}", f"{t2:.2f}", f"{t2 / o2:.2f}"])
-            if flops:
-                conv_rows.append((name, flops / (o1 * 1e-3) / 1e9, 3 * flops / (o2 * 1e-3) / 1e9))
+    ops = [c for gen in (conv_cases, pool_case, recurrent_cases) for c in gen(rng, torch)]
+    cases = [(name, col, ours, theirs) for name, of, ofb, tf, tfb, _ in ops
+             for col, ours, theirs in (("fwd", of, tf), ("fwd+bwd", ofb, tfb))]
+    times = measure(cases, args.runs, args.repeat)
+    rows = [[name] + cells(times[(name, "fwd")]) + cells(times[(name, "fwd+bwd")]) for name, *_ in ops]
+    conv_rows = []
+    for name, *_, flops in ops:
+        if flops:
+            o1, o2 = (float(np.median([o for o, _ in times[(name, c)]])) for c in ("fwd", "fwd+bwd"))
+            conv_rows.append((name, flops / (o1 * 1e-3) / 1e9, 3 * flops / (o2 * 1e-3) / 1e9))
     peak = sgemm_peak_gflops()
     print(f"spark_nn {spark_nn.__version__} ({spark_nn.isa()}) vs torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+          f"{platform.processor() or platform.machine()}, python {platform.python_version()}, "
+          f"{args.runs} run{'s' if args.runs > 1 else ''}")
     print_table(["op", "fwd ours ms", "fwd torch ms", "fwd torch/ours", "fwd+bwd ours ms",
                  "fwd+bwd torch ms", "fwd+bwd torch/ours"], rows)
+    if args.runs > 1:
+        print("ratios: median of the runs (min-max); '~': the min-max spans 1.0")
     print(f"\nnumpy float32 matmul peak (1024^3, {args.threads if 'OMP_NUM_THREADS' in os.environ else 'default'} threads): {peak:.1f} GFLOPS")
     print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
                 [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"] for n, a, b in conv_rows])
     print()
-    print_table(["in-process training", "ours ms", "torch ms", "torch/ours"], epoch_rows(torch, (32, 128), 7))
+    epochs = [(name, "epoch", ours, theirs) for name, ours, theirs in epoch_cases(torch, (32, 128))]
+    epoch_times = measure(epochs, args.runs, 7, block=1)
+    print_table(["in-process training", "ours ms", "torch ms", "torch/ours"],
+                [[name] + cells(epoch_times[(name, "epoch")], 1) for name, *_ in epochs])
     return rows
 
 

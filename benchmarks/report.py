@@ -15,7 +15,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = [
-    ("Kernels and the in-process digits epoch vs PyTorch CPU (2 threads each)", "compare_torch.py", []),
+    ("Kernels and the in-process digits epoch vs PyTorch CPU (2 threads each)", "compare_torch.py", ["--runs", "5"]),
     ("CNN vs MLlib on Spark local[2], and the per-step overhead", "compare_mllib.py", []),
     ("Step time vs parameters and workers (docs/scaling.md)", "scaling.py", []),
     ("Where a Spark step's time goes; step time vs data size", "step_cost.py", []),

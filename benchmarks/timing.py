@@ -33,6 +33,15 @@ def paired_median_ms(fa, fb, repeat=15, block=3):
     return float(np.median(ta)), float(np.median(tb))
 
 
+def ratio_cell(ratios):
+    """'median (min-max)' of a ratio measured in several runs, marked '~' when its min-max spans
+    1.0: those runs cannot tell which side is faster."""
+    lo, mid, hi = min(ratios), float(np.median(ratios)), max(ratios)
+    if len(ratios) == 1:
+        return f"{mid:.2f}"
+    return f"{mid:.2f} ({lo:.2f}-{hi:.2f}){' ~' if lo < 1.0 < hi else ''}"
+
+
 def sgemm_peak_gflops(n=1024, repeat=7):
     """Float32 matmul throughput numpy reaches on this machine (its BLAS, all its threads)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
