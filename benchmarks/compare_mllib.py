@@ -72,8 +72,8 @@ def step_overhead(spark, repeat=30):
     compute) and of a bare broadcast + treeAggregate of a float32 vector of that size."""
     from pyspark.ml.linalg import Vectors
 
-    from spark_nn.ml.blocks import TrainingData
-    from spark_nn.ml.trainer import DistributedTrainer
+    from spark_nn.ml.training.blocks import TrainingData
+    from spark_nn.ml.training.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
     sc = spark.sparkContext

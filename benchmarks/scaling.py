@@ -38,8 +38,8 @@ def measure(spark, params, partitions, reps, batch=256, features=64, rows=4096):
     from pyspark.ml.linalg import Vectors
 
     import spark_nn
-    from spark_nn.ml.blocks import TrainingData
-    from spark_nn.ml.trainer import DistributedTrainer
+    from spark_nn.ml.training.blocks import TrainingData
+    from spark_nn.ml.training.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
     sc = spark.sparkContext

@@ -57,8 +57,8 @@ def median_s(fn, n):
 
 
 def step_vs_data(spark, rows_list, steps):
-    from spark_nn.ml.blocks import TrainingData
-    from spark_nn.ml.trainer import DistributedTrainer
+    from spark_nn.ml.training.blocks import TrainingData
+    from spark_nn.ml.training.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
     sc = spark.sparkContext
@@ -93,8 +93,8 @@ def step_vs_data(spark, rows_list, steps):
 def fixed_cost(spark, steps):
     from pyspark.ml.linalg import Vectors
 
-    from spark_nn.ml.blocks import TrainingData
-    from spark_nn.ml.trainer import DistributedTrainer
+    from spark_nn.ml.training.blocks import TrainingData
+    from spark_nn.ml.training.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
     sc = spark.sparkContext

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from spark_nn import _kernels
+from spark_nn._native import _kernels
 from spark_nn.threads import ensure_blas_pinned
 
 ACTIVATIONS = {"identity": 0, "linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
@@ -407,3 +407,21 @@ def gru_backward(x, w_ih, w_hh, hs, gates, hn, dhs, h0=None, need_dx=True, grads
     _kernels.gru_bwd(n, t, d, h, x, spans, h0, w_ih, w_hh, hs, gates, hn, dhs, out["dx"], out["dh0"],
                      out["dw_ih"], out["dw_hh"], out["db_ih"], out["db_hh"], ws)
     return out
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def sum_of_squares(x):
+    """Sum of x's squares in double, over fixed blocks (the same bits at any thread count)."""
+    x = check_array("x", x, _shape_of(x))
+    return _kernels.sum_sq(x)
+
+
+def adam_update(params, grad, m, v, step, beta1, beta2, eps, l2, decay):
+    """One Adam/AdamW step in place on params, m and v (csrc/optim.c): step is the bias-corrected
+    learning rate, l2 the coupled weight decay, decay the decoupled factor (1 for none)."""
+    shape = _shape_of(params)
+    for name, a in (("params", params), ("m", m), ("v", v)):
+        _out(name, a, shape)
+    grad = check_array("grad", grad, shape)
+    _kernels.adam_upd(params, grad, m, v, step, beta1, beta2, eps, l2, decay)

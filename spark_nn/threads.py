@@ -8,7 +8,7 @@ Python workers, and nothing here starts a thread pool at import time).
 import os
 import threading
 
-from spark_nn import _kernels
+from spark_nn._native import _kernels
 
 _pinned_pid = None
 _lock = threading.Lock()

@@ -9,7 +9,7 @@ import pytest
 from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
-from spark_nn.ml.trainer import FAULT_PROPERTY
+from spark_nn.ml.training.faults import KILL_PROPERTY as FAULT_PROPERTY
 from pixel_data import bright_pixel_rows
 
 
@@ -150,7 +150,7 @@ def test_failed_save_leaves_nothing_behind(data, tmp_path, monkeypatch):
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("spark_nn.ml.base.write_arrays", broken)
+    monkeypatch.setattr("spark_nn.ml.persistence.write_arrays", broken)
     with pytest.raises(OSError, match="disk full"):
         model.write().overwrite().save(str(target))
     assert sorted(os.listdir(target / "data")) == before  # the old model is intact

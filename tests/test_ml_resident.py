@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pyspark.ml.linalg import Vectors
 
-from spark_nn.ml.blocks import DELETE_PROPERTY, TrainingData, open_block
+from spark_nn.ml.training.blocks import TrainingData, open_block
+from spark_nn.ml.training.faults import DELETE_PROPERTY
 from spark_nn.ml.classification import CNNClassifier
 from pixel_data import bright_pixel_rows
 

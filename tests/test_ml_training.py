@@ -6,8 +6,9 @@ from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassifier, RNNClassifier
 from spark_nn.ml.columns import feature_kind
-from spark_nn.ml.blocks import TrainingData, open_block
-from spark_nn.ml.trainer import DistributedTrainer, StepSampler
+from spark_nn.ml.training.blocks import TrainingData, open_block
+from spark_nn.ml.training.trainer import DistributedTrainer
+from spark_nn.ml.training.worker import StepSampler
 from spark_nn.nn.model import Sequential
 from pixel_data import bright_pixel_rows
 

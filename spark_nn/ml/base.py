@@ -1,7 +1,7 @@
 """Estimator/Model machinery shared by the CNN, RNN and autoencoder stages.
 
 An estimator checks the schema and params, converts and checks the data in one pass into
-per-partition blocks (spark_nn.ml.blocks), builds the network (spark_nn.nn) and runs the
+per-partition blocks (spark_nn.ml.training.blocks), builds the network (spark_nn.nn) and runs the
 DistributedTrainer. A model scores with ``mapInArrow``:
 Arrow record batches -> float32 blocks -> ``predict_proba`` with broadcast weights ->
 rawPrediction / probability (vectors) and prediction columns; never a per-row Python UDF.
@@ -9,24 +9,22 @@ On disk a model is Spark ML's metadata JSON plus data/model.json (architecture) 
 data/weights.npz; nothing is pickled and the directory appears atomically.
 """
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
 from pyspark.ml import Estimator, Model
 from pyspark.ml.functions import array_to_vector
-from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
-                             MLReadable, MLReader, MLWritable, MLWriter)
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLWritable
 from pyspark.sql import SparkSession
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
-from spark_nn.ml.blocks import TrainingData
 from spark_nn.ml.interop import initial_weights
-from spark_nn.ml.trainer import DistributedTrainer, worker_model
-from spark_nn.nn.persist import atomic_directory, model_from_json, model_to_json, read_arrays, write_arrays
+from spark_nn.ml.persistence import FORMAT_VERSION, NeuralModelReader, NeuralModelWriter, local_path
+from spark_nn.ml.training.blocks import TrainingData
+from spark_nn.ml.training.trainer import DistributedTrainer
+from spark_nn.ml.training.worker import worker_model
 
-FORMAT_VERSION = 1
 _TMP_FEATURES = "__spark_nn_features"
 
 
@@ -44,7 +42,7 @@ def task_threads(stage, sc):
 
 def label_info(df, col, stats, num_classes=None):
     """(numClasses, class names or None) from the label statistics of the pass that made the
-    training blocks (spark_nn.ml.blocks)."""
+    training blocks (spark_nn.ml.training.blocks)."""
     if stats["rows"] == 0:
         raise ValueError("the DataFrame is empty: there is nothing to train on")
     if stats["nulls"]:
@@ -152,7 +150,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
                 tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
                 classification=self.classification, verbose=self.getOrDefault(self.verbose),
                 local_steps=self.getOrDefault(self.localSteps),
-                checkpoint_dir=_local_path(checkpoint_dir) if checkpoint_dir else None,
+                checkpoint_dir=local_path(checkpoint_dir) if checkpoint_dir else None,
                 checkpoint_interval=self.getOrDefault(self.checkpointInterval),
                 description=f"spark_nn {type(self).__name__}.fit")
             weights = trainer.run(net.params)
@@ -317,75 +315,3 @@ def classification_outputs(model, x):
     raw = model.predict_output(x)
     prob = model.loss.output_transform(raw)
     return list_column(raw), list_column(prob), pa.array(np.argmax(raw, axis=1).astype(np.float64))
-
-
-def _local_path(path):
-    if path.startswith("file:"):
-        path = path[5:]
-        while path.startswith("//"):
-            path = path[1:]
-    elif "://" in path:
-        raise ValueError(f"spark_nn saves models to local or shared-mount paths; got {path!r}")
-    return os.path.abspath(path)
-
-
-class NeuralModelWriter(MLWriter):
-    def __init__(self, instance):
-        super().__init__()
-        self.instance = instance
-
-    def save(self, path):
-        """Writes the whole model to a temporary directory and renames it into place, so a
-        failed save leaves no half-written model and overwrite replaces the old one only at
-        the end."""
-        self.saveImpl(path)
-
-    def saveImpl(self, path):
-        local = _local_path(path)
-        inst = self.instance
-
-        def fill(tmp):
-            DefaultParamsWriter.saveMetadata(inst, tmp, self.sc, extraMetadata=inst._extraMetadata())
-            data = os.path.join(tmp, "data")
-            os.makedirs(data)
-            with open(os.path.join(data, "model.json"), "w") as f:
-                json.dump(model_to_json(inst._net), f, indent=1)
-            write_arrays(os.path.join(data, "weights.npz"), inst._net.weights_dict())
-
-        atomic_directory(local, self.shouldOverwrite, fill)
-
-
-class NeuralModelReader(MLReader):
-    def __init__(self, cls):
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path):
-        local = _local_path(path)
-        if not os.path.isdir(os.path.join(local, "metadata")):
-            raise ValueError(f"{path} is not a saved spark_nn model (no metadata directory)")
-        try:
-            metadata = DefaultParamsReader.loadMetadata(path, self.sc)
-        except Exception as e:  # Py4JJavaError from a corrupted file, JSON errors, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{path}: cannot read the model's metadata ({first[:300]})") from None
-        expected = f"{self.cls.__module__}.{self.cls.__name__}"
-        if metadata.get("class") != expected:
-            raise ValueError(f"{path} holds a {metadata.get('class')}, not a {expected}")
-        version = metadata.get("sparkNNFormatVersion")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: spark_nn model format version {version!r} is not supported "
-                             f"(this spark_nn reads version {FORMAT_VERSION})")
-        instance = self.cls()
-        instance._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(instance, metadata)
-        try:
-            with open(os.path.join(local, "data", "model.json")) as f:
-                doc = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read data/model.json ({e})") from None
-        net = model_from_json(doc)
-        net.load_weights_dict(read_arrays(os.path.join(local, "data", "weights.npz")))
-        instance._setPayload(net, metadata["inputSpec"], metadata.get("classNames"))
-        instance._loadExtra(metadata)
-        return instance

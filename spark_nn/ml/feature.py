@@ -14,9 +14,10 @@ from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, S
 
 from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it from here)
 
-from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column, _local_path
+from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column
 from spark_nn.ml.columns import first_row_size, uniform_image_shape
 from spark_nn.ml.params import AutoEncoderParams, with_accessors
+from spark_nn.ml.persistence import local_path
 from spark_nn.nn import builders
 
 
@@ -94,7 +95,7 @@ class ImageFeature:
         grayscale: True -> 1 channel, False -> 3 channels, None -> as stored.
         recursive: also read images in subfolders of each class folder."""
         spark = spark or _active_session()
-        root = _local_path(path) if "://" not in path or path.startswith("file:") else path
+        root = local_path(path) if "://" not in path or path.startswith("file:") else path
         if root.startswith("/") and not os.path.isdir(root):
             raise ValueError(f"image folder {path!r} does not exist")
         df = (spark.read.format("image").option("dropInvalid", True).option("recursiveFileLookup", True)

@@ -2,7 +2,14 @@
 fitted model, a spark_nn.nn.Sequential or a torch module (see spark_nn.nn.torch_interop)."""
 import os
 
+from spark_nn.ml.persistence import local_path
 from spark_nn.nn.model import Sequential
+from spark_nn.nn.persist import load_model
+
+
+def _is_fitted_model(value):
+    """A fitted spark_nn model (NeuralModel): whatever holds its trained network as .network."""
+    return isinstance(getattr(value, "network", None), Sequential)
 
 
 def _is_torch_module(value):
@@ -11,9 +18,7 @@ def _is_torch_module(value):
 
 def check_initial_weights(value):
     """Type converter of the initialWeights param: the value as given, once its kind is known."""
-    from spark_nn.ml.base import NeuralModel
-
-    if isinstance(value, str) or isinstance(value, (NeuralModel, Sequential)) or _is_torch_module(value):
+    if isinstance(value, (str, Sequential)) or _is_fitted_model(value) or _is_torch_module(value):
         return value
     raise TypeError("initialWeights must be the path of a saved spark_nn model, a fitted spark_nn model, a "
                     f"spark_nn.nn.Sequential or a torch module, got {type(value).__name__}")
@@ -21,15 +26,12 @@ def check_initial_weights(value):
 
 def _network_of(value, input_shape):
     """The Sequential that value holds or describes."""
-    from spark_nn.ml.base import NeuralModel, _local_path
-    from spark_nn.nn.persist import load_model
-
     if isinstance(value, Sequential):
         return value
-    if isinstance(value, NeuralModel):
+    if _is_fitted_model(value):
         return value.network
     if isinstance(value, str):
-        local = _local_path(value)
+        local = local_path(value)
         # a Spark model keeps the network under data/; spark_nn.nn.save_model at the top
         return load_model(os.path.join(local, "data") if os.path.isdir(os.path.join(local, "data")) else local)
     return Sequential.from_torch(value, input_shape)

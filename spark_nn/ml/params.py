@@ -5,6 +5,8 @@ from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInp
                                      HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
                                      HasStepSize, HasTol, HasValidationIndicatorCol)
 
+from spark_nn.ml.interop import check_initial_weights
+
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CELL_TYPES = ("rnn", "lstm", "gru")
@@ -49,12 +51,6 @@ def _local_steps(value):
     if k is None or k < 1:
         raise ValueError(f"localSteps must be 'auto' or an int >= 1, got {value!r}")
     return k
-
-
-def _interop():
-    from spark_nn.ml import interop
-
-    return interop
 
 
 def with_accessors(cls):
@@ -162,7 +158,7 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                            "weights to start the fit from (fine-tuning): the path of a saved spark_nn model, a "
                            "fitted spark_nn model, a spark_nn.nn.Sequential or a torch module with the layers "
                            "this estimator builds; unset: fresh weights from seed",
-                           typeConverter=lambda v: _interop().check_initial_weights(v))
+                           typeConverter=check_initial_weights)
     handleInvalid = Param(Params._dummy(), "handleInvalid",
                           "rows with NaN/infinite features: 'error' (default) or 'skip' them",
                           typeConverter=_in("handleInvalid", HANDLE_INVALID))

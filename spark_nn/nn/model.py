@@ -11,10 +11,15 @@ import numpy as np
 
 from spark_nn.nn.layers import Dropout, Embedding, layer_from_config
 from spark_nn.nn.losses import SoftmaxCrossEntropy, loss_from_config
+from spark_nn.nn.onnx_export import to_onnx
 from spark_nn.nn.optimizers import Optimizer, make_optimizer
+from spark_nn.nn.torch_interop import TorchInterop
 
 
-class Sequential:
+class Sequential(TorchInterop):
+    """Layers in order over one flat parameter vector; from_torch / to_torch / torch_state_dict
+    come from spark_nn.nn.torch_interop."""
+
     def __init__(self, layers, input_shape, loss=None, seed=0):
         self.layers = list(layers)
         if not self.layers:
@@ -220,31 +225,9 @@ class Sequential:
         return cls([layer_from_config(c) for c in cfg["layers"]], cfg["input_shape"],
                    loss=loss_from_config(cfg["loss"]) if cfg.get("loss") else None, seed=cfg.get("seed", 0))
 
-    # ------------------------------------------------------------------ PyTorch
-    @classmethod
-    def from_torch(cls, module, input_shape, loss=None, mask_zero=None):
-        """A model with a torch module's layers and weights; see spark_nn.nn.torch_interop."""
-        from spark_nn.nn.torch_interop import from_torch
-
-        return from_torch(module, input_shape, loss=loss, mask_zero=mask_zero)
-
-    def to_torch(self):
-        """A torch module computing what this model computes, with copies of its weights."""
-        from spark_nn.nn.torch_interop import to_torch
-
-        return to_torch(self)
-
-    def torch_state_dict(self):
-        """This model's weights under the names of ``to_torch()``'s module."""
-        from spark_nn.nn.torch_interop import torch_state_dict
-
-        return torch_state_dict(self)
-
     def to_onnx(self, path, upto=None):
         """Writes this model as ONNX (standard operators, dynamic batch axis); see
         spark_nn.nn.onnx_export. upto: export layers 0..upto only (e.g. an encoder)."""
-        from spark_nn.nn.onnx_export import to_onnx
-
         return to_onnx(self, path, upto=upto)
 
     def summary(self):

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from spark_nn import kernels as K
+
 
 class Schedule:
     """Learning rate at step t (0-based) from the base rate.
@@ -46,10 +48,8 @@ def clip_by_global_norm(grad, clip_norm):
     Our own reduction (csrc/optim.c), not np.dot: numpy's BLAS would wake its own thread pool,
     which then competes with our OpenMP threads for the cores (measured 5x slower training
     steps); in double, in a fixed order."""
-    from spark_nn import _kernels
-
-    if grad.dtype == np.float32 and grad.flags.c_contiguous:
-        norm = math.sqrt(_kernels.sum_sq(grad))
+    if grad.dtype == np.float32 and grad.flags.c_contiguous and grad.size:
+        norm = math.sqrt(K.sum_of_squares(grad))
     else:
         norm = math.sqrt(float(np.sum(np.square(grad, dtype=np.float64))))
     if clip_norm is not None and norm > clip_norm > 0:
@@ -152,8 +152,6 @@ class Adam(Optimizer):
 
     def _update(self, params, grad, lr):
         """One fused pass in C (csrc/optim.c); _update_reference is the same in numpy."""
-        from spark_nn import _kernels
-
         if self.m is None:
             self.m, self.v = np.zeros_like(params), np.zeros_like(params)
         t = self.t + 1
@@ -163,7 +161,7 @@ class Adam(Optimizer):
         if not (params.dtype == grad.dtype == np.float32 and params.flags.c_contiguous and grad.flags.c_contiguous
                 and params.shape == grad.shape):
             return self._update_reference(params, grad, lr)
-        _kernels.adam_upd(params, grad, self.m, self.v, step, self.beta1, self.beta2, self.eps, l2, decay)
+        K.adam_update(params, grad, self.m, self.v, step, self.beta1, self.beta2, self.eps, l2, decay)
 
     def _update_reference(self, params, grad, lr):
         if self.weight_decay and not self.decoupled:

@@ -109,34 +109,6 @@ def _leaf_layers(path, mod, next_is_recurrent):
                      "Dropout, ReLU, Tanh, Sigmoid, Softmax, Identity, Embedding, RNN, LSTM, GRU")
 
 
-def from_torch(module, input_shape, loss=None, mask_zero=None):
-    """Our Sequential with ``module``'s layers and weights (copied). input_shape: one sample's
-    shape, e.g. (1, 28, 28) or (steps,) of token ids. mask_zero: treat token id 0 as padding
-    (default: as the module was exported by to_torch, else False, which computes exactly what
-    the torch module computes)."""
-    import torch.nn as nn
-
-    from spark_nn.nn.model import Sequential
-
-    leaves = _torch_children(module)
-    stack, weights = [], []
-    rec = (nn.RNN, nn.LSTM, nn.GRU)
-    for i, (path, mod) in enumerate(leaves):
-        following = [m for _, m in leaves[i + 1:] if not isinstance(m, (nn.Dropout, nn.Identity))]
-        nxt = following[0] if following else None
-        next_is_recurrent = isinstance(nxt, rec) or getattr(nxt, "_spark_nn_leaf", False)
-        for layer, w in _leaf_layers(path, mod, next_is_recurrent):
-            stack.append(layer)
-            weights.append(w)
-    if not stack:
-        raise ValueError("from_torch: the module has no layers")
-    if mask_zero is not None and isinstance(stack[0], L.Embedding):
-        stack[0].mask_zero = bool(mask_zero)
-    model = Sequential(stack, input_shape, loss=loss)
-    model.load_weights_dict({f"{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()})
-    return model
-
-
 def _torch_classes():
     """The torch module classes to_torch builds (defined on first use: torch is optional)."""
     import torch
@@ -259,3 +231,42 @@ def to_torch(model):
 def torch_state_dict(model):
     """The state_dict of ``to_torch(model)``: our weights under torch's names."""
     return to_torch(model).state_dict()
+
+
+class TorchInterop:
+    """PyTorch in and out, as methods of spark_nn.nn.Sequential (its base class; this module
+    needs nothing of the model's but its layers, weights dict and constructor)."""
+
+    @classmethod
+    def from_torch(cls, module, input_shape, loss=None, mask_zero=None):
+        """Our Sequential with ``module``'s layers and weights (copied). input_shape: one sample's
+        shape, e.g. (1, 28, 28) or (steps,) of token ids. mask_zero: treat token id 0 as padding
+        (default: as the module was exported by to_torch, else False, which computes exactly what
+        the torch module computes)."""
+        import torch.nn as nn
+
+        leaves = _torch_children(module)
+        stack, weights = [], []
+        rec = (nn.RNN, nn.LSTM, nn.GRU)
+        for i, (path, mod) in enumerate(leaves):
+            following = [m for _, m in leaves[i + 1:] if not isinstance(m, (nn.Dropout, nn.Identity))]
+            nxt = following[0] if following else None
+            next_is_recurrent = isinstance(nxt, rec) or getattr(nxt, "_spark_nn_leaf", False)
+            for layer, w in _leaf_layers(path, mod, next_is_recurrent):
+                stack.append(layer)
+                weights.append(w)
+        if not stack:
+            raise ValueError("from_torch: the module has no layers")
+        if mask_zero is not None and isinstance(stack[0], L.Embedding):
+            stack[0].mask_zero = bool(mask_zero)
+        model = cls(stack, input_shape, loss=loss)
+        model.load_weights_dict({f"{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()})
+        return model
+
+    def to_torch(self):
+        """A torch module computing what this model computes, with copies of its weights."""
+        return to_torch(self)
+
+    def torch_state_dict(self):
+        """This model's weights under the names of ``to_torch()``'s module."""
+        return torch_state_dict(self)

@@ -1,0 +1,40 @@
+"""Test-only fault injection, switched on per job by a local property so that tests can check
+Spark's task retry and the rematerialization of lost resident blocks. Each switch fires once:
+the property is 'epoch:step:partition:flagfile', and the flag file records that it fired."""
+import os
+import signal
+
+from pyspark import TaskContext
+
+from spark_nn.ml.training.blocks import delete_block
+
+KILL_PROPERTY = "spark_nn.test.killWorkerAt"
+DELETE_PROPERTY = "spark_nn.test.deleteBlocksAt"
+
+
+def fault_switch(prop, what, epoch, step, partition):
+    """True once, when the job's local property prop names this (epoch, step, partition) and its
+    flag file does not exist yet (it is then created, saying what happened at which attempt)."""
+    ctx = TaskContext.get()
+    spec = ctx.getLocalProperty(prop) if ctx else None
+    if not spec:
+        return False
+    e, s, p, flag = spec.split(":", 3)
+    if (int(e), int(s), int(p)) != (epoch, step, partition) or os.path.exists(flag):
+        return False
+    with open(flag, "w") as f:
+        f.write(f"{what} attempt {ctx.attemptNumber()}\n")
+    return True
+
+
+def maybe_kill_worker(epoch, step, partition):
+    """SIGKILLs this Python worker when spark_nn.test.killWorkerAt names this step."""
+    if fault_switch(KILL_PROPERTY, "killed", epoch, step, partition):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_delete(block, epoch, step, partition):
+    """Deletes this partition's resident files before the step reads them when
+    spark_nn.test.deleteBlocksAt names this step."""
+    if fault_switch(DELETE_PROPERTY, "deleted", epoch, step, partition):
+        delete_block(block)

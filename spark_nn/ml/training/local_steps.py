@@ -1,0 +1,73 @@
+"""How many steps each round takes (the localSteps param): a fixed k, or 'auto', which
+measures the rounds' fixed cost during synchronous warm-up steps and then picks k once."""
+import logging
+import math
+
+import numpy as np
+
+log = logging.getLogger("spark_nn")
+
+
+class FixedLocalSteps:
+    """localSteps = k: every round takes k steps (1: synchronous, one treeAggregate per step)."""
+
+    def __init__(self, k):
+        self.k = int(k)
+
+    def next_round(self, done_steps):
+        return self.k
+
+    def observe(self, k, seconds, task_seconds):
+        pass
+
+    def state(self):
+        return None
+
+    def load_state(self, state):
+        pass
+
+
+class AutoLocalSteps:
+    """localSteps = 'auto' (post-local SGD): synchronous warm-up steps, which also measure what a
+    round costs beyond its tasks' compute (Spark's fixed cost F: scheduling, broadcast, result
+    transfer, the driver's update) and the compute C of one step; then, for the rest of the fit,
+    local rounds of k steps with k the smallest power of two for which F is at most a quarter of
+    a round: F / (F + k C) <= 1/4, i.e. k >= 3 F / C, at most the steps of an epoch. k is chosen
+    once, so the rest of the fit does not depend on timing noise, and a checkpoint keeps it."""
+
+    FIXED_SHARE = 0.25
+
+    def __init__(self, steps_per_epoch, total_steps=None):
+        self.steps_per_epoch = int(steps_per_epoch)
+        total = int(total_steps or steps_per_epoch)
+        # warm-up: at least 10 steps to measure, 1% of the fit for convergence, at most an epoch
+        # (on digits, 10 synchronous steps end as accurate as a whole synchronous first epoch)
+        self.warmup = min(self.steps_per_epoch, max(10, total // 100))
+        self.samples = []  # (fixed seconds, compute seconds per step) of synchronous steps
+        self.k = None
+
+    def next_round(self, done_steps):
+        if self.k is None and done_steps >= self.warmup and self.samples:
+            self.k = self.choose()
+        return self.k or 1
+
+    def choose(self):
+        # medians: the first steps include worker start-up and one-off costs
+        fixed = float(np.median([f for f, _ in self.samples]))
+        compute = max(float(np.median([c for _, c in self.samples])), 1e-6)
+        need = (1 - self.FIXED_SHARE) / self.FIXED_SHARE * fixed / compute
+        k = 1 << max(0, math.ceil(math.log2(max(need, 1.0))))
+        log.info("spark_nn: localSteps auto: fixed cost %.1f ms, compute %.1f ms per step -> k = %d",
+                 fixed * 1e3, compute * 1e3, min(k, self.steps_per_epoch))
+        return max(1, min(k, self.steps_per_epoch))
+
+    def observe(self, k, seconds, task_seconds):
+        if k == 1:
+            self.samples.append((max(seconds - task_seconds, 0.0), task_seconds))
+
+    def state(self):
+        return {"k": self.k}
+
+    def load_state(self, state):
+        if state and state.get("k"):
+            self.k = int(state["k"])

@@ -1,0 +1,77 @@
+"""A round on a classic SparkSession: ship the payload, map a RoundTask over the partitions'
+resident blocks, sum their results with RDD treeAggregate. A lost resident block makes the data
+be materialized again and the round run again (a round's result depends only on the weights,
+seed, epoch, step and partition, so the retry computes the same)."""
+import logging
+
+import numpy as np
+from pyspark import Broadcast
+
+from spark_nn.ml.training.errors import ResidentBlockLost, unwrap_errors
+from spark_nn.ml.training.worker import ZERO, add_results
+
+log = logging.getLogger("spark_nn")
+
+
+class Inline:
+    """A task payload carried in the task's closure, read like a broadcast (.value)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def payload_bytes(payload):
+    if isinstance(payload, (bytes, bytearray)):
+        return len(payload)
+    if isinstance(payload, np.ndarray):
+        return payload.nbytes
+    if isinstance(payload, dict):
+        return sum(payload_bytes(v) for v in payload.values())
+    return 64
+
+
+class RDDRounds:
+    """Runs rounds over a TrainingData's blocks with RDD treeAggregate (depth: aggregationDepth)."""
+
+    def __init__(self, sc, data, depth, description):
+        self.sc, self.data, self.depth, self.description = sc, data, int(depth), description
+        self.sizes = list(data.sizes)
+        self._inline_limit = None
+
+    def run(self, task, payload):
+        """The sum over the partitions of task(partition, blocks, payload)'s results."""
+        shipped = self._ship(payload)
+        try:
+            for attempt in range(3):
+                rdd = self.data.rdd
+                try:
+                    return unwrap_errors(lambda: rdd.mapPartitionsWithIndex(
+                        lambda i, blocks: task(i, blocks, shipped.value)).treeAggregate(
+                        ZERO, add_results, add_results, depth=self.depth))
+                except ResidentBlockLost as e:
+                    if attempt == 2:
+                        raise
+                    log.warning("%s: %s; materializing the training data again", self.description, e)
+                    self.data.rematerialize()
+                    if list(self.data.sizes) != self.sizes:
+                        raise RuntimeError("the training data changed when it was read again (partition sizes "
+                                           f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
+                                           "e.g. cache it") from None
+        finally:
+            if isinstance(shipped, Broadcast):
+                shipped.destroy()
+
+    def _ship(self, payload):
+        """The payload inside the task's closure when it is small: Spark already ships every
+        task's function to the executors, so a separate broadcast would add its own driver round
+        trips (about 12 ms a step here); a broadcast above Spark's own threshold for shipping
+        functions (spark.broadcast.UDFCompressionThreshold, 1 MiB), which is then cheaper."""
+        if self._inline_limit is None:
+            self._inline_limit = int(self.sc._jvm.PythonUtils.getBroadcastThreshold(self.sc._jsc))
+        if payload_bytes(payload) <= self._inline_limit:
+            return Inline(payload)
+        return self.sc.broadcast(payload)
+
+    def describe(self, text):
+        """The Spark job description of the rounds that follow (None clears it)."""
+        self.sc.setJobDescription(text)

@@ -1,0 +1,230 @@
+"""The training loop on the driver: rounds of one synchronous step (the optimizer runs on the
+driver over the gradient sum) or of k local steps (the driver averages the partitions' trained
+weights and optimizer states), epochs with validation, early stopping and checkpoints. How a
+round reaches the executors is the backend's business (rounds.RDDRounds); what a task computes
+is worker.RoundTask's.
+"""
+import json
+import logging
+import time
+
+import numpy as np
+
+from spark_nn.ml.training import checkpoint
+from spark_nn.ml.training.local_steps import AutoLocalSteps, FixedLocalSteps
+from spark_nn.ml.training.progress import Progress
+from spark_nn.ml.training.rounds import RDDRounds
+from spark_nn.ml.training.summary import TrainingSummary
+from spark_nn.ml.training.worker import RoundTask, StepSampler, state_keys
+from spark_nn.nn.optimizers import Schedule, make_optimizer
+
+log = logging.getLogger("spark_nn")
+
+
+class DistributedTrainer:
+    """Runs the optimizer on the driver over gradients summed by treeAggregate.
+
+    In a local round of k > 1 steps, each partition instead takes k optimizer steps of its own
+    from the driver's weights and optimizer state (the schedule's learning rate at each step),
+    and the driver averages the resulting weights and optimizer states, weighted by rows: one
+    job per k steps. local_steps: an int k, or 'auto' (AutoLocalSteps)."""
+
+    def __init__(self, sc, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
+                 momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
+                 threads=1, tol=0.0, patience=0, classification=True, verbose=False,
+                 local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1):
+        self.sizes = list(data.sizes)
+        self.config_json = json.dumps(model_config, sort_keys=True)
+        self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
+        self.sampler = StepSampler(seed, self.sizes, batch_size)
+        total_steps = self.sampler.steps_per_epoch * self.epochs
+        opt_args = {"lr": step_size, "weight_decay": weight_decay, "clip_norm": clip_norm or None,
+                    "schedule": Schedule("cosine", total_steps=total_steps) if schedule == "cosine" else None}
+        if optimizer == "sgd":
+            opt_args["momentum"] = momentum
+        self.optimizer = make_optimizer(optimizer, **opt_args)
+        self.threads = int(threads)
+        self.local_steps = (AutoLocalSteps(self.sampler.steps_per_epoch, total_steps) if local_steps == "auto"
+                            else FixedLocalSteps(int(local_steps)))
+        self.has_validation = bool(getattr(data, "has_validation", False))
+        self.tol, self.patience = float(tol), int(patience)
+        self.classification, self.verbose, self.description = classification, verbose, description
+        self.summary = TrainingSummary()
+        self.checkpoint_dir, self.checkpoint_interval = checkpoint_dir or None, int(checkpoint_interval)
+        self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, self.sizes, local_steps)
+        self.last_checkpoint = None
+        self.resumed_from = None
+        self.rounds = RDDRounds(sc, data, aggregation_depth, description)
+
+    # ------------------------------------------------------------ one round
+    def _job(self, weights, epoch, first_step, k, validate=False):
+        """One round (a Spark job) summed over the partitions into (loss sum, vector sum, rows,
+        correct, task seconds, validation loss sum, validation rows, validation correct); see
+        worker.RoundTask for what k and validate mean."""
+        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.classification,
+                         self.optimizer.config(), epoch, first_step, k, validate)
+        payload = {"w": weights.tobytes()}
+        if k > 1:
+            payload["state"] = self.optimizer.state_dict()
+        return self.rounds.run(task, payload)
+
+    def gradient(self, weights, epoch, step):
+        """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
+        minibatch, summed over the partitions by treeAggregate."""
+        return self._job(weights, epoch, step, 1)[:5]
+
+    def _average_round(self, weights, vec, n, k):
+        """Takes the rows-weighted mean of the partitions' weights and optimizer states."""
+        mean = vec / np.float32(n)
+        size = weights.size
+        weights[:] = mean[:size]
+        state = self.optimizer.state_dict()
+        state["t"] = np.array(int(state["t"]) + k, dtype=np.int64)
+        keys = state_keys(self.optimizer)
+        for i, key in enumerate(keys):
+            state[key] = mean[size * (i + 1):size * (i + 2)].copy()
+        self.optimizer.load_state_dict(state)
+
+    def _evaluate(self, weights):
+        """(mean loss, accuracy) over the validation rows with these weights, in a job of its own."""
+        return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True))
+
+    def _validation_metrics(self, result):
+        loss, n, correct = result[5:8]
+        return (loss / n, correct / n if self.classification else None) if n else (None, None)
+
+    # ------------------------------------------------------------ the loop
+    def _epoch(self, weights, epoch, progress, pending=None):
+        """Runs one epoch in place on weights. When pending holds the previous epoch's record,
+        the epoch's first job also scores the weights it ships (the previous epoch's) on the
+        validation rows, saving a job per epoch, and that epoch is finished before this one
+        changes anything; if finishing it stops the fit, returns None. Otherwise returns (loss
+        sum, rows, correct, largest k used)."""
+        steps = self.sampler.steps_per_epoch
+        tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
+        step = 0
+        while step < steps:
+            k = min(self.local_steps.next_round(self.summary.totalIterations), steps - step)
+            self.rounds.describe(f"{self.description}: epoch {epoch + 1}/{self.epochs}, "
+                                      f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else "")
+                                      + (f", validation of epoch {epoch}" if pending else ""))
+            t0 = time.perf_counter()
+            result = self._job(weights, epoch, step, k, validate=pending is not None)
+            loss, vec, n, correct, task_seconds = result[:5]
+            if pending is not None:
+                pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
+                stop = self._finish_epoch(pending, weights, progress)
+                pending = None
+                if stop:
+                    return None
+            self._check_loss(loss, n, epoch, step)
+            if k == 1:
+                if n:
+                    self.optimizer.step(weights, vec / np.float32(n))
+            elif n:
+                self._average_round(weights, vec, n, k)
+            else:
+                self.optimizer.t += k
+            self.local_steps.observe(k, time.perf_counter() - t0, task_seconds)
+            if n:
+                self.summary.objectiveHistory.append(loss / n)
+                self.summary.objectiveSteps.append(self.summary.totalIterations + k)
+                tot_loss, tot_n, tot_correct = tot_loss + loss, tot_n + n, tot_correct + correct
+            self.summary.totalIterations += k
+            k_used = max(k_used, k)
+            step += k
+            progress.update(k, f"epoch {epoch + 1}/{self.epochs} loss {loss / max(n, 1):.4f}")
+        return tot_loss, tot_n, tot_correct, k_used
+
+    def _finish_epoch(self, record, weights, progress):
+        """Records and logs a finished epoch, tracks the best weights, writes the checkpoint;
+        True when early stopping ends the fit here. weights are the epoch's final weights."""
+        self.summary.epochs.append(record)
+        msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                        if v is not None)
+        log.info("%s: %s", self.description, msg)
+        progress.message(f"{self.description}: {msg}")
+        epoch = record["epoch"]
+        monitored = record.get("val_loss") if record.get("val_loss") is not None else record["loss"]
+        if monitored < self._best[0] - self.tol:
+            self._best, self._since_best = (monitored, weights.copy(), epoch), 0
+        else:
+            self._since_best += 1
+        stop = bool(self.patience and self._since_best >= self.patience)
+        if self.checkpoint_dir and (stop or epoch == self.epochs or epoch % self.checkpoint_interval == 0):
+            self._save_checkpoint(epoch, weights, self._best, self._since_best)
+        if stop:
+            self.summary.stoppedEarly = True
+        return stop
+
+    def _check_loss(self, loss, n, epoch, step):
+        if n and not np.isfinite(loss):
+            kept = (f"; the last good checkpoint is {self.last_checkpoint} (a fit with the same checkpointDir "
+                    "resumes from it)" if self.last_checkpoint else "")
+            raise ValueError(f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                             f"lower stepSize or set clipNorm{kept}")
+
+    # ------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, epoch, weights, best, since_best):
+        state = {"fingerprint": self.fingerprint, "summary": self.summary.asDict(), "best_metric": best[0],
+                 "best_epoch": best[2], "since_best": since_best, "local_steps": self.local_steps.state()}
+        arrays = dict(checkpoint.optimizer_arrays(self.optimizer), weights=weights, best_weights=best[1])
+        self.last_checkpoint = checkpoint.write(self.checkpoint_dir, epoch, state, arrays)
+
+    def _resume(self, weights):
+        """(first epoch to run, best, since_best) after loading the newest checkpoint, if any."""
+        path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir else None
+        if path is None:
+            return 0, (np.inf, weights.copy(), -1), 0
+        state, arrays = checkpoint.read(path, self.fingerprint)
+        if arrays["weights"].shape != weights.shape:
+            raise ValueError(f"checkpoint {path} holds {arrays['weights'].size} weights, the network has "
+                             f"{weights.size}")
+        weights[:] = arrays["weights"]
+        self.optimizer.load_state_dict(checkpoint.optimizer_state(arrays))
+        s = state["summary"]
+        self.summary.objectiveHistory = list(s["objectiveHistory"])
+        self.summary.objectiveSteps = list(s.get("objectiveSteps", []))
+        self.summary.epochs = list(s["epochs"])
+        self.summary.totalIterations = int(s["totalIterations"])
+        self.local_steps.load_state(state.get("local_steps"))
+        self.last_checkpoint = self.resumed_from = path
+        log.info("%s: resuming from %s (epoch %d done)", self.description, path, state["epoch"])
+        best_metric = state["best_metric"] if state["best_metric"] is not None else np.inf
+        return int(state["epoch"]), (best_metric, arrays["best_weights"].copy(), state["best_epoch"]), \
+            int(state["since_best"])
+
+    def run(self, weights):
+        weights = np.array(weights, dtype=np.float32, copy=True)
+        first, self._best, self._since_best = self._resume(weights)
+        progress = Progress(self.sampler.steps_per_epoch * (self.epochs - first), self.description, self.verbose)
+        pending = None
+        try:
+            for epoch in range(first, self.epochs):
+                t0 = time.perf_counter()
+                done = self._epoch(weights, epoch, progress, pending)
+                pending = None
+                if done is None:
+                    break
+                tot_loss, tot_n, tot_correct, k_used = done
+                record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
+                          "accuracy": tot_correct / max(tot_n, 1) if self.classification else None}
+                if self.has_validation:
+                    record["val_loss"] = record["val_accuracy"] = None
+                record.update(seconds=time.perf_counter() - t0, steps=self.sampler.steps_per_epoch,
+                              local_steps=k_used)
+                if self.has_validation and epoch + 1 < self.epochs:
+                    pending = record  # validated by the next epoch's first job
+                    continue
+                if self.has_validation:
+                    self.rounds.describe(f"{self.description}: validation after epoch "
+                                              f"{epoch + 1}/{self.epochs}")
+                    record["val_loss"], record["val_accuracy"] = self._evaluate(weights)
+                if self._finish_epoch(record, weights, progress):
+                    break
+        finally:
+            self.rounds.describe(None)
+        if self.patience and self.has_validation:
+            self.summary.bestEpoch = self._best[2]
+            return self._best[1]
+        return weights

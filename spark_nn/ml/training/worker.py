@@ -1,0 +1,175 @@
+"""What a fit's tasks run on the executors, and the result tuple they return.
+
+A round's task gets the shipped payload (the flat float32 weights as raw bytes, and for a
+local round the optimizer state), opens its partition's block and computes, for steps
+first_step .. first_step + k - 1 of an epoch, either one step's gradient sum (k = 1) or k
+optimizer steps of its own (k > 1), optionally after scoring the shipped weights on its
+validation rows.
+
+Sampling depends only on (seed, epoch, partition) and the step: each epoch every partition
+draws a permutation of its rows from a generator keyed by (seed, epoch, partition) and takes
+consecutive slices of it, so every row is used once per epoch and a retried task computes
+exactly the same thing.
+"""
+import json
+import math
+import time
+from functools import lru_cache
+
+import numpy as np
+
+from spark_nn.ml.training.blocks import open_block
+from spark_nn.ml.training.faults import maybe_delete, maybe_kill_worker
+from spark_nn.nn.model import Sequential
+from spark_nn.nn.optimizers import optimizer_from_config
+from spark_nn.threads import set_num_threads
+
+_WORKER_MODELS = {}  # per Python worker process: model config JSON -> Sequential
+
+
+def worker_model(config_json, threads):
+    """The model for this config in this process, built once (workers are reused across tasks)."""
+    if threads:
+        set_num_threads(threads)
+    model = _WORKER_MODELS.get(config_json)
+    if model is None:
+        if len(_WORKER_MODELS) > 8:
+            _WORKER_MODELS.clear()
+        model = Sequential.from_config(json.loads(config_json))
+        _WORKER_MODELS[config_json] = model
+    return model
+
+
+class StepSampler:
+    """Which rows of a partition form its share of a step."""
+
+    def __init__(self, seed, sizes, batch_size):
+        self.seed, self.sizes = int(seed), list(sizes)
+        total = sum(self.sizes)
+        self.steps_per_epoch = max(1, math.ceil(total / batch_size))
+
+    def rows(self, partition, epoch, step):
+        n = self.sizes[partition]
+        per_step = math.ceil(n / self.steps_per_epoch)
+        perm = _permutation(self.seed, epoch, partition, n)
+        return perm[step * per_step:(step + 1) * per_step]
+
+
+@lru_cache(maxsize=4)
+def _permutation(seed, epoch, partition, n):
+    """An epoch's order of a partition's rows, drawn once per worker process and epoch rather than
+    once per step (Python workers are reused across a fit's tasks)."""
+    perm = np.random.default_rng([seed, epoch, partition]).permutation(n)
+    perm.setflags(write=False)
+    return perm
+
+
+# A task's result: (loss sum, vector or None, rows, correct, seconds, validation loss sum,
+# validation rows, validation correct); None is an absent vector.
+ZERO = (0.0, None, 0, 0, 0.0, 0.0, 0, 0)
+
+
+def add_results(a, b):
+    """Sum of two results; seconds (the tasks' compute time) combine by max, as parallel tasks do."""
+    vec = b[1] if a[1] is None else (a[1] if b[1] is None else a[1] + b[1])
+    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]), a[5] + b[5], a[6] + b[6], a[7] + b[7])
+
+
+def state_keys(optimizer):
+    """The optimizer's per-parameter state arrays that a local round averages (Adam's moments,
+    SGD's velocity), in a fixed order."""
+    if optimizer.name in ("adam", "adamw"):
+        return ["m", "v"]
+    if optimizer.name == "sgd" and optimizer.momentum:
+        return ["velocity"]
+    return []
+
+
+def _correct(out, yb, classification):
+    return int(np.sum(np.argmax(out, axis=1) == yb)) if classification else 0
+
+
+def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, classification):
+    """(loss sum, gradient sum, rows, correct) of this partition's share of a step, or None
+    when it has no rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
+    rows = sampler.rows(partition, epoch, step)
+    if len(rows) == 0:
+        return None
+    rng = np.random.default_rng([seed, epoch, step, partition, 1])
+    yb = y[rows].astype(np.int64) if classification else x[rows]
+    loss, grad, n = model.loss_and_grad(params, x[rows], yb, rng)
+    return loss, grad, n, _correct(model.last_output, yb, classification)
+
+
+def validation(model, weights, x, y, classification):
+    """(loss sum, rows, correct) of these weights on a partition's validation rows."""
+    if len(x) == 0:
+        return 0.0, 0, 0
+    model.set_params(weights)
+    x = np.asarray(x)
+    out = model.predict_output(x)
+    yb = np.asarray(y).astype(np.int64) if classification else x
+    loss, _ = model.loss(out, yb)
+    return float(loss), len(x), _correct(out, yb, classification)
+
+
+def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
+                classification):
+    """(loss sum, rows x [trained weights, optimizer state arrays] or None, rows, correct) after
+    k steps of this partition's own from the given weights and optimizer state."""
+    w = weights.copy()
+    opt = optimizer_from_config(opt_cfg)
+    opt.load_state_dict(state)
+    loss_sum, rows_seen, correct = 0.0, 0, 0
+    for step in range(first_step, first_step + k):
+        result = minibatch_step(model, w, x, y, sampler, seed, epoch, step, partition, classification)
+        if result is None:
+            continue
+        loss, grad, n, c = result
+        opt.step(w, grad / np.float32(n))
+        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + c
+    if not rows_seen:
+        return 0.0, None, 0, 0
+    state = [w] + [opt.state_dict()[key] for key in state_keys(opt)]
+    return loss_sum, np.concatenate(state) * np.float32(rows_seen), rows_seen, correct
+
+
+class RoundTask:
+    """One round's work on a partition, shipped to the executors inside the job's closure:
+    - validate: first scores the shipped weights on the partition's validation rows (so the
+      validation after an epoch rides in the next epoch's first job);
+    - k = 0: nothing else (a validation job);
+    - k = 1: one synchronous step: the vector is the gradient sum of the step's minibatch;
+    - k > 1: a local round: steps first_step .. first_step+k-1 of the epoch on its own, from the
+      shipped weights and optimizer state; the vector is rows x [its weights, its state arrays]."""
+
+    def __init__(self, config_json, threads, sampler, seed, classification, opt_cfg, epoch, first_step, k,
+                 validate=False):
+        self.config_json, self.threads, self.sampler, self.seed = config_json, threads, sampler, seed
+        self.classification, self.opt_cfg = classification, opt_cfg
+        self.epoch, self.first_step, self.k, self.validate = epoch, first_step, k, validate
+
+    def __call__(self, partition, blocks, payload):
+        """Yields the partition's result; payload: {"w": raw float32 bytes[, "state": dict]}."""
+        t0 = time.perf_counter()
+        epoch, first, k, classification = self.epoch, self.first_step, self.k, self.classification
+        steps = range(first, first + k)
+        for step in steps:
+            maybe_kill_worker(epoch, step, partition)
+        for block in blocks:
+            for step in steps:
+                maybe_delete(block, epoch, step, partition)
+            x, y, xv, yv = open_block(block)
+            model = worker_model(self.config_json, self.threads)
+            # the weights as shipped: a read-only view of the raw bytes, no pickled array, no copy
+            w = np.frombuffer(payload["w"], dtype=np.float32)
+            val = validation(model, w, xv, yv, classification) if self.validate else (0.0, 0, 0)
+            if k == 1:
+                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition,
+                                        classification) or (0.0, None, 0, 0)
+            elif k > 1:
+                result = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler, self.seed,
+                                     epoch, first, k, partition, classification)
+            else:
+                result = (0.0, None, 0, 0)
+            yield result + (time.perf_counter() - t0,) + val
