@@ -130,40 +130,42 @@ def main(argv=None):
     ap.add_argument("--mlp-iter", type=int, default=300)
     args = ap.parse_args(argv)
     spark = session()
-    train, test = digits_frames(spark)
-    train.count(), test.count()
+    try:
+        train, test = digits_frames(spark)
+        train.count(), test.count()
 
-    mlp_acc, mlp_s = run_mllib(train, test, args.mlp_iter)
-    run_ours(train, test, 1, with_validation=False)  # warm-up: Python workers, JIT of the JVM paths
-    rows = [[f"MLlib MLP 64-128-10, maxIter {args.mlp_iter}", f"{mlp_acc:.4f}", f"{mlp_s:.1f}", f"{mlp_s:.1f}", "1.00"]]
-    results = {"mlp": (mlp_acc, mlp_s)}
-    for local_steps in (1, 4):
-        acc, fit_s, _ = run_ours(train, test, args.epochs, with_validation=False, local_steps=local_steps)
-        # the same fit again, with the test rows as validation data checked after every epoch
-        _, val_fit_s, summary = run_ours(train, test, args.epochs, with_validation=True, local_steps=local_steps)
-        elapsed = val_fit_s - sum(e["seconds"] for e in summary.epochs)  # setup: checks, blocks
-        to_target = None
-        for e in summary.epochs:
-            elapsed += e["seconds"]
-            if e["val_accuracy"] >= mlp_acc:
-                to_target = (elapsed, e["epoch"])
-                break
-        label = f"spark_nn CNN [32, 64, 10], {args.epochs} epochs" + (
-            ", synchronous" if local_steps == 1 else f", localSteps {local_steps}")
-        rows.append([label, f"{acc:.4f}", f"{fit_s:.1f}",
-                     f"{to_target[0]:.1f} (epoch {to_target[1]})" if to_target else "not reached",
-                     f"{mlp_s / to_target[0]:.2f}" if to_target else "-"])
-        results[f"ours_local{local_steps}"] = (acc, fit_s, to_target)
-    print(f"digits, stratified 80/20 split ({train.count()} / {test.count()}), Spark local[2], "
-          f"Spark {spark.version}")
-    print_table(["model", "test accuracy", "fit s", f"s to MLlib's {mlp_acc:.4f}", "speed vs MLlib"], rows)
-    n_params, ours_ms, bare_ms = step_overhead(spark)
-    print()
-    print_table(["per step, local[2]", "params", "median ms"], [
-        ["spark_nn training step (batch 64)", n_params, f"{ours_ms:.1f}"],
-        ["bare broadcast + treeAggregate", n_params, f"{bare_ms:.1f}"]])
-    print(f"step overhead ratio: {ours_ms / bare_ms:.2f}x the bare aggregate (target <= 1.5)")
-    spark.stop()
+        mlp_acc, mlp_s = run_mllib(train, test, args.mlp_iter)
+        run_ours(train, test, 1, with_validation=False)  # warm-up: Python workers, JIT of the JVM paths
+        rows = [[f"MLlib MLP 64-128-10, maxIter {args.mlp_iter}", f"{mlp_acc:.4f}", f"{mlp_s:.1f}", f"{mlp_s:.1f}", "1.00"]]
+        results = {"mlp": (mlp_acc, mlp_s)}
+        for local_steps in (1, 4):
+            acc, fit_s, _ = run_ours(train, test, args.epochs, with_validation=False, local_steps=local_steps)
+            # the same fit again, with the test rows as validation data checked after every epoch
+            _, val_fit_s, summary = run_ours(train, test, args.epochs, with_validation=True, local_steps=local_steps)
+            elapsed = val_fit_s - sum(e["seconds"] for e in summary.epochs)  # setup: checks, blocks
+            to_target = None
+            for e in summary.epochs:
+                elapsed += e["seconds"]
+                if e["val_accuracy"] >= mlp_acc:
+                    to_target = (elapsed, e["epoch"])
+                    break
+            label = f"spark_nn CNN [32, 64, 10], {args.epochs} epochs" + (
+                ", synchronous" if local_steps == 1 else f", localSteps {local_steps}")
+            rows.append([label, f"{acc:.4f}", f"{fit_s:.1f}",
+                         f"{to_target[0]:.1f} (epoch {to_target[1]})" if to_target else "not reached",
+                         f"{mlp_s / to_target[0]:.2f}" if to_target else "-"])
+            results[f"ours_local{local_steps}"] = (acc, fit_s, to_target)
+        print(f"digits, stratified 80/20 split ({train.count()} / {test.count()}), Spark local[2], "
+              f"Spark {spark.version}")
+        print_table(["model", "test accuracy", "fit s", f"s to MLlib's {mlp_acc:.4f}", "speed vs MLlib"], rows)
+        n_params, ours_ms, bare_ms = step_overhead(spark)
+        print()
+        print_table(["per step, local[2]", "params", "median ms"], [
+            ["spark_nn training step (batch 64)", n_params, f"{ours_ms:.1f}"],
+            ["bare broadcast + treeAggregate", n_params, f"{bare_ms:.1f}"]])
+        print(f"step overhead ratio: {ours_ms / bare_ms:.2f}x the bare aggregate (target <= 1.5)")
+    finally:
+        spark.stop()
     results["step"] = (n_params, ours_ms, bare_ms)
     return results
 

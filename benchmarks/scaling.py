@@ -103,15 +103,17 @@ def main(argv=None):
     from spark_nn.ml.session import local_session
 
     spark = local_session(args.master, "spark_nn scaling")
-    spark.sparkContext.setLogLevel("ERROR")
-    results = []
-    for partitions in (1, 2):
-        for p in [int(s) for s in args.sizes.split(",")]:
-            n, step, bare, compute = measure(spark, p, partitions, args.reps)
-            results.append((n, partitions, step, bare, compute))
-            print(f"workers {partitions} params {n}: step {step * 1e3:.1f} ms, bare {bare * 1e3:.1f} ms, "
-                  f"compute {compute * 1e3:.1f} ms", flush=True)
-    spark.stop()
+    try:
+        spark.sparkContext.setLogLevel("ERROR")
+        results = []
+        for partitions in (1, 2):
+            for p in [int(s) for s in args.sizes.split(",")]:
+                n, step, bare, compute = measure(spark, p, partitions, args.reps)
+                results.append((n, partitions, step, bare, compute))
+                print(f"workers {partitions} params {n}: step {step * 1e3:.1f} ms, bare {bare * 1e3:.1f} ms, "
+                      f"compute {compute * 1e3:.1f} ms", flush=True)
+    finally:
+        spark.stop()
     c0, c1 = fit_model(results)
     rows = []
     for n, w, step, bare, compute in results:

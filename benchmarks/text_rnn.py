@@ -82,29 +82,31 @@ def main(argv=None):
     from spark_nn.ml.session import local_session
 
     spark = local_session("local[2]", "spark_nn text RNN")
-    train, test = text_frames(spark, args.rows, args.seed)
-    n_train, n_test = train.count(), test.count()
-    majority = test.where("label = 1").count() / n_test
-    print(f"Rotten Tomatoes snippets: {n_train} train / {n_test} test rows, Spark local[2]; "
-          f"majority class {max(majority, 1 - majority):.3f}")
-    runs = [("seed program: RNN relu [64, 32, 16], defaults", lambda: fit_rnn(train, test, args.epochs)),
-            ("same, cellType='lstm'", lambda: fit_rnn(train, test, args.epochs, cellType="lstm")),
-            ("same, cellType='gru'", lambda: fit_rnn(train, test, args.epochs, cellType="gru")),
-            ("MLlib HashingTF + LogisticRegression, defaults", lambda: fit_bag_of_words(train, test)),
-            ("same, regParam by 3-fold CV on the training rows", lambda: fit_bag_of_words(train, test, True))]
-    rows, accs = [], {}
-    for name, fit in (runs[3:] if args.only_baselines else runs):
-        acc, seconds = fit()
-        accs[name] = acc
-        rows.append([name, f"{acc:.4f}", f"{seconds:.1f}"])
-        print(f"  {name}: {acc:.4f} ({seconds:.1f} s)", flush=True)
-    print_table(["model", "test accuracy", "fit s"], rows)
-    if not args.only_baselines:
-        seed = accs[runs[0][0]]
-        print(f"seed RNN - LSTM: {100 * (seed - accs[runs[1][0]]):+.1f} points; seed RNN - bag of words: "
-              f"{100 * (seed - accs[runs[3][0]]):+.1f} points at MLlib's defaults, "
-              f"{100 * (seed - accs[runs[4][0]]):+.1f} tuned (goal: >= -2.0)")
-    spark.stop()
+    try:
+        train, test = text_frames(spark, args.rows, args.seed)
+        n_train, n_test = train.count(), test.count()
+        majority = test.where("label = 1").count() / n_test
+        print(f"Rotten Tomatoes snippets: {n_train} train / {n_test} test rows, Spark local[2]; "
+              f"majority class {max(majority, 1 - majority):.3f}")
+        runs = [("seed program: RNN relu [64, 32, 16], defaults", lambda: fit_rnn(train, test, args.epochs)),
+                ("same, cellType='lstm'", lambda: fit_rnn(train, test, args.epochs, cellType="lstm")),
+                ("same, cellType='gru'", lambda: fit_rnn(train, test, args.epochs, cellType="gru")),
+                ("MLlib HashingTF + LogisticRegression, defaults", lambda: fit_bag_of_words(train, test)),
+                ("same, regParam by 3-fold CV on the training rows", lambda: fit_bag_of_words(train, test, True))]
+        rows, accs = [], {}
+        for name, fit in (runs[3:] if args.only_baselines else runs):
+            acc, seconds = fit()
+            accs[name] = acc
+            rows.append([name, f"{acc:.4f}", f"{seconds:.1f}"])
+            print(f"  {name}: {acc:.4f} ({seconds:.1f} s)", flush=True)
+        print_table(["model", "test accuracy", "fit s"], rows)
+        if not args.only_baselines:
+            seed = accs[runs[0][0]]
+            print(f"seed RNN - LSTM: {100 * (seed - accs[runs[1][0]]):+.1f} points; seed RNN - bag of words: "
+                  f"{100 * (seed - accs[runs[3][0]]):+.1f} points at MLlib's defaults, "
+                  f"{100 * (seed - accs[runs[4][0]]):+.1f} tuned (goal: >= -2.0)")
+    finally:
+        spark.stop()
 
 
 if __name__ == "__main__":

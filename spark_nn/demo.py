@@ -33,11 +33,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-    from pyspark.ml.linalg import Vectors
-
-    from spark_nn.datasets import digits_split
-    from spark_nn.ml.classification import CNN
     from spark_nn.ml.session import local_session
 
     try:
@@ -45,6 +40,19 @@ def main(argv=None):
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # the session stops on every way out (an error, Ctrl-C), before the interpreter exits: its
+    # Python workers then go with it instead of finding their sockets closed under them
+    with spark:
+        return _train_and_report(spark, args, t_start)
+
+
+def _train_and_report(spark, args, t_start):
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.linalg import Vectors
+
+    from spark_nn.datasets import digits_split
+    from spark_nn.ml.classification import CNN
+
     xtr, xte, ytr, yte = digits_split(seed=0)
     print(f"spark_nn demo: digits (scikit-learn), {len(xtr)} training and {len(xte)} test images of 8x8, "
           f"Spark {spark.version} at {args.master}")
@@ -86,7 +94,6 @@ def main(argv=None):
     print(f"model saved to {model_path}")
     print(f"training curves: {plot_path}" if plot_path else
           "training curves: install matplotlib (pip install 'spark_nn[plot]') for the PNG")
-    spark.stop()
     return 0
 
 
