@@ -39,7 +39,7 @@ def conv_cases(rng, torch):
         wt = (0.1 * rng.standard_normal((oc, c, 3, 3))).astype(np.float32)
         b = np.zeros(oc, np.float32)
         dy = rng.standard_normal((n, oc, h, w)).astype(np.float32)
-        ours_f = lambda: K.conv2d_forward(x, wt, b, 1, 1)  # noqa: E731
+        ours_f = lambda x=x, wt=wt, b=b: K.conv2d_forward(x, wt, b, 1, 1)  # noqa: E731
 
         def ours_fb(x=x, wt=wt, b=b, dy=dy):
             K.conv2d_forward(x, wt, b, 1, 1)
@@ -92,7 +92,7 @@ def recurrent_cases(rng, torch):
         mod = mod_cls(d, h, batch_first=True)
         w = [p.detach().numpy().copy() for p in mod.parameters()]
         if kind == "RNN":
-            f = lambda: K.rnn_forward(x, *w)  # noqa: E731
+            f = lambda w=w: K.rnn_forward(x, *w)  # noqa: E731
 
             def fb(w=w):
                 hs = K.rnn_forward(x, *w)
@@ -140,7 +140,7 @@ def epoch_cases(torch, batch_sizes):
         topt = torch.optim.Adam(tnet.parameters(), lr=1e-3)
         tx, ty = torch.from_numpy(xtr), torch.from_numpy(ytr)
 
-        def torch_epoch():
+        def torch_epoch(tnet=tnet, topt=topt, bs=bs):
             perm = torch.randperm(len(tx))
             for i in range(0, len(tx), bs):
                 idx = perm[i:i + bs]
