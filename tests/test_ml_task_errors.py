@@ -3,7 +3,7 @@ Spark delivers a task's traceback: a PythonException (Spark 4) and a Py4JJavaErr
 holds it (RDD actions on Spark 3.5). No Spark session needed: the texts are Spark's shapes."""
 import pytest
 from py4j.protocol import Py4JJavaError
-from pyspark.errors import PythonException
+from pyspark.errors import PySparkAttributeError, PythonException
 
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
 
@@ -54,3 +54,24 @@ def test_other_errors_pass_through_unchanged():
         unwrap_errors(raising(error))
     assert info.value is error
     assert unwrap_errors(lambda a, b=0: a + b, 2, b=3) == 5
+
+
+class ConnectSession:
+    """What a Spark Connect session answers when asked for its SparkContext."""
+
+    @property
+    def sparkContext(self):
+        raise PySparkAttributeError(message="[JVM_ATTRIBUTE_NOT_SUPPORTED] Attribute `sparkContext` is not "
+                                            "supported in Spark Connect as it depends on the JVM.")
+
+
+class ConnectFrame:
+    sparkSession = ConnectSession()
+
+
+def test_a_spark_connect_session_is_refused_with_a_clear_error():
+    from spark_nn.ml.classification import CNN
+
+    with pytest.raises(RuntimeError, match=r"CNNClassifier.fit needs a classic \(JVM-backed\) SparkSession.*"
+                                           r"Spark Connect.*SparkSession.builder.master"):
+        CNN(layers=[4, 2], inputCol="x", numClasses=2).fit(ConnectFrame())

@@ -35,6 +35,20 @@ def _active_session():
     return spark
 
 
+def classic_context(dataset, what):
+    """The SparkContext of dataset's session. A Spark Connect session has none (pyspark raises
+    [JVM_ATTRIBUTE_NOT_SUPPORTED]), and our training and scoring need it: say so, and what works."""
+    try:
+        return dataset.sparkSession.sparkContext
+    except Exception as e:
+        if "JVM_ATTRIBUTE_NOT_SUPPORTED" not in str(e) and "sparkContext" not in str(e):
+            raise
+        raise RuntimeError(f"{what} needs a classic (JVM-backed) SparkSession, and this DataFrame belongs to a "
+                           "Spark Connect session, which spark_nn does not support yet; use a classic session, "
+                           "e.g. SparkSession.builder.master('local[*]').getOrCreate(), or spark-submit without "
+                           "--remote") from None
+
+
 def task_threads(stage, sc):
     n = stage.getOrDefault(stage.threadsPerTask)
     return n if n > 0 else int(sc.getConf().get("spark.task.cpus", "1"))
@@ -96,6 +110,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         raise NotImplementedError
 
     def _fit(self, dataset):
+        sc = classic_context(dataset, f"{type(self).__name__}.fit")
         fcol = self.featuresColumn()
         lcol = self.labelColumn() if self.classification else None
         if not self.isDefined(self.layers):
@@ -118,7 +133,6 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         start = None  # initialWeights, checked and converted before the pass when the network is known by now
         if self.isDefined(self.initialWeights) and known_k and (spec["kind"] != "ids" or spec.get("vocabSize")):
             start = initial_weights(self.getOrDefault(self.initialWeights), probe_net)
-        sc = dataset.sparkSession.sparkContext
         checkpoint_dir = self.getOrDefault(self.checkpointDir)
         # the one pass over the data: rows checked, validation rows split off, blocks written
         data = TrainingData(dataset, fcol, lcol, spec, self.getOrDefault(self.handleInvalid),
@@ -244,6 +258,7 @@ class NeuralModel(Model, MLWritable, MLReadable):
         return self._bcast[1]
 
     def _transform(self, dataset):
+        sc = classic_context(dataset, f"{type(self).__name__}.transform")
         fcol = self.featuresColumn()
         kind = feature_kind(dataset, fcol)
         expected = self._spec["kind"]
@@ -257,7 +272,6 @@ class NeuralModel(Model, MLWritable, MLReadable):
                                  "name with the matching *Col param")
         spec = dict(self._spec, kind=kind)
         prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
-        sc = dataset.sparkSession.sparkContext
         bcast, outputs_fn = self._broadcast(sc), self._outputs_fn()
         config_json, threads = json.dumps(self._net.config(), sort_keys=True), task_threads(self, sc)
 
