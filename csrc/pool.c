@@ -86,6 +86,7 @@ static void pool_2x2_block_base(int n, const int32_t *tab, const int32_t *arg, i
         am[j] = bi;
     }
 }
+#undef NN_POOL_TAKE
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
 #include <immintrin.h>
