@@ -83,7 +83,7 @@ def step_overhead(spark, repeat=30):
     df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(2000)],
                                ["features", "label"])
     data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
-    trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=64, optimizer="sgd",
+    trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=64, optimizer="sgd",
                                  step_size=0.01, seed=0, local_steps=1)
     weights = net.params.copy()
     n_params = weights.size

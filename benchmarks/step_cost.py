@@ -61,7 +61,6 @@ def step_vs_data(spark, rows_list, steps):
     from spark_nn.ml.training.trainer import DistributedTrainer
     from spark_nn.nn import builders
 
-    sc = spark.sparkContext
     net = builders.cnn([4, 10], 10, (1, 28, 28), seed=0)
     out, per_step = [], {}
     for rows in rows_list:
@@ -71,7 +70,7 @@ def step_vs_data(spark, rows_list, steps):
             data = TrainingData(df, "features", "label", {"kind": "array", "shape": [1, 28, 28]}, resident=resident)
             setup = time.perf_counter() - t0
             try:
-                trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=64, optimizer="sgd",
+                trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=64, optimizer="sgd",
                                              step_size=0.01, seed=0, local_steps=1)
                 w = net.params.copy()
                 step = median_s(lambda i: trainer.gradient(w, 0, i % trainer.sampler.steps_per_epoch), steps)
@@ -104,7 +103,7 @@ def fixed_cost(spark, steps):
     df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(2000)],
                                ["features", "label"]).cache()
     data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
-    trainer = DistributedTrainer(sc, net.config(), data, epochs=1, batch_size=64, optimizer="sgd", step_size=0.01,
+    trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=64, optimizer="sgd", step_size=0.01,
                                  seed=0, local_steps=1)
     w = net.params.copy()
     handles = sc.parallelize(range(2), 2).cache()

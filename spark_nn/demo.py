@@ -2,6 +2,8 @@
 
     python -m spark_nn.demo [--master local[2]] [--epochs N] [--output spark_nn_demo]
     spark-nn --master spark://host:7077
+    spark-nn --remote sc://host:15002        # a Spark Connect server
+    spark-nn --remote local                  # a local Connect server on --master
 
 Runs in local[2] by default (no cluster needed) with the CNN's default params: shows a progress
 bar on the driver and Spark job descriptions ("spark_nn CNNClassifier.fit: epoch 3/30, step
@@ -18,6 +20,9 @@ import time
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="spark-nn", description=__doc__.split("\n\n")[0])
     p.add_argument("--master", default="local[2]", help="Spark master URL (default local[2])")
+    p.add_argument("--remote", default=None,
+                   help="run on Spark Connect: a server URL (sc://host:15002), or 'local' for a local server "
+                        "on --master (needs pip install 'spark_nn[connect]')")
     # SPARK_NN_DEMO_EPOCHS shortens the run where the demo itself is under test (CI's quick-start run)
     epochs = os.environ.get("SPARK_NN_DEMO_EPOCHS")
     p.add_argument("--epochs", type=int, default=int(epochs) if epochs else None,
@@ -33,10 +38,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
-    from spark_nn.ml.session import local_session
+    from spark_nn.ml.session import local_session, remote_session
 
     try:
-        spark = local_session(args.master, "spark_nn demo")
+        spark = (remote_session(args.remote, args.master, "spark_nn demo") if args.remote
+                 else local_session(args.master, "spark_nn demo"))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -55,7 +61,8 @@ def _train_and_report(spark, args, t_start):
 
     xtr, xte, ytr, yte = digits_split(seed=0)
     print(f"spark_nn demo: digits (scikit-learn), {len(xtr)} training and {len(xte)} test images of 8x8, "
-          f"Spark {spark.version} at {args.master}")
+          f"Spark {spark.version} at {args.master}"
+          + (f" through Spark Connect ({args.remote})" if args.remote else ""))
 
     def frame(x, y, held_out):
         rows = [(Vectors.dense(a.ravel().tolist()), float(b), held_out) for a, b in zip(x, y)]

@@ -1,5 +1,6 @@
 import os
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -30,25 +31,69 @@ def threads():
     spark_nn.set_num_threads(before)
 
 
+# SPARK_NN_TEST_CONNECT=1 runs the Spark tests on a Spark Connect session (a local Connect
+# server started in this process from pyspark[connect]); tests that need a classic session's
+# SparkContext are marked classic_only and skipped there.
+CONNECT = os.environ.get("SPARK_NN_TEST_CONNECT", "") not in ("", "0")
+
+_SPARK_CONF = {
+    "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+    "spark.python.unix.domain.socket.enabled": "true",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "classic_only: needs a classic session's SparkContext (skipped with "
+                                       "SPARK_NN_TEST_CONNECT=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if CONNECT:
+        skip = pytest.mark.skip(reason="needs a classic SparkSession (SPARK_NN_TEST_CONNECT=1)")
+        for item in items:
+            if "classic_only" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def spark():
     """The one SparkSession every Spark test shares (started on first use): local[2,2] is
-    local[2] (two cores) with one retry of a failed task, as a cluster would retry it."""
+    local[2] (two cores) with one retry of a failed task, as a cluster would retry it; a Spark
+    Connect session on a local server of the same master when SPARK_NN_TEST_CONNECT=1."""
     from spark_nn.ml.session import require_java
 
     require_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2,2]").appName("spark_nn tests")
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.shuffle.partitions", "2").config("spark.default.parallelism", "2")
-               .config("spark.driver.memory", "2g")
-               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
-               .config("spark.python.unix.domain.socket.enabled", "true").getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
+    if CONNECT:
+        builder = SparkSession.builder.remote("local[2,2]").appName("spark_nn tests (Connect)")
+    else:
+        builder = SparkSession.builder.master("local[2,2]").appName("spark_nn tests")
+    for key, value in _SPARK_CONF.items():
+        builder = builder.config(key, value)
+    with warnings.catch_warnings():  # Connect warns that static settings cannot change at run time
+        warnings.simplefilter("ignore")
+        session = builder.getOrCreate()
+    if not CONNECT:
+        session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+def set_job_property(spark, key, value):
+    """A property every task of the following jobs sees (TaskContext.getLocalProperty): a local
+    property on a classic session; on Connect a session setting, which Spark SQL hands to its
+    queries' tasks the same way (settings named spark*)."""
+    if CONNECT:
+        if value is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, value)
+    else:
+        spark.sparkContext.setLocalProperty(key, value)
 
 
 @pytest.fixture(scope="session")

@@ -3,23 +3,34 @@ import os
 import subprocess
 import sys
 
+from conftest import CONNECT
+
+
+def clean_env(**extra):
+    """This environment without the marks a Spark Connect session leaves in it (a child
+    process would otherwise take its classic builder for a Connect one)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
+    return dict(env, PYSPARK_PYTHON=sys.executable, **extra)
+
 
 def test_demo_trains_reports_and_saves(tmp_path):
     out = tmp_path / "demo"
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    proc = subprocess.run([sys.executable, "-m", "spark_nn.demo", "--epochs", "2", "--output", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    remote = ["--remote", "local"] if CONNECT else []  # the Connect run checks the demo's --remote
+    proc = subprocess.run([sys.executable, "-m", "spark_nn.demo", "--epochs", "2", "--output", str(out), "--quiet"]
+                          + remote, capture_output=True, text=True, timeout=600, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     acc = float(text.split("test accuracy: ")[1].split()[0])
     assert acc > 0.8, text
     assert "fit time:" in text and "wall time:" in text
+    assert ("through Spark Connect (local)" in text) == CONNECT
     assert (out / "model" / "data" / "weights.npz").exists()
     assert (out / "training_curves.png").stat().st_size > 10_000
 
 
 def test_missing_java_is_a_clear_error(tmp_path):
-    env = dict(os.environ, JAVA_HOME=str(tmp_path / "no-java"), PATH=str(tmp_path))
+    env = clean_env(JAVA_HOME=str(tmp_path / "no-java"), PATH=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "spark_nn.demo", "--epochs", "1", "--output", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2

@@ -138,7 +138,7 @@ def test_pipeline_and_cross_validator_save_and_load(spark, pixel_vectors, tmp_pa
     grid = ParamGridBuilder().addGrid(cnn.layers, [[2], [16]]).addGrid(cnn.stepSize, [3e-3]).build()
     evaluator = MulticlassClassificationEvaluator(metricName="accuracy")
     cv = CrossValidator(estimator=Pipeline(stages=[cnn]), estimatorParamMaps=grid, evaluator=evaluator,
-                        numFolds=2, seed=3)
+                        numFolds=2, seed=3, parallelism=2)  # two fits at once, from two threads
     cv_model = cv.fit(train)
     assert np.argmax(cv_model.avgMetrics) == 1  # 16 filters beat 2
     best = cv_model.bestModel

@@ -107,6 +107,7 @@ def test_fine_tuning_from_torch_beats_training_from_scratch(digits, torch_traine
         est.setInitialWeights(torch_trained).write().save(str(tmp_path / "estimator2"))
 
 
+@pytest.mark.classic_only  # counts jobs with the SparkContext's status tracker
 def test_initial_weights_that_do_not_fit_are_refused_before_the_pass_over_the_data(digits, torch_trained, spark):
     (_, _, train), _ = digits
     tracker = spark.sparkContext.statusTracker()

@@ -10,6 +10,7 @@ from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
 from spark_nn.ml.training.faults import KILL_PROPERTY as FAULT_PROPERTY
+from conftest import set_job_property
 from pixel_data import bright_pixel_rows
 
 
@@ -30,12 +31,11 @@ def est(**kw):
 def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path, local_steps):
     reference = est(localSteps=local_steps).fit(data).weights
     flag = tmp_path / "killed"
-    sc = spark.sparkContext
-    sc.setLocalProperty(FAULT_PROPERTY, f"1:2:1:{flag}")  # epoch 1 (0-based), step 2, partition 1
+    set_job_property(spark, FAULT_PROPERTY, f"1:2:1:{flag}")  # epoch 1 (0-based), step 2, partition 1
     try:
         retried = est(localSteps=local_steps).fit(data).weights
     finally:
-        sc.setLocalProperty(FAULT_PROPERTY, None)
+        set_job_property(spark, FAULT_PROPERTY, None)
     assert flag.read_text().startswith("killed attempt 0")  # the kill happened, once
     np.testing.assert_array_equal(retried, reference)
 

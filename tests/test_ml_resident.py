@@ -4,12 +4,14 @@ import glob
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.training.blocks import TrainingData, open_block
 from spark_nn.ml.training.faults import DELETE_PROPERTY
 from spark_nn.ml.classification import CNNClassifier
+from conftest import set_job_property
 from pixel_data import bright_pixel_rows
 
 
@@ -23,9 +25,11 @@ def data(spark):
 @pytest.fixture(scope="module")
 def local_dirs(spark):
     """The Spark local directories the Python workers see (where resident blocks go)."""
-    sc = spark.sparkContext
-    dirs = sc.parallelize(range(2), 2).map(lambda _: os.environ.get("SPARK_LOCAL_DIRS", "")).collect()
-    found = sorted({d for line in dirs for d in line.split(",") if d})
+    def local_dirs(batches):
+        yield pa.RecordBatch.from_arrays([pa.array([os.environ.get("SPARK_LOCAL_DIRS", "")])], names=["d"])
+
+    dirs = spark.range(0, 2, 1, 2).mapInArrow(local_dirs, "d string").collect()
+    found = sorted({d for row in dirs for d in row.d.split(",") if d})
     assert found, "Spark set no SPARK_LOCAL_DIRS for its Python workers"
     return found
 
@@ -58,7 +62,7 @@ def test_resident_blocks_hold_every_row_once_and_read_as_memory_maps(spark, data
         assert td.stats["rows"] == 120 and td.stats["lo"] == 0 and td.stats["hi"] == 2
         files = resident_files(local_dirs)
         assert len(files) == 2 * 4  # x, y, validation x, validation y per partition
-        blocks = td.rdd.collect()  # handles: small, no data
+        blocks = td.blocks()  # handles: small, no data
         x, y, xv, yv = open_block(blocks[0])
         assert isinstance(x, np.memmap) and x.shape == (td.sizes[0], 1, 6, 6) and y.shape == (td.sizes[0],)
         assert xv.shape == (td.val_sizes[0], 1, 6, 6)
@@ -74,12 +78,11 @@ def test_resident_blocks_hold_every_row_once_and_read_as_memory_maps(spark, data
 def test_files_deleted_mid_fit_are_materialized_again(spark, data, local_dirs, tmp_path, local_steps):
     reference = est(localSteps=local_steps).fit(data).weights
     flag = tmp_path / "deleted"
-    sc = spark.sparkContext
-    sc.setLocalProperty(DELETE_PROPERTY, f"1:3:0:{flag}")  # epoch 1 (0-based), step 3, partition 0
+    set_job_property(spark, DELETE_PROPERTY, f"1:3:0:{flag}")  # epoch 1 (0-based), step 3, partition 0
     try:
         recovered = est(localSteps=local_steps).fit(data)
     finally:
-        sc.setLocalProperty(DELETE_PROPERTY, None)
+        set_job_property(spark, DELETE_PROPERTY, None)
     assert flag.exists()  # the files were deleted, once
     np.testing.assert_array_equal(recovered.weights, reference)
     assert resident_files(local_dirs) == []

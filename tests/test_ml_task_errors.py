@@ -1,9 +1,9 @@
 """Errors raised in tasks, as the driver sees them (spark_nn.ml.training.errors), in both forms
 Spark delivers a task's traceback: a PythonException (Spark 4) and a Py4JJavaError whose text
-holds it (RDD actions on Spark 3.5). No Spark session needed: the texts are Spark's shapes."""
+holds it (RDD actions on Spark 3.5), and Spark Connect's PythonException. No Spark session needed: the texts are Spark's shapes."""
 import pytest
 from py4j.protocol import Py4JJavaError
-from pyspark.errors import PySparkAttributeError, PythonException
+from pyspark.errors import PythonException
 
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
 
@@ -27,13 +27,23 @@ class JavaError(Py4JJavaError):
         return self.text
 
 
+def connect_error(text):
+    """A task's error as a Spark Connect client receives it."""
+    connect = pytest.importorskip("pyspark.errors.exceptions.connect")
+    return connect.PythonException(message=text)
+
+
+FORMS = pytest.mark.parametrize("wrap", [lambda t: PythonException(message=t), JavaError, connect_error],
+                                ids=["spark4", "py4j", "connect"])
+
+
 def raising(error):
     def action():
         raise error
     return action
 
 
-@pytest.mark.parametrize("wrap", [lambda t: PythonException(message=t), JavaError], ids=["spark4", "py4j"])
+@FORMS
 def test_task_value_errors_come_back_with_their_own_message(wrap):
     line = "ValueError: features column 'x' has NaN or infinite values in row 2"
     with pytest.raises(ValueError) as info:
@@ -41,7 +51,7 @@ def test_task_value_errors_come_back_with_their_own_message(wrap):
     assert str(info.value) == "features column 'x' has NaN or infinite values in row 2"
 
 
-@pytest.mark.parametrize("wrap", [lambda t: PythonException(message=t), JavaError], ids=["spark4", "py4j"])
+@FORMS
 def test_lost_resident_blocks_are_recognized(wrap):
     line = f"spark_nn.ml.training.errors.ResidentBlockLost: {RESIDENT_LOST}: /tmp/part-00001.x is gone"
     with pytest.raises(ResidentBlockLost, match="part-00001.x is gone"):
@@ -54,24 +64,3 @@ def test_other_errors_pass_through_unchanged():
         unwrap_errors(raising(error))
     assert info.value is error
     assert unwrap_errors(lambda a, b=0: a + b, 2, b=3) == 5
-
-
-class ConnectSession:
-    """What a Spark Connect session answers when asked for its SparkContext."""
-
-    @property
-    def sparkContext(self):
-        raise PySparkAttributeError(message="[JVM_ATTRIBUTE_NOT_SUPPORTED] Attribute `sparkContext` is not "
-                                            "supported in Spark Connect as it depends on the JVM.")
-
-
-class ConnectFrame:
-    sparkSession = ConnectSession()
-
-
-def test_a_spark_connect_session_is_refused_with_a_clear_error():
-    from spark_nn.ml.classification import CNN
-
-    with pytest.raises(RuntimeError, match=r"CNNClassifier.fit needs a classic \(JVM-backed\) SparkSession.*"
-                                           r"Spark Connect.*SparkSession.builder.master"):
-        CNN(layers=[4, 2], inputCol="x", numClasses=2).fit(ConnectFrame())

@@ -29,11 +29,11 @@ def test_spark_step_equals_in_process_step(spark, small_images):
     try:
         sizes = data.sizes
         assert len(sizes) == 2 and sum(sizes) == 90  # coalesced to spark.default.parallelism
-        trainer = DistributedTrainer(spark.sparkContext, net.config(), data, epochs=1, batch_size=16,
+        trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=16,
                                      optimizer="sgd", step_size=0.1, seed=11, local_steps=1)
         weights = net.params.copy()
         loss, grad, n, _, _ = trainer.gradient(weights, epoch=1, step=2)
-        parts = [tuple(np.array(a) for a in open_block(b)[:2]) for b in data.rdd.collect()]
+        parts = [tuple(np.array(a) for a in open_block(b)[:2]) for b in data.blocks()]
     finally:
         data.release()
     rows = [trainer.sampler.rows(p, 1, 2) for p in range(len(parts))]

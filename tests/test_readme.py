@@ -23,3 +23,22 @@ def test_models_in_and_out_snippets_run(spark, tmp_path, monkeypatch):
     assert scope["probability"].shape == (4, 10)
     assert set(scope["state"]) == set(scope["torch_net"].state_dict())
     assert os.path.exists(tmp_path / "digits_cnn.onnx")
+
+
+def test_on_spark_connect_snippet_runs(tmp_path):
+    """The snippet starts a local Spark Connect server, so it runs in a process of its own."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("grpc")
+    (code,) = _section_snippets("On Spark Connect")
+    code += "\nprint('ACCURACY', accuracy)\n"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(env, PYSPARK_PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy = float(proc.stdout.split("ACCURACY ")[1].split()[0])
+    assert accuracy > 0.8, proc.stdout

@@ -14,14 +14,17 @@ import numpy as np
 import pyarrow as pa
 from pyspark.ml import Estimator, Model
 from pyspark.ml.functions import array_to_vector
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLWritable
+from pyspark.ml.util import DefaultParamsReadable, MLReadable, MLWritable
 from pyspark.sql import SparkSession
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
 from spark_nn.ml.interop import initial_weights
-from spark_nn.ml.persistence import FORMAT_VERSION, NeuralModelReader, NeuralModelWriter, local_path
+from spark_nn.ml.persistence import (FORMAT_VERSION, NeuralModelReader, NeuralModelWriter, ParamsWritable,
+                                     local_path)
+from spark_nn.ml.spark_kind import is_connect, spark_conf
 from spark_nn.ml.training.blocks import TrainingData
+from spark_nn.ml.training.rounds import Inline
 from spark_nn.ml.training.trainer import DistributedTrainer
 from spark_nn.ml.training.worker import worker_model
 
@@ -35,23 +38,9 @@ def _active_session():
     return spark
 
 
-def classic_context(dataset, what):
-    """The SparkContext of dataset's session. A Spark Connect session has none (pyspark raises
-    [JVM_ATTRIBUTE_NOT_SUPPORTED]), and our training and scoring need it: say so, and what works."""
-    try:
-        return dataset.sparkSession.sparkContext
-    except Exception as e:
-        if "JVM_ATTRIBUTE_NOT_SUPPORTED" not in str(e) and "sparkContext" not in str(e):
-            raise
-        raise RuntimeError(f"{what} needs a classic (JVM-backed) SparkSession, and this DataFrame belongs to a "
-                           "Spark Connect session, which spark_nn does not support yet; use a classic session, "
-                           "e.g. SparkSession.builder.master('local[*]').getOrCreate(), or spark-submit without "
-                           "--remote") from None
-
-
-def task_threads(stage, sc):
+def task_threads(stage, spark):
     n = stage.getOrDefault(stage.threadsPerTask)
-    return n if n > 0 else int(sc.getConf().get("spark.task.cpus", "1"))
+    return n if n > 0 else int(spark_conf(spark, "spark.task.cpus", "1"))
 
 
 def label_info(df, col, stats, num_classes=None):
@@ -83,7 +72,7 @@ def _label_metadata(df, col, num_classes=None):
     return names, num_classes or (len(names) if names else None) or meta.get("num_vals")
 
 
-class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
+class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
     """Base of the spark_nn estimators. Subclasses give ``_input_spec``, ``_network`` and
     ``_model_class``."""
 
@@ -110,7 +99,6 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
         raise NotImplementedError
 
     def _fit(self, dataset):
-        sc = classic_context(dataset, f"{type(self).__name__}.fit")
         fcol = self.featuresColumn()
         lcol = self.labelColumn() if self.classification else None
         if not self.isDefined(self.layers):
@@ -155,12 +143,12 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, DefaultParamsWritable):
             if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             trainer = DistributedTrainer(
-                sc, net.config(), data, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
+                net.config(), data, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
                 optimizer=self.getOptimizer(), step_size=self.getStepSize(), seed=self.getSeed(),
                 momentum=self.getOrDefault(self.momentum), weight_decay=self.getOrDefault(self.weightDecay),
                 clip_norm=self.getOrDefault(self.clipNorm),
                 schedule=self.getOrDefault(self.learningRateSchedule),
-                aggregation_depth=self.getAggregationDepth(), threads=task_threads(self, sc),
+                aggregation_depth=self.getAggregationDepth(), threads=task_threads(self, dataset.sparkSession),
                 tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
                 classification=self.classification, verbose=self.getOrDefault(self.verbose),
                 local_steps=self.getOrDefault(self.localSteps),
@@ -252,13 +240,18 @@ class NeuralModel(Model, MLWritable, MLReadable):
         """A picklable function (network, block) -> list of Arrow arrays, one per output."""
         raise NotImplementedError
 
-    def _broadcast(self, sc):
+    def _shipped_weights(self, spark):
+        """The weights as the scoring tasks read them (.value): a broadcast kept per SparkContext
+        on a classic session; on Spark Connect, which has no broadcasts, inside the scoring
+        function's closure (which the query plan carries anyway)."""
+        if is_connect(spark):
+            return Inline(self._net.params.copy())
+        sc = spark.sparkContext
         if self._bcast is None or self._bcast[0] is not sc:
             self._bcast = (sc, sc.broadcast(self._net.params.copy()))
         return self._bcast[1]
 
     def _transform(self, dataset):
-        sc = classic_context(dataset, f"{type(self).__name__}.transform")
         fcol = self.featuresColumn()
         kind = feature_kind(dataset, fcol)
         expected = self._spec["kind"]
@@ -272,8 +265,9 @@ class NeuralModel(Model, MLWritable, MLReadable):
                                  "name with the matching *Col param")
         spec = dict(self._spec, kind=kind)
         prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
-        bcast, outputs_fn = self._broadcast(sc), self._outputs_fn()
-        config_json, threads = json.dumps(self._net.config(), sort_keys=True), task_threads(self, sc)
+        bcast, outputs_fn = self._shipped_weights(dataset.sparkSession), self._outputs_fn()
+        config_json = json.dumps(self._net.config(), sort_keys=True)
+        threads = task_threads(self, dataset.sparkSession)
 
         def score(batches):
             model = worker_model(config_json, threads)

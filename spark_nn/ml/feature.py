@@ -8,7 +8,7 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator, Model, Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, StructField, StructType
 
@@ -17,7 +17,7 @@ from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it fro
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column
 from spark_nn.ml.columns import first_row_size, uniform_image_shape
 from spark_nn.ml.params import AutoEncoderParams, with_accessors
-from spark_nn.ml.persistence import local_path
+from spark_nn.ml.persistence import ParamsWritable, local_path
 from spark_nn.nn import builders
 
 
@@ -192,7 +192,8 @@ class SequenceParams(HasInputCol, HasOutputCol):
 
     def _fixed_length(self, ids, col, vocab):
         """Spark SQL expression: ids (array<int> column) padded/truncated to sequenceLength, with
-        the metadata RNNClassifier reads."""
+        the metadata RNNClassifier reads (added with select: Spark Connect's withColumn drops an
+        alias's metadata)."""
         length = self.getOrDefault(self.sequenceLength)
         n = F.size(ids)
         if self.getOrDefault(self.truncating) == "pre":
@@ -208,7 +209,7 @@ class SequenceParams(HasInputCol, HasOutputCol):
 
 
 @with_accessors
-class SequenceAssembler(Transformer, SequenceParams, DefaultParamsReadable, DefaultParamsWritable):
+class SequenceAssembler(Transformer, SequenceParams, DefaultParamsReadable, ParamsWritable):
     """Array of tokens (strings or numbers) -> fixed-length array<int> of token ids.
 
     Ids come from feature hashing (Spark's Murmur3 ``hash``) into [1, vocabSize), 0 being the
@@ -239,11 +240,11 @@ class SequenceAssembler(Transformer, SequenceParams, DefaultParamsReadable, Defa
         col = self._check_input(dataset)
         vocab = self.getOrDefault(self.vocabSize)
         ids = F.transform(F.col(col), lambda tok: (F.pmod(F.hash(tok), F.lit(vocab - 1)) + 1).cast("int"))
-        return dataset.withColumn(self.getOutputCol(), self._fixed_length(ids, col, vocab))
+        return dataset.select("*", self._fixed_length(ids, col, vocab))
 
 
 @with_accessors
-class VocabularySequenceAssembler(Estimator, SequenceParams, DefaultParamsReadable, DefaultParamsWritable):
+class VocabularySequenceAssembler(Estimator, SequenceParams, DefaultParamsReadable, ParamsWritable):
     """Learns a vocabulary from a column of token arrays: tokens seen at least minCount times,
     the maxVocabSize most frequent (ties by token), get ids 2, 3, ... in that order; 0 is
     padding and 1 (oovId) every token outside the vocabulary. The model maps tokens to ids and
@@ -282,7 +283,7 @@ class VocabularySequenceAssembler(Estimator, SequenceParams, DefaultParamsReadab
 
 
 @with_accessors
-class VocabularySequenceAssemblerModel(Model, SequenceParams, DefaultParamsReadable, DefaultParamsWritable):
+class VocabularySequenceAssemblerModel(Model, SequenceParams, DefaultParamsReadable, ParamsWritable):
     """Maps tokens to vocabulary ids (0 padding, 1 out of vocabulary, 2... the vocabulary)."""
 
     vocabulary = Param(Params._dummy(), "vocabulary", "the tokens with ids 2, 3, ... in order",
@@ -321,7 +322,7 @@ class VocabularySequenceAssemblerModel(Model, SequenceParams, DefaultParamsReada
                 yield b.append_column(tmp, lists)
 
         out = dataset.mapInArrow(lookup, schema)
-        return out.withColumn(self.getOutputCol(), self._fixed_length(F.col(tmp), col, self.vocabSize)).drop(tmp)
+        return out.select("*", self._fixed_length(F.col(tmp), col, self.vocabSize)).drop(tmp)
 
 
 def autoencoder_outputs(model, x, code_index):

@@ -4,12 +4,22 @@ temporary sibling directory and renames it into place, so a failed save leaves n
 model and overwrite replaces the old one only at the end."""
 import json
 import os
+import shutil
 
-from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter, MLReader, MLWriter
 
+from spark_nn.ml.spark_kind import is_connect
 from spark_nn.nn.persist import atomic_directory, model_from_json, model_to_json, read_arrays, write_arrays
 
 FORMAT_VERSION = 1
+
+
+def metadata_session(rw):
+    """What DefaultParamsWriter/Reader take for the metadata of an MLWriter or MLReader rw: the
+    session (pyspark 4 accepts one, and a Spark Connect session has no SparkContext), or the
+    SparkContext on a classic session (pyspark 3.5 wants that)."""
+    spark = rw.sparkSession
+    return spark if is_connect(spark) else spark.sparkContext
 
 
 def local_path(path):
@@ -22,6 +32,28 @@ def local_path(path):
     elif "://" in path:
         raise ValueError(f"spark_nn saves models to local or shared-mount paths; got {path!r}")
     return os.path.abspath(path)
+
+
+class ParamsWriter(DefaultParamsWriter):
+    """pyspark's writer of a params-only stage (metadata JSON), whose overwrite also works on
+    Spark Connect: pyspark's asks the JVM to delete the old directory, which a Connect client
+    cannot reach; there the old (local or shared-mount) directory is removed here."""
+
+    def _handleOverwrite(self, path):
+        if not is_connect(self.sparkSession):
+            return super()._handleOverwrite(path)
+        local = local_path(path)
+        if os.path.isdir(local):
+            shutil.rmtree(local)
+        elif os.path.exists(local):
+            os.remove(local)
+
+
+class ParamsWritable(DefaultParamsWritable):
+    """DefaultParamsWritable with ParamsWriter (save with overwrite on Spark Connect too)."""
+
+    def write(self):
+        return ParamsWriter(self)
 
 
 class NeuralModelWriter(MLWriter):
@@ -40,7 +72,7 @@ class NeuralModelWriter(MLWriter):
         inst = self.instance
 
         def fill(tmp):
-            DefaultParamsWriter.saveMetadata(inst, tmp, self.sc, extraMetadata=inst._extraMetadata())
+            DefaultParamsWriter.saveMetadata(inst, tmp, metadata_session(self), extraMetadata=inst._extraMetadata())
             data = os.path.join(tmp, "data")
             os.makedirs(data)
             with open(os.path.join(data, "model.json"), "w") as f:
@@ -60,7 +92,7 @@ class NeuralModelReader(MLReader):
         if not os.path.isdir(os.path.join(local, "metadata")):
             raise ValueError(f"{path} is not a saved spark_nn model (no metadata directory)")
         try:
-            metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+            metadata = DefaultParamsReader.loadMetadata(path, metadata_session(self))
         except Exception as e:  # Py4JJavaError from a corrupted file, JSON errors, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"{path}: cannot read the model's metadata ({first[:300]})") from None

@@ -1,4 +1,5 @@
-"""Starting Spark: a clear error when Java is missing, and the session the demo and examples use."""
+"""Starting Spark: a clear error when Java is missing, and the sessions (classic, or Spark Connect)
+the demo and examples use."""
 import os
 import shutil
 import subprocess
@@ -58,3 +59,35 @@ def local_session(master="local[2]", app_name="spark_nn", quiet=True, conf=None)
     if quiet:
         spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def remote_session(url, master="local[2]", app_name="spark_nn", conf=None):
+    """A Spark Connect session. url: a Connect server ('sc://host:15002'), or 'local' for a local
+    server started in this process on master (it needs Java, and pyspark's connect extra:
+    pip install "spark_nn[connect]")."""
+    import importlib.util
+
+    # pyspark's Connect client needs these, and says so obscurely when they are missing
+    for name in ("grpc", "google.rpc"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise RuntimeError(f"Spark Connect needs pyspark's connect extra ({name} is missing): "
+                               'pip install "spark_nn[connect]" (or "pyspark[connect]")')
+    if url == "local" or url.startswith("local["):
+        require_java()
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        url = master if url == "local" else url
+    import warnings
+
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.remote(url).appName(app_name)
+    settings = dict(RECOMMENDED_CONF, **(conf or {})) if url.startswith("local") else dict(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    with warnings.catch_warnings():  # a local server takes static settings at start; the client warns anyway
+        warnings.simplefilter("ignore")
+        return builder.getOrCreate()

@@ -13,6 +13,10 @@ validation rows and writes each partition's block. Where the block lives:
 - cached: the arrays themselves in Spark's block manager (every step then ships and
   deserializes its partition's whole block to the Python worker).
 
+On a classic session the blocks are a persisted RDD of handles (rounds use RDD treeAggregate);
+on a Spark Connect session, a persisted DataFrame of the same handles, one row per partition
+(rounds are queries over it). The pass is the same ``mapInArrow`` in both.
+
 The same pass returns per-partition statistics (rows, labels' nulls, range and non-integral
 values, largest token id) from which the driver checks the labels and sizes the network, so a
 fit needs no other pass over the data.
@@ -29,6 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_nn.ml.columns import arrow_to_block, feature_expr
+from spark_nn.ml.spark_kind import application_id, default_parallelism, is_connect, num_partitions
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
 
 
@@ -134,6 +139,28 @@ def open_block(block):
     return block["x"], block["y"], block["xv"], block["yv"]
 
 
+def block_from_row(x, y, meta):
+    """A partition's block from its handle row (x, y: the raw bytes of a cached block, empty
+    for a resident one; meta: the JSON the pass wrote)."""
+    block = json.loads(meta)
+    if block["files"] is None:
+        del block["files"]
+        shape, dt = tuple(block["shape"]), np.dtype(block["dtype"])
+        n, nv = block["n"], block["nv"]
+        xs = np.frombuffer(x, dtype=dt).reshape((n + nv,) + shape)
+        ys = np.frombuffer(y, dtype=np.float64)
+        block.update(x=xs[:n], xv=xs[n:], y=ys[:n], yv=ys[n:])
+    return block
+
+
+def blocks_of_batches(batches):
+    """The blocks held by Arrow record batches of handle rows (a Connect round's input)."""
+    for b in batches:
+        xs, ys, metas = (b.column(i) for i in range(3))
+        for i in range(b.num_rows):
+            yield block_from_row(xs[i].as_py(), ys[i].as_py(), metas[i].as_py())
+
+
 def delete_block(block):
     """Removes a resident block's files, and the fit's folder once it is empty."""
     paths = list(block.get("files", {}).values())
@@ -159,8 +186,10 @@ class TrainingData:
         self.spec, self.handle_invalid = dict(spec), handle_invalid
         self.val_fraction, self.val_indicator, self.seed = float(val_fraction), val_indicator, int(seed)
         self.resident = bool(resident)
-        self.num_partitions = num_partitions or df.sparkSession.sparkContext.defaultParallelism
-        self.rdd, self.directory = None, None
+        self.spark = df.sparkSession
+        self.connect = is_connect(self.spark)
+        self.num_partitions = num_partitions or default_parallelism(self.spark)
+        self.rdd = self.handles = self.directory = None
         self.materialize()
 
     @property
@@ -171,16 +200,28 @@ class TrainingData:
         """Runs the one pass: converts, checks, splits and writes every partition's block (one
         Spark job, plus the shuffle stage of a repartition when the input has fewer partitions
         than cores)."""
-        sc = self.df.sparkSession.sparkContext
-        self.directory = (f"spark_nn/{sc.applicationId}-{uuid.uuid4().hex[:12]}" if self.resident else None)
-        rdd = self._build().persist(StorageLevel.MEMORY_AND_DISK)
+        self.directory = (f"spark_nn/{application_id(self.spark)}-{uuid.uuid4().hex[:12]}"
+                          if self.resident else None)
+        handles = self._build()
+        if self.connect:  # one row per partition: (x, y, meta), kept by Spark's cache
+            handles = handles.persist(StorageLevel.MEMORY_AND_DISK)
+            stats = lambda: sorted((json.loads(r[0]) for r in handles.select("meta").collect()),  # noqa: E731
+                                   key=lambda b: b["pid"])
+        else:  # the blocks as Python objects, kept by the RDD's persistence
+            handles = handles.rdd.mapPartitions(
+                lambda rows: (block_from_row(r.x, r.y, r.meta) for r in rows)).persist(StorageLevel.MEMORY_AND_DISK)
+            stats = lambda: handles.map(lambda b: {k: b[k] for k in ("n", "nv", "stats")}).collect()  # noqa: E731
         try:
-            parts = unwrap_errors(lambda: rdd.map(lambda b: (b["n"], b["nv"], b["stats"])).collect())
+            blocks = unwrap_errors(stats)
         except BaseException:
-            rdd.unpersist()
-            self._remove_directory(sc)
+            handles.unpersist()
+            self._remove_directory()
             raise
-        self.rdd = rdd
+        if self.connect:
+            self.handles = handles
+        else:
+            self.rdd = handles
+        parts = [(b["n"], b["nv"], b["stats"]) for b in blocks]
         self.sizes = [p[0] for p in parts]
         self.val_sizes = [p[1] for p in parts]
         stats = _merge_label_stats([p[2]["labels"] for p in parts])
@@ -200,7 +241,7 @@ class TrainingData:
         cols.append(F.coalesce(F.col(self.val_indicator).cast("boolean"), F.lit(False)).alias("v")
                     if self.val_indicator else F.lit(False).alias("v"))
         selected = self.df.select(*cols)
-        have = selected.rdd.getNumPartitions()
+        have = num_partitions(selected)
         if have > self.num_partitions:
             selected = selected.coalesce(self.num_partitions)
         elif have < self.num_partitions:
@@ -246,7 +287,7 @@ class TrainingData:
             except BaseException:
                 writer.abort()
                 raise
-            meta = {"files": files, "n": writer.n, "nv": writer.nv, "shape": list(spec["shape"]),
+            meta = {"pid": pid, "files": files, "n": writer.n, "nv": writer.nv, "shape": list(spec["shape"]),
                     "dtype": np.dtype(dtype).str,
                     "stats": {"rows": rows, "max_id": max_id, "labels": _merge_label_stats(labels)}}
             chunks = writer.chunks
@@ -255,33 +296,29 @@ class TrainingData:
                  pa.array([b"".join(chunks["y"] + chunks["yv"])], pa.binary()),
                  pa.array([json.dumps(meta)])], schema=_ARROW_SCHEMA)
 
-        def assemble(rows):
-            for r in rows:
-                block = json.loads(r.meta)
-                if block["files"] is None:
-                    del block["files"]
-                    shape, dt = tuple(block["shape"]), np.dtype(block["dtype"])
-                    n, nv = block["n"], block["nv"]
-                    x = np.frombuffer(r.x, dtype=dt).reshape((n + nv,) + shape)
-                    y = np.frombuffer(r.y, dtype=np.float64)
-                    block.update(x=x[:n], xv=x[n:], y=y[:n], yv=y[n:])
-                yield block
+        return selected.mapInArrow(convert, _SCHEMA)
 
-        return selected.mapInArrow(convert, _SCHEMA).rdd.mapPartitions(assemble)
+    def blocks(self):
+        """Every partition's block (handles only, for a resident one), in partition order."""
+        if self.connect:
+            return sorted((block_from_row(r.x, r.y, r.meta) for r in self.handles.collect()),
+                          key=lambda b: b["pid"])
+        return self.rdd.collect()
 
-    def _remove_directory(self, sc):
+    def _remove_directory(self):
         """Best effort after a failure: removes this fit's folder wherever these tasks run
         (every executor in local mode; on a cluster Spark removes its local dirs when an
         executor stops)."""
         if not self.directory:
             return
-        relative = self.directory
+        relative, n = self.directory, self.num_partitions
 
-        def remove(_):
+        def remove(batches):
             shutil.rmtree(os.path.join(local_dir(), relative), ignore_errors=True)
+            yield pa.RecordBatch.from_arrays([pa.array([0], pa.int32())], names=["ok"])
 
         try:
-            sc.parallelize(range(self.num_partitions), self.num_partitions).foreach(remove)
+            self.spark.range(0, n, 1, n).mapInArrow(remove, "ok int").collect()
         except Exception:
             pass
 
@@ -289,18 +326,25 @@ class TrainingData:
         """Deletes the resident files and their folder (one small job over the handles, which
         run where their files are; the folder-wide removal job only if that fails) and
         unpersists the blocks."""
-        if self.rdd is None:
+        kept, self.rdd, self.handles = self.rdd if self.rdd is not None else self.handles, None, None
+        if kept is None:
             return
-        rdd, self.rdd = self.rdd, None
         try:
-            if self.resident:
-                rdd.foreach(delete_block)
+            if self.resident and self.connect:
+                def delete(batches):
+                    for block in blocks_of_batches(batches):
+                        delete_block(block)
+                    yield pa.RecordBatch.from_arrays([pa.array([0], pa.int32())], names=["ok"])
+
+                kept.mapInArrow(delete, "ok int").collect()
+            elif self.resident:
+                kept.foreach(delete_block)
         except Exception:  # a failed fit: try the folder-wide removal; Spark removes its local dirs at the end
-            self._remove_directory(self.df.sparkSession.sparkContext)
+            self._remove_directory()
         finally:
             try:
-                rdd.unpersist()
-            except Exception:  # the context may be gone
+                kept.unpersist()
+            except Exception:  # the session may be gone
                 pass
 
     def rematerialize(self):

@@ -1,7 +1,8 @@
-"""A round on a classic SparkSession: ship the payload, map a RoundTask over the partitions'
-resident blocks, sum their results with RDD treeAggregate. A lost resident block makes the data
-be materialized again and the round run again (a round's result depends only on the weights,
-seed, epoch, step and partition, so the retry computes the same)."""
+"""A round: ship the payload, map a RoundTask over the partitions' resident blocks, sum their
+results in a tree. ``Rounds`` holds what both backends share: a lost resident block makes the
+data be materialized again and the round run again (a round's result depends only on the
+weights, seed, epoch, step and partition, so the retry computes the same). ``RDDRounds`` is the
+classic session's backend (RDD treeAggregate); connect_rounds.ConnectRounds is Spark Connect's."""
 import logging
 
 import numpy as np
@@ -30,33 +31,49 @@ def payload_bytes(payload):
     return 64
 
 
-class RDDRounds:
-    """Runs rounds over a TrainingData's blocks with RDD treeAggregate (depth: aggregationDepth)."""
+class Rounds:
+    """Runs rounds over a TrainingData's blocks; a backend gives ``_sum(task, payload)`` (one
+    attempt) and ``describe(text)``. depth: the tree's depth (aggregationDepth)."""
 
-    def __init__(self, sc, data, depth, description):
-        self.sc, self.data, self.depth, self.description = sc, data, int(depth), description
+    def __init__(self, data, depth, description):
+        self.data, self.depth, self.description = data, int(depth), description
         self.sizes = list(data.sizes)
-        self._inline_limit = None
 
     def run(self, task, payload):
         """The sum over the partitions of task(partition, blocks, payload)'s results."""
+        for attempt in range(3):
+            try:
+                return unwrap_errors(self._sum, task, payload)
+            except ResidentBlockLost as e:
+                if attempt == 2:
+                    raise
+                log.warning("%s: %s; materializing the training data again", self.description, e)
+                self.data.rematerialize()
+                if list(self.data.sizes) != self.sizes:
+                    raise RuntimeError("the training data changed when it was read again (partition sizes "
+                                       f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
+                                       "e.g. cache it") from None
+
+    def _sum(self, task, payload):
+        raise NotImplementedError
+
+    def describe(self, text):
+        """What the rounds that follow are (None: the fit is over)."""
+
+
+class RDDRounds(Rounds):
+    """Rounds with RDD treeAggregate on a classic session."""
+
+    def __init__(self, data, depth, description):
+        super().__init__(data, depth, description)
+        self.sc = data.spark.sparkContext
+        self._inline_limit = None
+
+    def _sum(self, task, payload):
         shipped = self._ship(payload)
         try:
-            for attempt in range(3):
-                rdd = self.data.rdd
-                try:
-                    return unwrap_errors(lambda: rdd.mapPartitionsWithIndex(
-                        lambda i, blocks: task(i, blocks, shipped.value)).treeAggregate(
-                        ZERO, add_results, add_results, depth=self.depth))
-                except ResidentBlockLost as e:
-                    if attempt == 2:
-                        raise
-                    log.warning("%s: %s; materializing the training data again", self.description, e)
-                    self.data.rematerialize()
-                    if list(self.data.sizes) != self.sizes:
-                        raise RuntimeError("the training data changed when it was read again (partition sizes "
-                                           f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
-                                           "e.g. cache it") from None
+            return self.data.rdd.mapPartitionsWithIndex(lambda i, blocks: task(i, blocks, shipped.value)) \
+                .treeAggregate(ZERO, add_results, add_results, depth=self.depth)
         finally:
             if isinstance(shipped, Broadcast):
                 shipped.destroy()

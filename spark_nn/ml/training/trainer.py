@@ -1,8 +1,9 @@
 """The training loop on the driver: rounds of one synchronous step (the optimizer runs on the
 driver over the gradient sum) or of k local steps (the driver averages the partitions' trained
 weights and optimizer states), epochs with validation, early stopping and checkpoints. How a
-round reaches the executors is the backend's business (rounds.RDDRounds); what a task computes
-is worker.RoundTask's.
+round reaches the executors is the backend's business (rounds.RDDRounds on a classic session,
+connect_rounds.ConnectRounds on Spark Connect, chosen by the data's session); what a task
+computes is worker.RoundTask's.
 """
 import json
 import logging
@@ -11,6 +12,7 @@ import time
 import numpy as np
 
 from spark_nn.ml.training import checkpoint
+from spark_nn.ml.training.connect_rounds import ConnectRounds
 from spark_nn.ml.training.local_steps import AutoLocalSteps, FixedLocalSteps
 from spark_nn.ml.training.progress import Progress
 from spark_nn.ml.training.rounds import RDDRounds
@@ -29,7 +31,7 @@ class DistributedTrainer:
     and the driver averages the resulting weights and optimizer states, weighted by rows: one
     job per k steps. local_steps: an int k, or 'auto' (AutoLocalSteps)."""
 
-    def __init__(self, sc, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
+    def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
                  threads=1, tol=0.0, patience=0, classification=True, verbose=False,
                  local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1):
@@ -54,7 +56,7 @@ class DistributedTrainer:
         self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, self.sizes, local_steps)
         self.last_checkpoint = None
         self.resumed_from = None
-        self.rounds = RDDRounds(sc, data, aggregation_depth, description)
+        self.rounds = (ConnectRounds if data.connect else RDDRounds)(data, aggregation_depth, description)
 
     # ------------------------------------------------------------ one round
     def _job(self, weights, epoch, first_step, k, validate=False):

@@ -1,0 +1,110 @@
+"""Rounds on a Spark Connect session, with only what Connect offers: DataFrame queries,
+``mapInArrow``, ``toArrow``/``collect``, tags and interrupts.
+
+A round is one query over the persisted DataFrame of handles (one row per partition; Spark's
+cache keeps each row where its resident files are, and recomputes both by lineage):
+
+    handles --mapInArrow(task)--> one result row per partition (pid, loss, vector as raw
+    float32 bytes, counts) --[tree levels: repartition by pid % m, mapInArrow(sum)]--> driver
+
+The payload (raw weight bytes, optimizer state) rides in the task function's closure, which
+the query plan carries anyway. With many partitions the results are summed in levels on the
+executors, as RDD treeAggregate does, so the driver receives O(payload x partitions^(1/depth))
+bytes. Every sum adds rows in partition order, so a round's result is the same bitwise as
+the classic backend's for the same partitions (tested).
+"""
+import math
+import uuid
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import functions as F
+
+from spark_nn.ml.training.blocks import blocks_of_batches
+from spark_nn.ml.training.rounds import Rounds
+from spark_nn.ml.training.worker import ZERO, add_results
+
+RESULT_SCHEMA = ("pid int, loss double, vec binary, n long, correct long, seconds double, vloss double, "
+                 "vn long, vcorrect long")
+_FIELDS = ("pid", "loss", "vec", "n", "correct", "seconds", "vloss", "vn", "vcorrect")
+
+
+def encode(rows):
+    """[(pid, result)] -> one Arrow record batch of RESULT_SCHEMA's columns (vectors as bytes)."""
+    cols = list(zip(*[(pid,) + tuple(r) for pid, r in rows])) if rows else [()] * len(_FIELDS)
+    vec = [None if v is None else np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in cols[2]]
+    types = (pa.int32(), pa.float64(), pa.binary(), pa.int64(), pa.int64(), pa.float64(), pa.float64(),
+             pa.int64(), pa.int64())
+    arrays = [pa.array(list(c), t) for c, t in zip(cols[:2], types[:2])] + [pa.array(vec, pa.binary())] + \
+        [pa.array(list(c), t) for c, t in zip(cols[3:], types[3:])]
+    return pa.RecordBatch.from_arrays(arrays, names=list(_FIELDS))
+
+
+def decode(table):
+    """[(pid, result)] of Arrow result rows (a table or record batch)."""
+    cols = [table.column(name).to_pylist() for name in _FIELDS]
+    out = []
+    for values in zip(*cols):
+        pid, loss, vec, *rest = values
+        vec = None if vec is None else np.frombuffer(vec, dtype=np.float32)
+        out.append((pid, (loss, vec) + tuple(rest)))
+    return out
+
+
+def fold(rows):
+    """(smallest pid, sum of the results added in pid order) of [(pid, result)]."""
+    rows = sorted(rows, key=lambda r: r[0])
+    total = ZERO
+    for _, result in rows:
+        total = add_results(total, result)
+    return (rows[0][0] if rows else 0), total
+
+
+def _sum_level(batches):
+    """A tree level's task: the sum of the result rows that reached it, as one row."""
+    rows = [r for b in batches for r in decode(b)]
+    if rows:
+        yield encode([fold(rows)])
+
+
+class ConnectRounds(Rounds):
+    """Rounds as DataFrame queries on a Spark Connect session. Every query of the fit carries
+    the fit's tag, so interrupting the driver (Ctrl-C) interrupts the running query
+    (spark.interruptTag), and spark.interruptTag(rounds.tag) stops it from another thread."""
+
+    def __init__(self, data, depth, description):
+        super().__init__(data, depth, description)
+        self.spark = data.spark
+        self.tag = f"spark_nn-{uuid.uuid4().hex[:12]}"
+        self.text = description
+
+    def _sum(self, task, payload):
+        def round_task(batches):
+            for block in blocks_of_batches(batches):
+                pid = block["pid"]
+                yield encode([(pid, r) for r in task(pid, [block], payload)])
+
+        query = self.tree(self.data.handles.mapInArrow(round_task, RESULT_SCHEMA), len(self.sizes))
+        self.spark.addTag(self.tag)
+        try:
+            table = query.toArrow()
+        except KeyboardInterrupt:
+            self.spark.interruptTag(self.tag)
+            raise
+        finally:
+            self.spark.removeTag(self.tag)
+        return fold(decode(table))[1]
+
+    def tree(self, results, n):
+        """Adds RDD treeAggregate's levels on the executors: while the driver would receive
+        more than about scale + n / scale results, rows go to n / scale tasks (by pid) that sum
+        them."""
+        scale = max(int(math.ceil(n ** (1.0 / self.depth))), 2)
+        while n > scale + math.ceil(n / scale):
+            n = n // scale
+            results = results.repartition(n, F.col("pid") % F.lit(n)).mapInArrow(_sum_level, RESULT_SCHEMA)
+        return results
+
+    def describe(self, text):
+        """Connect has no job descriptions; the text is kept for logs, the tag marks the queries."""
+        self.text = text or self.description

@@ -1,0 +1,91 @@
+"""Training on Spark Connect: the result rows' encoding and sum, the executor-side tree, and a
+Connect fit bitwise equal to a classic fit of the same data (the Connect run's tests use the
+classic session that serves the local Connect server, in the same JVM)."""
+import numpy as np
+import pytest
+
+from spark_nn.ml.classification import CNNClassifier
+from spark_nn.ml.training.connect_rounds import decode, encode, fold
+from spark_nn.ml.training.worker import ZERO, add_results
+from conftest import CONNECT
+
+connect_only = pytest.mark.skipif(not CONNECT, reason="needs a Spark Connect session (SPARK_NN_TEST_CONNECT=1)")
+
+
+def results(rng, n, size=7):
+    return [(pid, (float(rng.normal()), rng.normal(size=size).astype(np.float32) if pid != 1 else None,
+                   int(rng.integers(1, 9)), int(rng.integers(0, 5)), float(rng.random()), float(rng.normal()),
+                   int(rng.integers(0, 4)), int(rng.integers(0, 4))))
+            for pid in range(n)]
+
+
+def test_result_rows_round_trip_and_sum_in_partition_order(rng):
+    rows = results(rng, 5)
+    back = decode(encode(rows[::-1]))
+    assert [pid for pid, _ in back] == [4, 3, 2, 1, 0]
+    for (pid, r), (pid2, r2) in zip(rows[::-1], back):
+        assert pid == pid2 and r[0] == r2[0] and r[2:] == r2[2:]
+        assert (r[1] is None and r2[1] is None) or np.array_equal(r[1], r2[1])
+    # the classic backend's treeAggregate over few partitions: ZERO + r0 + r1 + ... in partition order
+    expected = ZERO
+    for _, r in rows:
+        expected = add_results(expected, r)
+    first, total = fold(back)
+    assert first == 0 and total[0] == expected[0] and total[2:] == expected[2:]
+    assert total[1].tobytes() == expected[1].tobytes()
+    assert fold([]) == (0, ZERO)
+    assert decode(encode([])) == []
+
+
+def est(**kw):
+    return CNNClassifier(**dict(dict(layers=[4], numClasses=3, imageShape=[1, 6, 6], maxIter=2, batchSize=16,
+                                     stepSize=0.05, seed=7, localSteps=1, validationSplit=0.2), **kw))
+
+
+def frame(spark):
+    """The same rows in the same two partitions in either kind of session (no shuffle)."""
+    return spark.range(0, 150, 1, 2).selectExpr(
+        "transform(sequence(0, 35), i -> cast(((id * 31 + i * 17) % 13) as double) / 12.0) as features",
+        "cast(id % 3 as double) as label")
+
+
+@connect_only
+@pytest.mark.parametrize("local_steps", [1, 3])
+def test_connect_fit_equals_classic_fit_bitwise(spark, monkeypatch, local_steps):
+    from pyspark.sql import SparkSession
+
+    classic = SparkSession._instantiatedSession  # the session that serves the local Connect server
+    assert classic is not None and classic is not spark
+    on_connect = est(localSteps=local_steps).fit(frame(spark))
+    # pyspark decides by this variable whether its functions build Connect or classic columns
+    monkeypatch.delenv("SPARK_CONNECT_MODE_ENABLED", raising=False)
+    on_classic = est(localSteps=local_steps).fit(frame(classic))
+    np.testing.assert_array_equal(on_connect.weights, on_classic.weights)
+    assert on_connect.summary.objectiveHistory == on_classic.summary.objectiveHistory
+    assert on_connect.summary.epochs[-1]["val_loss"] == on_classic.summary.epochs[-1]["val_loss"]
+
+
+@connect_only
+def test_many_partitions_are_summed_in_a_tree_on_the_executors(spark):
+    from spark_nn.ml.training.connect_rounds import RESULT_SCHEMA, ConnectRounds
+
+    rows = results(np.random.default_rng(3), 9)
+    parts = spark.range(0, 9, 1, 9)
+
+    def emit(batches):
+        for b in batches:
+            for pid in b.column(0).to_pylist():
+                yield encode([rows[pid]])
+
+    class Data:  # what ConnectRounds asks of the training data
+        sizes = [1] * 9
+
+    Data.spark = spark
+    rounds = ConnectRounds(Data(), 2, "test")
+    query = rounds.tree(parts.mapInArrow(emit, RESULT_SCHEMA), 9)
+    got = decode(query.toArrow())
+    assert len(got) == 3  # as treeAggregate at depth 2: the driver gets 3 level sums, not 9 rows
+    _, total = fold(got)
+    _, flat = fold(rows)
+    assert total[0] == pytest.approx(flat[0]) and total[2:4] == flat[2:4] and total[6:] == flat[6:]
+    np.testing.assert_allclose(total[1], flat[1], rtol=1e-6, atol=1e-6)
