@@ -21,6 +21,7 @@ PARTS = [
     ("Where a Spark step's time goes; step time vs data size", "step_cost.py", []),
     ("Ours vs TorchDistributor, torch and MLlib (digits; 60k MNIST-sized images)", "compare_peers.py", []),
     ("The seed's RNN program on a real text set (Rotten Tomatoes snippets)", "text_rnn.py", []),
+    ("Classic sessions vs Spark Connect (the same fits, one run)", "connect_vs_classic.py", []),
 ]
 
 

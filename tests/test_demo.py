@@ -16,7 +16,9 @@ def clean_env(**extra):
 
 def test_demo_trains_reports_and_saves(tmp_path):
     out = tmp_path / "demo"
-    remote = ["--remote", "local"] if CONNECT else []  # the Connect run checks the demo's --remote
+    # the Connect run checks the demo's --remote, as a client of this process's Connect server
+    # (a second local server could not take its port)
+    remote = ["--remote", "sc://localhost:15002"] if CONNECT else []
     proc = subprocess.run([sys.executable, "-m", "spark_nn.demo", "--epochs", "2", "--output", str(out), "--quiet"]
                           + remote, capture_output=True, text=True, timeout=600, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -24,7 +26,7 @@ def test_demo_trains_reports_and_saves(tmp_path):
     acc = float(text.split("test accuracy: ")[1].split()[0])
     assert acc > 0.8, text
     assert "fit time:" in text and "wall time:" in text
-    assert ("through Spark Connect (local)" in text) == CONNECT
+    assert ("through Spark Connect (sc://localhost:15002)" in text) == CONNECT
     assert (out / "model" / "data" / "weights.npz").exists()
     assert (out / "training_curves.png").stat().st_size > 10_000
 

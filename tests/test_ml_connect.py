@@ -84,7 +84,9 @@ def test_many_partitions_are_summed_in_a_tree_on_the_executors(spark):
     rounds = ConnectRounds(Data(), 2, "test")
     query = rounds.tree(parts.mapInArrow(emit, RESULT_SCHEMA), 9)
     got = decode(query.toArrow())
-    assert len(got) == 3  # as treeAggregate at depth 2: the driver gets 3 level sums, not 9 rows
+    # as treeAggregate at depth 2: the driver gets at most 3 level sums (rows hashed by pid % 3
+    # to 3 tasks, some of which may get none), not 9 rows
+    assert 1 <= len(got) <= 3
     _, total = fold(got)
     _, flat = fold(rows)
     assert total[0] == pytest.approx(flat[0]) and total[2:4] == flat[2:4] and total[6:] == flat[6:]
