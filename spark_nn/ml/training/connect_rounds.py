@@ -67,10 +67,14 @@ def _sum_level(batches):
         yield encode([fold(rows)])
 
 
+ROUNDS_TAG = "spark_nn-rounds"
+
+
 class ConnectRounds(Rounds):
-    """Rounds as DataFrame queries on a Spark Connect session. Every query of the fit carries
-    the fit's tag, so interrupting the driver (Ctrl-C) interrupts the running query
-    (spark.interruptTag), and spark.interruptTag(rounds.tag) stops it from another thread."""
+    """Rounds as DataFrame queries on a Spark Connect session. Every round's query carries the
+    fit's own tag and ROUNDS_TAG: interrupting the driver (Ctrl-C) interrupts the running query
+    (spark.interruptTag), and spark.interruptTag("spark_nn-rounds") from another thread stops
+    the session's running fits (each raises)."""
 
     def __init__(self, data, depth, description):
         super().__init__(data, depth, description)
@@ -85,14 +89,16 @@ class ConnectRounds(Rounds):
                 yield encode([(pid, r) for r in task(pid, [block], payload)])
 
         query = self.tree(self.data.handles.mapInArrow(round_task, RESULT_SCHEMA), len(self.sizes))
-        self.spark.addTag(self.tag)
+        for tag in (self.tag, ROUNDS_TAG):
+            self.spark.addTag(tag)
         try:
             table = query.toArrow()
         except KeyboardInterrupt:
             self.spark.interruptTag(self.tag)
             raise
         finally:
-            self.spark.removeTag(self.tag)
+            for tag in (self.tag, ROUNDS_TAG):
+                self.spark.removeTag(tag)
         return fold(decode(table))[1]
 
     def tree(self, results, n):
