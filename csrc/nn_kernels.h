@@ -110,6 +110,11 @@ int adam_update(size_t n, float *p, const float *g, float *m, float *v, float st
 size_t sum_squares_partials(size_t n);
 double sum_squares(size_t n, const float *x, double *partial);
 
+/* ---- convert.c: minibatch rows of a uint8 block as float32, out[i,:] = src[rows[i],:] / scale;
+ *      src[n,d] uint8, rows[m] int64 or NULL (rows 0..m-1), out[m,d]; NN_EBADARG: a row out of range */
+int gather_u8_scaled(int64_t n, int64_t d, const uint8_t *src, int64_t m, const int64_t *rows, float scale,
+                     float *out);
+
 /* Recurrent kernels take spans[N,2] (int32) or NULL: row n's data steps are
  * [spans[2n], spans[2n+1]); the other steps are padding, which carries the state unchanged and
  * passes gradients through (PyTorch's packed sequences, with pre- or post-padding). */

@@ -5,7 +5,7 @@ size, optional ones may be None. Each call releases the GIL around the C kernel.
 
 cimport numpy as cnp
 import numpy as np
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from scipy.linalg.cython_blas cimport sgemm
 
 cnp.import_array()
@@ -54,6 +54,8 @@ cdef extern from "nn_kernels.h" nogil:
                     float b2, float eps, float l2, float decay)
     size_t sum_squares_partials(size_t n)
     double sum_squares(size_t n, const float *x, double *partial)
+    int gather_u8_scaled(int64_t n, int64_t d, const uint8_t *src, int64_t m, const int64_t *rows,
+                         float scale, float *out)
     size_t rnn_forward_workspace_size(int D, int H)
     size_t rnn_backward_workspace_size(int N, int T, int H)
     int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32_t *spans, const float *h0,
@@ -471,6 +473,21 @@ def sum_sq(x):
     with nogil:
         s = sum_squares(n, px, pp)
     return s
+
+
+def gather_u8(src, rows, float scale, out):
+    """out[i] = src[rows[i]] / scale (rows None: the first out.shape[0] rows): src a C-contiguous
+    uint8 array of n rows, rows int64, out float32 with d = src's row size per row."""
+    cdef int64_t n = src.shape[0]
+    cdef int64_t m = out.shape[0]
+    cdef int64_t d = src.size // n if n else 0
+    cdef const uint8_t *ps = <const uint8_t *>cnp.PyArray_DATA(src)
+    cdef const int64_t *pr = NULL if rows is None else <const int64_t *>cnp.PyArray_DATA(rows)
+    cdef float *po = F(out)
+    cdef int rc
+    with nogil:
+        rc = gather_u8_scaled(n, d, ps, m, pr, scale, po)
+    check(rc, "gather_u8_scaled")
 
 
 def isa_level():

@@ -417,6 +417,27 @@ def sum_of_squares(x):
     return _kernels.sum_sq(x)
 
 
+def gather_scaled(src, rows=None, scale=255.0):
+    """float32 rows of a uint8 block, divided by scale (csrc/convert.c): src[rows] / scale,
+    shape (len(rows),) + src.shape[1:]; rows None: every row. src may be a memory map (only
+    the rows read are paged in); rows must be in [0, len(src))."""
+    if not isinstance(src, np.ndarray) or src.dtype != np.uint8 or src.ndim < 1:
+        got = f"{src.dtype} {_fmt(src.shape)}" if isinstance(src, np.ndarray) else type(src).__name__
+        raise ValueError(f"src must be a uint8 numpy array with a row axis, got {got}")
+    src = np.ascontiguousarray(src)
+    if rows is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.ndim != 1:
+            raise ValueError(f"rows must be 1-D, got shape {_fmt(rows.shape)}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(src)):
+            raise ValueError(f"rows must lie in [0, {len(src)}), got {rows.min()}..{rows.max()}")
+    m = len(src) if rows is None else len(rows)
+    out = np.empty((m,) + src.shape[1:], dtype=F32)
+    if m and out.size:
+        _kernels.gather_u8(src, rows, float(scale), out)
+    return out
+
+
 def adam_update(params, grad, m, v, step, beta1, beta2, eps, l2, decay):
     """One Adam/AdamW step in place on params, m and v (csrc/optim.c): step is the bias-corrected
     learning rate, l2 the coupled weight decay, decay the decoupled factor (1 for none)."""

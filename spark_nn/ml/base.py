@@ -268,12 +268,14 @@ class NeuralModel(Model, MLWritable, MLReadable):
         bcast, outputs_fn = self._shipped_weights(dataset.sparkSession), self._outputs_fn()
         config_json = json.dumps(self._net.config(), sort_keys=True)
         threads = task_threads(self, dataset.sparkSession)
+        with_paths = kind == "encoded" and "path" in dataset.columns  # binaryFile's: errors name the file
 
         def score(batches):
             model = worker_model(config_json, threads)
             model.set_params(bcast.value)
             for b in batches:
-                x = arrow_to_block(b.column(_TMP_FEATURES), spec, fcol)
+                x = arrow_to_block(b.column(_TMP_FEATURES), spec, fcol,
+                                   paths=b.column("path") if with_paths else None)
                 arrays = outputs_fn(model, x)
                 for i, name, _ in wanted:
                     b = b.append_column(name, arrays[i])

@@ -12,7 +12,7 @@ import math
 from pyspark import keyword_only
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_outputs
-from spark_nn.ml.columns import first_row_size, image_shape, seq_shape
+from spark_nn.ml.columns import encoded_image_shape, first_row_size, image_shape, seq_shape
 from spark_nn.ml.params import CNNParams, RNNParams
 from spark_nn.nn import builders
 from spark_nn.nn.layers import Embedding
@@ -103,6 +103,10 @@ class CNNClassifier(NeuralEstimator, CNNParams):
         self.setParams(**self._input_kwargs)
 
     def _input_spec(self, df, col, kind):
+        if kind == "encoded":
+            decoding = self.decoding()
+            shape = encoded_image_shape(df, col, decoding["channels"], decoding["size"])
+            return {"kind": kind, "shape": shape, "size": decoding["size"]}
         if kind == "image":
             shape = image_shape(df, col)
         elif kind in ("vector", "array"):

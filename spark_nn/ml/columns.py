@@ -4,22 +4,29 @@ The kind of a features column is read from the schema (before any Spark job):
 - "image": Spark's image struct (spark.read.format("image"), ImageFeature.loadImages);
 - "vector": pyspark.ml.linalg vectors;
 - "array": array of numbers (pixels, a numeric sequence, or token ids when integral);
-- "seq": array of arrays of numbers (a sequence of feature vectors).
-``feature_expr`` turns the column into something Arrow carries cheaply (the image struct as is,
-vectors and arrays as array<float>), and ``arrow_to_block`` turns one Arrow column of a record
-batch into a numpy block of shape (n,) + the model's input shape, checking every row.
+- "seq": array of arrays of numbers (a sequence of feature vectors);
+- "encoded": binary, encoded image files (PNG, JPEG, ...: spark.read.format("binaryFile")'s
+  content), decoded on the executors (spark_nn.ml.images, Pillow).
+``feature_expr`` turns the column into something Arrow carries cheaply (the image struct and
+the bytes as they are, vectors and arrays as array<float>), and ``arrow_to_block`` turns one
+Arrow column of a record batch into a numpy block of shape (n,) + the model's input shape,
+checking every row. 8-bit images ("image", "encoded") come out as float32 scaled to [0, 1], or
+as their uint8 pixels (raw8) for the compact training blocks, which scale them per minibatch.
 """
 import numpy as np
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
-from pyspark.sql.types import (ArrayType, ByteType, DecimalType, FloatType, IntegerType, LongType,
+from pyspark.sql.types import (ArrayType, BinaryType, ByteType, DecimalType, FloatType, IntegerType, LongType,
                                NumericType, ShortType, StructType)
+
+from spark_nn.ml.images import decode
 
 IMAGE_FIELDS = {"origin", "height", "width", "nChannels", "mode", "data"}
 INTEGRAL = (ByteType, ShortType, IntegerType, LongType)
-SUPPORTED = ("an image struct (spark.read.format('image') / ImageFeature.loadImages), a vector, "
-             "array<number> or array<array<number>>")
+SUPPORTED = ("an image struct (spark.read.format('image') / ImageFeature.loadImages), binary encoded image files "
+             "(spark.read.format('binaryFile')), a vector, array<number> or array<array<number>>")
+IMAGE_KINDS = ("image", "encoded")  # 8-bit pixels: compact (uint8) training blocks
 
 
 def column_type(df, col):
@@ -35,6 +42,8 @@ def feature_kind(df, col):
         return "image"
     if isinstance(t, VectorUDT):
         return "vector"
+    if isinstance(t, BinaryType):
+        return "encoded"
     if isinstance(t, ArrayType):
         e = t.elementType
         if isinstance(e, INTEGRAL):
@@ -109,33 +118,71 @@ def binary_values(data):
     return np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
 
 
-def arrow_to_block(arr, spec, col, base=0):
+def _decoded(arr, spec, col, base, paths):
+    """uint8 (n, h, w, c) of a binary column of encoded image files; errors name the row (and
+    the file, given the paths column)."""
+    c, h, w = spec.get("image", spec["shape"])
+    size = spec.get("size")
+    out = np.empty((len(arr), h, w, c), dtype=np.uint8)
+    for i, data in enumerate(arr):
+        where = f"row {base + i} of this partition" + (f" ({paths[i].as_py()})" if paths is not None else "")
+        data = data.as_py()
+        if data is None:
+            raise ValueError(f"features column {col!r}: {where} is null")
+        try:
+            img = decode(data, c, size)
+        except ValueError as e:
+            raise ValueError(f"features column {col!r}: {where}: {e}") from None
+        if img.shape != (h, w, c):
+            raise ValueError(f"features column {col!r}: {where} is a {img.shape[0]}x{img.shape[1]} image, "
+                             f"expected {h}x{w}; set imageSize=[height, width] to resize every file")
+        out[i] = img
+    return out
+
+
+def _pixels(arr, spec, col, base, paths):
+    """uint8 (n, c, h, w) of an image struct or encoded-file column, every row checked."""
+    n = len(arr)
+    c, h, w = spec.get("image", spec["shape"])
+    if spec["kind"] == "encoded":
+        return np.ascontiguousarray(_decoded(arr, spec, col, base, paths).transpose(0, 3, 1, 2))
+    if arr.null_count:
+        _fail_rows(f"image column {col!r} has null images", np.asarray(arr.is_null()), base)
+    fields = dict(zip([f.name for f in arr.type], arr.flatten()))  # flatten() honours slicing
+    dims = [fields[k].to_numpy(zero_copy_only=False) for k in ("height", "width", "nChannels")]
+    bad = (dims[0] != h) | (dims[1] != w) | (dims[2] != c)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"image column {col!r}: row {base + first} of this partition is "
+                         f"{dims[0][first]}x{dims[1][first]} with {dims[2][first]} channels, expected "
+                         f"{h}x{w} with {c}; load the images with ImageFeature.loadImages(size=...)")
+    raw = binary_values(fields["data"])
+    if raw.size != n * h * w * c:
+        raise ValueError(f"image column {col!r}: image data does not match height x width x nChannels")
+    return np.ascontiguousarray(raw.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+
+
+def arrow_to_block(arr, spec, col, base=0, raw8=False, paths=None):
     """One Arrow column (a ChunkedArray or Array) -> numpy block (n,) + spec['shape'].
 
-    spec: {"kind": ..., "shape": [model input shape]}; errors name the column and the row."""
+    spec: {"kind": ..., "shape": [model input shape]} (image kinds: "image": [c, h, w] when the
+    network takes them flat; encoded files: "size" [h, w] to resize to or None); raw8: 8-bit
+    images as their uint8 pixels instead of float32 / 255; paths: an Arrow array of the rows'
+    file names, for errors. Errors name the column and the row."""
     import pyarrow as pa
 
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    if isinstance(paths, pa.ChunkedArray):
+        paths = paths.combine_chunks()
     kind, shape = spec["kind"], tuple(spec["shape"])
     n = len(arr)
-    if kind == "image":
-        c, h, w = shape
-        if arr.null_count:
-            _fail_rows(f"image column {col!r} has null images", np.asarray(arr.is_null()), base)
-        fields = dict(zip([f.name for f in arr.type], arr.flatten()))  # flatten() honours slicing
-        dims = [fields[k].to_numpy(zero_copy_only=False) for k in ("height", "width", "nChannels")]
-        bad = (dims[0] != h) | (dims[1] != w) | (dims[2] != c)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"image column {col!r}: row {base + first} of this partition is "
-                             f"{dims[0][first]}x{dims[1][first]} with {dims[2][first]} channels, expected "
-                             f"{h}x{w} with {c}; load the images with ImageFeature.loadImages(size=...)")
-        raw = binary_values(fields["data"])
-        if raw.size != n * h * w * c:
-            raise ValueError(f"image column {col!r}: image data does not match height x width x nChannels")
+    if kind in IMAGE_KINDS:
+        pixels = _pixels(arr, spec, col, base, paths)  # (n, c, h, w) uint8
         # Spark stores rows of pixels with interleaved channels (BGR order for colour)
-        return (raw.reshape(n, h, w, c).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0))
+        if raw8:
+            return pixels.reshape((n,) + shape)
+        return (pixels.astype(np.float32) / np.float32(255.0)).reshape((n,) + shape)
     if kind == "ids":
         return _flat_list(arr, col, shape[0], base).astype(np.int64, copy=False)
     if kind in ("vector", "array"):
@@ -190,6 +237,35 @@ def uniform_image_shape(df, col):
                          "load them with ImageFeature.loadImages(size=(height, width)) to resize")
     r = shapes[0]
     return [int(r.c), int(r.h), int(r.w)]
+
+
+def encoded_image_shape(df, col, channels, size=None):
+    """[channels, height, width] of a binary column of encoded image files: size (h, w) when
+    given, else the first non-null file's, decoded on an executor (one small job; the driver
+    needs no decoder). The pass that makes the training blocks checks every other file."""
+    if size is not None:
+        return [int(channels)] + [int(v) for v in size]
+    import pyarrow as pa
+
+    def shape_of(batches):
+        for b in batches:
+            for data in b.column(0):
+                try:
+                    h, w, _ = decode(data.as_py(), channels).shape
+                    yield pa.RecordBatch.from_arrays([pa.array([h]), pa.array([w]), pa.array([None], pa.string())],
+                                                     names=["h", "w", "error"])
+                except ValueError as e:
+                    yield pa.RecordBatch.from_arrays([pa.array([0]), pa.array([0]), pa.array([str(e)])],
+                                                     names=["h", "w", "error"])
+                return
+
+    first = df.where(F.col(col).isNotNull()).select(col).limit(1)
+    row = first.mapInArrow(shape_of, "h long, w long, error string").first()
+    if row is None:
+        raise _no_rows(df, col)
+    if row.error:
+        raise ValueError(f"features column {col!r}: the first file: {row.error}")
+    return [int(channels), int(row.h), int(row.w)]
 
 
 def seq_shape(df, col):

@@ -15,40 +15,11 @@ from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, S
 from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it from here)
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column
-from spark_nn.ml.columns import first_row_size, uniform_image_shape
+from spark_nn.ml.columns import IMAGE_KINDS, encoded_image_shape, first_row_size, image_shape, uniform_image_shape
+from spark_nn.ml.images import convert_channels, resize_bilinear
 from spark_nn.ml.params import AutoEncoderParams, with_accessors
 from spark_nn.ml.persistence import ParamsWritable, local_path
 from spark_nn.nn import builders
-
-
-def _resize_bilinear(img, h, w):
-    """uint8 (H, W, C) -> (h, w, C), bilinear with half-pixel centres."""
-    H, W, _ = img.shape
-    if (H, W) == (h, w):
-        return img
-    ys = np.clip((np.arange(h) + 0.5) * H / h - 0.5, 0, H - 1)
-    xs = np.clip((np.arange(w) + 0.5) * W / w - 0.5, 0, W - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, H - 1), np.minimum(x0 + 1, W - 1)
-    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    f = img.astype(np.float32)
-    top = f[y0][:, x0] * (1 - fx) + f[y0][:, x1] * fx
-    bot = f[y1][:, x0] * (1 - fx) + f[y1][:, x1] * fx
-    return np.clip(np.rint(top * (1 - fy) + bot * fy), 0, 255).astype(np.uint8)
-
-
-def _convert_channels(img, channels):
-    c = img.shape[2]
-    if channels is None or channels == c:
-        return img
-    if channels == 1:  # Spark stores colour as BGR(A)
-        b, g, r = img[..., 0].astype(np.float32), img[..., 1].astype(np.float32), img[..., 2].astype(np.float32)
-        return np.clip(np.rint(0.114 * b + 0.587 * g + 0.299 * r), 0, 255).astype(np.uint8)[..., None]
-    if channels == 3 and c == 1:
-        return np.repeat(img, 3, axis=2)
-    if channels == 3 and c == 4:
-        return np.ascontiguousarray(img[..., :3])
-    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
 
 
 def _transform_images(col, size, channels):
@@ -63,9 +34,9 @@ def _transform_images(col, size, channels):
             new_data, nh, nw, nc = [], [], [], []
             for i in range(len(arr)):
                 img = np.frombuffer(data[i].as_py(), dtype=np.uint8).reshape(hs[i], ws[i], cs[i])
-                img = _convert_channels(img, channels)
+                img = convert_channels(img, channels)
                 if size is not None:
-                    img = _resize_bilinear(img, *size)
+                    img = resize_bilinear(img, *size)
                 new_data.append(np.ascontiguousarray(img).tobytes())
                 nh.append(img.shape[0])
                 nw.append(img.shape[1])
@@ -384,8 +355,14 @@ class AutoEncoder(NeuralEstimator, AutoEncoderParams):
         self.setParams(**self._input_kwargs)
 
     def _input_spec(self, df, col, kind):
+        if kind in IMAGE_KINDS:  # images reach the dense network flat: [channels x height x width]
+            decoding = self.decoding()
+            image = (encoded_image_shape(df, col, decoding["channels"], decoding["size"]) if kind == "encoded"
+                     else image_shape(df, col))
+            return {"kind": kind, "shape": [int(np.prod(image))], "image": image, "size": decoding["size"]}
         if kind not in ("vector", "array"):
-            raise ValueError(f"AutoEncoder needs vectors or numeric arrays in {col!r}; it holds {kind} data")
+            raise ValueError(f"AutoEncoder needs vectors, numeric arrays or images in {col!r}; it holds {kind} "
+                             "data")
         return {"kind": kind, "shape": [first_row_size(df, col, kind)]}
 
     def _network(self, spec, num_classes):

@@ -30,6 +30,13 @@ def _positive_ints(value):
     return values
 
 
+def _image_size(value):
+    values = TypeConverters.toListInt(value)
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"imageSize must be [height, width] with positive ints, got {value!r}")
+    return values
+
+
 def _check(name, pred, what):
     def convert(value):
         v = TypeConverters.toFloat(value) if what.startswith("a number") else TypeConverters.toInt(value)
@@ -198,8 +205,29 @@ class NeuralParams(TrainingParams, HasSeedAliases, HasPredictionCol, HasProbabil
         self._setDefault(inputCol="features", outputCol="label")
 
 
+class EncodedImageParams(Params):
+    """How a binary column of encoded image files (PNG, JPEG, ...: spark.read.format("binaryFile")'s
+    content, or any binary column) is decoded on the executors (with Pillow)."""
+
+    imageSize = Param(Params._dummy(), "imageSize",
+                      "[height, width] that encoded image files (a binary features column) are resized to; "
+                      "needed when the files differ in size", typeConverter=_image_size)
+    grayscale = Param(Params._dummy(), "grayscale",
+                      "decode encoded image files (a binary features column) to one gray channel instead of 3 "
+                      "(BGR, as Spark's image source)", typeConverter=TypeConverters.toBoolean)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(grayscale=False)
+
+    def decoding(self):
+        """{"channels", "size"} for columns.arrow_to_block's encoded kind."""
+        size = self.getOrDefault(self.imageSize) if self.isDefined(self.imageSize) else None
+        return {"channels": 1 if self.getOrDefault(self.grayscale) else 3, "size": size}
+
+
 @with_accessors
-class CNNParams(NeuralParams):
+class CNNParams(NeuralParams, EncodedImageParams):
     kernelSize = Param(Params._dummy(), "kernelSize", "convolution kernel size (odd)",
                        typeConverter=_check("kernelSize", lambda v: v >= 1 and v % 2 == 1, "an odd int >= 1"))
     poolSize = Param(Params._dummy(), "poolSize", "max-pooling window and stride after each convolution",
@@ -233,7 +261,7 @@ class RNNParams(NeuralParams):
 
 
 @with_accessors
-class AutoEncoderParams(TrainingParams, HasInputCol, HasOutputCol):
+class AutoEncoderParams(TrainingParams, HasInputCol, HasOutputCol, EncodedImageParams):
     """inputCol: the features; outputCol: the code vector; reconstructionErrorCol: per-row MSE."""
 
     reconstructionErrorCol = Param(Params._dummy(), "reconstructionErrorCol",

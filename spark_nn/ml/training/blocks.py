@@ -1,4 +1,9 @@
-"""Training data as one float32 block per partition, made in a single pass over the data.
+"""Training data as one block per partition, made in a single pass over the data.
+
+A block holds the rows as the network takes them: float32, token ids as int64, and 8-bit images
+(image structs, decoded files) as their uint8 pixels, a quarter of float32's bytes on disk and
+in the page cache, which ``batch_rows`` scales to float32 per minibatch in C (csrc/convert.c),
+to the same bits as float32 blocks scaled in the pass.
 
 One Spark job (``materialize``) reads the features and labels, checks every row, splits off the
 validation rows and writes each partition's block. Where the block lives:
@@ -32,10 +37,14 @@ from pyspark import StorageLevel, TaskContext
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
-from spark_nn.ml.columns import arrow_to_block, feature_expr
+from spark_nn import kernels
+from spark_nn.ml.columns import IMAGE_KINDS, arrow_to_block, feature_expr
 from spark_nn.ml.spark_kind import application_id, default_parallelism, is_connect, num_partitions
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
 
+
+# 8-bit images stay uint8 in the blocks; False keeps them as float32 (a benchmark's "before")
+COMPACT_8BIT = True
 
 _SCHEMA = StructType([StructField("x", BinaryType()), StructField("y", BinaryType()),
                       StructField("meta", StringType())])
@@ -161,6 +170,14 @@ def blocks_of_batches(batches):
             yield block_from_row(xs[i].as_py(), ys[i].as_py(), metas[i].as_py())
 
 
+def batch_rows(x, rows=None):
+    """float32 rows of a block's array (rows None: all), as the network takes them: a uint8
+    block's pixels divided by 255 in the same pass as the gather (kernels.gather_scaled)."""
+    if x.dtype == np.uint8:
+        return kernels.gather_scaled(x, rows, 255.0)
+    return np.asarray(x) if rows is None else x[rows]
+
+
 def delete_block(block):
     """Removes a resident block's files, and the fit's folder once it is empty."""
     paths = list(block.get("files", {}).values())
@@ -235,11 +252,15 @@ class TrainingData:
         spec, fcol, has_label = self.spec, self.feature_col, self.label_col is not None
         handle_invalid, val_fraction, seed = self.handle_invalid, self.val_fraction, self.seed
         relative_dir = self.directory
-        dtype = np.int64 if spec["kind"] == "ids" else np.float32
+        raw8 = spec["kind"] in IMAGE_KINDS and COMPACT_8BIT
+        dtype = np.int64 if spec["kind"] == "ids" else (np.uint8 if raw8 else np.float32)
+        with_paths = spec["kind"] == "encoded" and "path" in self.df.columns  # binaryFile's: errors name the file
         cols = [feature_expr(fcol, spec["kind"]).alias("x")]
         cols.append(F.col(self.label_col).cast("double").alias("y") if has_label else F.lit(0.0).alias("y"))
         cols.append(F.coalesce(F.col(self.val_indicator).cast("boolean"), F.lit(False)).alias("v")
                     if self.val_indicator else F.lit(False).alias("v"))
+        if with_paths:
+            cols.append(F.col("path").cast("string").alias("p"))
         selected = self.df.select(*cols)
         have = num_partitions(selected)
         if have > self.num_partitions:
@@ -258,7 +279,8 @@ class TrainingData:
             try:
                 for b in batches:
                     try:
-                        x = arrow_to_block(b.column(0), spec, fcol, base)
+                        x = arrow_to_block(b.column(0), spec, fcol, base, raw8=raw8,
+                                           paths=b.column(3) if with_paths else None)
                     except ValueError as e:
                         raise ValueError(f"{e} [partition {pid}]") from None
                     y = b.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -276,7 +298,7 @@ class TrainingData:
                                     f"partition {pid} ({int((~ok).sum())} such rows in this batch); set "
                                     "handleInvalid='skip' to drop them")
                             x, y, val = x[ok], y[ok], val[ok]
-                    elif len(x):
+                    elif dtype == np.int64 and len(x):
                         top = int(x.max())
                         max_id = top if max_id is None else max(max_id, top)
                     if has_label:

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from spark_nn.ml.training.blocks import open_block
+from spark_nn.ml.training.blocks import batch_rows, open_block
 from spark_nn.ml.training.faults import maybe_delete, maybe_kill_worker
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import optimizer_from_config
@@ -96,8 +96,9 @@ def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, c
     if len(rows) == 0:
         return None
     rng = np.random.default_rng([seed, epoch, step, partition, 1])
-    yb = y[rows].astype(np.int64) if classification else x[rows]
-    loss, grad, n = model.loss_and_grad(params, x[rows], yb, rng)
+    xb = batch_rows(x, rows)
+    yb = y[rows].astype(np.int64) if classification else xb
+    loss, grad, n = model.loss_and_grad(params, xb, yb, rng)
     return loss, grad, n, _correct(model.last_output, yb, classification)
 
 
@@ -106,7 +107,7 @@ def validation(model, weights, x, y, classification):
     if len(x) == 0:
         return 0.0, 0, 0
     model.set_params(weights)
-    x = np.asarray(x)
+    x = batch_rows(x)
     out = model.predict_output(x)
     yb = np.asarray(y).astype(np.int64) if classification else x
     loss, _ = model.loss(out, yb)

@@ -1,0 +1,143 @@
+"""8-bit images: compact (uint8) resident blocks give the weights float32 blocks give, and
+encoded image files in a binary column (spark.read.format("binaryFile")) train and score like
+the same files loaded as image structs; bad files fail the fit before any step, naming them."""
+import glob
+import os
+
+import numpy as np
+import pytest
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.sql import functions as F
+
+from spark_nn.datasets import write_png_gray
+from spark_nn.ml.classification import CNN
+from spark_nn.ml.feature import AutoEncoder, ImageFeature
+from spark_nn.ml.training import blocks
+from spark_nn.ml.training.blocks import TrainingData, open_block
+
+
+def binary_files(spark, root):
+    """A folder per class as binaryFile rows (path, ..., content) with the class as label."""
+    df = spark.read.format("binaryFile").option("recursiveFileLookup", True).load(root)
+    return df.withColumn("label", F.regexp_extract("path", r"/(\d+)/[^/]+$", 1).cast("double"))
+
+
+def est(**kw):
+    return CNN(**dict(dict(layers=[6, 10], inputCol="image", outputCol="label", numClasses=10, maxIter=2,
+                           batchSize=32, seed=5, localSteps=1), **kw))
+
+
+@pytest.mark.parametrize("local_steps", [1, 3])
+def test_uint8_blocks_give_the_weights_of_float32_blocks(spark, digits_dirs, monkeypatch, local_steps):
+    images = ImageFeature.loadImages(digits_dirs[0]).repartition(2).cache()
+    compact = est(localSteps=local_steps, validationSplit=0.2).fit(images)
+    monkeypatch.setattr(blocks, "COMPACT_8BIT", False)
+    wide = est(localSteps=local_steps, validationSplit=0.2).fit(images)
+    np.testing.assert_array_equal(compact.weights, wide.weights)
+    assert compact.summary.epochs[-1]["val_loss"] == wide.summary.epochs[-1]["val_loss"]
+
+
+def test_uint8_blocks_hold_a_quarter_of_the_bytes(spark, digits_dirs, monkeypatch):
+    images = ImageFeature.loadImages(digits_dirs[0])
+    spec = {"kind": "image", "shape": [1, 8, 8]}
+    sizes = {}
+    for compact in (True, False):
+        monkeypatch.setattr(blocks, "COMPACT_8BIT", compact)
+        td = TrainingData(images, "image", "label", spec)
+        try:
+            found = td.blocks()
+            sizes[compact] = sum(os.path.getsize(b["files"]["x"]) for b in found)
+            x = open_block(found[0])[0]
+            assert x.dtype == (np.uint8 if compact else np.float32) and x.shape[1:] == (1, 8, 8)
+            pixels = blocks.batch_rows(x, np.arange(len(x))[::-1])
+            assert pixels.dtype == np.float32 and 0 <= pixels.min() and pixels.max() <= 1
+        finally:
+            td.release()
+    assert sizes[True] * 4 == sizes[False] == sum(td.sizes) * 64 * 4
+
+
+def test_encoded_files_decode_to_the_pixels_of_spark_image_structs(spark, digits_dirs):
+    spec = {"kind": "image", "shape": [1, 8, 8]}
+    loaded = TrainingData(ImageFeature.loadImages(digits_dirs[0]), "image", "label", spec)
+    decoded = TrainingData(binary_files(spark, digits_dirs[0]), "content", "label",
+                           {"kind": "encoded", "shape": [1, 8, 8], "size": None})
+    try:
+        def rows(td):
+            return sorted(bytes(r) + bytes([int(lab)]) for b in td.blocks()
+                          for r, lab in zip(*open_block(b)[:2]))
+
+        assert rows(decoded) == rows(loaded) and len(rows(decoded)) == sum(loaded.sizes)
+    finally:
+        loaded.release()
+        decoded.release()
+
+
+def test_cnn_trains_and_scores_on_a_binary_file_column(spark, digits_dirs, tmp_path):
+    train = binary_files(spark, digits_dirs[0]).cache()
+    test = binary_files(spark, digits_dirs[1])
+    cnn = CNN(layers=[16, 32, 10], inputCol="content", outputCol="label", numClasses=10, grayscale=True,
+              maxIter=10, seed=0)
+    model = cnn.fit(train)
+    assert model.inputSpec == {"kind": "encoded", "shape": [1, 8, 8], "size": None}
+    accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(model.transform(test))
+    via_structs = CNN(layers=[16, 32, 10], inputCol="image", outputCol="label", numClasses=10, maxIter=10,
+                      seed=0).fit(ImageFeature.loadImages(digits_dirs[0]))
+    accuracy_structs = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(
+        via_structs.transform(ImageFeature.loadImages(digits_dirs[1])))
+    assert accuracy > 0.9 and abs(accuracy - accuracy_structs) < 0.04, (accuracy, accuracy_structs)
+    model.write().save(str(tmp_path / "m"))
+    again = type(model).load(str(tmp_path / "m"))
+    assert again.getGrayscale() is True and again.inputSpec == model.inputSpec
+    # three channels (BGR, as Spark's image source) and a resize, on the same files
+    rgb = CNN(layers=[4, 10], inputCol="content", outputCol="label", numClasses=10, imageSize=[12, 10],
+              maxIter=1).fit(train)
+    assert rgb.inputSpec["shape"] == [3, 12, 10]
+    assert rgb.transform(test).select("prediction").count() == 360
+
+
+def write_files(root, bad=None, sizes=((8, 8),)):
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        os.makedirs(os.path.join(root, str(c)), exist_ok=True)
+        for i in range(6):
+            h, w = sizes[i % len(sizes)]
+            write_png_gray(os.path.join(root, str(c), f"{i}.png"), rng.integers(0, 256, (h, w)))
+    if bad:
+        with open(os.path.join(root, "1", bad), "wb") as f:
+            f.write(b"not an image at all")
+
+
+def test_an_undecodable_file_fails_the_fit_naming_it_before_any_step(spark, tmp_path):
+    root = str(tmp_path / "imgs")
+    write_files(root, bad="broken.png")
+    df = binary_files(spark, root)
+    with pytest.raises(ValueError, match=r"features column 'content': row \d+ of this partition "
+                                         r"\(file:.*/1/broken\.png\): cannot decode the image"):
+        CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2, grayscale=True).fit(df)
+    assert glob.glob(os.path.join(str(tmp_path), "**", "spark_nn", "*"), recursive=True) == []
+    # a column without paths still names the row
+    with pytest.raises(ValueError, match=r"row \d+ of this partition: cannot decode"):
+        CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2,
+            imageSize=[8, 8]).fit(df.drop("path"))
+
+
+def test_files_of_several_sizes_need_image_size(spark, tmp_path):
+    root = str(tmp_path / "mixed")
+    write_files(root, sizes=((8, 8), (9, 7)))
+    df = binary_files(spark, root)
+    with pytest.raises(ValueError, match=r"\(file:.*\.png\) is a (9x7|8x8) image, expected (8x8|9x7); "
+                                         r"set imageSize=\[height, width\]"):
+        CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2, grayscale=True).fit(df)
+    model = CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2, grayscale=True,
+                imageSize=[8, 8], maxIter=1).fit(df)
+    assert model.transform(df).count() == 12
+    with pytest.raises(ValueError, match="imageSize must be"):
+        CNN(imageSize=[8])
+
+
+def test_autoencoder_on_encoded_files(spark, digits_dirs):
+    df = binary_files(spark, digits_dirs[0])
+    model = AutoEncoder(layers=[16, 4], inputCol="content", grayscale=True, maxIter=2, seed=1).fit(df)
+    assert model.inputSpec["image"] == [1, 8, 8] and model.inputSpec["shape"] == [64]
+    row = model.transform(df).select("code", "reconstructionError").first()
+    assert len(row.code) == 4 and row.reconstructionError >= 0
