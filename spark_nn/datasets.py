@@ -82,6 +82,28 @@ def digits_28(n, split="train", seed=0):
     return np.clip(out, 0, 1)[:, None], ys[pick].astype(np.int64)
 
 
+def digits_28_images(n, split="train", seed=0):
+    """digits_28(n, split, seed) as an Arrow record batch of Spark's image struct (1 channel,
+    28x28, uint8 pixels rint(x * 255)) and a double label: what mapInArrow emits to make a large
+    image set on the executors, where it is used, never on the driver."""
+    import pyarrow as pa
+
+    x, y = digits_28(n, split, seed)
+    pixels = np.rint(x * 255).astype(np.uint8).reshape(n, -1)
+    offsets = pa.array(np.arange(0, (n + 1) * 784, 784, dtype=np.int32))
+    data = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets.buffers()[1], pa.py_buffer(pixels.tobytes())])
+    ints = pa.array(np.full(n, 28, dtype=np.int32))
+    image = pa.StructArray.from_arrays(
+        [pa.array([""] * n, pa.string()), ints, ints, pa.array(np.ones(n, dtype=np.int32)),
+         pa.array(np.zeros(n, dtype=np.int32)), data],
+        names=["origin", "height", "width", "nChannels", "mode", "data"])
+    return pa.RecordBatch.from_arrays([image, pa.array(y.astype(np.float64))], names=["image", "label"])
+
+
+IMAGE_STRUCT_DDL = ("image struct<origin:string, height:int, width:int, nChannels:int, mode:int, data:binary>, "
+                    "label double")
+
+
 def labelled_sentences(n, seed=0):
     """A labelled text data set made up here: short product-review-like sentences whose label
     (1 positive, 0 negative) depends on sentiment words and on negation ("not good" is

@@ -14,7 +14,8 @@ from spark_nn import _kernels
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones this CPU runs
 
-# one run of the recurrent cells (with padding), the Adam update and the sum of squares
+# one run of the recurrent cells (with padding), the Adam update, the sum of squares and the
+# uint8 minibatch gather
 PROBE = """
 import sys, numpy as np, spark_nn
 from spark_nn import kernels as K, _kernels
@@ -42,6 +43,8 @@ p, g, m, v = (rng.standard_normal(100003).astype(np.float32) for _ in range(4))
 v = np.abs(v)
 _kernels.adam_upd(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0)
 out.update(p=p, m=m, v=v, sumsq=np.array(_kernels.sum_sq(g)))
+pixels = rng.integers(0, 256, (300, 3, 17, 13), dtype=np.uint8)
+out["gather"] = K.gather_scaled(pixels, rng.integers(0, 300, 200))
 np.savez(sys.argv[1], **out)
 """
 

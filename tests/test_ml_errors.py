@@ -57,8 +57,9 @@ CASES = [
         df.selectExpr("array(arr, arr) as seq")), "holds seq data but the model was trained on vector"),
     ("validationIndicatorCol missing", lambda df: cnn(validationIndicatorCol="isVal").fit(df),
      "validationIndicatorCol 'isVal' is not in the DataFrame"),
-    ("AutoEncoder on images", lambda df: AutoEncoder(layers=[2], inputCol="seq").fit(
-        df.selectExpr("array(arr, arr) as seq")), "AutoEncoder needs vectors or numeric arrays"),
+    ("AutoEncoder on sequences", lambda df: AutoEncoder(layers=[2], inputCol="seq").fit(
+        df.selectExpr("array(arr, arr) as seq")),
+     "AutoEncoder needs vectors, numeric arrays or images in .seq.; it holds seq data"),
 ]
 
 
