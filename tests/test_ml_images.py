@@ -64,7 +64,7 @@ def test_encoded_files_decode_to_the_pixels_of_spark_image_structs(spark, digits
     try:
         def rows(td):
             return sorted(bytes(r) + bytes([int(lab)]) for b in td.blocks()
-                          for r, lab in zip(*open_block(b)[:2]))
+                          for r, lab in zip(*(np.asarray(a) for a in open_block(b)[:2])))
 
         assert rows(decoded) == rows(loaded) and len(rows(decoded)) == sum(loaded.sizes)
     finally:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from pyspark.ml.linalg import Vectors
 
-from spark_nn.ml.training.blocks import TrainingData, open_block
+from spark_nn.ml.training.blocks import RowFile, TrainingData, open_block
 from spark_nn.ml.training.faults import DELETE_PROPERTY
 from spark_nn.ml.classification import CNNClassifier
 from conftest import set_job_property
@@ -53,7 +53,7 @@ def test_resident_and_cached_blocks_give_bitwise_equal_weights(data, local_dirs,
     assert [p for d in local_dirs for p in glob.glob(os.path.join(d, "spark_nn", "*"))] == []  # folders too
 
 
-def test_resident_blocks_hold_every_row_once_and_read_as_memory_maps(spark, data, local_dirs):
+def test_resident_blocks_hold_every_row_once_and_are_read_by_rows(spark, data, local_dirs):
     spec = {"kind": "vector", "shape": [1, 6, 6]}
     td = TrainingData(data, "features", "label", spec, val_indicator="isVal")
     try:
@@ -64,11 +64,15 @@ def test_resident_blocks_hold_every_row_once_and_read_as_memory_maps(spark, data
         assert len(files) == 2 * 4  # x, y, validation x, validation y per partition
         blocks = td.blocks()  # handles: small, no data
         x, y, xv, yv = open_block(blocks[0])
-        assert isinstance(x, np.memmap) and x.shape == (td.sizes[0], 1, 6, 6) and y.shape == (td.sizes[0],)
+        assert isinstance(x, RowFile) and x.shape == (td.sizes[0], 1, 6, 6) and y.shape == (td.sizes[0],)
         assert xv.shape == (td.val_sizes[0], 1, 6, 6)
         everything = np.concatenate([np.concatenate([open_block(b)[0], open_block(b)[2]]) for b in blocks])
         source = np.array([r.features.toArray() for r in data.collect()], dtype=np.float32).reshape(-1, 1, 6, 6)
         assert sorted(map(bytes, everything)) == sorted(map(bytes, source))
+        np.testing.assert_array_equal(x[[2, 0, 2]], np.asarray(x)[[2, 0, 2]])  # rows read one by one
+        np.testing.assert_array_equal(x[1:3], np.asarray(x)[1:3])
+        with pytest.raises(IndexError, match="rows outside"):
+            x[[td.sizes[0]]]
     finally:
         td.release()
     assert resident_files(local_dirs) == []

@@ -129,22 +129,81 @@ class _PartitionWriter:
                     os.remove(self.tmp[k])
 
 
-def _open(path, dtype, shape, n):
-    if not os.path.exists(path):
-        raise ResidentBlockLost(f"{RESIDENT_LOST}: {path} is gone")
-    if n == 0:
-        return np.zeros((0,) + shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,) + shape)
+class RowFile:
+    """An array of rows in a resident block's file, read by rows with pread: only the rows a
+    step asks for enter the Python worker. The file's pages stay in the operating system's page
+    cache, outside the worker's memory (a memory map would count every page it touched in the
+    worker's RSS, and the whole file in the address space that spark.executor.pyspark.memory
+    limits), so a partition can be far larger than a worker's memory."""
+
+    def __init__(self, path, dtype, shape, n):
+        if not os.path.exists(path):
+            raise ResidentBlockLost(f"{RESIDENT_LOST}: {path} is gone")
+        self.path, self.dtype, self.row_shape, self.n = path, np.dtype(dtype), tuple(shape), int(n)
+        self.shape = (self.n,) + self.row_shape
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self._fd = None
+
+    def __len__(self):
+        return self.n
+
+    def _file(self):
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise ResidentBlockLost(f"{RESIDENT_LOST}: {self.path} is gone") from None
+        return self._fd
+
+    def take(self, rows):
+        """The rows (int array) as a new array, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows),) + self.row_shape, dtype=self.dtype)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise IndexError(f"rows outside [0, {self.n}) of {self.path}")
+        view, fd, size = memoryview(out.reshape(-1).view(np.uint8)), self._file(), self.row_bytes
+        for i, r in enumerate(rows.tolist()):
+            if os.preadv(fd, [view[i * size:(i + 1) * size]], r * size) != size:
+                raise ResidentBlockLost(f"{RESIDENT_LOST}: {self.path} is shorter than its {self.n} rows")
+        return out
+
+    def read(self, start=0, stop=None):
+        """Rows start..stop-1 in one read."""
+        stop = self.n if stop is None else min(stop, self.n)
+        out = np.empty((max(stop - start, 0),) + self.row_shape, dtype=self.dtype)
+        if out.size:
+            got = os.preadv(self._file(), [memoryview(out.reshape(-1).view(np.uint8))], start * self.row_bytes)
+            if got != out.nbytes:
+                raise ResidentBlockLost(f"{RESIDENT_LOST}: {self.path} is shorter than its {self.n} rows")
+        return out
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.n)
+            return self.read(start, stop) if step == 1 else self.take(np.arange(start, stop, step))
+        return self.take(rows)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read()
+        return out if dtype is None else out.astype(dtype)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
 
 
 def open_block(block):
-    """(x, y, x_val, y_val) of a partition's block: memory maps for a resident block (reading
-    rows of them reads only those rows), arrays for a cached one."""
+    """(x, y, x_val, y_val) of a partition's block: RowFiles for a resident block (reading rows
+    of them reads only those rows), arrays for a cached one."""
     shape, dtype = tuple(block["shape"]), np.dtype(block["dtype"])
     if "files" in block:
         f, n, nv = block["files"], block["n"], block["nv"]
-        return (_open(f["x"], dtype, shape, n), _open(f["y"], np.float64, (), n),
-                _open(f["xv"], dtype, shape, nv), _open(f["yv"], np.float64, (), nv))
+        return (RowFile(f["x"], dtype, shape, n), RowFile(f["y"], np.float64, (), n),
+                RowFile(f["xv"], dtype, shape, nv), RowFile(f["yv"], np.float64, (), nv))
     return block["x"], block["y"], block["xv"], block["yv"]
 
 
@@ -171,8 +230,11 @@ def blocks_of_batches(batches):
 
 
 def batch_rows(x, rows=None):
-    """float32 rows of a block's array (rows None: all), as the network takes them: a uint8
-    block's pixels divided by 255 in the same pass as the gather (kernels.gather_scaled)."""
+    """float32 rows of a block's array (an ndarray or a RowFile; rows None: all), as the network
+    takes them: a uint8 block's pixels divided by 255 in the same pass as the gather from
+    memory (kernels.gather_scaled), or right after a RowFile's read."""
+    if isinstance(x, RowFile):
+        x, rows = (x.read() if rows is None else x.take(rows)), None
     if x.dtype == np.uint8:
         return kernels.gather_scaled(x, rows, 255.0)
     return np.asarray(x) if rows is None else x[rows]

@@ -102,16 +102,25 @@ def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, c
     return loss, grad, n, _correct(model.last_output, yb, classification)
 
 
+VALIDATION_CHUNK = 4096  # rows scored at once: a worker's memory does not grow with the validation rows
+
+
 def validation(model, weights, x, y, classification):
-    """(loss sum, rows, correct) of these weights on a partition's validation rows."""
-    if len(x) == 0:
+    """(loss sum, rows, correct) of these weights on a partition's validation rows, scored in
+    chunks of VALIDATION_CHUNK rows (summed in row order)."""
+    n = len(x)
+    if n == 0:
         return 0.0, 0, 0
     model.set_params(weights)
-    x = batch_rows(x)
-    out = model.predict_output(x)
-    yb = np.asarray(y).astype(np.int64) if classification else x
-    loss, _ = model.loss(out, yb)
-    return float(loss), len(x), _correct(out, yb, classification)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, VALIDATION_CHUNK):
+        rows = np.arange(start, min(n, start + VALIDATION_CHUNK))
+        xb = batch_rows(x, rows)
+        out = model.predict_output(xb)
+        yb = np.asarray(y[rows]).astype(np.int64) if classification else xb
+        loss, _ = model.loss(out, yb)
+        loss_sum, correct = loss_sum + float(loss), correct + _correct(out, yb, classification)
+    return loss_sum, n, correct
 
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
