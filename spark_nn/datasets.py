@@ -51,13 +51,17 @@ def write_digits_folders(root, split="all", seed=0, test_size=0.2):
     return len(x)
 
 
-def digits_28(n, split="train", seed=0):
+def digits_28(n, split="train", seed=0, source=None):
     """An MNIST-sized set made offline from the bundled digits: n images of 1x28x28 float32 in
     [0, 1], each a digits image (from the digits_split half named by split, so train and test
     never share a source image) scaled up to 20x20, rotated by up to 15 degrees and placed at a
-    random offset in the 28x28 frame (bilinear sampling, vectorized). Returns (x, y)."""
-    xtr, xte, ytr, yte = digits_split(0)
-    xs, ys = (xtr, ytr) if split == "train" else (xte, yte)
+    random offset in the 28x28 frame (bilinear sampling, vectorized). Returns (x, y).
+    source: that half's (images, labels) when the caller has them (e.g. shipped to executors,
+    which then need no scikit-learn)."""
+    if source is None:
+        xtr, xte, ytr, yte = digits_split(0)
+        source = (xtr, ytr) if split == "train" else (xte, yte)
+    xs, ys = source
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     pick = rng.integers(0, len(xs), n)
     angle = np.deg2rad(rng.uniform(-15, 15, n))[:, None, None]
@@ -82,13 +86,13 @@ def digits_28(n, split="train", seed=0):
     return np.clip(out, 0, 1)[:, None], ys[pick].astype(np.int64)
 
 
-def digits_28_images(n, split="train", seed=0):
-    """digits_28(n, split, seed) as an Arrow record batch of Spark's image struct (1 channel,
+def digits_28_images(n, split="train", seed=0, source=None):
+    """digits_28(n, split, seed, source) as an Arrow record batch of Spark's image struct (1 channel,
     28x28, uint8 pixels rint(x * 255)) and a double label: what mapInArrow emits to make a large
     image set on the executors, where it is used, never on the driver."""
     import pyarrow as pa
 
-    x, y = digits_28(n, split, seed)
+    x, y = digits_28(n, split, seed, source)
     pixels = np.rint(x * 255).astype(np.uint8).reshape(n, -1)
     offsets = pa.array(np.arange(0, (n + 1) * 784, 784, dtype=np.int32))
     data = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets.buffers()[1], pa.py_buffer(pixels.tobytes())])
