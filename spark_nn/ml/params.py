@@ -158,7 +158,7 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                        typeConverter=_local_steps)
     residentData = Param(Params._dummy(), "residentData",
                          "keep each partition's training block as a file in the executor's Spark local "
-                         "directory, memory-mapped by every step, so a step reads only its minibatch rows "
+                         "directory, read by rows, so a step reads only its minibatch rows "
                          "(False: cache the blocks in Spark's block manager; each step then deserializes "
                          "its partition's whole block)", typeConverter=TypeConverters.toBoolean)
     initialWeights = Param(Params._dummy(), "initialWeights",

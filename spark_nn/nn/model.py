@@ -15,6 +15,8 @@ from spark_nn.nn.onnx_export import to_onnx
 from spark_nn.nn.optimizers import Optimizer, make_optimizer
 from spark_nn.nn.torch_interop import TorchInterop
 
+INFERENCE_BYTES = 16 << 20  # the widest layer's output in one prediction chunk
+
 
 class Sequential(TorchInterop):
     """Layers in order over one flat parameter vector; from_torch / to_torch / torch_state_dict
@@ -142,28 +144,39 @@ class Sequential(TorchInterop):
         self.backward(dout)
         return loss_sum, self.grads.copy(), int(len(x))
 
-    def predict_output(self, x, batch_size=1024):
-        """Raw network output (logits for classifiers) in batches."""
+    def inference_rows(self, batch_size=None):
+        """Rows per forward chunk when predicting: batch_size, or as many (up to 1024) as keep
+        the widest layer's output within INFERENCE_BYTES, so scoring a large block needs
+        bounded memory (a Spark Python worker may be capped: spark.executor.pyspark.memory)."""
+        if batch_size:
+            return int(batch_size)
+        widest = max([int(np.prod(layer.output_shape)) for layer in self.layers] + [1]) * 4
+        return max(1, min(1024, INFERENCE_BYTES // widest))
+
+    def predict_output(self, x, batch_size=None):
+        """Raw network output (logits for classifiers) in batches (inference_rows)."""
         x = self.check_input(x)
+        batch_size = self.inference_rows(batch_size)
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 
-    def predict_layer_output(self, x, index, batch_size=1024):
+    def predict_layer_output(self, x, index, batch_size=None):
         """Output of layer ``index`` (e.g. an autoencoder's code), in batches."""
         x = self.check_input(x)
+        batch_size = self.inference_rows(batch_size)
         outs = []
         for i in range(0, len(x), batch_size):
             outs.append(self._run(self.layers[:index + 1], x[i:i + batch_size], False))
         return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.layers[index].output_shape),
                                                           dtype=np.float32)
 
-    def predict_proba(self, x, batch_size=1024):
+    def predict_proba(self, x, batch_size=None):
         return self.loss.output_transform(self.predict_output(x, batch_size))
 
-    def predict(self, x, batch_size=1024):
+    def predict(self, x, batch_size=None):
         return np.argmax(self.predict_output(x, batch_size), axis=1)
 
-    def evaluate(self, x, y, batch_size=1024):
+    def evaluate(self, x, y, batch_size=None):
         """(mean loss, accuracy or None) over x, y."""
         out = self.predict_output(x, batch_size)
         loss_sum, _ = self.loss(out, y)

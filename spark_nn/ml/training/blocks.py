@@ -10,7 +10,8 @@ validation rows and writes each partition's block. Where the block lives:
 
 - resident (default): in the executor's Spark local directory (``SPARK_LOCAL_DIRS``, the block
   manager's own folder, removed by Spark when the executor stops) as raw files that every step
-  memory-maps, so a step's task reads only its minibatch rows: O(batch), not O(partition). The
+  reads by rows (``RowFile``), so a step's task reads only its minibatch rows: O(batch), not
+  O(partition), and a worker's memory does not grow with its partition. The
   persisted RDD holds only a small handle per partition. Spark places and recomputes handle and
   file together (the handle is derived from the data by lineage, so an executor lost with its
   files recomputes both elsewhere); a task whose handle has no file fails with
