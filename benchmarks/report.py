@@ -22,6 +22,7 @@ PARTS = [
     ("Ours vs TorchDistributor, torch and MLlib (digits; 60k MNIST-sized images)", "compare_peers.py", []),
     ("The seed's RNN program on a real text set (Rotten Tomatoes snippets)", "text_rnn.py", []),
     ("Classic sessions vs Spark Connect (the same fits, one run)", "connect_vs_classic.py", []),
+    ("Data larger than memory: 60k and 1M rows, Python workers capped", "large_data.py", []),
 ]
 
 
