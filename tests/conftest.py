@@ -83,6 +83,27 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def local_dirs(spark):
+    """The Spark local directories the Python workers see (where resident blocks go)."""
+    import pyarrow as pa
+
+    def dirs_of(batches):
+        yield pa.RecordBatch.from_arrays([pa.array([os.environ.get("SPARK_LOCAL_DIRS", "")])], names=["d"])
+
+    rows = spark.range(0, 2, 1, 2).mapInArrow(dirs_of, "d string").collect()
+    found = sorted({d for row in rows for d in row.d.split(",") if d})
+    assert found, "Spark set no SPARK_LOCAL_DIRS for its Python workers"
+    return found
+
+
+def resident_files(local_dirs, depth=2):
+    """What spark_nn keeps under the local dirs: fits' folders (depth 1) or their files (2)."""
+    import glob
+
+    return [p for d in local_dirs for p in glob.glob(os.path.join(d, "spark_nn", *["*"] * depth))]
+
+
 def set_job_property(spark, key, value):
     """A property every task of the following jobs sees (TaskContext.getLocalProperty): a local
     property on a classic session; on Connect a session setting, which Spark SQL hands to its

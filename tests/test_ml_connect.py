@@ -1,7 +1,6 @@
 """Training on Spark Connect: the result rows' encoding and sum, the executor-side tree, and a
 Connect fit bitwise equal to a classic fit of the same data (the Connect run's tests use the
 classic session that serves the local Connect server, in the same JVM)."""
-import os
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from spark_nn.ml.classification import CNNClassifier
 from spark_nn.ml.training.connect_rounds import ROUNDS_TAG, decode, encode, fold
 from spark_nn.ml.training.worker import ZERO, add_results
-from conftest import CONNECT
+from conftest import CONNECT, resident_files
 
 connect_only = pytest.mark.skipif(not CONNECT, reason="needs a Spark Connect session (SPARK_NN_TEST_CONNECT=1)")
 
@@ -96,20 +95,13 @@ def test_many_partitions_are_summed_in_a_tree_on_the_executors(spark):
 
 
 @connect_only
-def test_an_interrupted_connect_fit_stops_and_leaves_no_files(spark):
+def test_an_interrupted_connect_fit_stops_and_leaves_no_files(spark, local_dirs):
     """What Ctrl-C does on the driver (ConnectRounds interrupts the running round's tag), here
     from another thread by the tag every round carries: the round's query stops, the fit
     raises, the resident files go. (Between two rounds no query runs, so it is asked again.)"""
-    import glob
     import threading
     import time
 
-    import pyarrow as pa
-
-    def local_dirs(batches):
-        yield pa.RecordBatch.from_arrays([pa.array([os.environ.get("SPARK_LOCAL_DIRS", "")])], names=["d"])
-
-    dirs = {d for r in spark.range(0, 2, 1, 2).mapInArrow(local_dirs, "d string").collect() for d in r.d.split(",")}
     outcome = {}
 
     def fit():
@@ -127,4 +119,4 @@ def test_an_interrupted_connect_fit_stops_and_leaves_no_files(spark):
         worker.join(0.2)
     assert not worker.is_alive()
     assert isinstance(outcome["result"], Exception), outcome
-    assert [p for d in dirs if d for p in glob.glob(os.path.join(d, "spark_nn", "*"))] == []
+    assert resident_files(local_dirs, depth=1) == []

@@ -1,7 +1,6 @@
 """8-bit images: compact (uint8) resident blocks give the weights float32 blocks give, and
 encoded image files in a binary column (spark.read.format("binaryFile")) train and score like
 the same files loaded as image structs; bad files fail the fit before any step, naming them."""
-import glob
 import os
 
 import numpy as np
@@ -14,6 +13,7 @@ from spark_nn.ml.classification import CNN
 from spark_nn.ml.feature import AutoEncoder, ImageFeature
 from spark_nn.ml.training import blocks
 from spark_nn.ml.training.blocks import TrainingData, open_block
+from conftest import resident_files
 
 
 def binary_files(spark, root):
@@ -107,14 +107,14 @@ def write_files(root, bad=None, sizes=((8, 8),)):
             f.write(b"not an image at all")
 
 
-def test_an_undecodable_file_fails_the_fit_naming_it_before_any_step(spark, tmp_path):
+def test_an_undecodable_file_fails_the_fit_naming_it_before_any_step(spark, tmp_path, local_dirs):
     root = str(tmp_path / "imgs")
     write_files(root, bad="broken.png")
     df = binary_files(spark, root)
     with pytest.raises(ValueError, match=r"features column 'content': row \d+ of this partition "
                                          r"\(file:.*/1/broken\.png\): cannot decode the image"):
         CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2, grayscale=True).fit(df)
-    assert glob.glob(os.path.join(str(tmp_path), "**", "spark_nn", "*"), recursive=True) == []
+    assert resident_files(local_dirs, depth=1) == []  # the pass's files are gone
     # a column without paths still names the row
     with pytest.raises(ValueError, match=r"row \d+ of this partition: cannot decode"):
         CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2,

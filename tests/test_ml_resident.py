@@ -1,17 +1,14 @@
 """Executor-resident training blocks: the same weights as blocks cached in Spark's block
 manager, recovery when the files vanish mid-fit, no files left behind, one pass of setup."""
-import glob
-import os
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.training.blocks import RowFile, TrainingData, open_block
 from spark_nn.ml.training.faults import DELETE_PROPERTY
 from spark_nn.ml.classification import CNNClassifier
-from conftest import set_job_property
+from conftest import resident_files, set_job_property
 from pixel_data import bright_pixel_rows
 
 
@@ -20,22 +17,6 @@ def data(spark):
     x, y = bright_pixel_rows(np.random.default_rng(11), 120)
     rows = [(Vectors.dense(a.tolist()), float(b), bool(i % 5 == 0)) for i, (a, b) in enumerate(zip(x, y))]
     return spark.createDataFrame(rows, ["features", "label", "isVal"]).repartition(3).cache()
-
-
-@pytest.fixture(scope="module")
-def local_dirs(spark):
-    """The Spark local directories the Python workers see (where resident blocks go)."""
-    def local_dirs(batches):
-        yield pa.RecordBatch.from_arrays([pa.array([os.environ.get("SPARK_LOCAL_DIRS", "")])], names=["d"])
-
-    dirs = spark.range(0, 2, 1, 2).mapInArrow(local_dirs, "d string").collect()
-    found = sorted({d for row in dirs for d in row.d.split(",") if d})
-    assert found, "Spark set no SPARK_LOCAL_DIRS for its Python workers"
-    return found
-
-
-def resident_files(local_dirs):
-    return [p for d in local_dirs for p in glob.glob(os.path.join(d, "spark_nn", "*", "*"))]
 
 
 def est(**kw):
@@ -50,7 +31,7 @@ def test_resident_and_cached_blocks_give_bitwise_equal_weights(data, local_dirs,
     np.testing.assert_array_equal(resident.weights, cached.weights)
     assert resident.summary.epochs[-1]["val_loss"] == cached.summary.epochs[-1]["val_loss"]
     assert resident_files(local_dirs) == []  # removed at the end of the fit
-    assert [p for d in local_dirs for p in glob.glob(os.path.join(d, "spark_nn", "*"))] == []  # folders too
+    assert resident_files(local_dirs, depth=1) == []  # folders too
 
 
 def test_resident_blocks_hold_every_row_once_and_are_read_by_rows(spark, data, local_dirs):
