@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import print_table  # noqa: E402
+from timing import print_table, tiny_sync_trainer  # noqa: E402
 
 
 def _session(mode):
@@ -54,21 +54,8 @@ def _digits(spark):
 def _round_cost(spark, steps=30):
     """(synchronous step ms, trivial query ms): medians, alternating."""
     import pyarrow as pa
-    from pyspark.ml.linalg import Vectors
 
-    from spark_nn.ml.training.blocks import TrainingData
-    from spark_nn.ml.training.trainer import DistributedTrainer
-    from spark_nn.nn import builders
-
-    net = builders.from_specs([{"type": "Dense", "units": 64, "activation": "relu"}, {"type": "Dense", "units": 10}],
-                              (64,), seed=0)
-    rng = np.random.default_rng(0)
-    df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(2000)],
-                               ["features", "label"]).cache()
-    data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
-    trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=64, optimizer="sgd", step_size=0.01,
-                                 seed=0, local_steps=1)
-    w = net.params.copy()
+    trainer, w, data = tiny_sync_trainer(spark, 64)
 
     def count(batches):
         yield pa.RecordBatch.from_arrays([pa.array([sum(b.num_rows for b in batches)])], names=["n"])

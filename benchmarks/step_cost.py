@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import print_table  # noqa: E402
+from timing import print_table, tiny_sync_trainer  # noqa: E402
 
 
 def mnist_sized(spark, rows, partitions=2):
@@ -90,22 +90,8 @@ def step_vs_data(spark, rows_list, steps):
 
 
 def fixed_cost(spark, steps):
-    from pyspark.ml.linalg import Vectors
-
-    from spark_nn.ml.training.blocks import TrainingData
-    from spark_nn.ml.training.trainer import DistributedTrainer
-    from spark_nn.nn import builders
-
     sc = spark.sparkContext
-    net = builders.from_specs([{"type": "Dense", "units": 1400, "activation": "relu"},
-                               {"type": "Dense", "units": 10}], (64,), seed=0)
-    rng = np.random.default_rng(0)
-    df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(2000)],
-                               ["features", "label"]).cache()
-    data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
-    trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=64, optimizer="sgd", step_size=0.01,
-                                 seed=0, local_steps=1)
-    w = net.params.copy()
+    trainer, w, data = tiny_sync_trainer(spark, 1400)
     handles = sc.parallelize(range(2), 2).cache()
     handles.count()
 

@@ -57,3 +57,24 @@ def print_table(headers, rows):
     print("-" * len(line))
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def tiny_sync_trainer(spark, hidden, rows=2000):
+    """(trainer, weights, data) for a one-hidden-layer dense net on `rows` random 64-wide rows,
+    synchronous (localSteps=1): a round whose compute is small, so its time is Spark's fixed
+    cost. The caller releases `data`."""
+    from pyspark.ml.linalg import Vectors
+
+    from spark_nn.ml.training.blocks import TrainingData
+    from spark_nn.ml.training.trainer import DistributedTrainer
+    from spark_nn.nn import builders
+
+    net = builders.from_specs([{"type": "Dense", "units": hidden, "activation": "relu"},
+                               {"type": "Dense", "units": 10}], (64,), seed=0)
+    rng = np.random.default_rng(0)
+    df = spark.createDataFrame([(Vectors.dense(rng.random(64).tolist()), float(i % 10)) for i in range(rows)],
+                               ["features", "label"]).cache()
+    data = TrainingData(df, "features", "label", {"kind": "vector", "shape": [64]})
+    trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=64, optimizer="sgd", step_size=0.01,
+                                 seed=0, local_steps=1)
+    return trainer, net.params.copy(), data

@@ -36,6 +36,14 @@ def threads():
 # SparkContext are marked classic_only and skipped there.
 CONNECT = os.environ.get("SPARK_NN_TEST_CONNECT", "") not in ("", "0")
 
+def clean_env(**extra):
+    """This environment without the marks a Spark Connect session leaves in it (a child process
+    would otherwise take its classic builder for a Connect one), its workers on this Python."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
+    return dict(env, PYSPARK_PYTHON=sys.executable, **extra)
+
+
 _SPARK_CONF = {
     "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
@@ -47,6 +55,12 @@ _SPARK_CONF = {
 def pytest_configure(config):
     config.addinivalue_line("markers", "classic_only: needs a classic session's SparkContext (skipped with "
                                        "SPARK_NN_TEST_CONNECT=1)")
+    # CI runs the Spark tests three times (classic 4.x, Connect, classic 3.5); a test whose
+    # proof does not depend on the session's kind or Spark's version (learning quality, block
+    # layout, a benchmark in a session of its own) runs in the first only: the others pass
+    # -m "not once"
+    config.addinivalue_line("markers", "once: proves nothing that depends on the session's kind or Spark's "
+                                       "version (the Connect and Spark 3.5 runs deselect it)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,15 +3,7 @@ import os
 import subprocess
 import sys
 
-from conftest import CONNECT
-
-
-def clean_env(**extra):
-    """This environment without the marks a Spark Connect session leaves in it (a child
-    process would otherwise take its classic builder for a Connect one)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
-    return dict(env, PYSPARK_PYTHON=sys.executable, **extra)
+from conftest import CONNECT, clean_env
 
 
 def test_demo_trains_reports_and_saves(tmp_path):

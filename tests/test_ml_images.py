@@ -27,6 +27,7 @@ def est(**kw):
                            batchSize=32, seed=5, localSteps=1), **kw))
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("local_steps", [1, 3])
 def test_uint8_blocks_give_the_weights_of_float32_blocks(spark, digits_dirs, monkeypatch, local_steps):
     images = ImageFeature.loadImages(digits_dirs[0]).repartition(2).cache()
@@ -37,6 +38,7 @@ def test_uint8_blocks_give_the_weights_of_float32_blocks(spark, digits_dirs, mon
     assert compact.summary.epochs[-1]["val_loss"] == wide.summary.epochs[-1]["val_loss"]
 
 
+@pytest.mark.once
 def test_uint8_blocks_hold_a_quarter_of_the_bytes(spark, digits_dirs, monkeypatch):
     images = ImageFeature.loadImages(digits_dirs[0])
     spec = {"kind": "image", "shape": [1, 8, 8]}
@@ -72,6 +74,7 @@ def test_encoded_files_decode_to_the_pixels_of_spark_image_structs(spark, digits
         decoded.release()
 
 
+@pytest.mark.once
 def test_cnn_trains_and_scores_on_a_binary_file_column(spark, digits_dirs, tmp_path):
     train = binary_files(spark, digits_dirs[0]).cache()
     test = binary_files(spark, digits_dirs[1])

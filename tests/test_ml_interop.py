@@ -83,6 +83,7 @@ def test_rnn_from_torch_scores_token_sequences_like_torch(spark):
         RNNClassificationModel.fromTorch(tm, [5], inputKind="image")
 
 
+@pytest.mark.once
 def test_fine_tuning_from_torch_beats_training_from_scratch(digits, torch_trained, tmp_path):
     (_, _, train), (_, _, test) = digits
     acc = MulticlassClassificationEvaluator(metricName="accuracy")

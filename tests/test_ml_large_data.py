@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from conftest import clean_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.once
 def test_training_memory_stays_bounded_and_no_files_are_left(tmp_path):
     out = tmp_path / "large.json"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "large_data.py"), "--rows", "3000",
                            "12000", "--pyspark-memory", "750m", "--test-rows", "1000", "--json", str(out)],
-                          capture_output=True, text=True, timeout=900, env=dict(env, PYSPARK_PYTHON=sys.executable))
+                          capture_output=True, text=True, timeout=900, env=clean_env())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads(out.read_text())
     limit = result["limit"]

@@ -119,6 +119,7 @@ def movie_snippets(spark):
     return train.cache(), test.cache()
 
 
+@pytest.mark.once
 def test_seed_rnn_program_on_real_text_keeps_up_with_lstm_and_bag_of_words(movie_snippets):
     """The seed's RNN(layers=[64, 32, 16], activation="relu") at defaults, but 3 epochs (the
     benchmark runs 30) and a fixed localSteps (so the result does not depend on timing),

@@ -1,6 +1,12 @@
 """The README's "Models in and out" snippets run as written, in order, in one namespace."""
 import os
 import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import clean_env
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -27,18 +33,11 @@ def test_models_in_and_out_snippets_run(spark, tmp_path, monkeypatch):
 
 def test_on_spark_connect_snippet_runs(tmp_path):
     """The snippet starts a local Spark Connect server, so it runs in a process of its own."""
-    import subprocess
-    import sys
-
-    import pytest
-
     pytest.importorskip("grpc")
     (code,) = _section_snippets("On Spark Connect")
     code += "\nprint('ACCURACY', accuracy)\n"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=dict(env, PYSPARK_PYTHON=sys.executable))
+                          env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     accuracy = float(proc.stdout.split("ACCURACY ")[1].split()[0])
     assert accuracy > 0.9, proc.stdout

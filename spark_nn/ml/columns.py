@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import (ArrayType, BinaryType, ByteType, DecimalType, FloatType, IntegerType, LongType,
                                NumericType, ShortType, StructType)
 
+from spark_nn import kernels
 from spark_nn.ml.images import decode
 
 IMAGE_FIELDS = {"origin", "height", "width", "nChannels", "mode", "data"}
@@ -182,7 +183,7 @@ def arrow_to_block(arr, spec, col, base=0, raw8=False, paths=None):
         # Spark stores rows of pixels with interleaved channels (BGR order for colour)
         if raw8:
             return pixels.reshape((n,) + shape)
-        return (pixels.astype(np.float32) / np.float32(255.0)).reshape((n,) + shape)
+        return kernels.gather_scaled(pixels).reshape((n,) + shape)
     if kind == "ids":
         return _flat_list(arr, col, shape[0], base).astype(np.int64, copy=False)
     if kind in ("vector", "array"):
