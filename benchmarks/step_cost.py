@@ -11,6 +11,14 @@
    (a mapPartitions + treeAggregate over 2 partitions), and the step's parts: the job
    (shipping the weights in the task closure, scheduling, Python workers, compute, the
    gradients back), the tasks' own compute, the driver's optimizer step.
+3. A local round's cost at the payloads that occur (Adam: weights and two moments; 0.4 MB is
+   the seed CNN on 28x28, 1.3 MB a ~100k-parameter net, 12.7 MB the seed RNN program's
+   embedding on real text), taken apart with the fit's own backend (rounds.RDDRounds):
+   the driver building the payload and pickling the task closure, an empty round (Spark's
+   floor: job submission, task launch, Python workers, treeAggregate of empty results), the
+   same round shipping the payload (its shipping and the workers' unpickling), a round
+   returning a result vector of the payload's size (result serialization and the
+   treeAggregate merges), and the driver's averaging of that result.
 Spark local[2], one session, medians.
 """
 import argparse
@@ -128,17 +136,93 @@ def fixed_cost(spark, steps):
     print()
 
 
+def round_breakdown(spark, params_list, repeat):
+    """Table 3 of the docstring: each part's median ms at each payload size."""
+    import cloudpickle
+
+    from spark_nn.ml.training.rounds import RDDRounds
+    from spark_nn.ml.training.worker import ZERO
+    from spark_nn.nn.optimizers import make_optimizer
+
+    trainer, _, data = tiny_sync_trainer(spark, 64)
+    rounds = RDDRounds(data, 2, "round breakdown")
+    table = []
+    try:
+        for params in params_list:
+            opt = make_optimizer("adam", lr=1e-3)
+            w = np.zeros(params, dtype=np.float32)
+            opt.step(w, np.ones(params, dtype=np.float32))  # the moments exist
+            vec_len = 3 * params
+
+            def build():
+                return {"w": w.tobytes(), "state": opt.state_dict()}
+
+            # both read their partition's input to the end, as RoundTask does: a Python worker
+            # that leaves input unread is not reused, and the next task starts a new one
+            def empty(i, blocks, payload):
+                for _ in blocks:
+                    pass
+                yield ZERO
+
+            def returning(i, blocks, payload, n=vec_len):
+                for _ in blocks:
+                    pass
+                yield (0.0, np.ones(n, dtype=np.float32), 1, 0, 0.0, 0.0, 0, 0)
+
+            payload = build()
+            parts = {
+                "driver: build payload": lambda: build(),
+                "driver: pickle task + payload": lambda: cloudpickle.dumps((empty, payload)),
+                "empty round (Spark's floor)": lambda: rounds.run(empty, {}),
+                "round shipping the payload": lambda: rounds.run(empty, payload),
+                "round returning the vector": lambda: rounds.run(returning, {}),
+            }
+            med = {}
+            for name, fn in parts.items():
+                fn()
+                times = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - t0) * 1e3)
+                med[name] = float(np.median(times))
+            result = rounds.run(returning, {})
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                mean = result[1] / np.float32(2)
+                w[:] = mean[:params]
+                opt.load_state_dict(dict(opt.state_dict(), m=mean[params:2 * params].copy(),
+                                         v=mean[2 * params:].copy()))
+            med["driver: average and load state"] = (time.perf_counter() - t0) * 1e3 / repeat
+            floor = med["empty round (Spark's floor)"]
+            table.append([f"{params:,}", f"{len(payload['w']) * 3 / 1e6:.1f}"]
+                         + [f"{med[k]:.1f}" for k in ("driver: build payload", "driver: pickle task + payload")]
+                         + [f"{floor:.1f}", f"{med['round shipping the payload'] - floor:+.1f}",
+                            f"{med['round returning the vector'] - floor:+.1f}",
+                            f"{med['driver: average and load state']:.1f}"])
+    finally:
+        data.release()
+    print("## A local round's cost by part (Adam payload: weights + 2 moments; local[2], 2 tasks, medians)")
+    print()
+    print_table(["parameters", "payload MB", "build ms", "pickle ms", "empty round ms", "ship payload ms",
+                 "return vector ms", "driver average ms"], table)
+    print()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[6000, 60000])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip-data", action="store_true")
+    ap.add_argument("--round-params", type=int, nargs="+", default=[35_000, 108_000, 1_060_000],
+                    help="parameter counts of the round breakdown (Adam payloads of 0.4, 1.3, 12.7 MB)")
     args = ap.parse_args(argv)
     from spark_nn.ml.session import local_session
 
     spark = local_session("local[2]", "spark_nn step cost", conf={"spark.driver.memory": "4g"})
     try:
         fixed_cost(spark, args.steps)
+        round_breakdown(spark, args.round_params, max(5, args.steps // 4))
         if not args.skip_data:
             step_vs_data(spark, args.rows, args.steps)
     finally:

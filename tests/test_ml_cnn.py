@@ -58,6 +58,9 @@ def test_cnn_on_digits_reaches_98_percent(digits_model, digits_images):
     assert digits_model.numClasses == 10 and digits_model.inputSpec["shape"] == [1, 8, 8]
     s = digits_model.summary
     assert len(s.epochs) == 15 and s.epochs[-1]["accuracy"] > 0.99
+    # localSteps='auto' recorded what it measured and the k the epochs then used
+    assert s.localStepsAuto["k"] == s.epochs[-1]["local_steps"] > 1
+    assert s.localStepsAuto["fixedMs"] > 0 and s.localStepsAuto["computeMs"] > 0
     # the same pixels through numpy give the same predictions (Spark scoring adds nothing)
     rows = predictions.select("image.data", "prediction").collect()
     x = np.stack([np.frombuffer(r.data, np.uint8) for r in rows]).reshape(-1, 1, 8, 8) / np.float32(255)

@@ -131,3 +131,50 @@ def test_weights_do_not_depend_on_kernel_threads_per_task(spark, small_images):
     one = est.copy({est.threadsPerTask: 1}).fit(df).weights
     two = est.copy({est.threadsPerTask: 2}).fit(df).weights  # 2 OpenMP threads in every task
     np.testing.assert_array_equal(one, two)
+
+
+def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choice():
+    from spark_nn.ml.training.local_steps import AutoLocalSteps
+
+    auto = AutoLocalSteps(steps_per_epoch=1875, total_steps=3750)
+    assert auto.warmup == 37
+    for i in range(auto.warmup):
+        assert auto.next_round(i) == 1
+        auto.observe(1, 0.088 + (0.001 if i % 2 else 0.0), 0.008)  # 80 ms of Spark, 8 ms of compute
+    k = auto.next_round(auto.warmup)
+    # 9 F / C = 90 -> the next power of two; 64 would leave Spark 13.5 % of a round
+    assert k == 128 and auto.next_round(10 ** 6) == 128
+    choice = auto.choice
+    assert choice["k"] == 128 and choice["warmupSteps"] == 37
+    assert choice["fixedMs"] == pytest.approx(80.0, abs=1.01) and choice["computeMs"] == pytest.approx(8.0)
+    assert choice["sparkShare"] <= 0.10 < 80 / (80 + 64 * 8)
+    # a checkpoint keeps the choice
+    again = AutoLocalSteps(1875, 3750)
+    again.load_state(auto.state())
+    assert again.next_round(0) == 128 and again.choice == choice
+    # capped at an epoch
+    short = AutoLocalSteps(steps_per_epoch=45)
+    for i in range(short.warmup):
+        short.observe(1, 0.1, 0.001)
+    assert short.next_round(short.warmup) == 45 and short.choice["k"] == 45
+
+
+def test_training_rows_are_dealt_over_the_cores_when_validation_rows_have_partitions_of_their_own(spark):
+    """A train + test union keeps its validation rows in partitions of their own; merging
+    neighbouring partitions (a coalesce) put every training row on one core."""
+    from pyspark.sql import functions as F
+
+    def rows(start, stop, is_val):
+        return spark.range(start, stop, 1, 2).select(
+            F.array(*[(F.col("id") % 7 + i).cast("double") for i in range(4)]).alias("features"),
+            (F.col("id") % 2).cast("double").alias("label"), F.lit(is_val).alias("isVal"))
+
+    df = rows(0, 200, False).unionByName(rows(200, 260, True))
+    assert df.rdd.getNumPartitions() == 4
+    data = TrainingData(df, "features", "label", {"kind": "array", "shape": [4]}, val_indicator="isVal",
+                        num_partitions=2)
+    try:
+        assert sum(data.sizes) == 200 and sum(data.val_sizes) == 60
+        assert max(data.sizes) - min(data.sizes) <= 2, data.sizes
+    finally:
+        data.release()

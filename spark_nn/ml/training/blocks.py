@@ -278,8 +278,8 @@ class TrainingData:
 
     def materialize(self):
         """Runs the one pass: converts, checks, splits and writes every partition's block (one
-        Spark job, plus the shuffle stage of a repartition when the input has fewer partitions
-        than cores)."""
+        Spark job, plus the shuffle stage of a repartition when the input's partitions are not
+        as many as the cores)."""
         self.directory = (f"spark_nn/{application_id(self.spark)}-{uuid.uuid4().hex[:12]}"
                           if self.resident else None)
         handles = self._build()
@@ -325,10 +325,11 @@ class TrainingData:
         if with_paths:
             cols.append(F.col("path").cast("string").alias("p"))
         selected = self.df.select(*cols)
-        have = num_partitions(selected)
-        if have > self.num_partitions:
-            selected = selected.coalesce(self.num_partitions)
-        elif have < self.num_partitions:
+        # a round lasts as long as its largest partition's share, so the rows are dealt round-robin
+        # over as many partitions as cores (a repartition) whenever the input has another count:
+        # a coalesce merges neighbours, and put all 60k training rows of a train + test union (its
+        # validation rows in partitions of their own) in one partition, on one core (2x the epoch)
+        if num_partitions(selected) != self.num_partitions:
             selected = selected.repartition(self.num_partitions)
 
         def convert(batches):

@@ -15,6 +15,9 @@ class TrainingSummary:
         self.totalIterations = 0
         self.stoppedEarly = False
         self.bestEpoch = None
+        # localSteps='auto': what it measured during the synchronous warm-up and the k it chose
+        # (fixedMs, computeMs per step, sparkShare, warmupSteps, k); None for a fixed k
+        self.localStepsAuto = None
 
     @property
     def trainingLoss(self):
@@ -28,7 +31,7 @@ class TrainingSummary:
         return {"objectiveHistory": self.objectiveHistory, "objectiveSteps": self.objectiveSteps,
                 "epochs": self.epochs,
                 "totalIterations": self.totalIterations, "stoppedEarly": self.stoppedEarly,
-                "bestEpoch": self.bestEpoch}
+                "bestEpoch": self.bestEpoch, "localStepsAuto": self.localStepsAuto}
 
     def plot(self, path=None):
         """Loss per step and per-epoch accuracy curves (matplotlib, the 'plot' extra); saved as a

@@ -107,6 +107,7 @@ class DistributedTrainer:
         step = 0
         while step < steps:
             k = min(self.local_steps.next_round(self.summary.totalIterations), steps - step)
+            self.summary.localStepsAuto = getattr(self.local_steps, "choice", None)
             self.rounds.describe(f"{self.description}: epoch {epoch + 1}/{self.epochs}, "
                                       f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else "")
                                       + (f", validation of epoch {epoch}" if pending else ""))
