@@ -1,23 +1,26 @@
 """Ours against what a Spark user would pick instead, in one run and one local[2] session.
 
-    python benchmarks/compare_peers.py [--sets digits mnist60k] [--mnist-epochs 3]
+    python benchmarks/compare_peers.py [--sets digits mnist60k text] [--mnist-epochs 3]
 
 Contenders, same architecture for the networks (3x3 conv 32 + ReLU + 2x2 max-pool, 3x3 conv 64 +
 ReLU + 2x2 max-pool, dense over 10 classes):
 - ours: the seed's program with default params (``CNN(layers=[32, 64, 10], activation="relu",
   ...)``), the test rows as validation data so the summary has test accuracy after each epoch;
 - TorchDistributor: 2 processes (local mode, DDP over gloo, one thread each), Adam at 3e-3
-  with a cosine decay (--torch-lr), batch 32 per process; rank 0 checks test accuracy after
-  each epoch;
+  with a cosine decay (--torch-lr), batch 32 per process; every rank checks test accuracy
+  after each epoch;
 - torch in one process (2 threads), the same settings with batch 64;
 - MLlib's MultilayerPerceptronClassifier (a dense net: MLlib has no convolutions; L-BFGS,
   300 iterations on digits; on the 60k set only with --mllib-60k-iter N: each iteration is a
   pass over 60k x 784 through Java BLAS (no native BLAS here), and the session runs the JVM
   without its C2 JIT (see spark_nn.ml.session), which slows MLlib's JVM-side math about 2x
-  on digits and made 5 iterations on the 60k set take over 6 minutes).
+  on digits and made 5 iterations on the 60k set take over 6 minutes);
+- the limit: our own kernels in one process with the same 2 threads, no Spark (Sequential.fit).
 Data: (a) scikit-learn's digits as PNG folders through ImageFeature.loadImages, a random 80/20
 split; (b) 60,000 + 10,000 MNIST-sized 1x28x28 images made from the digits
 (spark_nn.datasets.digits_28), stored as Parquet and read by Spark.
+Text: text_rnn.py's Rotten Tomatoes snippets, the seed's RNN program (and LSTM cells) against
+MLlib's Tokenizer + HashingTF + LogisticRegression, fit time and test accuracy.
 Reported: wall time of each fit (ours and TorchDistributor include their start-up: the pass
 over the data, the worker processes), seconds per epoch, final test accuracy, and the wall
 time until the test accuracy first reaches a common target.
@@ -295,9 +298,37 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
         print()
 
 
+def compare_text(spark, epochs):
+    """The text set (text_rnn.py's data and pipelines): the seed's RNN program at defaults, the
+    same with LSTM cells, and MLlib's Tokenizer + HashingTF + LogisticRegression at defaults."""
+    from text_rnn import fit_bag_of_words, fit_rnn, text_frames
+
+    train, test = text_frames(spark)
+    n_train = train.count()
+    runs = [("spark_nn: seed RNN program, defaults", lambda: fit_rnn(train, test, epochs)),
+            ("spark_nn: same, cellType='lstm'", lambda: fit_rnn(train, test, epochs, cellType="lstm")),
+            ("MLlib HashingTF + LogisticRegression, defaults", lambda: fit_bag_of_words(train, test))]
+    table, fits = [], {}
+    for name, fit in runs:
+        acc, seconds = fit()
+        fits[name] = (acc, seconds)
+        table.append([name, f"{seconds:.1f}", f"{acc:.4f}"])
+        print(f"text: {name}: fit {seconds:.1f} s, accuracy {acc:.4f}", flush=True)
+    print()
+    print(f"## text (Rotten Tomatoes snippets, {n_train} training rows): fit time and test accuracy")
+    print()
+    print_table(["contender", "fit s", "test accuracy"], table)
+    seed, mllib = fits[runs[0][0]], fits[runs[2][0]]
+    print(f"text: seed RNN fit / MLlib pipeline fit = {seed[1] / mllib[1]:.2f}x (accuracy {seed[0]:.4f} vs "
+          f"{mllib[0]:.4f})")
+    print()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", nargs="+", default=["digits", "mnist60k"], choices=["digits", "mnist60k"])
+    ap.add_argument("--sets", nargs="+", default=["digits", "mnist60k", "text"],
+                    choices=["digits", "mnist60k", "text"])
+    ap.add_argument("--text-epochs", type=int, default=None, help="maxIter of the text networks (default: theirs)")
     ap.add_argument("--digits-torch-epochs", type=int, default=30)
     ap.add_argument("--mnist-epochs", type=int, default=3)
     ap.add_argument("--mnist-rows", type=int, default=60000)
@@ -321,6 +352,8 @@ def main(argv=None):
                 compare(spark, "mnist60k", lambda sp, wd: mnist_set(sp, wd, args.mnist_rows), args.mnist_epochs,
                         args.mnist_epochs, args.mllib_60k_iter, workdir, args.only,
                         args.torch_lr)
+            if "text" in args.sets:
+                compare_text(spark, args.text_epochs)
     finally:
         spark.stop()
 

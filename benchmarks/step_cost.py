@@ -136,17 +136,21 @@ def fixed_cost(spark, steps):
     print()
 
 
-def round_breakdown(spark, params_list, repeat):
-    """Table 3 of the docstring: each part's median ms at each payload size."""
+ROUND_PARTS = ("empty round ms", "ship payload ms", "return vector ms")
+
+
+def round_parts(spark, params_list, repeat):
+    """Table 3 of the docstring, one dict per payload size: each part's median ms, measured
+    with the fit's own backend over a tiny fit's partitions (as many as the session's cores)."""
     import cloudpickle
 
     from spark_nn.ml.training.rounds import RDDRounds
     from spark_nn.ml.training.worker import ZERO
     from spark_nn.nn.optimizers import make_optimizer
 
-    trainer, _, data = tiny_sync_trainer(spark, 64)
+    _, _, data = tiny_sync_trainer(spark, 64)
     rounds = RDDRounds(data, 2, "round breakdown")
-    table = []
+    out = []
     try:
         for params in params_list:
             opt = make_optimizer("adam", lr=1e-3)
@@ -170,14 +174,12 @@ def round_breakdown(spark, params_list, repeat):
                 yield (0.0, np.ones(n, dtype=np.float32), 1, 0, 0.0, 0.0, 0, 0)
 
             payload = build()
-            parts = {
-                "driver: build payload": lambda: build(),
-                "driver: pickle task + payload": lambda: cloudpickle.dumps((empty, payload)),
-                "empty round (Spark's floor)": lambda: rounds.run(empty, {}),
-                "round shipping the payload": lambda: rounds.run(empty, payload),
-                "round returning the vector": lambda: rounds.run(returning, {}),
-            }
-            med = {}
+            parts = {"build ms": build, "pickle ms": lambda: cloudpickle.dumps((empty, payload)),
+                     "empty round ms": lambda: rounds.run(empty, {}),
+                     "round shipping ms": lambda: rounds.run(empty, payload),
+                     "round returning ms": lambda: rounds.run(returning, {})}
+            med = {"parameters": params, "payload MB": 3 * len(payload["w"]) / 1e6,
+                   "partitions": len(data.sizes)}
             for name, fn in parts.items():
                 fn()
                 times = []
@@ -193,19 +195,25 @@ def round_breakdown(spark, params_list, repeat):
                 w[:] = mean[:params]
                 opt.load_state_dict(dict(opt.state_dict(), m=mean[params:2 * params].copy(),
                                          v=mean[2 * params:].copy()))
-            med["driver: average and load state"] = (time.perf_counter() - t0) * 1e3 / repeat
-            floor = med["empty round (Spark's floor)"]
-            table.append([f"{params:,}", f"{len(payload['w']) * 3 / 1e6:.1f}"]
-                         + [f"{med[k]:.1f}" for k in ("driver: build payload", "driver: pickle task + payload")]
-                         + [f"{floor:.1f}", f"{med['round shipping the payload'] - floor:+.1f}",
-                            f"{med['round returning the vector'] - floor:+.1f}",
-                            f"{med['driver: average and load state']:.1f}"])
+            med["driver average ms"] = (time.perf_counter() - t0) * 1e3 / repeat
+            med["ship payload ms"] = med.pop("round shipping ms") - med["empty round ms"]
+            med["return vector ms"] = med.pop("round returning ms") - med["empty round ms"]
+            out.append(med)
     finally:
         data.release()
-    print("## A local round's cost by part (Adam payload: weights + 2 moments; local[2], 2 tasks, medians)")
+    return out
+
+
+def round_breakdown(spark, params_list, repeat):
+    rows = round_parts(spark, params_list, repeat)
+    print("## A local round's cost by part (Adam payload: weights + 2 moments; local[2], 2 tasks, medians;")
+    print("## ship and return: the round's time beyond the empty round's)")
     print()
     print_table(["parameters", "payload MB", "build ms", "pickle ms", "empty round ms", "ship payload ms",
-                 "return vector ms", "driver average ms"], table)
+                 "return vector ms", "driver average ms"],
+                [[f"{r['parameters']:,}", f"{r['payload MB']:.1f}", f"{r['build ms']:.1f}", f"{r['pickle ms']:.1f}",
+                  f"{r['empty round ms']:.1f}", f"{r['ship payload ms']:+.1f}", f"{r['return vector ms']:+.1f}",
+                  f"{r['driver average ms']:.1f}"] for r in rows])
     print()
 
 

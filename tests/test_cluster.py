@@ -1,61 +1,25 @@
 """A real Spark standalone cluster on 127.0.0.1: a master and two workers started with
 pyspark's own launcher classes, executors whose Python does not have spark_nn, the wheel
 shipped as a Spark archive (spark_nn.ml.shipping); a CNN fit through them must reach a sane
-accuracy with tasks on both workers. Every process started here is stopped, also on failure."""
+accuracy with tasks on both workers. Every process started here is stopped, also on failure
+(benchmarks/standalone.py starts them; benchmarks/executors.py uses it too)."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
-import pyspark
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPARK_HOME = os.path.dirname(os.path.abspath(pyspark.__file__))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port, proc, log, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{open(log).read()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on {port}:\n{open(log).read()[-3000:]}")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from standalone import StandaloneCluster, cluster_env  # noqa: E402
 
 
 @pytest.fixture
-def processes():
-    started = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in started:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
-def launch(processes, args, log, env):
-    with open(log, "w") as f:
-        p = subprocess.Popen([os.path.join(SPARK_HOME, "bin", "spark-class")] + args, stdout=f,
-                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    processes.append(p)
-    return p
+def cluster():
+    c = StandaloneCluster()
+    yield c
+    c.stop()
 
 
 def executor_python_without_spark_nn(tmp_path):
@@ -75,7 +39,7 @@ def executor_python_without_spark_nn(tmp_path):
     return exe
 
 
-def test_standalone_cluster_with_shipped_wheel(tmp_path, processes):
+def test_standalone_cluster_with_shipped_wheel(tmp_path, cluster):
     wheel_dir = tmp_path / "dist"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(wheel_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -87,20 +51,8 @@ def test_standalone_cluster_with_shipped_wheel(tmp_path, processes):
                            text=True, cwd=str(tmp_path))
     assert "No module named 'spark_nn'" in probe.stderr, probe.stderr  # executors can't import it by themselves
 
-    env = dict(os.environ, SPARK_HOME=SPARK_HOME, SPARK_LOCAL_IP="127.0.0.1", SPARK_NO_DAEMONIZE="1")
-    env.pop("PYTHONPATH", None)
-    port = free_port()
-    master = launch(processes, ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                                "--webui-port", str(free_port())], str(tmp_path / "master.log"), env)
-    wait_for_port(port, master, str(tmp_path / "master.log"))
-    url = f"spark://127.0.0.1:{port}"
-    for i in range(2):
-        work = tmp_path / f"worker{i}"
-        work.mkdir()
-        launch(processes, ["org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
-                           "--memory", "1g", "--work-dir", str(work), "--webui-port", str(free_port())],
-               str(tmp_path / f"worker{i}.log"), env)
-
+    url = cluster.start(str(tmp_path), workers=2, cores=1, memory="1g")
+    env = cluster_env()
     driver_env = dict(env, PYSPARK_PYTHON=executor_python)
     run = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "cluster_job.py"), url, wheel,
                           executor_python, str(tmp_path / "staging")], capture_output=True, text=True,

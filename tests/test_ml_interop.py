@@ -111,6 +111,7 @@ def test_fine_tuning_from_torch_beats_training_from_scratch(digits, torch_traine
 @pytest.mark.classic_only  # counts jobs with the SparkContext's status tracker
 def test_initial_weights_that_do_not_fit_are_refused_before_the_pass_over_the_data(digits, torch_trained, spark):
     (_, _, train), _ = digits
+    train.count()  # the fixture's own jobs (a test run alone, or first, would count them)
     tracker = spark.sparkContext.statusTracker()
     before = len(tracker.getJobIdsForGroup(None))
     with pytest.raises(ValueError, match=r"initialWeights \(torch Sequential\) do not fit this estimator's network: "

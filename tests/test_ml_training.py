@@ -138,15 +138,20 @@ def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choi
 
     auto = AutoLocalSteps(steps_per_epoch=1875, total_steps=3750)
     assert auto.warmup == 37
-    for i in range(auto.warmup):
-        assert auto.next_round(i) == 1
-        auto.observe(1, 0.088 + (0.001 if i % 2 else 0.0), 0.008)  # 80 ms of Spark, 8 ms of compute
-    k = auto.next_round(auto.warmup)
+    done, ramp = 0, []
+    while done < auto.warmup:
+        k = auto.next_round(done)
+        ramp.append(k)
+        auto.observe(k, 0.080 + 0.008 * k + (0.001 if len(ramp) % 2 else 0.0), 0.008 * k)  # F 80 ms, C 8 ms
+        done += k
+    # the warm-up doubles, depends on the steps done only, and ends at its 37 steps
+    assert ramp == [1, 2, 4, 8, 16, 6] and done == 37
+    k = auto.next_round(done)
     # 9 F / C = 90 -> the next power of two; 64 would leave Spark 13.5 % of a round
     assert k == 128 and auto.next_round(10 ** 6) == 128
     choice = auto.choice
-    assert choice["k"] == 128 and choice["warmupSteps"] == 37
-    assert choice["fixedMs"] == pytest.approx(80.0, abs=1.01) and choice["computeMs"] == pytest.approx(8.0)
+    assert choice["k"] == 128 and choice["warmupRounds"] == 6
+    assert choice["fixedMs"] == pytest.approx(80.5, abs=0.51) and choice["computeMs"] == pytest.approx(8.0)
     assert choice["sparkShare"] <= 0.10 < 80 / (80 + 64 * 8)
     # a checkpoint keeps the choice
     again = AutoLocalSteps(1875, 3750)
@@ -154,9 +159,12 @@ def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choi
     assert again.next_round(0) == 128 and again.choice == choice
     # capped at an epoch
     short = AutoLocalSteps(steps_per_epoch=45)
-    for i in range(short.warmup):
-        short.observe(1, 0.1, 0.001)
-    assert short.next_round(short.warmup) == 45 and short.choice["k"] == 45
+    done = 0
+    while done < short.warmup:
+        k = short.next_round(done)
+        short.observe(k, 0.1 + 0.001 * k, 0.001 * k)
+        done += k
+    assert short.next_round(done) == 45 and short.choice["k"] == 45
 
 
 def test_training_rows_are_dealt_over_the_cores_when_validation_rows_have_partitions_of_their_own(spark):
@@ -164,13 +172,15 @@ def test_training_rows_are_dealt_over_the_cores_when_validation_rows_have_partit
     neighbouring partitions (a coalesce) put every training row on one core."""
     from pyspark.sql import functions as F
 
+    from spark_nn.ml.spark_kind import num_partitions
+
     def rows(start, stop, is_val):
         return spark.range(start, stop, 1, 2).select(
             F.array(*[(F.col("id") % 7 + i).cast("double") for i in range(4)]).alias("features"),
             (F.col("id") % 2).cast("double").alias("label"), F.lit(is_val).alias("isVal"))
 
     df = rows(0, 200, False).unionByName(rows(200, 260, True))
-    assert df.rdd.getNumPartitions() == 4
+    assert num_partitions(df) == 4
     data = TrainingData(df, "features", "label", {"kind": "array", "shape": [4]}, val_indicator="isVal",
                         num_partitions=2)
     try:

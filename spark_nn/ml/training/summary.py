@@ -16,7 +16,7 @@ class TrainingSummary:
         self.stoppedEarly = False
         self.bestEpoch = None
         # localSteps='auto': what it measured during the synchronous warm-up and the k it chose
-        # (fixedMs, computeMs per step, sparkShare, warmupSteps, k); None for a fixed k
+        # (fixedMs, computeMs per step, sparkShare, warmupRounds, k); None for a fixed k
         self.localStepsAuto = None
 
     @property
