@@ -53,7 +53,7 @@ def main(argv=None):
     ap.add_argument("--params", type=int, nargs="+", default=[35_000, 108_000, 1_060_000])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--worker-cores", type=int, default=16)
-    ap.add_argument("--executor-memory", default="400m")
+    ap.add_argument("--executor-memory", default="512m")
     args = ap.parse_args(argv)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     results = {}
@@ -61,7 +61,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="spark_nn_executors_") as workdir:
         try:
             url = cluster.start(workdir, workers=1, cores=max(args.worker_cores, max(args.executors)),
-                                memory=f"{max(args.executors) * 512}m")
+                                memory=f"{max(args.executors) * 600}m")
             for w in args.executors:
                 spark = session(url, w, args.executor_memory)
                 try:

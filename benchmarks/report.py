@@ -18,8 +18,10 @@ PARTS = [
     ("Kernels and the in-process digits epoch vs PyTorch CPU (2 threads each)", "compare_torch.py", ["--runs", "5"]),
     ("CNN vs MLlib on Spark local[2], and the per-step overhead", "compare_mllib.py", []),
     ("Step time vs parameters and workers (docs/scaling.md)", "scaling.py", []),
-    ("Where a Spark step's time goes; step time vs data size", "step_cost.py", []),
-    ("Ours vs TorchDistributor, torch and MLlib (digits; 60k MNIST-sized images)", "compare_peers.py", []),
+    ("Where a Spark step's time goes, a local round by part; step time vs data size", "step_cost.py", []),
+    ("A round's parts vs the number of executors (standalone cluster, oversubscribed)", "executors.py", []),
+    ("Ours vs the limit (our kernels in one process), TorchDistributor, torch and MLlib (digits; 60k "
+     "MNIST-sized images; text)", "compare_peers.py", []),
     ("The seed's RNN program on a real text set (Rotten Tomatoes snippets)", "text_rnn.py", []),
     ("Classic sessions vs Spark Connect (the same fits, one run)", "connect_vs_classic.py", []),
     ("Data larger than memory: 60k and 1M rows, Python workers capped", "large_data.py", []),
