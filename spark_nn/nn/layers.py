@@ -349,9 +349,21 @@ class Embedding(Layer):
         return np.stack([begin, end], axis=1).astype(np.int32)
 
     def backward(self, dy, need_dx=True):
+        """Writes the gradient rows of the ids in the minibatch (self.touched, sorted) and zeroes
+        only the rows the previous backward wrote: the table's other rows stay zero, and a step
+        costs O(batch), not O(vocab_size) (the optimizer's lazy path updates the touched rows only)."""
         g = self.grads["w"]
-        g[...] = 0.0
-        np.add.at(g, self._ids.ravel(), dy.reshape(-1, self.dim))
+        previous = getattr(self, "touched", None)
+        if previous is None or getattr(self, "_zeroed_table", None) is not g:
+            g[...] = 0.0
+            self._zeroed_table = g
+        else:
+            g[previous] = 0.0
+        touched, inverse = np.unique(self._ids.ravel(), return_inverse=True)
+        rows = np.zeros((len(touched), self.dim), dtype=np.float32)
+        np.add.at(rows, inverse.ravel(), dy.reshape(-1, self.dim))
+        g[touched] = rows
+        self.touched = touched
         return None
 
     def config(self):

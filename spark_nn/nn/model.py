@@ -131,10 +131,11 @@ class Sequential(TorchInterop):
             if isinstance(layer, Dropout):
                 layer.rng = rng
 
-    def loss_and_grad(self, flat_params, x, y, rng=None):
+    def loss_and_grad(self, flat_params, x, y, rng=None, copy=True):
         """(sum of per-sample losses, gradient of that sum as a flat float32 copy, count).
 
-        ``flat_params`` None keeps the current weights; ``rng`` drives dropout."""
+        ``flat_params`` None keeps the current weights; ``rng`` drives dropout; copy False
+        returns ``self.grads`` itself (overwritten by the next call)."""
         if flat_params is not None:
             self.set_params(flat_params)
         self._seed_dropout(rng if rng is not None else np.random.default_rng(0))
@@ -142,7 +143,42 @@ class Sequential(TorchInterop):
         self.last_output = out
         loss_sum, dout = self.loss(out, y)
         self.backward(dout)
-        return loss_sum, self.grads.copy(), int(len(x))
+        return loss_sum, (self.grads.copy() if copy else self.grads), int(len(x))
+
+    # ------------------------------------------------------------------ embedding tables
+    @property
+    def table(self):
+        """(offset, rows, width) of the first layer's Embedding table in the flat vector, or None:
+        the one block of parameters whose gradient is sparse (the rows a minibatch's ids touch)."""
+        if not self.takes_token_ids:
+            return None
+        off = next(s[3] for s in self.slots if s[0] == 0)
+        return off, self.layers[0].vocab_size, self.layers[0].dim
+
+    def active_index(self, rows):
+        """Sorted flat indices of the table's rows ``rows`` (sorted ids) and of every parameter
+        outside the table; None for a model without a table (every parameter is active)."""
+        if self.table is None:
+            return None
+        off, vocab, dim = self.table
+        rows = np.asarray(rows, dtype=np.int64)
+        table = (off + rows[:, None] * dim + np.arange(dim, dtype=np.int64)).ravel()
+        return np.concatenate([np.arange(off, dtype=np.int64), table,
+                               np.arange(off + vocab * dim, self.num_params, dtype=np.int64)])
+
+    def train_step(self, optimizer, x, y, rng=None):
+        """One optimizer step in place on ``self.params`` from the mean gradient of (x, y); returns
+        (loss sum, rows). With an Embedding table the step is lazy: only the rows the minibatch
+        touches (and their optimizer state) change, as torch's SparseAdam and Keras's LazyAdam
+        do; the gradient passed is the active entries' only, so a step costs O(batch) in the
+        table, not O(vocab_size). When a step touches every row, it is bitwise the dense step."""
+        loss_sum, grad, n = self.loss_and_grad(None, x, y, rng, copy=False)
+        active = self.active_index(self.layers[0].touched) if self.table is not None else None
+        if active is None:
+            optimizer.step(self.params, grad / np.float32(n))
+        else:
+            optimizer.step(self.params, grad[active] / np.float32(n), active=active)
+        return loss_sum, n
 
     def inference_rows(self, batch_size=None):
         """Rows per forward chunk when predicting: batch_size, or as many (up to 1024) as keep
@@ -206,8 +242,7 @@ class Sequential(TorchInterop):
             total, count = 0.0, 0
             for start in range(0, len(x), batch_size):
                 idx = order[start:start + batch_size]
-                loss_sum, grad, n = self.loss_and_grad(None, x[idx], y[idx], rng)
-                optimizer.step(self.params, grad / np.float32(n))
+                loss_sum, n = self.train_step(optimizer, x[idx], y[idx], rng)
                 total, count = total + loss_sum, count + n
                 if not np.isfinite(loss_sum):
                     raise FloatingPointError(f"non-finite loss at epoch {epoch} step {start // batch_size}; "

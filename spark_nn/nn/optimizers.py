@@ -70,16 +70,50 @@ class Optimizer:
         self.t = 0
         self.last_grad_norm = None
 
-    def step(self, params, grad):
+    def step(self, params, grad, active=None):
+        """One step in place on params from the mean gradient grad. active: sorted flat indices
+        of the only entries whose gradient may be non-zero, grad then holding those entries'
+        gradient only; the step is lazy: the other entries and their state do not change (no
+        momentum decay, no weight decay), as in torch's SparseAdam. With every index active it
+        is bitwise the dense step."""
         grad = np.array(grad, dtype=np.float32, copy=True)
         self.last_grad_norm = clip_by_global_norm(grad, self.clip_norm)
         lr = np.float32(self.schedule(self.lr, self.t))
-        self._update(params, grad, lr)
+        if active is None:
+            self._update(params, grad, lr)
+        else:
+            self._update_active(params, grad, lr, active)
         self.t += 1
         return float(lr)
 
     def _update(self, params, grad, lr):
         raise NotImplementedError
+
+    def state_keys(self):
+        """The per-parameter state arrays (each shaped as the parameters), in a fixed order."""
+        return []
+
+    def init_state(self, params):
+        """Allocates zero state arrays for params if there are none yet."""
+        for key in self.state_keys():
+            if getattr(self, key) is None:
+                setattr(self, key, np.zeros_like(params))
+
+    def _update_active(self, params, grad, lr, active):
+        """_update on the gathered active entries of params and the state, scattered back."""
+        self.init_state(params)
+        full = {key: getattr(self, key) for key in self.state_keys()}
+        sub = params[active]
+        for key, arr in full.items():
+            setattr(self, key, arr[active])
+        try:
+            self._update(sub, grad, lr)
+            for key, arr in full.items():
+                arr[active] = getattr(self, key)
+        finally:
+            for key, arr in full.items():
+                setattr(self, key, arr)
+        params[active] = sub
 
     def state_dict(self):
         return {"t": np.array(self.t, dtype=np.int64)}
@@ -106,6 +140,9 @@ class SGD(Optimizer):
             raise ValueError("nesterov needs momentum > 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.velocity = None
+
+    def state_keys(self):
+        return ["velocity"] if self.momentum else []
 
     def _update(self, params, grad, lr):
         if self.weight_decay:
@@ -149,6 +186,9 @@ class Adam(Optimizer):
                 raise ValueError(f"{n} must be in [0, 1), got {b}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.m = self.v = None
+
+    def state_keys(self):
+        return ["m", "v"]
 
     def _update(self, params, grad, lr):
         """One fused pass in C (csrc/optim.c); _update_reference is the same in numpy."""

@@ -25,30 +25,33 @@ from spark_nn.ml.training.rounds import Rounds
 from spark_nn.ml.training.worker import ZERO, add_results
 
 RESULT_SCHEMA = ("pid int, loss double, vec binary, n long, correct long, seconds double, vloss double, "
-                 "vn long, vcorrect long")
-_FIELDS = ("pid", "loss", "vec", "n", "correct", "seconds", "vloss", "vn", "vcorrect")
+                 "vn long, vcorrect long, rows binary, next binary")
+_FIELDS = ("pid", "loss", "vec", "n", "correct", "seconds", "vloss", "vn", "vcorrect", "rows", "next")
+_TYPES = (pa.int32(), pa.float64(), pa.binary(), pa.int64(), pa.int64(), pa.float64(), pa.float64(),
+          pa.int64(), pa.int64(), pa.binary(), pa.binary())
+_ARRAYS = {"vec": np.float32, "rows": np.int32, "next": np.int32}  # numpy arrays carried as raw bytes
 
 
 def encode(rows):
-    """[(pid, result)] -> one Arrow record batch of RESULT_SCHEMA's columns (vectors as bytes)."""
+    """[(pid, result)] -> one Arrow record batch of RESULT_SCHEMA's columns (arrays as raw bytes)."""
     cols = list(zip(*[(pid,) + tuple(r) for pid, r in rows])) if rows else [()] * len(_FIELDS)
-    vec = [None if v is None else np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in cols[2]]
-    types = (pa.int32(), pa.float64(), pa.binary(), pa.int64(), pa.int64(), pa.float64(), pa.float64(),
-             pa.int64(), pa.int64())
-    arrays = [pa.array(list(c), t) for c, t in zip(cols[:2], types[:2])] + [pa.array(vec, pa.binary())] + \
-        [pa.array(list(c), t) for c, t in zip(cols[3:], types[3:])]
+    arrays = []
+    for name, col, kind in zip(_FIELDS, cols, _TYPES):
+        if name in _ARRAYS:
+            col = [None if v is None else np.ascontiguousarray(v, dtype=_ARRAYS[name]).tobytes() for v in col]
+        arrays.append(pa.array(list(col), kind))
     return pa.RecordBatch.from_arrays(arrays, names=list(_FIELDS))
 
 
 def decode(table):
     """[(pid, result)] of Arrow result rows (a table or record batch)."""
-    cols = [table.column(name).to_pylist() for name in _FIELDS]
-    out = []
-    for values in zip(*cols):
-        pid, loss, vec, *rest = values
-        vec = None if vec is None else np.frombuffer(vec, dtype=np.float32)
-        out.append((pid, (loss, vec) + tuple(rest)))
-    return out
+    cols = []
+    for name in _FIELDS:
+        values = table.column(name).to_pylist()
+        if name in _ARRAYS:
+            values = [None if v is None else np.frombuffer(v, dtype=_ARRAYS[name]) for v in values]
+        cols.append(values)
+    return [(values[0], tuple(values[1:])) for values in zip(*cols)]
 
 
 def fold(rows):

@@ -18,6 +18,10 @@ class FixedLocalSteps:
     def next_round(self, done_steps):
         return self.k
 
+    def peek(self, done_steps):
+        """The k of the round starting after done_steps steps, if already known (never timing)."""
+        return self.k
+
     def observe(self, k, seconds, task_seconds):
         pass
 
@@ -29,8 +33,8 @@ class FixedLocalSteps:
 
 
 class AutoLocalSteps:
-    """localSteps = 'auto' (post-local SGD): warm-up rounds of 1, 2, 4, ... steps (the smallest
-    power of two not below the steps done so far, plus one), which also measure what a round
+    """localSteps = 'auto' (post-local SGD): warm-up rounds of 1, 2, 4, ... steps (the largest
+    power of two not above the steps done so far, plus one), which also measure what a round
     costs beyond its tasks' compute (Spark's fixed cost F: scheduling, shipping the payload,
     result transfer, the driver's update) and the compute C of one step; then, for the rest of
     the fit, local rounds of k steps with k the smallest power of two for which F is at most a
@@ -59,8 +63,19 @@ class AutoLocalSteps:
             self.k = self.choose()
         if self.k is not None:
             return self.k
-        ramp = 1 << max(0, int(done_steps + 1).bit_length() - 1)  # 1, 2, 4, ... at 0, 1, 3, 7, ...
-        return max(1, min(ramp, self.warmup - done_steps))
+        return self._ramp(done_steps)
+
+    def _ramp(self, done_steps):
+        """Warm-up rounds: the largest power of two <= done_steps + 1 (1, 2, 4, ... at 0, 1, 3, 7,
+        ... steps done), ending at the warm-up's last step."""
+        return max(1, min(1 << (int(done_steps + 1).bit_length() - 1), self.warmup - done_steps))
+
+    def peek(self, done_steps):
+        """The k of the round starting after done_steps steps, or None while it depends on what
+        the warm-up still has to measure."""
+        if self.k is not None:
+            return self.k
+        return None if done_steps >= self.warmup else self._ramp(done_steps)
 
     def choose(self):
         # medians: the first rounds include worker start-up and one-off costs

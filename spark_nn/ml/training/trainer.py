@@ -15,9 +15,10 @@ from spark_nn.ml.training import checkpoint
 from spark_nn.ml.training.connect_rounds import ConnectRounds
 from spark_nn.ml.training.local_steps import AutoLocalSteps, FixedLocalSteps
 from spark_nn.ml.training.progress import Progress
-from spark_nn.ml.training.rounds import RDDRounds
+from spark_nn.ml.training.rounds import RDDRounds, payload_bytes
 from spark_nn.ml.training.summary import TrainingSummary
-from spark_nn.ml.training.worker import RoundTask, StepSampler, state_keys
+from spark_nn.ml.training.worker import RoundTask, StepSampler
+from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import Schedule, make_optimizer
 
 log = logging.getLogger("spark_nn")
@@ -30,6 +31,10 @@ class DistributedTrainer:
     from the driver's weights and optimizer state (the schedule's learning rate at each step),
     and the driver averages the resulting weights and optimizer states, weighted by rows: one
     job per k steps. local_steps: an int k, or 'auto' (AutoLocalSteps)."""
+
+    # a local round of a model with an Embedding table ships only the table rows it touches
+    # (False ships every row: the same bits, more bytes; tests compare the two)
+    SHIP_TOUCHED_ROWS = True
 
     def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
@@ -57,39 +62,97 @@ class DistributedTrainer:
         self.last_checkpoint = None
         self.resumed_from = None
         self.rounds = (ConnectRounds if data.connect else RDDRounds)(data, aggregation_depth, description)
+        # a model with an Embedding table: which rows the next round touches, as the round before
+        # it reported them ((epoch, first step, k), sorted int32 rows), so only those are shipped
+        self.net = Sequential.from_config(model_config)
+        self.sparse_rounds = self.net.table is not None
+        self._following = (None, None)
+        self.shipped_bytes = 0
 
     # ------------------------------------------------------------ one round
-    def _job(self, weights, epoch, first_step, k, validate=False):
-        """One round (a Spark job) summed over the partitions into (loss sum, vector sum, rows,
-        correct, task seconds, validation loss sum, validation rows, validation correct); see
-        worker.RoundTask for what k and validate mean."""
+    def _job(self, weights, epoch, first_step, k, validate=False, next_round=None):
+        """One round (a Spark job) summed over the partitions into the result tuple of
+        worker.ZERO (loss sum, vector sum, rows, correct, task seconds, validation loss sum,
+        validation rows, validation correct, table rows touched, next round's table rows), and
+        the table rows it shipped (None: every parameter); see worker.RoundTask for what k and
+        validate mean. next_round: the (epoch, first step, k) that follows, whose table rows
+        the tasks report so that round ships only those."""
         task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.classification,
-                         self.optimizer.config(), epoch, first_step, k, validate)
-        payload = {"w": weights.tobytes()}
-        if k > 1:
-            payload["state"] = self.optimizer.state_dict()
-        return self.rounds.run(task, payload)
+                         self.optimizer.config(), epoch, first_step, k, validate, next_round)
+        planned, rows = self._following
+        if not (k > 1 and not validate and planned == (epoch, first_step, k)):
+            rows = None
+        if rows is None:
+            payload = {"w": weights.tobytes()}
+            if k > 1:
+                payload["state"] = self.optimizer.state_dict()
+        else:
+            active = self.net.active_index(rows)
+            self.optimizer.init_state(weights)
+            state = {"t": np.array(self.optimizer.t, dtype=np.int64)}
+            for key in self.optimizer.state_keys():
+                state[key] = getattr(self.optimizer, key)[active]
+            payload = {"w": weights[active].tobytes(), "rows": rows.tobytes(), "state": state}
+        self.shipped_bytes += payload_bytes(payload)
+        result = self.rounds.run(task, payload)
+        self._following = (next_round, result[9])
+        return result, rows
+
+    def _next_round(self, epoch, step, k):
+        """(epoch, first step, k) of the round after this one when it is a local round that can
+        ship table rows only (not a validation round), for a model with a table; else None."""
+        if not (self.sparse_rounds and self.SHIP_TOUCHED_ROWS):
+            return None
+        following = self.local_steps.peek(self.summary.totalIterations + k)
+        steps = self.sampler.steps_per_epoch
+        if following is None or following < 2:
+            return None
+        if step + k < steps:
+            return epoch, step + k, min(following, steps - step - k)
+        if epoch + 1 < self.epochs and not self.has_validation:
+            return epoch + 1, 0, min(following, steps)
+        return None
 
     def gradient(self, weights, epoch, step):
         """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
         minibatch, summed over the partitions by treeAggregate."""
-        return self._job(weights, epoch, step, 1)[:5]
+        return self._job(weights, epoch, step, 1)[0][:5]
 
-    def _average_round(self, weights, vec, n, k):
-        """Takes the rows-weighted mean of the partitions' weights and optimizer states."""
+    def _sync_step(self, weights, result):
+        """The driver's optimizer step on a synchronous round's gradient sum: lazy in the table
+        (only the rows the minibatches touched), as Sequential.train_step is in one process."""
+        vec, n = result[1], result[2]
+        active = self.net.active_index(result[8]) if self.sparse_rounds else None
+        if active is None:
+            self.optimizer.step(weights, vec / np.float32(n))
+        else:
+            self.optimizer.step(weights, vec[active] / np.float32(n), active=active)
+
+    def _average_round(self, weights, result, k, shipped_rows):
+        """Takes the rows-weighted mean of the partitions' weights and optimizer states. The
+        vector covers every parameter, or model.active_index(shipped_rows); with a table, only
+        the entries of the rows the round touched are written (the others did not change on
+        any partition), so a round gives the same bits whichever way it was shipped."""
+        vec, n = result[1], result[2]
         mean = vec / np.float32(n)
-        size = weights.size
-        weights[:] = mean[:size]
-        state = self.optimizer.state_dict()
-        state["t"] = np.array(int(state["t"]) + k, dtype=np.int64)
-        keys = state_keys(self.optimizer)
-        for i, key in enumerate(keys):
-            state[key] = mean[size * (i + 1):size * (i + 2)].copy()
-        self.optimizer.load_state_dict(state)
+        update = self.net.active_index(result[8]) if self.sparse_rounds else None
+        cover = None if shipped_rows is None else self.net.active_index(shipped_rows)
+        self.optimizer.init_state(weights)
+        self.optimizer.t += k
+        size = weights.size if cover is None else len(cover)
+        targets = [weights] + [getattr(self.optimizer, key) for key in self.optimizer.state_keys()]
+        for i, target in enumerate(targets):
+            block = mean[size * i:size * (i + 1)]
+            if cover is not None:
+                target[cover] = block
+            elif update is not None:
+                target[update] = block[update]
+            else:
+                target[:] = block
 
     def _evaluate(self, weights):
         """(mean loss, accuracy) over the validation rows with these weights, in a job of its own."""
-        return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True))
+        return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True)[0])
 
     def _validation_metrics(self, result):
         loss, n, correct = result[5:8]
@@ -104,15 +167,16 @@ class DistributedTrainer:
         sum, rows, correct, largest k used)."""
         steps = self.sampler.steps_per_epoch
         tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
+        self._epoch_rounds, shipped_before = 0, self.shipped_bytes
         step = 0
         while step < steps:
             k = min(self.local_steps.next_round(self.summary.totalIterations), steps - step)
-            self.summary.localStepsAuto = getattr(self.local_steps, "choice", None)
             self.rounds.describe(f"{self.description}: epoch {epoch + 1}/{self.epochs}, "
                                       f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else "")
                                       + (f", validation of epoch {epoch}" if pending else ""))
             t0 = time.perf_counter()
-            result = self._job(weights, epoch, step, k, validate=pending is not None)
+            result, shipped_rows = self._job(weights, epoch, step, k, validate=pending is not None,
+                                             next_round=self._next_round(epoch, step, k))
             loss, vec, n, correct, task_seconds = result[:5]
             if pending is not None:
                 pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
@@ -123,20 +187,26 @@ class DistributedTrainer:
             self._check_loss(loss, n, epoch, step)
             if k == 1:
                 if n:
-                    self.optimizer.step(weights, vec / np.float32(n))
+                    self._sync_step(weights, result)
             elif n:
-                self._average_round(weights, vec, n, k)
+                self._average_round(weights, result, k, shipped_rows)
             else:
                 self.optimizer.t += k
-            self.local_steps.observe(k, time.perf_counter() - t0, task_seconds)
+            seconds = time.perf_counter() - t0
+            self.local_steps.observe(k, seconds, task_seconds)
+            log.debug("%s: round of %d steps at epoch %d step %d: %.1f ms, tasks %.1f ms, %s table rows shipped",
+                      self.description, k, epoch + 1, step + 1, seconds * 1e3, task_seconds * 1e3,
+                      "all" if shipped_rows is None else len(shipped_rows))
             if n:
                 self.summary.objectiveHistory.append(loss / n)
                 self.summary.objectiveSteps.append(self.summary.totalIterations + k)
                 tot_loss, tot_n, tot_correct = tot_loss + loss, tot_n + n, tot_correct + correct
             self.summary.totalIterations += k
+            self._epoch_rounds += 1
             k_used = max(k_used, k)
             step += k
             progress.update(k, f"epoch {epoch + 1}/{self.epochs} loss {loss / max(n, 1):.4f}")
+        self._epoch_payload = (self.shipped_bytes - shipped_before) / max(self._epoch_rounds, 1)
         return tot_loss, tot_n, tot_correct, k_used
 
     def _finish_epoch(self, record, weights, progress):
@@ -215,7 +285,8 @@ class DistributedTrainer:
                 if self.has_validation:
                     record["val_loss"] = record["val_accuracy"] = None
                 record.update(seconds=time.perf_counter() - t0, steps=self.sampler.steps_per_epoch,
-                              local_steps=k_used)
+                              local_steps=k_used, rounds=self._epoch_rounds,
+                              payload_mb=self._epoch_payload / 1e6)
                 if self.has_validation and epoch + 1 < self.epochs:
                     pending = record  # validated by the next epoch's first job
                     continue
@@ -227,6 +298,7 @@ class DistributedTrainer:
                     break
         finally:
             self.rounds.describe(None)
+        self.summary.localStepsAuto = getattr(self.local_steps, "choice", None)
         if self.patience and self.has_validation:
             self.summary.bestEpoch = self._best[2]
             return self._best[1]

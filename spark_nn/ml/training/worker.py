@@ -65,39 +65,56 @@ def _permutation(seed, epoch, partition, n):
 
 
 # A task's result: (loss sum, vector or None, rows, correct, seconds, validation loss sum,
-# validation rows, validation correct); None is an absent vector.
-ZERO = (0.0, None, 0, 0, 0.0, 0.0, 0, 0)
+# validation rows, validation correct, table rows, next table rows); None is an absent vector.
+# The table rows (sorted int32 ids, or None) are, for a model with an Embedding table, the rows
+# the round's minibatches touch, and those the next round's will touch when the task was told
+# which round follows (so the driver ships only those rows to it).
+ZERO = (0.0, None, 0, 0, 0.0, 0.0, 0, 0, None, None)
+
+
+def _union(a, b):
+    return b if a is None else (a if b is None else np.union1d(a, b).astype(np.int32))
 
 
 def add_results(a, b):
-    """Sum of two results; seconds (the tasks' compute time) combine by max, as parallel tasks do."""
+    """Sum of two results; seconds (the tasks' compute time) combine by max, as parallel tasks
+    do; table rows by union."""
     vec = b[1] if a[1] is None else (a[1] if b[1] is None else a[1] + b[1])
-    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]), a[5] + b[5], a[6] + b[6], a[7] + b[7])
+    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]), a[5] + b[5], a[6] + b[6], a[7] + b[7],
+            _union(a[8], b[8]), _union(a[9], b[9]))
 
 
-def state_keys(optimizer):
-    """The optimizer's per-parameter state arrays that a local round averages (Adam's moments,
-    SGD's velocity), in a fixed order."""
-    if optimizer.name in ("adam", "adamw"):
-        return ["m", "v"]
-    if optimizer.name == "sgd" and optimizer.momentum:
-        return ["velocity"]
-    return []
+def table_rows(model, x, sampler, epoch, first_step, k, partition):
+    """Sorted int32 ids of the table rows that steps first_step .. first_step+k-1 of a partition
+    touch (ids outside the table are left to the layer's own error)."""
+    rows = [sampler.rows(partition, epoch, step) for step in range(first_step, first_step + k)]
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    ids = np.unique(batch_rows(x, np.sort(rows)).astype(np.int64)) if len(rows) else np.zeros(0, np.int64)
+    return ids[(ids >= 0) & (ids < model.table[1])].astype(np.int32)
 
 
 def _correct(out, yb, classification):
     return int(np.sum(np.argmax(out, axis=1) == yb)) if classification else 0
 
 
-def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, classification):
-    """(loss sum, gradient sum, rows, correct) of this partition's share of a step, or None
-    when it has no rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
+def minibatch(x, y, sampler, seed, epoch, step, partition, classification):
+    """(inputs, targets, dropout rng) of this partition's share of a step, or None when it has no
+    rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
     rows = sampler.rows(partition, epoch, step)
     if len(rows) == 0:
         return None
-    rng = np.random.default_rng([seed, epoch, step, partition, 1])
     xb = batch_rows(x, rows)
     yb = y[rows].astype(np.int64) if classification else xb
+    return xb, yb, np.random.default_rng([seed, epoch, step, partition, 1])
+
+
+def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, classification):
+    """(loss sum, gradient sum, rows, correct) of this partition's share of a step, or None
+    when it has no rows in that step."""
+    batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
+    if batch is None:
+        return None
+    xb, yb, rng = batch
     loss, grad, n = model.loss_and_grad(params, xb, yb, rng)
     return loss, grad, n, _correct(model.last_output, yb, classification)
 
@@ -124,24 +141,46 @@ def validation(model, weights, x, y, classification):
 
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
-                classification):
+                classification, shipped_rows=None):
     """(loss sum, rows x [trained weights, optimizer state arrays] or None, rows, correct) after
-    k steps of this partition's own from the given weights and optimizer state."""
-    w = weights.copy()
+    k steps of this partition's own from the given weights and optimizer state (in place on
+    the model's parameters: Sequential.train_step, lazy in an Embedding table).
+
+    shipped_rows: None when weights and state cover every parameter; else the sorted table rows
+    shipped, weights and state then covering model.active_index(shipped_rows): the only
+    entries the steps may read, and the only ones returned."""
     opt = optimizer_from_config(opt_cfg)
-    opt.load_state_dict(state)
+    active = None if shipped_rows is None else model.active_index(shipped_rows)
+    if active is None:
+        model.set_params(weights)
+        opt.load_state_dict(state)
+    else:
+        model.params[active] = weights  # the other table rows are stale; no step reads them
+        full = {"t": state["t"]}
+        for key in opt.state_keys():
+            full[key] = np.zeros(model.num_params, dtype=np.float32)
+            full[key][active] = state[key]
+        opt.load_state_dict(full)
+        shipped = np.zeros(model.table[1], dtype=bool)
+        shipped[shipped_rows] = True
     loss_sum, rows_seen, correct = 0.0, 0, 0
     for step in range(first_step, first_step + k):
-        result = minibatch_step(model, w, x, y, sampler, seed, epoch, step, partition, classification)
-        if result is None:
+        batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
+        if batch is None:
             continue
-        loss, grad, n, c = result
-        opt.step(w, grad / np.float32(n))
-        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + c
+        xb, yb, rng = batch
+        if active is not None and not shipped[xb.astype(np.int64).clip(0, len(shipped) - 1)].all():
+            raise RuntimeError(f"partition {partition}, epoch {epoch + 1}, step {step + 1}: the round's "
+                               "minibatch reads embedding rows that were not shipped to it")
+        loss, n = model.train_step(opt, xb, yb, rng)
+        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + _correct(model.last_output, yb,
+                                                                                           classification)
     if not rows_seen:
         return 0.0, None, 0, 0
-    state = [w] + [opt.state_dict()[key] for key in state_keys(opt)]
-    return loss_sum, np.concatenate(state) * np.float32(rows_seen), rows_seen, correct
+    arrays = [model.params] + [getattr(opt, key) for key in opt.state_keys()]
+    if active is not None:
+        arrays = [a[active] for a in arrays]
+    return loss_sum, np.concatenate(arrays) * np.float32(rows_seen), rows_seen, correct
 
 
 class RoundTask:
@@ -154,13 +193,16 @@ class RoundTask:
       shipped weights and optimizer state; the vector is rows x [its weights, its state arrays]."""
 
     def __init__(self, config_json, threads, sampler, seed, classification, opt_cfg, epoch, first_step, k,
-                 validate=False):
+                 validate=False, next_round=None):
         self.config_json, self.threads, self.sampler, self.seed = config_json, threads, sampler, seed
         self.classification, self.opt_cfg = classification, opt_cfg
         self.epoch, self.first_step, self.k, self.validate = epoch, first_step, k, validate
+        self.next_round = next_round  # (epoch, first step, k) of the round that follows, or None
 
     def __call__(self, partition, blocks, payload):
-        """Yields the partition's result; payload: {"w": raw float32 bytes[, "state": dict]}."""
+        """Yields the partition's result; payload: {"w": raw float32 bytes[, "state": dict]
+        [, "rows": raw int32 table rows]}: with "rows", w and the state arrays hold only the
+        entries of model.active_index(rows)."""
         t0 = time.perf_counter()
         epoch, first, k, classification = self.epoch, self.first_step, self.k, self.classification
         steps = range(first, first + k)
@@ -173,13 +215,20 @@ class RoundTask:
             model = worker_model(self.config_json, self.threads)
             # the weights as shipped: a read-only view of the raw bytes, no pickled array, no copy
             w = np.frombuffer(payload["w"], dtype=np.float32)
+            rows = payload.get("rows")
+            rows = None if rows is None else np.frombuffer(rows, dtype=np.int32)
             val = validation(model, w, xv, yv, classification) if self.validate else (0.0, 0, 0)
             if k == 1:
                 result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition,
                                         classification) or (0.0, None, 0, 0)
             elif k > 1:
                 result = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler, self.seed,
-                                     epoch, first, k, partition, classification)
+                                     epoch, first, k, partition, classification, rows)
             else:
                 result = (0.0, None, 0, 0)
-            yield result + (time.perf_counter() - t0,) + val
+            touched = following = None
+            if model.table is not None and k >= 1:
+                touched = table_rows(model, x, self.sampler, epoch, first, k, partition)
+                if self.next_round is not None:
+                    following = table_rows(model, x, self.sampler, *self.next_round, partition)
+            yield result + (time.perf_counter() - t0,) + val + (touched, following)
