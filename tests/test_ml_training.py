@@ -147,16 +147,17 @@ def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choi
     # the warm-up doubles, depends on the steps done only, and ends at its 37 steps
     assert ramp == [1, 2, 4, 8, 16, 6] and done == 37
     k = auto.next_round(done)
-    # 9 F / C = 90 -> the next power of two; 64 would leave Spark 13.5 % of a round
-    assert k == 128 and auto.next_round(10 ** 6) == 128
+    # 9 F / C = 90 -> 20 equal rounds of 94 steps an epoch; 21 rounds (90 steps) would leave
+    # Spark more than 10 % of a round
+    assert k == 94 and auto.next_round(10 ** 6) == 94
     choice = auto.choice
-    assert choice["k"] == 128 and choice["warmupRounds"] == 6
+    assert choice["k"] == 94 and choice["warmupRounds"] == 6
     assert choice["fixedMs"] == pytest.approx(80.5, abs=0.51) and choice["computeMs"] == pytest.approx(8.0)
-    assert choice["sparkShare"] <= 0.10 < 80 / (80 + 64 * 8)
+    assert choice["sparkShare"] <= 0.10 < 80.5 / (80.5 + 90 * 8)
     # a checkpoint keeps the choice
     again = AutoLocalSteps(1875, 3750)
     again.load_state(auto.state())
-    assert again.next_round(0) == 128 and again.choice == choice
+    assert again.next_round(0) == 94 and again.choice == choice
     # capped at an epoch
     short = AutoLocalSteps(steps_per_epoch=45)
     done = 0

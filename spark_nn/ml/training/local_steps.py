@@ -37,8 +37,9 @@ class AutoLocalSteps:
     power of two not above the steps done so far, plus one), which also measure what a round
     costs beyond its tasks' compute (Spark's fixed cost F: scheduling, shipping the payload,
     result transfer, the driver's update) and the compute C of one step; then, for the rest of
-    the fit, local rounds of k steps with k the smallest power of two for which F is at most a
-    tenth of a round: F / (F + k C) <= 1/10, i.e. k >= 9 F / C, at most the steps of an epoch.
+    the fit, local rounds of k steps with F at most a tenth of a round: F / (F + k C) <= 1/10,
+    i.e. k >= 9 F / C; the epoch is cut into as many equal rounds as that allows (at most one
+    round an epoch).
     k is chosen once, so the rest of the fit does not depend on timing noise, and a checkpoint
     keeps it. The warm-up's k depends only on the steps done, never on timing.
 
@@ -82,7 +83,10 @@ class AutoLocalSteps:
         fixed = float(np.median([f for f, _ in self.samples]))
         compute = max(float(np.median([c for _, c in self.samples])), 1e-6)
         need = (1 - self.FIXED_SHARE) / self.FIXED_SHARE * fixed / compute
-        k = max(1, min(1 << max(0, math.ceil(math.log2(max(need, 1.0)))), self.steps_per_epoch))
+        # as many equal rounds an epoch as keep each at k >= need: no short tail round paying a
+        # whole round's fixed cost for a few steps
+        rounds = max(1, int(self.steps_per_epoch // max(need, 1.0)))
+        k = math.ceil(self.steps_per_epoch / rounds)
         log.info("spark_nn: localSteps auto: fixed cost %.1f ms, compute %.1f ms per step -> k = %d",
                  fixed * 1e3, compute * 1e3, k)
         self.choice = {"fixedMs": fixed * 1e3, "computeMs": compute * 1e3, "sparkShare": fixed / (fixed + k * compute),
