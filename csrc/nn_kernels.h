@@ -45,6 +45,12 @@ int nn_isa_cap(const char *name); /* level of a SPARK_NN_ISA value, -1 if unknow
 
 void nn_set_reference(int on);
 int nn_get_reference(void);
+/* Kernels run with denormals flushed to zero (FTZ/DAZ; see common.c): a caller brackets each
+ * kernel call with old = nn_fp_enter() ... nn_fp_leave(old). nn_flush_denormals(0) turns it
+ * off (also in the OpenMP threads); returns 1 where the CPU has the switch. */
+unsigned nn_fp_enter(void);
+void nn_fp_leave(unsigned old);
+int nn_flush_denormals(int on);
 /* Threads a kernel will use right now (1 in reference mode and in a forked child of a process
  * that ran multi-threaded kernels: see common.c). */
 int nn_threads(void);
@@ -106,6 +112,9 @@ int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *ar
 /* ---- optim.c: one pass over the flat parameter vector p[n], gradient g, Adam moments m, v */
 int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1, float b2,
                 float eps, float l2, float decay);
+/* the same at the sorted, distinct entries idx[n] of p, m, v only; g[i] is the gradient at idx[i] */
+int adam_update_at(size_t n, const int64_t *idx, float *p, const float *g, float *m, float *v, float step,
+                   float b1, float b2, float eps, float l2, float decay);
 /* sum of x[i]^2 in double, independent of the thread count; partial: sum_squares_partials(n) */
 size_t sum_squares_partials(size_t n);
 double sum_squares(size_t n, const float *x, double *partial);

@@ -50,6 +50,37 @@ int adam_update(size_t n, float *p, const float *g, float *m, float *v, float st
     return NN_OK;
 }
 
+/* Lazy Adam: the same update at the entries idx[0..n) of p, m, v (sorted, distinct), with
+ * g[i] the gradient at p[idx[i]]; the other entries do not change. The same float operations
+ * as adam_range, so an entry gets the bits that the dense update gives it. */
+NN_MULTI_VOID(adam_at_range, (size_t a, size_t b, const int64_t *idx, float *p, const float *g, float *m,
+                              float *v, float step, float b1, float b2, float eps, float l2, float decay),
+              (a, b, idx, p, g, m, v, step, b1, b2, eps, l2, decay), {
+    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+    for (size_t i = a; i < b; i++) {
+        const int64_t j = idx[i];
+        float gi = l2 != 0.0f ? g[i] + l2 * p[j] : g[i];
+        float mi = m[j] * b1 + c1 * gi, vi = v[j] * b2 + c2 * gi * gi;
+        m[j] = mi;
+        v[j] = vi;
+        p[j] = p[j] * decay - step * mi / (sqrtf(vi) + eps);
+    }
+})
+
+int adam_update_at(size_t n, const int64_t *idx, float *p, const float *g, float *m, float *v, float step,
+                   float b1, float b2, float eps, float l2, float decay) {
+    int nt = n < NN_OPT_PAR_MIN ? 1 : nn_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        int r0, r1;
+        nn_split((int)((n + 1023) / 1024), NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+        size_t a = (size_t)r0 * 1024, b = (size_t)r1 * 1024;
+        if (b > n) b = n;
+        if (a < b) adam_at_range(a, b, idx, p, g, m, v, step, b1, b2, eps, l2, decay);
+    }
+    return NN_OK;
+}
+
 /* Sum of squares of x[n] in double, for gradient-norm clipping. Blocks of NN_SQ_BLOCK
  * elements (fixed by n) each sum into 8 lanes in a fixed order; the blocks' sums land in
  * partial[(n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK] and are added in block order, so the result

@@ -24,6 +24,9 @@ cdef extern from "nn_kernels.h" nogil:
     int nn_isa_cap(const char *name)
     void nn_set_reference(int on)
     int nn_get_reference()
+    unsigned nn_fp_enter()
+    void nn_fp_leave(unsigned old)
+    int nn_flush_denormals(int on)
     int nn_threads()
     int nn_fork_capped()
     void nn_gemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
@@ -52,6 +55,8 @@ cdef extern from "nn_kernels.h" nogil:
                            float *dx)
     int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1,
                     float b2, float eps, float l2, float decay)
+    int adam_update_at(size_t n, const int64_t *idx, float *p, const float *g, float *m, float *v, float step,
+                       float b1, float b2, float eps, float l2, float decay)
     size_t sum_squares_partials(size_t n)
     double sum_squares(size_t n, const float *x, double *partial)
     int gather_u8_scaled(int64_t n, int64_t d, const uint8_t *src, int64_t m, const int64_t *rows,
@@ -123,6 +128,10 @@ def set_reference(bint on):
     nn_set_reference(on)
 
 
+def flush_denormals(bint on):
+    return bool(nn_flush_denormals(on))
+
+
 def get_reference():
     return bool(nn_get_reference())
 
@@ -140,8 +149,11 @@ def gemm(bint ta, bint tb, int M, int N, int K, float alpha, A, int lda, B, int 
     cdef float *a = F(A)
     cdef float *b = F(B)
     cdef float *c = F(C)
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         nn_gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc)
+        nn_fp_leave(csr)
 
 
 def act_forward(int kind, x, y):
@@ -149,8 +161,11 @@ def act_forward(int kind, x, y):
     cdef float *px = F(x)
     cdef float *py = F(y)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = activation_forward(kind, n, px, py)
+        nn_fp_leave(csr)
     check(rc, "activation_forward")
 
 
@@ -160,8 +175,11 @@ def act_backward(int kind, y, dy, dx):
     cdef float *pdy = F(dy)
     cdef float *pdx = F(dx)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = activation_backward(kind, n, py, pdy, pdx)
+        nn_fp_leave(csr)
     check(rc, "activation_backward")
 
 
@@ -171,8 +189,11 @@ def dense_fwd(int N, int IN, int OUT, x, w, b, y):
     cdef float *pb = F(b)
     cdef float *py = F(y)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = dense_forward(N, IN, OUT, px, pw, pb, py)
+        nn_fp_leave(csr)
     check(rc, "dense_forward")
 
 
@@ -184,8 +205,11 @@ def dense_bwd(int N, int IN, int OUT, x, w, dy, dx, dw, db):
     cdef float *pdw = F(dw)
     cdef float *pdb = F(db)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = dense_backward(N, IN, OUT, px, pw, pdy, pdx, pdw, pdb)
+        nn_fp_leave(csr)
     check(rc, "dense_backward")
 
 
@@ -193,8 +217,11 @@ def softmax_fwd(int N, int C, logits, probs):
     cdef float *pz = F(logits)
     cdef float *pp = F(probs)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = softmax_forward(N, C, pz, pp)
+        nn_fp_leave(csr)
     check(rc, "softmax_forward")
 
 
@@ -206,8 +233,11 @@ def softmax_xent(int N, int C, logits, labels, class_weight, probs, row_loss, dl
     cdef float *pl = F(row_loss)
     cdef float *pd = F(dlogits)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = softmax_xent_forward_backward(N, C, pz, py, pw, pp, pl, pd)
+        nn_fp_leave(csr)
     check(rc, "softmax_xent")
 
 
@@ -237,8 +267,11 @@ def conv2d_fwd(tuple dims, x, w, b, y, ws):
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = conv2d_forward(&s, px, pw, pb, py, pws, n)
+        nn_fp_leave(csr)
     check(rc, "conv2d_forward")
 
 
@@ -253,8 +286,11 @@ def conv2d_bwd(tuple dims, x, w, dy, dx, dw, db, ws):
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, pws, n)
+        nn_fp_leave(csr)
     check(rc, "conv2d_backward")
 
 
@@ -265,8 +301,11 @@ def conv2d_direct(tuple dims, x, w, b, y):
     cdef float *pb = F(b)
     cdef float *py = F(y)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = conv2d_forward_direct(&s, px, pw, pb, py)
+        nn_fp_leave(csr)
     check(rc, "conv2d_forward_direct")
 
 
@@ -288,8 +327,11 @@ def maxpool2d_fwd(tuple dims, x, y, argmax):
     cdef float *py = F(y)
     cdef int32_t *pa = I(argmax)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = maxpool2d_forward(&s, px, py, pa)
+        nn_fp_leave(csr)
     check(rc, "maxpool2d_forward")
 
 
@@ -299,8 +341,11 @@ def maxpool2d_bwd(tuple dims, dy, argmax, dx):
     cdef int32_t *pa = I(argmax)
     cdef float *pdx = F(dx)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = maxpool2d_backward(&s, pdy, pa, pdx)
+        nn_fp_leave(csr)
     check(rc, "maxpool2d_backward")
 
 
@@ -320,8 +365,11 @@ def rnn_fwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih,
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = rnn_forward(act, N, T, D, H, px, psp, ph0, pwi, pwh, pbi, pbh, phs, pws, n)
+        nn_fp_leave(csr)
     check(rc, "rnn_forward")
 
 
@@ -343,9 +391,12 @@ def rnn_bwd(int act, int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, d
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = rnn_backward(act, N, T, D, H, px, psp, ph0, pwi, pwh, phs, pdhs, pdx, pdh0, pdwi, pdwh,
                           pdbi, pdbh, pws, n)
+        nn_fp_leave(csr)
     check(rc, "rnn_backward")
 
 
@@ -368,8 +419,11 @@ def lstm_fwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, b_ih, b_h
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = lstm_forward(N, T, D, H, px, psp, ph0, pc0, pwi, pwh, pbi, pbh, phs, pcs, pg, pws, n)
+        nn_fp_leave(csr)
     check(rc, "lstm_forward")
 
 
@@ -396,9 +450,12 @@ def lstm_bwd(int N, int T, int D, int H, x, spans, h0, c0, w_ih, w_hh, hs, cs, g
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = lstm_backward(N, T, D, H, px, psp, ph0, pc0, pwi, pwh, phs, pcs, pg, pdhs, pdcT, pdx,
                            pdh0, pdc0, pdwi, pdwh, pdbi, pdbh, pws, n)
+        nn_fp_leave(csr)
     check(rc, "lstm_backward")
 
 
@@ -420,8 +477,11 @@ def gru_fwd(int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, b_ih, b_hh, hs
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = gru_forward(N, T, D, H, px, psp, ph0, pwi, pwh, pbi, pbh, phs, pg, phn, pws, n)
+        nn_fp_leave(csr)
     check(rc, "gru_forward")
 
 
@@ -445,9 +505,12 @@ def gru_bwd(int N, int T, int D, int H, x, spans, h0, w_ih, w_hh, hs, gates, hn,
     cdef float *pws = F(ws)
     cdef size_t n = ws.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = gru_backward(N, T, D, H, px, psp, ph0, pwi, pwh, phs, pg, phn, pdhs, pdx, pdh0, pdwi,
                           pdwh, pdbi, pdbh, pws, n)
+        nn_fp_leave(csr)
     check(rc, "gru_backward")
 
 
@@ -458,9 +521,28 @@ def adam_upd(p, g, m, v, float step, float b1, float b2, float eps, float l2, fl
     cdef float *pv = F(v)
     cdef size_t n = p.size
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = adam_update(n, pp, pg, pm, pv, step, b1, b2, eps, l2, decay)
+        nn_fp_leave(csr)
     check(rc, "adam_update")
+
+
+def adam_upd_at(idx, p, g, m, v, float step, float b1, float b2, float eps, float l2, float decay):
+    cdef const int64_t *pi = <const int64_t *>cnp.PyArray_DATA(idx)
+    cdef float *pp = F(p)
+    cdef float *pg = F(g)
+    cdef float *pm = F(m)
+    cdef float *pv = F(v)
+    cdef size_t n = idx.size
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = adam_update_at(n, pi, pp, pg, pm, pv, step, b1, b2, eps, l2, decay)
+        nn_fp_leave(csr)
+    check(rc, "adam_update_at")
 
 
 def sum_sq(x):
@@ -470,8 +552,11 @@ def sum_sq(x):
     cdef float *px = F(x)
     cdef double *pp = <double *>cnp.PyArray_DATA(partial)
     cdef double s
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         s = sum_squares(n, px, pp)
+        nn_fp_leave(csr)
     return s
 
 
@@ -485,8 +570,11 @@ def gather_u8(src, rows, float scale, out):
     cdef const int64_t *pr = NULL if rows is None else <const int64_t *>cnp.PyArray_DATA(rows)
     cdef float *po = F(out)
     cdef int rc
+    cdef unsigned csr
     with nogil:
+        csr = nn_fp_enter()
         rc = gather_u8_scaled(n, d, ps, m, pr, scale, po)
+        nn_fp_leave(csr)
     check(rc, "gather_u8_scaled")
 
 

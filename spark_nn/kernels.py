@@ -446,3 +446,18 @@ def adam_update(params, grad, m, v, step, beta1, beta2, eps, l2, decay):
         _out(name, a, shape)
     grad = check_array("grad", grad, shape)
     _kernels.adam_upd(params, grad, m, v, step, beta1, beta2, eps, l2, decay)
+
+
+def adam_update_at(params, grad, m, v, index, step, beta1, beta2, eps, l2, decay):
+    """adam_update at the entries ``index`` of params, m and v only (lazy Adam): index sorted,
+    distinct int64 flat positions, grad[i] the gradient at index[i]; the same bits per entry."""
+    shape = _shape_of(params)
+    for name, a in (("params", params), ("m", m), ("v", v)):
+        _out(name, a, shape)
+    index = np.asarray(index)
+    if index.dtype != np.int64 or index.ndim != 1 or not index.flags.c_contiguous:
+        raise ValueError(f"index must be a C-contiguous 1-D int64 array, got {index.dtype} {_fmt(index.shape)}")
+    if index.size and (index[0] < 0 or index[-1] >= params.size or np.any(index[1:] <= index[:-1])):
+        raise ValueError(f"index must be sorted, distinct positions in [0, {params.size})")
+    grad = check_array("grad", grad, index.shape)
+    _kernels.adam_upd_at(index, params, grad, m, v, step, beta1, beta2, eps, l2, decay)

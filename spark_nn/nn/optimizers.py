@@ -190,18 +190,35 @@ class Adam(Optimizer):
     def state_keys(self):
         return ["m", "v"]
 
-    def _update(self, params, grad, lr):
-        """One fused pass in C (csrc/optim.c); _update_reference is the same in numpy."""
-        if self.m is None:
-            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
+    def _coefficients(self, lr):
+        """(bias-corrected step, coupled L2, decoupled decay factor) of this step, as float32."""
         t = self.t + 1
         step = lr * np.float32(math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t))
         l2 = np.float32(self.weight_decay) if self.weight_decay and not self.decoupled else np.float32(0)
         decay = np.float32(1 - lr * self.weight_decay) if self.weight_decay and self.decoupled else np.float32(1)
-        if not (params.dtype == grad.dtype == np.float32 and params.flags.c_contiguous and grad.flags.c_contiguous
-                and params.shape == grad.shape):
+        return step, l2, decay
+
+    @staticmethod
+    def _fused(params, grad):
+        return params.dtype == grad.dtype == np.float32 and params.flags.c_contiguous and grad.flags.c_contiguous
+
+    def _update(self, params, grad, lr):
+        """One fused pass in C (csrc/optim.c); _update_reference is the same in numpy."""
+        if self.m is None:
+            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
+        if not (self._fused(params, grad) and params.shape == grad.shape):
             return self._update_reference(params, grad, lr)
+        step, l2, decay = self._coefficients(lr)
         K.adam_update(params, grad, self.m, self.v, step, self.beta1, self.beta2, self.eps, l2, decay)
+
+    def _update_active(self, params, grad, lr, active):
+        """The lazy step in one pass in C over the active entries (no gathered copies)."""
+        if not (self._fused(params, grad) and params.ndim == 1 and isinstance(active, np.ndarray)
+                and active.dtype == np.int64):
+            return super()._update_active(params, grad, lr, active)
+        self.init_state(params)
+        step, l2, decay = self._coefficients(lr)
+        K.adam_update_at(params, grad, self.m, self.v, active, step, self.beta1, self.beta2, self.eps, l2, decay)
 
     def _update_reference(self, params, grad, lr):
         if self.weight_decay and not self.decoupled:
