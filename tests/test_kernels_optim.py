@@ -5,7 +5,7 @@ import pytest
 
 
 @pytest.mark.parametrize("name,kw", [("adam", {}), ("adam", {"weight_decay": 0.01}), ("adamw", {"weight_decay": 0.05})])
-@pytest.mark.parametrize("n", [1, 13, 70001])
+@pytest.mark.parametrize("n", [1, 13, (1 << 20) + 3])  # the last one runs on a thread team
 def test_fused_adam_kernel_equals_the_numpy_reference_bitwise(rng, name, kw, n, threads):
     """csrc/optim.c's one-pass update against Adam._update_reference (numpy), for any thread count."""
     from spark_nn.nn.optimizers import make_optimizer
@@ -26,7 +26,7 @@ def test_fused_adam_kernel_equals_the_numpy_reference_bitwise(rng, name, kw, n, 
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("n", [0, 1, 9, 16384, 16385, 100003])
+@pytest.mark.parametrize("n", [0, 1, 9, 16384, 16385, 100003, (1 << 20) + 5])
 def test_sum_of_squares_kernel(rng, n, threads):
     from spark_nn import _kernels
 
@@ -40,7 +40,7 @@ def test_sum_of_squares_kernel(rng, n, threads):
 
 
 @pytest.mark.parametrize("l2,decay", [(0.0, 1.0), (0.01, 1.0), (0.0, 0.999)])
-@pytest.mark.parametrize("n", [1, 300, 70001])
+@pytest.mark.parametrize("n", [1, 300, 1_500_007])  # the last one: over 2^20 active entries, a thread team
 def test_adam_at_the_active_entries_gives_the_dense_update_bits_there_and_nothing_elsewhere(rng, l2, decay, n,
                                                                                            threads):
     from spark_nn import kernels as K

@@ -150,14 +150,25 @@ def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choi
     # 9 F / C = 90 -> 20 equal rounds of 94 steps an epoch; 21 rounds (90 steps) would leave
     # Spark more than 10 % of a round
     assert k == 94 and auto.next_round(10 ** 6) == 94
-    choice = auto.choice
+    choice = dict(auto.choice)
     assert choice["k"] == 94 and choice["warmupRounds"] == 6
     assert choice["fixedMs"] == pytest.approx(80.5, abs=0.51) and choice["computeMs"] == pytest.approx(8.0)
     assert choice["sparkShare"] <= 0.10 < 80.5 / (80.5 + 90 * 8)
+    # k is not final until rounds of 94 steps have been measured: the next round's k is unknown
+    assert auto.peek(done) is None
+    # the real rounds cost more (their payload): F 160 ms -> 9 F / C = 180: 10 rounds of 188
+    for _ in range(auto.REVISE_ROUNDS):
+        auto.observe(94, 0.160 + 0.008 * 94, 0.008 * 94)
+    assert auto.next_round(10 ** 6) == auto.peek(10 ** 6) == 188
+    assert auto.choice["warmupK"] == 94 and auto.choice["k"] == 188 and auto.choice["measuredRounds"] == 2
+    assert auto.choice["fixedMs"] == pytest.approx(160.0) and auto.choice["sparkShare"] <= 0.10
+    for _ in range(3):  # and then final, whatever later rounds measure
+        auto.observe(188, 5.0, 0.008 * 188)
+    assert auto.next_round(10 ** 6) == 188
     # a checkpoint keeps the choice
     again = AutoLocalSteps(1875, 3750)
     again.load_state(auto.state())
-    assert again.next_round(0) == 94 and again.choice == choice
+    assert again.next_round(0) == 188 and again.peek(0) == 188 and again.choice == auto.choice
     # capped at an epoch
     short = AutoLocalSteps(steps_per_epoch=45)
     done = 0
@@ -166,6 +177,10 @@ def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choi
         short.observe(k, 0.1 + 0.001 * k, 0.001 * k)
         done += k
     assert short.next_round(done) == 45 and short.choice["k"] == 45
+    # a checkpoint taken before the real rounds were measured: they are measured after resuming
+    resumed = AutoLocalSteps(steps_per_epoch=45)
+    resumed.load_state(short.state())
+    assert resumed.peek(0) is None and resumed.pending == resumed.REVISE_ROUNDS
 
 
 def test_training_rows_are_dealt_over_the_cores_when_validation_rows_have_partitions_of_their_own(spark):

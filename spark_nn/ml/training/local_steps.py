@@ -36,18 +36,21 @@ class AutoLocalSteps:
     """localSteps = 'auto' (post-local SGD): warm-up rounds of 1, 2, 4, ... steps (the largest
     power of two not above the steps done so far, plus one), which also measure what a round
     costs beyond its tasks' compute (Spark's fixed cost F: scheduling, shipping the payload,
-    result transfer, the driver's update) and the compute C of one step; then, for the rest of
-    the fit, local rounds of k steps with F at most a tenth of a round: F / (F + k C) <= 1/10,
-    i.e. k >= 9 F / C; the epoch is cut into as many equal rounds as that allows (at most one
-    round an epoch).
-    k is chosen once, so the rest of the fit does not depend on timing noise, and a checkpoint
-    keeps it. The warm-up's k depends only on the steps done, never on timing.
+    result transfer, the driver's update) and the compute C of one step; then local rounds of
+    k steps with F at most a tenth of a round: F / (F + k C) <= 1/10, i.e. k >= 9 F / C; the
+    epoch is cut into as many equal rounds as that allows (at most one round an epoch). The
+    first REVISE_ROUNDS rounds at that k measure F and C again on the rounds the fit actually
+    runs (their payload: e.g. an Embedding round ships the rows of k steps, more than a warm-up
+    round's), and k is chosen again from them, once, for the rest of the fit; so the rest of the
+    fit does not depend on timing noise, and a checkpoint keeps k. The warm-up's k depends only
+    on the steps done, never on timing.
 
     Why: a quarter (used before) left a 60k-row epoch 1.3x longer for the same accuracy
     (k = 32 instead of 128), and a synchronous warm-up of 1 % of a 30-epoch fit on 60k rows
     was 562 rounds (about a minute of Spark's fixed cost); the doubling one takes 10."""
 
     FIXED_SHARE = 0.10
+    REVISE_ROUNDS = 2
 
     def __init__(self, steps_per_epoch, total_steps=None):
         self.steps_per_epoch = int(steps_per_epoch)
@@ -56,8 +59,10 @@ class AutoLocalSteps:
         # digits, 10 synchronous steps end as accurate as a whole synchronous first epoch)
         self.warmup = min(self.steps_per_epoch, max(10, total // 100))
         self.samples = []  # (fixed seconds, compute seconds per step) of the warm-up's rounds
+        self.real = []  # the same of the first rounds at the chosen k
+        self.pending = 0  # rounds at the chosen k still to measure before k is final
         self.k = None
-        self.choice = None  # what choose() measured and picked, for the summary
+        self.choice = None  # what was measured and picked, for the summary
 
     def next_round(self, done_steps):
         if self.k is None and done_steps >= self.warmup and self.samples:
@@ -73,34 +78,56 @@ class AutoLocalSteps:
 
     def peek(self, done_steps):
         """The k of the round starting after done_steps steps, or None while it depends on what
-        the warm-up still has to measure."""
+        is still to be measured."""
         if self.k is not None:
-            return self.k
+            return None if self.pending else self.k
         return None if done_steps >= self.warmup else self._ramp(done_steps)
 
-    def choose(self):
-        # medians: the first rounds include worker start-up and one-off costs
-        fixed = float(np.median([f for f, _ in self.samples]))
-        compute = max(float(np.median([c for _, c in self.samples])), 1e-6)
+    def _k_for(self, samples):
+        """(k, fixed s, compute s per step) from the medians of (fixed, compute) samples (medians:
+        the first rounds include worker start-up and one-off costs)."""
+        fixed = float(np.median([f for f, _ in samples]))
+        compute = max(float(np.median([c for _, c in samples])), 1e-6)
         need = (1 - self.FIXED_SHARE) / self.FIXED_SHARE * fixed / compute
         # as many equal rounds an epoch as keep each at k >= need: no short tail round paying a
         # whole round's fixed cost for a few steps
         rounds = max(1, int(self.steps_per_epoch // max(need, 1.0)))
-        k = math.ceil(self.steps_per_epoch / rounds)
+        return math.ceil(self.steps_per_epoch / rounds), fixed, compute
+
+    def choose(self):
+        k, fixed, compute = self._k_for(self.samples)
         log.info("spark_nn: localSteps auto: fixed cost %.1f ms, compute %.1f ms per step -> k = %d",
                  fixed * 1e3, compute * 1e3, k)
         self.choice = {"fixedMs": fixed * 1e3, "computeMs": compute * 1e3, "sparkShare": fixed / (fixed + k * compute),
-                       "warmupRounds": len(self.samples), "k": k}
+                       "warmupRounds": len(self.samples), "k": k, "warmupK": k}
+        self.pending = self.REVISE_ROUNDS
         return k
 
+    def _revise(self):
+        k, fixed, compute = self._k_for(self.real)
+        log.info("spark_nn: localSteps auto: rounds of %d steps: fixed cost %.1f ms, compute %.1f ms per step "
+                 "-> k = %d", self.k, fixed * 1e3, compute * 1e3, k)
+        self.choice.update(fixedMs=fixed * 1e3, computeMs=compute * 1e3, sparkShare=fixed / (fixed + k * compute),
+                           k=k, measuredRounds=len(self.real))
+        self.k = k
+
     def observe(self, k, seconds, task_seconds):
-        if self.k is None and k >= 1:
-            self.samples.append((max(seconds - task_seconds, 0.0), task_seconds / k))
+        if k < 1:
+            return
+        sample = (max(seconds - task_seconds, 0.0), task_seconds / k)
+        if self.k is None:
+            self.samples.append(sample)
+        elif self.pending and k == self.k:
+            self.real.append(sample)
+            self.pending -= 1
+            if not self.pending:
+                self._revise()
 
     def state(self):
-        return {"k": self.k, "choice": self.choice}
+        return {"k": self.k, "choice": self.choice, "pending": self.pending}
 
     def load_state(self, state):
         if state and state.get("k"):
             self.k = int(state["k"])
             self.choice = state.get("choice")
+            self.pending = int(state.get("pending", 0))
