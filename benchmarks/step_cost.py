@@ -148,7 +148,7 @@ def round_parts(spark, params_list, repeat):
     from spark_nn.ml.training.worker import ZERO
     from spark_nn.nn.optimizers import make_optimizer
 
-    _, _, data = tiny_sync_trainer(spark, 64)
+    trainer, _, data = tiny_sync_trainer(spark, 64)
     rounds = RDDRounds(data, 2, "round breakdown")
     out = []
     try:
@@ -171,7 +171,7 @@ def round_parts(spark, params_list, repeat):
             def returning(i, blocks, payload, n=vec_len):
                 for _ in blocks:
                     pass
-                yield (0.0, np.ones(n, dtype=np.float32), 1, 0, 0.0, 0.0, 0, 0)
+                yield ZERO[:1] + (np.ones(n, dtype=np.float32), 1) + ZERO[3:]
 
             payload = build()
             parts = {"build ms": build, "pickle ms": lambda: cloudpickle.dumps((empty, payload)),
@@ -189,12 +189,10 @@ def round_parts(spark, params_list, repeat):
                     times.append((time.perf_counter() - t0) * 1e3)
                 med[name] = float(np.median(times))
             result = rounds.run(returning, {})
+            trainer.optimizer = opt  # the fit's own averaging of weights and Adam's moments
             t0 = time.perf_counter()
             for _ in range(repeat):
-                mean = result[1] / np.float32(2)
-                w[:] = mean[:params]
-                opt.load_state_dict(dict(opt.state_dict(), m=mean[params:2 * params].copy(),
-                                         v=mean[2 * params:].copy()))
+                trainer._average_round(w, result, 1, None)
             med["driver average ms"] = (time.perf_counter() - t0) * 1e3 / repeat
             med["ship payload ms"] = med.pop("round shipping ms") - med["empty round ms"]
             med["return vector ms"] = med.pop("round returning ms") - med["empty round ms"]

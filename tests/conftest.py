@@ -48,7 +48,7 @@ _SPARK_CONF = {
     "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-    "spark.python.unix.domain.socket.enabled": "true",
+    "spark.python.unix.domain.socket.enabled": "true", "spark.task.maxDirectResultSize": "64m",
 }
 
 

@@ -17,6 +17,11 @@ RECOMMENDED_CONF = {
     # 211 ms with it and 127 ms without (tasks' compute 134 -> 61 ms) in local[2] on 2 cores.
     # C1 alone compiles quickly and is fast enough for what the JVM does in a training step.
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+    # A task result above this size goes to the block manager and the driver fetches it in a
+    # second trip; a local round's result (weights and Adam's moments) passes 1 MiB at about
+    # 90k parameters. Returning 12.7 MB from 2 tasks: median 141 ms at 1m, 100 ms at 64m (4 runs
+    # each, benchmarks/step_cost.py's round parts). Below spark.rpc.message.maxSize (128m).
+    "spark.task.maxDirectResultSize": "64m",
 }
 
 

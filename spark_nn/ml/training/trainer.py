@@ -64,8 +64,9 @@ class DistributedTrainer:
         self.rounds = (ConnectRounds if data.connect else RDDRounds)(data, aggregation_depth, description)
         # a model with an Embedding table: which rows the next round touches, as the round before
         # it reported them ((epoch, first step, k), sorted int32 rows), so only those are shipped
-        self.net = Sequential.from_config(model_config)
-        self.sparse_rounds = self.net.table is not None
+        takes_ids = (model_config.get("layers") or [{}])[0].get("type") == "Embedding"
+        self.net = Sequential.from_config(model_config) if takes_ids else None  # for its table's layout
+        self.sparse_rounds = takes_ids
         self._following = (None, None)
         self.shipped_bytes = 0
 
