@@ -16,6 +16,18 @@
 #define NN_OPT_PAR_MIN (1u << 20)
 #define NN_SQ_BLOCK 16384
 
+static int opt_threads(size_t n) { return n < NN_OPT_PAR_MIN ? 1 : nn_threads(); }
+
+/* This thread's share [*a, *b) of n entries, in blocks of 1024 (inside a parallel region);
+ * 0 when it has none. */
+static int opt_share(size_t n, size_t *a, size_t *b) {
+    int r0, r1;
+    nn_split((int)((n + 1023) / 1024), NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
+    *a = (size_t)r0 * 1024;
+    *b = (size_t)r1 * 1024 < n ? (size_t)r1 * 1024 : n;
+    return *a < *b;
+}
+
 NN_MULTI_VOID(adam_range, (size_t a, size_t b, float *p, const float *g, float *m, float *v, float step,
                           float b1, float b2, float eps, float l2, float decay),
               (a, b, p, g, m, v, step, b1, b2, eps, l2, decay), {
@@ -41,14 +53,10 @@ NN_MULTI_VOID(adam_range, (size_t a, size_t b, float *p, const float *g, float *
 
 int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1, float b2,
                 float eps, float l2, float decay) {
-    int nt = n < NN_OPT_PAR_MIN ? 1 : nn_threads();
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(opt_threads(n))
     {
-        int r0, r1;
-        nn_split((int)((n + 1023) / 1024), NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
-        size_t a = (size_t)r0 * 1024, b = (size_t)r1 * 1024;
-        if (b > n) b = n;
-        if (a < b) adam_range(a, b, p, g, m, v, step, b1, b2, eps, l2, decay);
+        size_t a, b;
+        if (opt_share(n, &a, &b)) adam_range(a, b, p, g, m, v, step, b1, b2, eps, l2, decay);
     }
     return NN_OK;
 }
@@ -72,14 +80,10 @@ NN_MULTI_VOID(adam_at_range, (size_t a, size_t b, const int64_t *idx, float *p, 
 
 int adam_update_at(size_t n, const int64_t *idx, float *p, const float *g, float *m, float *v, float step,
                    float b1, float b2, float eps, float l2, float decay) {
-    int nt = n < NN_OPT_PAR_MIN ? 1 : nn_threads();
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(opt_threads(n))
     {
-        int r0, r1;
-        nn_split((int)((n + 1023) / 1024), NN_THREAD_ID(), NN_THREAD_COUNT(), &r0, &r1);
-        size_t a = (size_t)r0 * 1024, b = (size_t)r1 * 1024;
-        if (b > n) b = n;
-        if (a < b) adam_at_range(a, b, idx, p, g, m, v, step, b1, b2, eps, l2, decay);
+        size_t a, b;
+        if (opt_share(n, &a, &b)) adam_at_range(a, b, idx, p, g, m, v, step, b1, b2, eps, l2, decay);
     }
     return NN_OK;
 }
@@ -103,8 +107,7 @@ size_t sum_squares_partials(size_t n) { return (n + NN_SQ_BLOCK - 1) / NN_SQ_BLO
 
 double sum_squares(size_t n, const float *x, double *partial) {
     const long long nb = (long long)sum_squares_partials(n);
-    int nt = n < NN_OPT_PAR_MIN ? 1 : nn_threads();
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(opt_threads(n))
     for (long long blk = 0; blk < nb; blk++) {
         size_t a = (size_t)blk * NN_SQ_BLOCK, b = a + NN_SQ_BLOCK < n ? a + NN_SQ_BLOCK : n;
         partial[blk] = sq_block(x, a, b);
