@@ -136,8 +136,9 @@ class DistributedTrainer:
         any partition), so a round gives the same bits whichever way it was shipped."""
         vec, n = result[1], result[2]
         mean = vec / np.float32(n)
-        update = self.net.active_index(result[8]) if self.sparse_rounds else None
         cover = None if shipped_rows is None else self.net.active_index(shipped_rows)
+        # shipped rows are the rows the round touched, so then cover is also what to update
+        update = self.net.active_index(result[8]) if self.sparse_rounds and cover is None else None
         self.optimizer.init_state(weights)
         self.optimizer.t += k
         size = weights.size if cover is None else len(cover)

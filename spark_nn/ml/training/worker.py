@@ -142,9 +142,10 @@ def validation(model, weights, x, y, classification):
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
                 classification, shipped_rows=None):
-    """(loss sum, rows x [trained weights, optimizer state arrays] or None, rows, correct) after
-    k steps of this partition's own from the given weights and optimizer state (in place on
-    the model's parameters: Sequential.train_step, lazy in an Embedding table).
+    """(loss sum, rows x [trained weights, optimizer state arrays] or None, rows, correct, table
+    rows the steps touched or None) after k steps of this partition's own from the given weights
+    and optimizer state (in place on the model's parameters: Sequential.train_step, lazy in an
+    Embedding table).
 
     shipped_rows: None when weights and state cover every parameter; else the sorted table rows
     shipped, weights and state then covering model.active_index(shipped_rows): the only
@@ -163,7 +164,7 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         opt.load_state_dict(full)
         shipped = np.zeros(model.table[1], dtype=bool)
         shipped[shipped_rows] = True
-    loss_sum, rows_seen, correct = 0.0, 0, 0
+    loss_sum, rows_seen, correct, touched = 0.0, 0, 0, []
     for step in range(first_step, first_step + k):
         batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
         if batch is None:
@@ -175,12 +176,15 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         loss, n = model.train_step(opt, xb, yb, rng)
         loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + _correct(model.last_output, yb,
                                                                                            classification)
+        if model.table is not None:
+            touched.append(model.layers[0].touched)
     if not rows_seen:
-        return 0.0, None, 0, 0
+        return 0.0, None, 0, 0, None
     arrays = [model.params] + [getattr(opt, key) for key in opt.state_keys()]
     if active is not None:
         arrays = [a[active] for a in arrays]
-    return loss_sum, np.concatenate(arrays) * np.float32(rows_seen), rows_seen, correct
+    rows = np.unique(np.concatenate(touched)).astype(np.int32) if touched else None
+    return loss_sum, np.concatenate(arrays) * np.float32(rows_seen), rows_seen, correct, rows
 
 
 class RoundTask:
@@ -218,17 +222,21 @@ class RoundTask:
             rows = payload.get("rows")
             rows = None if rows is None else np.frombuffer(rows, dtype=np.int32)
             val = validation(model, w, xv, yv, classification) if self.validate else (0.0, 0, 0)
+            # the table rows the round's steps touched: the layer's own record of its last
+            # backward, not a second read of the minibatch rows
             if k == 1:
                 result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition,
-                                        classification) or (0.0, None, 0, 0)
+                                        classification)
+                touched = None if result is None or model.table is None else \
+                    model.layers[0].touched.astype(np.int32)
+                result = result or (0.0, None, 0, 0)
             elif k > 1:
-                result = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler, self.seed,
-                                     epoch, first, k, partition, classification, rows)
+                *result, touched = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler,
+                                               self.seed, epoch, first, k, partition, classification, rows)
+                result = tuple(result)
             else:
-                result = (0.0, None, 0, 0)
-            touched = following = None
-            if model.table is not None and k >= 1:
-                touched = table_rows(model, x, self.sampler, epoch, first, k, partition)
-                if self.next_round is not None:
-                    following = table_rows(model, x, self.sampler, *self.next_round, partition)
+                result, touched = (0.0, None, 0, 0), None
+            following = None
+            if model.table is not None and self.next_round is not None:
+                following = table_rows(model, x, self.sampler, *self.next_round, partition)
             yield result + (time.perf_counter() - t0,) + val + (touched, following)
