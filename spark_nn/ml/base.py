@@ -152,6 +152,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                 tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
                 classification=self.classification, verbose=self.getOrDefault(self.verbose),
                 local_steps=self.getOrDefault(self.localSteps),
+                pipeline=self.getOrDefault(self.pipelineRounds),
                 checkpoint_dir=local_path(checkpoint_dir) if checkpoint_dir else None,
                 checkpoint_interval=self.getOrDefault(self.checkpointInterval),
                 description=f"spark_nn {type(self).__name__}.fit")

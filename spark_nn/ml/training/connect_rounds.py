@@ -104,6 +104,9 @@ class ConnectRounds(Rounds):
                 self.spark.removeTag(tag)
         return fold(decode(table))[1]
 
+    def cancel(self):
+        self.spark.interruptTag(self.tag)
+
     def tree(self, results, n):
         """Adds RDD treeAggregate's levels on the executors: while the driver would receive
         more than about scale + n / scale results, rows go to n / scale tasks (by pid) that sum

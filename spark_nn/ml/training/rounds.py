@@ -4,6 +4,8 @@ data be materialized again and the round run again (a round's result depends onl
 weights, seed, epoch, step and partition, so the retry computes the same). ``RDDRounds`` is the
 classic session's backend (RDD treeAggregate); connect_rounds.ConnectRounds is Spark Connect's."""
 import logging
+import threading
+import uuid
 
 import numpy as np
 from pyspark import Broadcast
@@ -38,27 +40,75 @@ class Rounds:
     def __init__(self, data, depth, description):
         self.data, self.depth, self.description = data, int(depth), description
         self.sizes = list(data.sizes)
+        self._lock = threading.Lock()  # rounds in flight together rematerialize the data once
+        self._generation = 0
 
     def run(self, task, payload):
         """The sum over the partitions of task(partition, blocks, payload)'s results."""
         for attempt in range(3):
+            generation = self._generation
             try:
                 return unwrap_errors(self._sum, task, payload)
             except ResidentBlockLost as e:
                 if attempt == 2:
                     raise
-                log.warning("%s: %s; materializing the training data again", self.description, e)
-                self.data.rematerialize()
+                with self._lock:
+                    if self._generation != generation:
+                        continue  # another round in flight has materialized the data again
+                    log.warning("%s: %s; materializing the training data again", self.description, e)
+                    self.data.rematerialize()
+                    self._generation += 1
                 if list(self.data.sizes) != self.sizes:
                     raise RuntimeError("the training data changed when it was read again (partition sizes "
                                        f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
                                        "e.g. cache it") from None
+
+    def _thread_settings(self):
+        """What a round's thread takes over from the driver's thread (given to _in_thread)."""
+
+    def start(self, task, payload, text):
+        """Starts run(task, payload) as a job from a thread of its own, so that the driver can
+        prepare the next round meanwhile (pipelined rounds); returns the RoundInFlight. text:
+        the job's description."""
+        return RoundInFlight(self, task, payload, text)
+
+    def _in_thread(self, text, settings):
+        """Called in a round's own thread before its job: the backend's per-thread settings."""
+
+    def cancel(self):
+        """Cancels the jobs of rounds in flight (the fit is ending with an error)."""
 
     def _sum(self, task, payload):
         raise NotImplementedError
 
     def describe(self, text):
         """What the rounds that follow are (None: the fit is over)."""
+
+
+class RoundInFlight:
+    """A round running in a thread of its own; result() waits for it and returns its sum, or
+    raises what the round raised."""
+
+    def __init__(self, rounds, task, payload, text):
+        self._rounds, self._value, self._error = rounds, None, None
+        self._settings = rounds._thread_settings()
+        self._thread = threading.Thread(target=self._body, args=(task, payload, text), daemon=True,
+                                        name="spark_nn round")
+        self._thread.start()
+
+    def _body(self, task, payload, text):
+        try:
+            self._rounds._in_thread(text, self._settings)
+            self._value = self._rounds.run(task, payload)
+        except BaseException as e:  # handed to the driver's thread by result()
+            self._error = e
+
+    def result(self):
+        while self._thread.is_alive():
+            self._thread.join(0.25)  # a timed wait: Ctrl-C reaches the driver's thread meanwhile
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class RDDRounds(Rounds):
@@ -68,6 +118,7 @@ class RDDRounds(Rounds):
         super().__init__(data, depth, description)
         self.sc = data.spark.sparkContext
         self._inline_limit = None
+        self._tag = f"spark_nn-{uuid.uuid4().hex[:12]}"  # marks the jobs of pipelined rounds
 
     def _sum(self, task, payload):
         shipped = self._ship(payload)
@@ -92,3 +143,16 @@ class RDDRounds(Rounds):
     def describe(self, text):
         """The Spark job description of the rounds that follow (None clears it)."""
         self.sc.setJobDescription(text)
+
+    def _thread_settings(self):
+        """The driver thread's local properties (the user's job group and pool, tests' fault
+        switches), which a round's thread takes over as a child JVM thread would."""
+        return self.sc._jsc.sc().getLocalProperties().clone()
+
+    def _in_thread(self, text, settings):
+        self.sc._jsc.sc().setLocalProperties(settings)
+        self.sc.setJobDescription(text or self.description)
+        self.sc.addJobTag(self._tag)  # a tag, not a job group: the user's job group still applies
+
+    def cancel(self):
+        self.sc.cancelJobsWithTag(self._tag)

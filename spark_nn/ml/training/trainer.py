@@ -5,6 +5,7 @@ round reaches the executors is the backend's business (rounds.RDDRounds on a cla
 connect_rounds.ConnectRounds on Spark Connect, chosen by the data's session); what a task
 computes is worker.RoundTask's.
 """
+import collections
 import json
 import logging
 import time
@@ -39,7 +40,8 @@ class DistributedTrainer:
     def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
                  threads=1, tol=0.0, patience=0, classification=True, verbose=False,
-                 local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1):
+                 local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1,
+                 pipeline=False):
         self.sizes = list(data.sizes)
         self.config_json = json.dumps(model_config, sort_keys=True)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
@@ -62,57 +64,85 @@ class DistributedTrainer:
         self.last_checkpoint = None
         self.resumed_from = None
         self.rounds = (ConnectRounds if data.connect else RDDRounds)(data, aggregation_depth, description)
+        # pipelined rounds: the next round is submitted before this one returns (two in flight)
+        self.pipeline = bool(pipeline)
         # a model with an Embedding table: which rows the next round touches, as the round before
         # it reported them ((epoch, first step, k), sorted int32 rows), so only those are shipped
         takes_ids = (model_config.get("layers") or [{}])[0].get("type") == "Embedding"
         self.net = Sequential.from_config(model_config) if takes_ids else None  # for its table's layout
         self.sparse_rounds = takes_ids
-        self._following = (None, None)
+        self._following = {}  # (epoch, first step, k) of a later round -> its table rows
+        self._ahead = 0  # steps of the rounds submitted and not yet applied (pipelined rounds)
         self.shipped_bytes = 0
 
     # ------------------------------------------------------------ one round
+    def _prepare(self, weights, epoch, first_step, k, validate=False, next_round=None, keep_base=False):
+        """(task, payload, table rows shipped or None, base) of one round, see _job. base (with
+        keep_base, for a local round): the weights as shipped, from which the round's change is
+        taken when rounds are pipelined."""
+        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.classification,
+                         self.optimizer.config(), epoch, first_step, k, validate, next_round)
+        rows = self._following.pop((epoch, first_step, k), None) if k > 1 and not validate else None
+        # the round's first step: the optimizer has not yet counted the rounds still in flight
+        t = np.array(self.optimizer.t + self._ahead, dtype=np.int64)
+        base = None
+        if rows is None:
+            payload = {"w": weights.tobytes()}
+            if k > 1:
+                payload["state"] = dict(self.optimizer.state_dict(), t=t)
+                base = weights.copy() if keep_base else None
+        else:
+            active = self.net.active_index(rows)
+            self.optimizer.init_state(weights)
+            state = {"t": t}
+            for key in self.optimizer.state_keys():
+                state[key] = getattr(self.optimizer, key)[active]
+            shipped = weights[active]
+            payload = {"w": shipped.tobytes(), "rows": rows.tobytes(), "state": state}
+            base = shipped if keep_base else None
+        self.shipped_bytes += payload_bytes(payload)
+        return task, payload, rows, base
+
+    def _remember(self, next_round, result):
+        """Keeps the table rows a round reported for the round next_round."""
+        if next_round is not None and result[9] is not None:
+            for planned in [p for p in self._following if p[:2] < next_round[:2]]:
+                del self._following[planned]  # rounds that were not run as planned
+            self._following[next_round] = result[9]
+
     def _job(self, weights, epoch, first_step, k, validate=False, next_round=None):
         """One round (a Spark job) summed over the partitions into the result tuple of
         worker.ZERO (loss sum, vector sum, rows, correct, task seconds, validation loss sum,
         validation rows, validation correct, table rows touched, next round's table rows), and
         the table rows it shipped (None: every parameter); see worker.RoundTask for what k and
-        validate mean. next_round: the (epoch, first step, k) that follows, whose table rows
-        the tasks report so that round ships only those."""
-        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.classification,
-                         self.optimizer.config(), epoch, first_step, k, validate, next_round)
-        planned, rows = self._following
-        if not (k > 1 and not validate and planned == (epoch, first_step, k)):
-            rows = None
-        if rows is None:
-            payload = {"w": weights.tobytes()}
-            if k > 1:
-                payload["state"] = self.optimizer.state_dict()
-        else:
-            active = self.net.active_index(rows)
-            self.optimizer.init_state(weights)
-            state = {"t": np.array(self.optimizer.t, dtype=np.int64)}
-            for key in self.optimizer.state_keys():
-                state[key] = getattr(self.optimizer, key)[active]
-            payload = {"w": weights[active].tobytes(), "rows": rows.tobytes(), "state": state}
-        self.shipped_bytes += payload_bytes(payload)
+        validate mean. next_round: the (epoch, first step, k) of a later round, whose table rows
+        the tasks report so that that round ships only those."""
+        task, payload, rows, _ = self._prepare(weights, epoch, first_step, k, validate, next_round)
         result = self.rounds.run(task, payload)
-        self._following = (next_round, result[9])
+        self._remember(next_round, result)
         return result, rows
 
-    def _next_round(self, epoch, step, k):
-        """(epoch, first step, k) of the round after this one when it is a local round that can
-        ship table rows only (not a validation round), for a model with a table; else None."""
+    def _next_round(self, epoch, step, k, ahead=1):
+        """(epoch, first step, k) of the round ahead rounds after this one when it is a local
+        round that can ship table rows only (not a validation round), for a model with a table;
+        else None. Pipelined rounds look two ahead: the round after next is submitted when this
+        one has returned."""
         if not (self.sparse_rounds and self.SHIP_TOUCHED_ROWS):
             return None
-        following = self.local_steps.peek(self.summary.totalIterations + k)
         steps = self.sampler.steps_per_epoch
-        if following is None or following < 2:
-            return None
-        if step + k < steps:
-            return epoch, step + k, min(following, steps - step - k)
-        if epoch + 1 < self.epochs and not self.has_validation:
-            return epoch + 1, 0, min(following, steps)
-        return None
+        done = self.summary.totalIterations + self._ahead + k
+        for _ in range(ahead):
+            following = self.local_steps.peek(done)
+            if following is None or following < 2:
+                return None
+            if step + k < steps:
+                step, k = step + k, min(following, steps - step - k)
+            elif epoch + 1 < self.epochs and not self.has_validation:
+                epoch, step, k = epoch + 1, 0, min(following, steps)
+            else:
+                return None
+            done += k
+        return epoch, step, k
 
     def gradient(self, weights, epoch, step):
         """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
@@ -129,11 +159,15 @@ class DistributedTrainer:
         else:
             self.optimizer.step(weights, vec[active] / np.float32(n), active=active)
 
-    def _average_round(self, weights, result, k, shipped_rows):
+    def _average_round(self, weights, result, k, shipped_rows, base=None):
         """Takes the rows-weighted mean of the partitions' weights and optimizer states. The
         vector covers every parameter, or model.active_index(shipped_rows); with a table, only
         the entries of the rows the round touched are written (the others did not change on
-        any partition), so a round gives the same bits whichever way it was shipped."""
+        any partition), so a round gives the same bits whichever way it was shipped.
+
+        base: the weights the round was shipped (same cover), when rounds are pipelined: the
+        weights then gain the round's change (mean - base) on top of the rounds applied since
+        it was shipped (delayed averaging); the optimizer state is the round's mean."""
         vec, n = result[1], result[2]
         mean = vec / np.float32(n)
         cover = None if shipped_rows is None else self.net.active_index(shipped_rows)
@@ -145,6 +179,15 @@ class DistributedTrainer:
         targets = [weights] + [getattr(self.optimizer, key) for key in self.optimizer.state_keys()]
         for i, target in enumerate(targets):
             block = mean[size * i:size * (i + 1)]
+            if i == 0 and base is not None:
+                block -= base
+                if cover is not None:
+                    target[cover] += block
+                elif update is not None:
+                    target[update] += block[update]
+                else:
+                    target += block
+                continue
             if cover is not None:
                 target[cover] = block
             elif update is not None:
@@ -166,48 +209,83 @@ class DistributedTrainer:
         the epoch's first job also scores the weights it ships (the previous epoch's) on the
         validation rows, saving a job per epoch, and that epoch is finished before this one
         changes anything; if finishing it stops the fit, returns None. Otherwise returns (loss
-        sum, rows, correct, largest k used)."""
+        sum, rows, correct, largest k used).
+
+        Pipelined (self.pipeline), two rounds are in flight: round r+1 is submitted before
+        round r has returned, so it starts from weights without round r's change, and each
+        round's change is added to the weights when it returns. The staleness is one round,
+        always, whatever the timing, so a fit is reproducible. An epoch's last rounds are
+        waited for before the next epoch (its validation, checkpoint and early stop see the
+        epoch's final weights)."""
         steps = self.sampler.steps_per_epoch
         tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
         self._epoch_rounds, shipped_before = 0, self.shipped_bytes
-        step = 0
-        while step < steps:
-            k = min(self.local_steps.next_round(self.summary.totalIterations), steps - step)
-            self.rounds.describe(f"{self.description}: epoch {epoch + 1}/{self.epochs}, "
-                                      f"step {step + 1}/{steps}" + (f" (+{k - 1} local)" if k > 1 else "")
-                                      + (f", validation of epoch {epoch}" if pending else ""))
-            t0 = time.perf_counter()
-            result, shipped_rows = self._job(weights, epoch, step, k, validate=pending is not None,
-                                             next_round=self._next_round(epoch, step, k))
-            loss, vec, n, correct, task_seconds = result[:5]
-            if pending is not None:
-                pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
-                stop = self._finish_epoch(pending, weights, progress)
-                pending = None
-                if stop:
-                    return None
-            self._check_loss(loss, n, epoch, step)
-            if k == 1:
+        depth = 2 if self.pipeline else 1
+        flight = collections.deque()  # (round in flight, first step, k, shipped rows, base, start time)
+        step, last_return = 0, 0.0
+        try:
+            while step < steps or flight:
+                while step < steps and len(flight) < depth:
+                    k = min(self.local_steps.next_round(self.summary.totalIterations + self._ahead), steps - step)
+                    validate = pending is not None and step == 0
+                    text = (f"{self.description}: epoch {epoch + 1}/{self.epochs}, step {step + 1}/{steps}"
+                            + (f" (+{k - 1} local)" if k > 1 else "")
+                            + (f", validation of epoch {epoch}" if validate else ""))
+                    t0 = time.perf_counter()
+                    task, payload, rows, base = self._prepare(weights, epoch, step, k, validate,
+                                                              self._next_round(epoch, step, k, depth), depth > 1)
+                    if depth > 1:
+                        running = self.rounds.start(task, payload, text)
+                    else:
+                        self.rounds.describe(text)
+                        running = _Returned(self.rounds.run(task, payload))
+                    flight.append((running, step, k, rows, base, t0, task.next_round))
+                    self._ahead += k
+                    step += k
+                running, first, k, shipped_rows, base, t0, next_round = flight[0]
+                result = running.result()
+                flight.popleft()
+                self._ahead -= k
+                self._remember(next_round, result)
+                loss, vec, n, correct, task_seconds = result[:5]
+                if first == 0 and pending is not None:
+                    pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
+                    stop = self._finish_epoch(pending, weights, progress)
+                    pending = None
+                    if stop:
+                        return None
+                self._check_loss(loss, n, epoch, first)
+                if k == 1:
+                    if n:
+                        self._sync_step(weights, result)
+                elif n:
+                    self._average_round(weights, result, k, shipped_rows, base)
+                else:
+                    self.optimizer.t += k
+                # a pipelined round costs the time since the one before it returned
+                now = time.perf_counter()
+                seconds, last_return = now - max(t0, last_return), now
+                self.local_steps.observe(k, seconds, task_seconds)
+                log.debug("%s: round of %d steps at epoch %d step %d: %.1f ms, tasks %.1f ms, %s table rows "
+                          "shipped", self.description, k, epoch + 1, first + 1, seconds * 1e3, task_seconds * 1e3,
+                          "all" if shipped_rows is None else len(shipped_rows))
                 if n:
-                    self._sync_step(weights, result)
-            elif n:
-                self._average_round(weights, result, k, shipped_rows)
-            else:
-                self.optimizer.t += k
-            seconds = time.perf_counter() - t0
-            self.local_steps.observe(k, seconds, task_seconds)
-            log.debug("%s: round of %d steps at epoch %d step %d: %.1f ms, tasks %.1f ms, %s table rows shipped",
-                      self.description, k, epoch + 1, step + 1, seconds * 1e3, task_seconds * 1e3,
-                      "all" if shipped_rows is None else len(shipped_rows))
-            if n:
-                self.summary.objectiveHistory.append(loss / n)
-                self.summary.objectiveSteps.append(self.summary.totalIterations + k)
-                tot_loss, tot_n, tot_correct = tot_loss + loss, tot_n + n, tot_correct + correct
-            self.summary.totalIterations += k
-            self._epoch_rounds += 1
-            k_used = max(k_used, k)
-            step += k
-            progress.update(k, f"epoch {epoch + 1}/{self.epochs} loss {loss / max(n, 1):.4f}")
+                    self.summary.objectiveHistory.append(loss / n)
+                    self.summary.objectiveSteps.append(self.summary.totalIterations + k)
+                    tot_loss, tot_n, tot_correct = tot_loss + loss, tot_n + n, tot_correct + correct
+                self.summary.totalIterations += k
+                self._epoch_rounds += 1
+                k_used = max(k_used, k)
+                progress.update(k, f"epoch {epoch + 1}/{self.epochs} loss {loss / max(n, 1):.4f}")
+        finally:
+            if flight:  # an error or an early stop: the rounds still running are not needed
+                self.rounds.cancel()
+                for running, *_ in flight:
+                    try:
+                        running.result()
+                    except Exception:  # noqa: BLE001 - cancelled, or failing after the error at hand
+                        pass
+                self._ahead = 0
         self._epoch_payload = (self.shipped_bytes - shipped_before) / max(self._epoch_rounds, 1)
         return tot_loss, tot_n, tot_correct, k_used
 
@@ -305,3 +383,13 @@ class DistributedTrainer:
             self.summary.bestEpoch = self._best[2]
             return self._best[1]
         return weights
+
+
+class _Returned:
+    """A round that ran in the driver's thread, as a RoundInFlight that has returned."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
