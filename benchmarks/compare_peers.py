@@ -138,15 +138,15 @@ def run_limit(path, epochs, threads=2):
 
 
 # ---------------------------------------------------------------- Spark contenders
-def run_ours(train, test, epochs, input_col):
-    """The seed's CNN at default params; the test rows ride along as validation data."""
+def run_ours(train, test, epochs, input_col, **params):
+    """The seed's CNN at default params (or with params); the test rows ride along as validation data."""
     from pyspark.sql import functions as F
 
     from spark_nn.ml.classification import CNN
 
     data = train.withColumn("isTest", F.lit(False)).unionByName(test.withColumn("isTest", F.lit(True)))
     cnn = CNN(layers=[32, 64, 10], activation="relu", inputCol=input_col, outputCol="label", numClasses=10,
-              validationIndicatorCol="isTest", verbose=True)
+              validationIndicatorCol="isTest", verbose=params.pop("verbose", True), **params)
     if epochs:
         cnn.setMaxIter(epochs)
     t0 = time.perf_counter()
@@ -267,6 +267,10 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
     if "ours" in only:
         wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col)
         done(("spark_nn (seed program, defaults)", wall, hist, setup, {"text": f"k per epoch {sorted(set(ks))}"}))
+    if "pipelined" in only:
+        wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col, pipelineRounds=True)
+        done(("spark_nn pipelined (seed program, pipelineRounds=True)", wall, hist, setup,
+              {"text": f"k per epoch {sorted(set(ks))}"}))
     if "limit" in only:
         wall, hist = run_limit(npz, epochs_ours or epochs_torch)
         done(("limit: spark_nn in one process, 2 threads", wall, hist, 0.0, {"text": "no Spark; Adam 3e-3, batch 32"}))
@@ -287,12 +291,14 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
     def per_epoch(row):
         return np.mean([sec for sec, _ in row[2]])
 
-    ours = by.get("spark_nn")
-    if ours and ours[2]:
+    for which, kind in (("spark_nn", "our Spark epoch"), ("spark_nn pipelined", "our pipelined Spark epoch")):
+        ours = by.get(which)
+        if not (ours and ours[2]):
+            continue
         for label, peer in (("our in-process epoch (limit)", by.get("limit")),
                             ("TorchDistributor's", by.get("TorchDistributor"))):
             if peer and peer[2]:
-                print(f"{name}: our Spark epoch / {label} = {per_epoch(ours) / per_epoch(peer):.2f}x "
+                print(f"{name}: {kind} / {label} = {per_epoch(ours) / per_epoch(peer):.2f}x "
                       f"(wall {ours[1]:.1f} vs {peer[1]:.1f} s; final accuracy {ours[2][-1][1]:.4f} vs "
                       f"{peer[2][-1][1]:.4f})")
         print()
@@ -339,8 +345,8 @@ def main(argv=None):
                          "finish in 6 minutes here, see the docstring)")
     ap.add_argument("--torch-lr", type=float, default=3e-3,
                     help="Adam's learning rate for the torch peers (cosine decay; 3e-3 beat 1e-3 for them)")
-    ap.add_argument("--only", nargs="+", default=["ours", "limit", "torchdistributor", "torch", "mllib"],
-                    choices=["ours", "limit", "torchdistributor", "torch", "mllib"])
+    ap.add_argument("--only", nargs="+", default=["ours", "pipelined", "limit", "torchdistributor", "torch", "mllib"],
+                    choices=["ours", "pipelined", "limit", "torchdistributor", "torch", "mllib"])
     args = ap.parse_args(argv)
     from spark_nn.ml.session import local_session
 

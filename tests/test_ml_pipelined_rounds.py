@@ -89,10 +89,12 @@ def test_rounds_are_shipped_with_a_staleness_of_exactly_one_round_when_pipelined
                 g = _f(g)
             continue
         # two in flight: rounds 0 and 1 leave from the same weights; each later round leaves
-        # when the round two before it has returned; each return adds that round's change
+        # when the round two before it has returned; each return adds that round's change and
+        # GAMMA of the change it missed (what was applied since it left)
         ship = [g.copy(), g.copy()]
         for r in range(4):
-            g = g + (_f(ship[r]) - ship[r])
+            b = ship[r]
+            g = g + (_f(b) - b) - np.float32(1 - DistributedTrainer.GAMMA) * (g - b)
             if r + 2 < 4:
                 ship.append(g.copy())
         bases.extend(ship)

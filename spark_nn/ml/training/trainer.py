@@ -36,6 +36,7 @@ class DistributedTrainer:
     # a local round of a model with an Embedding table ships only the table rows it touches
     # (False ships every row: the same bits, more bytes; tests compare the two)
     SHIP_TOUCHED_ROWS = True
+    GAMMA = 0.5
 
     def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
@@ -180,13 +181,13 @@ class DistributedTrainer:
         for i, target in enumerate(targets):
             block = mean[size * i:size * (i + 1)]
             if i == 0 and base is not None:
-                block -= base
-                if cover is not None:
-                    target[cover] += block
-                elif update is not None:
-                    target[update] += block[update]
-                else:
-                    target += block
+                # w + (mean - base) - (1 - GAMMA) (w - base): the round's change, and GAMMA of the
+                # change it missed (what the rounds applied since it was shipped did)
+                idx = cover if cover is not None else update if update is not None else slice(None)
+                b = base if cover is not None else base[idx]
+                m = block if cover is not None else block[idx]
+                w = target[idx]
+                target[idx] = w + (m - b) - np.float32(1 - self.GAMMA) * (w - b)
                 continue
             if cover is not None:
                 target[cover] = block
