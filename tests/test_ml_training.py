@@ -204,3 +204,18 @@ def test_training_rows_are_dealt_over_the_cores_when_validation_rows_have_partit
         assert max(data.sizes) - min(data.sizes) <= 2, data.sizes
     finally:
         data.release()
+
+
+def test_a_worker_freezes_its_long_lived_objects_for_the_gc_when_it_builds_its_first_model():
+    # in a process of its own: freezing is per process (pyspark's Python workers)
+    import json
+    import subprocess
+    import sys
+
+    code = ("import gc, json, sys; from spark_nn.ml.training.worker import worker_model; "
+            "before = gc.get_freeze_count(); worker_model(sys.argv[1], 1); "
+            "print(json.dumps([before, gc.get_freeze_count()]))")
+    config = json.dumps(CNNClassifier(layers=[4], numClasses=3)._network({"shape": [1, 6, 6]}, 3).config())
+    out = subprocess.run([sys.executable, "-c", code, config], capture_output=True, text=True, check=True)
+    before, after = json.loads(out.stdout)
+    assert before == 0 and after > 10000  # numpy, spark_nn and the interpreter's own objects

@@ -11,6 +11,7 @@ draws a permutation of its rows from a generator keyed by (seed, epoch, partitio
 consecutive slices of it, so every row is used once per epoch and a retried task computes
 exactly the same thing.
 """
+import gc
 import json
 import math
 import time
@@ -33,6 +34,11 @@ def worker_model(config_json, threads):
         set_num_threads(threads)
     model = _WORKER_MODELS.get(config_json)
     if model is None:
+        if not _WORKER_MODELS and not gc.get_freeze_count():
+            # the worker's ~100k objects (pyspark, numpy, ...) outlive every task: frozen, the
+            # cyclic GC no longer walks them in each full collection (measured on the 60k set:
+            # 1.1 s of GC per worker and epoch before, 0.01 s after)
+            gc.freeze()
         if len(_WORKER_MODELS) > 8:
             _WORKER_MODELS.clear()
         model = Sequential.from_config(json.loads(config_json))
