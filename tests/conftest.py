@@ -132,6 +132,31 @@ def set_job_property(spark, key, value):
 
 
 @pytest.fixture(scope="session")
+def bright_pixels(spark):
+    """96 rows of 6x6 images (pixel_data.bright_pixel_rows, 3 classes) as ml Vectors, in 2
+    partitions, cached: the small CNN data of the reliability and pipelining tests."""
+    from pyspark.ml.linalg import Vectors
+
+    from pixel_data import bright_pixel_rows
+
+    x, y = bright_pixel_rows(np.random.default_rng(5), 96)
+    rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
+    return spark.createDataFrame(rows, ["features", "label"]).repartition(2).cache()
+
+
+def fit_under_fault(spark, fault, at, flag, fit):
+    """fit()'s result with the fault switch 'fault' (spark_nn.ml.training.faults) set to fire at
+    at = 'epoch:step:partition' (0-based) once, flag being its file; it must have fired."""
+    set_job_property(spark, fault, f"{at}:{flag}")
+    try:
+        result = fit()
+    finally:
+        set_job_property(spark, fault, None)
+    assert flag.exists(), f"{fault} at {at} did not fire"
+    return result
+
+
+@pytest.fixture(scope="session")
 def digits_dirs(tmp_path_factory):
     """scikit-learn's digits as PNG folders per class: (train dir, test dir), the digits_split halves."""
     from spark_nn.datasets import write_digits_folders

@@ -7,14 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassifier, RNNClassifier
 from spark_nn.ml.training.faults import DELETE_PROPERTY, KILL_PROPERTY
 from spark_nn.ml.training.trainer import DistributedTrainer
 from spark_nn.ml.training.worker import ZERO
-from conftest import set_job_property
-from pixel_data import bright_pixel_rows
+from conftest import fit_under_fault
 
 
 # ------------------------------------------------------------ the schedule, without Spark
@@ -115,10 +113,8 @@ def test_rounds_are_shipped_with_a_staleness_of_exactly_one_round_when_pipelined
 
 # ------------------------------------------------------------ on Spark
 @pytest.fixture(scope="module")
-def pixels(spark):
-    x, y = bright_pixel_rows(np.random.default_rng(5), 96)
-    rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
-    return spark.createDataFrame(rows, ["features", "label"]).repartition(2).cache()
+def pixels(bright_pixels):
+    return bright_pixels
 
 
 def cnn(**kw):
@@ -142,13 +138,8 @@ def test_a_pipelined_fit_is_reproducible_and_not_the_unpipelined_one(pixels):
 @pytest.mark.parametrize("fault", [KILL_PROPERTY, DELETE_PROPERTY])
 def test_a_pipelined_fit_after_a_fault_gives_the_same_bits(spark, pixels, tmp_path, fault):
     reference = cnn().fit(pixels).weights
-    flag = tmp_path / "fired"
-    set_job_property(spark, fault, f"1:2:1:{flag}")  # epoch 1 (0-based), the round of steps 2..3, partition 1
-    try:
-        recovered = cnn().fit(pixels).weights
-    finally:
-        set_job_property(spark, fault, None)
-    assert flag.exists()  # the fault happened, in a round submitted from a round's own thread
+    # epoch 1 (0-based), the round of steps 2..3, partition 1: a round submitted from a thread of its own
+    recovered = fit_under_fault(spark, fault, "1:2:1", tmp_path / "fired", lambda: cnn().fit(pixels).weights)
     assert recovered.tobytes() == reference.tobytes()
 
 

@@ -6,19 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
-from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
 from spark_nn.ml.training.faults import KILL_PROPERTY as FAULT_PROPERTY
-from conftest import set_job_property
-from pixel_data import bright_pixel_rows
+from conftest import fit_under_fault
 
 
 @pytest.fixture(scope="module")
-def data(spark):
-    x, y = bright_pixel_rows(np.random.default_rng(5), 96)
-    rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
-    return spark.createDataFrame(rows, ["features", "label"]).repartition(2).cache()
+def data(bright_pixels):
+    return bright_pixels
 
 
 def est(**kw):
@@ -30,12 +26,8 @@ def est(**kw):
 @pytest.mark.parametrize("local_steps", [1, 4])
 def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path, local_steps):
     reference = est(localSteps=local_steps).fit(data).weights
-    flag = tmp_path / "killed"
-    set_job_property(spark, FAULT_PROPERTY, f"1:2:1:{flag}")  # epoch 1 (0-based), step 2, partition 1
-    try:
-        retried = est(localSteps=local_steps).fit(data).weights
-    finally:
-        set_job_property(spark, FAULT_PROPERTY, None)
+    flag = tmp_path / "killed"  # epoch 1 (0-based), step 2, partition 1
+    retried = fit_under_fault(spark, FAULT_PROPERTY, "1:2:1", flag, lambda: est(localSteps=local_steps).fit(data).weights)
     assert flag.read_text().startswith("killed attempt 0")  # the kill happened, once
     np.testing.assert_array_equal(retried, reference)
 

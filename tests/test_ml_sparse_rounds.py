@@ -8,7 +8,7 @@ from spark_nn.ml.classification import RNNClassifier
 from spark_nn.ml.training.faults import DELETE_PROPERTY, KILL_PROPERTY
 from spark_nn.ml.training.trainer import DistributedTrainer
 from spark_nn.nn import builders
-from conftest import set_job_property
+from conftest import fit_under_fault
 
 VOCAB, STEPS, SEEN = 2000, 6, 300  # ids 1..SEEN-1 occur (0 pads); the other rows never do
 
@@ -56,11 +56,6 @@ def test_rows_no_minibatch_touches_keep_their_initial_values(tokens):
 @pytest.mark.parametrize("fault", [KILL_PROPERTY, DELETE_PROPERTY])
 def test_a_sparse_round_after_a_fault_computes_the_same_bits(spark, tokens, tmp_path, fault):
     reference = est().fit(tokens).weights
-    flag = tmp_path / "fired"
-    set_job_property(spark, fault, f"1:5:1:{flag}")  # epoch 1 (0-based), the round of steps 4..7, partition 1
-    try:
-        recovered = est().fit(tokens).weights
-    finally:
-        set_job_property(spark, fault, None)
-    assert flag.exists()
+    # epoch 1 (0-based), the round of steps 4..7, partition 1
+    recovered = fit_under_fault(spark, fault, "1:5:1", tmp_path / "fired", lambda: est().fit(tokens).weights)
     assert recovered.tobytes() == reference.tobytes()
