@@ -117,7 +117,6 @@ class RDDRounds(Rounds):
     def __init__(self, data, depth, description):
         super().__init__(data, depth, description)
         self.sc = data.spark.sparkContext
-        self._inline_limit = None
         self._tag = f"spark_nn-{uuid.uuid4().hex[:12]}"  # marks the jobs of pipelined rounds
 
     def _sum(self, task, payload):
@@ -129,14 +128,17 @@ class RDDRounds(Rounds):
             if isinstance(shipped, Broadcast):
                 shipped.destroy()
 
+    # payloads up to this size ride in the task closure; larger ones in a broadcast
+    INLINE_BYTES = 1 << 16
+
     def _ship(self, payload):
-        """The payload inside the task's closure when it is small: Spark already ships every
-        task's function to the executors, so a separate broadcast would add its own driver round
-        trips (about 12 ms a step here); a broadcast above Spark's own threshold for shipping
-        functions (spark.broadcast.UDFCompressionThreshold, 1 MiB), which is then cheaper."""
-        if self._inline_limit is None:
-            self._inline_limit = int(self.sc._jvm.PythonUtils.getBroadcastThreshold(self.sc._jsc))
-        if payload_bytes(payload) <= self._inline_limit:
+        """The payload inside the task's closure when it is small, else a broadcast. The
+        closure goes from Python to the JVM through py4j, which carries bytes base64-encoded:
+        0.4 MB of it took 18 ms here, and a synchronous step of the seed CNN (0.4 MB of weights)
+        took 66-77 ms with the weights in the closure and 47-50 ms in a broadcast, which
+        PySpark hands to the JVM as a file (benchmarks/RESULTS.md). A broadcast's own driver
+        round trips cost a few ms, more than py4j takes for a small payload."""
+        if payload_bytes(payload) <= self.INLINE_BYTES:
             return Inline(payload)
         return self.sc.broadcast(payload)
 
