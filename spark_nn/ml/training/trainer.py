@@ -36,6 +36,8 @@ class DistributedTrainer:
     # a local round of a model with an Embedding table ships only the table rows it touches
     # (False ships every row: the same bits, more bytes; tests compare the two)
     SHIP_TOUCHED_ROWS = True
+    # pipelined rounds: the share of the change a returning round missed (applied since it
+    # was shipped) that the weights keep (see _average_round; 1 oscillates at long rounds)
     GAMMA = 0.5
 
     def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
