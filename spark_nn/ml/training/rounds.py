@@ -40,28 +40,50 @@ class Rounds:
     def __init__(self, data, depth, description):
         self.data, self.depth, self.description = data, int(depth), description
         self.sizes = list(data.sizes)
-        self._lock = threading.Lock()  # rounds in flight together rematerialize the data once
-        self._generation = 0
+        self._state = threading.Condition()  # rounds in flight together rematerialize the data once
+        self._running, self._rematerializing, self._generation = 0, False, 0
 
     def run(self, task, payload):
-        """The sum over the partitions of task(partition, blocks, payload)'s results."""
+        """The sum over the partitions of task(partition, blocks, payload)'s results. Rounds in
+        flight together (pipelined) run their jobs side by side, but the data are materialized
+        again only while no round's job runs: a job still running on the old blocks could
+        otherwise recompute them by lineage after they were released, and leave files behind."""
         for attempt in range(3):
-            generation = self._generation
+            with self._state:
+                while self._rematerializing:
+                    self._state.wait()
+                self._running += 1
+                generation = self._generation
             try:
                 return unwrap_errors(self._sum, task, payload)
             except ResidentBlockLost as e:
                 if attempt == 2:
                     raise
-                with self._lock:
-                    if self._generation != generation:
-                        continue  # another round in flight has materialized the data again
-                    log.warning("%s: %s; materializing the training data again", self.description, e)
-                    self.data.rematerialize()
+                lost = e
+            finally:
+                with self._state:
+                    self._running -= 1
+                    self._state.notify_all()
+            with self._state:
+                if self._generation != generation:
+                    continue  # another round has materialized the data again meanwhile
+                while self._rematerializing or self._running:
+                    self._state.wait()
+                if self._generation != generation:
+                    continue
+                self._rematerializing = True
+            try:
+                log.warning("%s: %s; materializing the training data again", self.description, lost)
+                self.data.rematerialize()
+            finally:
+                with self._state:
+                    self._rematerializing = False
                     self._generation += 1
-                if list(self.data.sizes) != self.sizes:
-                    raise RuntimeError("the training data changed when it was read again (partition sizes "
-                                       f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
-                                       "e.g. cache it") from None
+                    self._state.notify_all()
+            if list(self.data.sizes) != self.sizes:
+                raise RuntimeError("the training data changed when it was read again (partition sizes "
+                                   f"{self.sizes} -> {self.data.sizes}); the input must be deterministic, "
+                                   "e.g. cache it") from None
 
     def _thread_settings(self):
         """What a round's thread takes over from the driver's thread (given to _in_thread)."""
