@@ -45,8 +45,7 @@ class _FakeRounds:
         with self.lock:
             self.open += 1
             self.in_flight.append(self.open)
-        self.shipped.append((task.epoch, task.first_step, np.frombuffer(payload["w"], np.float32).copy()))
-        rounds, value = self, self._result(task, payload)
+        rounds, value = self, self.run(task, payload)
 
         class Running:
             def result(self):

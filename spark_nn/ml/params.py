@@ -152,16 +152,17 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                            typeConverter=_check("threadsPerTask", lambda v: v >= 0, "an int >= 0"))
     localSteps = Param(Params._dummy(), "localSteps",
                        "optimizer steps each partition takes on its own before the weights and optimizer "
-                       "states are averaged: 'auto' (warm-up rounds of 1, 2, 4, ... steps, then the k that keeps "
-                       "Spark's fixed cost per round at most 10% of the round; k per epoch is in the summary), or an int "
-                       "(1: synchronous data-parallel training, one treeAggregate per step)",
+                       "states are averaged: 'auto' (warm-up rounds of 1, 2, 4, ... steps, then the k that "
+                       "keeps Spark's fixed cost per round at most 10% of the round; k per epoch is in the "
+                       "summary), or an int (1: synchronous data-parallel training, one treeAggregate per step)",
                        typeConverter=_local_steps)
     pipelineRounds = Param(Params._dummy(), "pipelineRounds",
                            "submit each round before the one before it has returned, so that the executors do "
                            "not wait while the driver sums, averages and ships (two rounds in flight): a round "
-                           "then starts from weights that lack the previous round's change, which is added when "
-                           "it returns (delayed averaging, a staleness of exactly one round, so a fit stays "
-                           "reproducible); an epoch's rounds are all applied before the next epoch",
+                           "then starts from weights that lack the previous round's change; when it returns, "
+                           "its own change is added and half of the change it missed is kept (delayed "
+                           "averaging, a staleness of exactly one round, so a fit stays reproducible); an "
+                           "epoch's rounds are all applied before the next epoch",
                            typeConverter=TypeConverters.toBoolean)
     residentData = Param(Params._dummy(), "residentData",
                          "keep each partition's training block as a file in the executor's Spark local "

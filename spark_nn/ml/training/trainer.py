@@ -224,7 +224,7 @@ class DistributedTrainer:
         tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
         self._epoch_rounds, shipped_before = 0, self.shipped_bytes
         depth = 2 if self.pipeline else 1
-        flight = collections.deque()  # (round in flight, first step, k, shipped rows, base, start time)
+        flight = collections.deque()  # (round in flight, first step, k, shipped rows, base, start time, next round)
         step, last_return = 0, 0.0
         try:
             while step < steps or flight:
