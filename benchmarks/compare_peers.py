@@ -118,8 +118,10 @@ def run_torch_single(path, epochs, lr):
 def run_limit(path, epochs, threads=2):
     """The yardstick: our kernels in one process, same threads, no Spark (Sequential.fit: the
     seed's network, Adam at CNN's default 3e-3 without its cosine decay, batch 32), test
-    accuracy after each epoch (not counted in the epoch's seconds). [(epoch seconds, test
-    accuracy)]."""
+    accuracy after each epoch. [(epoch seconds, test accuracy)]. Scoring the test rows after an
+    epoch counts in the next epoch's seconds, as in our Spark fit, whose validation of an epoch
+    rides in the next epoch's first job (and the last epoch's in the fit's wall time only):
+    both then do the same work in the same seconds (10k rows: about 0.6 s here)."""
     from spark_nn.ml.classification import CNN
     from spark_nn.nn.optimizers import make_optimizer
     from spark_nn.threads import set_num_threads
@@ -129,11 +131,14 @@ def run_limit(path, epochs, threads=2):
     net = CNN(layers=[32, 64, 10], activation="relu", numClasses=10)._network({"shape": list(xtr.shape[1:])}, 10)
     set_num_threads(threads)
     opt = make_optimizer("adam", lr=3e-3)
-    history = []
+    history, scoring = [], 0.0
     t0 = time.perf_counter()
     for epoch in range(epochs):
         seconds = net.fit(xtr, ytr, epochs=1, batch_size=32, optimizer=opt, seed=epoch)["seconds"][0]
-        history.append((seconds, net.evaluate(xte, yte)[1]))
+        t1 = time.perf_counter()
+        accuracy = net.evaluate(xte, yte)[1]
+        history.append((seconds + scoring, accuracy))
+        scoring = time.perf_counter() - t1
     return time.perf_counter() - t0, history
 
 

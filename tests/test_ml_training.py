@@ -133,7 +133,7 @@ def test_weights_do_not_depend_on_kernel_threads_per_task(spark, small_images):
     np.testing.assert_array_equal(one, two)
 
 
-def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choice():
+def test_auto_local_steps_keeps_spark_to_a_twentieth_of_a_round_and_records_its_choice():
     from spark_nn.ml.training.local_steps import AutoLocalSteps
 
     auto = AutoLocalSteps(steps_per_epoch=1875, total_steps=3750)
@@ -147,28 +147,28 @@ def test_auto_local_steps_keeps_spark_to_a_tenth_of_a_round_and_records_its_choi
     # the warm-up doubles, depends on the steps done only, and ends at its 37 steps
     assert ramp == [1, 2, 4, 8, 16, 6] and done == 37
     k = auto.next_round(done)
-    # 9 F / C = 90 -> 20 equal rounds of 94 steps an epoch; 21 rounds (90 steps) would leave
-    # Spark more than 10 % of a round
-    assert k == 94 and auto.next_round(10 ** 6) == 94
+    # 19 F / C = 191 -> 9 equal rounds of 209 steps an epoch; 10 rounds (188 steps) would leave
+    # Spark more than 5 % of a round
+    assert k == 209 and auto.next_round(10 ** 6) == 209
     choice = dict(auto.choice)
-    assert choice["k"] == 94 and choice["warmupRounds"] == 6
+    assert choice["k"] == 209 and choice["warmupRounds"] == 6
     assert choice["fixedMs"] == pytest.approx(80.5, abs=0.51) and choice["computeMs"] == pytest.approx(8.0)
-    assert choice["sparkShare"] <= 0.10 < 80.5 / (80.5 + 90 * 8)
-    # k is not final until rounds of 94 steps have been measured: the next round's k is unknown
+    assert choice["sparkShare"] <= 0.05 < 80.5 / (80.5 + 188 * 8)
+    # k is not final until rounds of 209 steps have been measured: the next round's k is unknown
     assert auto.peek(done) is None
-    # the real rounds cost more (their payload): F 160 ms -> 9 F / C = 180: 10 rounds of 188
+    # the real rounds cost more (their payload): F 160 ms -> 19 F / C = 380: 4 rounds of 469
     for _ in range(auto.REVISE_ROUNDS):
-        auto.observe(94, 0.160 + 0.008 * 94, 0.008 * 94)
-    assert auto.next_round(10 ** 6) == auto.peek(10 ** 6) == 188
-    assert auto.choice["warmupK"] == 94 and auto.choice["k"] == 188 and auto.choice["measuredRounds"] == 2
-    assert auto.choice["fixedMs"] == pytest.approx(160.0) and auto.choice["sparkShare"] <= 0.10
+        auto.observe(209, 0.160 + 0.008 * 209, 0.008 * 209)
+    assert auto.next_round(10 ** 6) == auto.peek(10 ** 6) == 469
+    assert auto.choice["warmupK"] == 209 and auto.choice["k"] == 469 and auto.choice["measuredRounds"] == 2
+    assert auto.choice["fixedMs"] == pytest.approx(160.0) and auto.choice["sparkShare"] <= 0.05
     for _ in range(3):  # and then final, whatever later rounds measure
-        auto.observe(188, 5.0, 0.008 * 188)
-    assert auto.next_round(10 ** 6) == 188
+        auto.observe(469, 5.0, 0.008 * 469)
+    assert auto.next_round(10 ** 6) == 469
     # a checkpoint keeps the choice
     again = AutoLocalSteps(1875, 3750)
     again.load_state(auto.state())
-    assert again.next_round(0) == 188 and again.peek(0) == 188 and again.choice == auto.choice
+    assert again.next_round(0) == 469 and again.peek(0) == 469 and again.choice == auto.choice
     # capped at an epoch
     short = AutoLocalSteps(steps_per_epoch=45)
     done = 0

@@ -153,7 +153,7 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
     localSteps = Param(Params._dummy(), "localSteps",
                        "optimizer steps each partition takes on its own before the weights and optimizer "
                        "states are averaged: 'auto' (warm-up rounds of 1, 2, 4, ... steps, then the k that "
-                       "keeps Spark's fixed cost per round at most 10% of the round; k per epoch is in the "
+                       "keeps Spark's fixed cost per round at most 5% of the round; k per epoch is in the "
                        "summary), or an int (1: synchronous data-parallel training, one treeAggregate per step)",
                        typeConverter=_local_steps)
     pipelineRounds = Param(Params._dummy(), "pipelineRounds",

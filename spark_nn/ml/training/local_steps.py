@@ -37,7 +37,7 @@ class AutoLocalSteps:
     power of two not above the steps done so far, plus one), which also measure what a round
     costs beyond its tasks' compute (Spark's fixed cost F: scheduling, shipping the payload,
     result transfer, the driver's update) and the compute C of one step; then local rounds of
-    k steps with F at most a tenth of a round: F / (F + k C) <= 1/10, i.e. k >= 9 F / C; the
+    k steps with F at most a twentieth of a round: F / (F + k C) <= 1/20, i.e. k >= 19 F / C; the
     epoch is cut into as many equal rounds as that allows (at most one round an epoch). The
     first REVISE_ROUNDS rounds at that k measure F and C again on the rounds the fit actually
     runs (their payload: e.g. an Embedding round ships the rows of k steps, more than a warm-up
@@ -45,11 +45,15 @@ class AutoLocalSteps:
     fit does not depend on timing noise, and a checkpoint keeps k. The warm-up's k depends only
     on the steps done, never on timing.
 
-    Why: a quarter (used before) left a 60k-row epoch 1.3x longer for the same accuracy
-    (k = 32 instead of 128), and a synchronous warm-up of 1 % of a 30-epoch fit on 60k rows
-    was 562 rounds (about a minute of Spark's fixed cost); the doubling one takes 10."""
+    Why: a quarter (used first) left a 60k-row epoch 1.3x longer for the same accuracy
+    (k = 32 instead of 128), and a tenth (used next: k = 82-105 there, 20-28 rounds an epoch)
+    still left Spark 7-12 % of the epoch; on that set rounds of 200 and 400 steps ended two
+    epochs at the same test accuracy as rounds of 82-105 (0.9821, 0.9821 vs 0.9825; 16 and 32
+    steps: 0.981), in 9.6-10.1 s instead of 11.0-12.2 s for the second epoch (benchmarks/
+    RESULTS.md). A synchronous warm-up of 1 % of a 30-epoch fit on 60k rows was 562 rounds
+    (about a minute of Spark's fixed cost); the doubling one takes 10."""
 
-    FIXED_SHARE = 0.10
+    FIXED_SHARE = 0.05
     REVISE_ROUNDS = 2
 
     def __init__(self, steps_per_epoch, total_steps=None):
