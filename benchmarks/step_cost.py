@@ -139,9 +139,28 @@ def fixed_cost(spark, steps):
 ROUND_PARTS = ("empty round ms", "ship payload ms", "return vector ms")
 
 
+def jvm_cpu_s(spark):
+    """CPU seconds the driver's JVM has used so far, summed over its threads (schedstat: ns, not
+    /proc's 10 ms ticks); None when this process did not launch the JVM."""
+    proc = getattr(spark.sparkContext._gateway, "proc", None)
+    if proc is None:
+        return None
+    total = 0
+    for tid in os.listdir(f"/proc/{proc.pid}/task"):
+        try:
+            with open(f"/proc/{proc.pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):  # a thread that ended meanwhile
+            pass
+    return total / 1e9
+
+
 def round_parts(spark, params_list, repeat):
     """Table 3 of the docstring, one dict per payload size: each part's median ms, measured
-    with the fit's own backend over a tiny fit's partitions (as many as the session's cores)."""
+    with the fit's own backend over a tiny fit's partitions (as many as the session's cores).
+    "<part> driver CPU ms": the median CPU time the driver (its Python process and its JVM)
+    spent in one such round: with executors in JVMs of their own (executors.py) it is the
+    driver's term alone, whatever the executors' contention for cores does to the wall time."""
     import cloudpickle
 
     from spark_nn.ml.training.rounds import RDDRounds
@@ -182,12 +201,17 @@ def round_parts(spark, params_list, repeat):
                    "partitions": len(data.sizes)}
             for name, fn in parts.items():
                 fn()
-                times = []
+                times, cpu = [], []
                 for _ in range(repeat):
-                    t0 = time.perf_counter()
+                    j0 = jvm_cpu_s(spark)
+                    c0, t0 = time.process_time(), time.perf_counter()
                     fn()
-                    times.append((time.perf_counter() - t0) * 1e3)
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    j1 = jvm_cpu_s(spark)
+                    times.append((t1 - t0) * 1e3)
+                    cpu.append((c1 - c0 + (j1 - j0 if j0 is not None else 0.0)) * 1e3)
                 med[name] = float(np.median(times))
+                med[name.replace(" ms", " driver CPU ms")] = float(np.median(cpu))
             result = rounds.run(returning, {})
             trainer.optimizer = opt  # the fit's own averaging of weights and Adam's moments
             t0 = time.perf_counter()
