@@ -48,7 +48,7 @@ def session(url, executors, memory):
              .config("spark.executor.cores", "1").config("spark.cores.max", str(executors))
              .config("spark.executor.memory", memory).config("spark.default.parallelism", str(executors))
              .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
-             .config("spark.python.unix.domain.socket.enabled", "true").config("spark.ui.showConsoleProgress", "false")
+             .config("spark.ui.showConsoleProgress", "false")
              .config("spark.driver.memory", "2g").getOrCreate())
     sc = spark.sparkContext
     sc.setLogLevel("ERROR")

@@ -27,7 +27,8 @@ def est(**kw):
 def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path, local_steps):
     reference = est(localSteps=local_steps).fit(data).weights
     flag = tmp_path / "killed"  # epoch 1 (0-based), step 2, partition 1
-    retried = fit_under_fault(spark, FAULT_PROPERTY, "1:2:1", flag, lambda: est(localSteps=local_steps).fit(data).weights)
+    retried = fit_under_fault(spark, FAULT_PROPERTY, "1:2:1", flag,
+                              lambda: est(localSteps=local_steps).fit(data).weights)
     assert flag.read_text().startswith("killed attempt 0")  # the kill happened, once
     np.testing.assert_array_equal(retried, reference)
 

@@ -65,12 +65,10 @@ class Rounds:
                     self._running -= 1
                     self._state.notify_all()
             with self._state:
-                if self._generation != generation:
-                    continue  # another round has materialized the data again meanwhile
-                while self._rematerializing or self._running:
+                while self._generation == generation and (self._rematerializing or self._running):
                     self._state.wait()
                 if self._generation != generation:
-                    continue
+                    continue  # another round has materialized the data again meanwhile
                 self._rematerializing = True
             try:
                 log.warning("%s: %s; materializing the training data again", self.description, lost)
