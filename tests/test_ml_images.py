@@ -2,6 +2,7 @@
 encoded image files in a binary column (spark.read.format("binaryFile")) train and score like
 the same files loaded as image structs; bad files fail the fit before any step, naming them."""
 import os
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -144,3 +145,18 @@ def test_autoencoder_on_encoded_files(spark, digits_dirs):
     assert model.inputSpec["image"] == [1, 8, 8] and model.inputSpec["shape"] == [64]
     row = model.transform(df).select("code", "reconstructionError").first()
     assert len(row.code) == 4 and row.reconstructionError >= 0
+
+
+@pytest.mark.once
+def test_load_images_takes_folders_with_spaces_and_non_ascii_class_names(spark, tmp_path):
+    """Spark's image origins are URIs (a space is %20); the classes are the folders' own names."""
+    root = tmp_path / "my photos" / "pets 2026"
+    rng = np.random.default_rng(1)
+    for name in ("狗 dog", "猫"):
+        os.makedirs(root / name)
+        for i in range(3):
+            write_png_gray(str(root / name / f"{i}.png"), rng.integers(0, 256, (8, 8)))
+    images = ImageFeature.loadImages(str(root))
+    assert images.schema["label"].metadata["ml_attr"]["vals"] == ["狗 dog", "猫"]
+    got = sorted((unquote(r.image.origin.rsplit("/", 2)[1]), r.label) for r in images.collect())
+    assert got == [("狗 dog", 0.0)] * 3 + [("猫", 1.0)] * 3

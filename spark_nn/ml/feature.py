@@ -1,6 +1,7 @@
 """Feature stages: images from a folder per class, and fixed-length token sequences."""
 import functools
 import os
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -79,7 +80,7 @@ class ImageFeature:
         base = os.path.basename(root.rstrip("/"))
         cls_of = {}
         for p in parents:
-            parts = p.split("/")
+            parts = unquote(p).split("/")  # origins are URIs: a space is %20, a Chinese class name %E7...
             if base not in parts:
                 raise ValueError(f"cannot place {p!r} under {path!r}")
             rel = parts[len(parts) - 1 - parts[::-1].index(base) + 1:]

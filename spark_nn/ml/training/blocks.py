@@ -41,6 +41,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 from spark_nn import kernels
 from spark_nn.ml.columns import IMAGE_KINDS, arrow_to_block, feature_expr
 from spark_nn.ml.spark_kind import application_id, default_parallelism, is_connect, num_partitions
+from spark_nn.ml.training.deal import deal_rows
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
 
 
@@ -326,11 +327,13 @@ class TrainingData:
             cols.append(F.col("path").cast("string").alias("p"))
         selected = self.df.select(*cols)
         # a round lasts as long as its largest partition's share, so the rows are dealt round-robin
-        # over as many partitions as cores (a repartition) whenever the input has another count:
-        # a coalesce merges neighbours, and put all 60k training rows of a train + test union (its
-        # validation rows in partitions of their own) in one partition, on one core (2x the epoch)
-        if num_partitions(selected) != self.num_partitions:
-            selected = selected.repartition(self.num_partitions)
+        # over as many partitions as cores whenever the input has another count: a coalesce merges
+        # neighbours, and put all 60k training rows of a train + test union (its validation rows in
+        # partitions of their own) in one partition, on one core (2x the epoch); dealt by position,
+        # not by Spark's repartition(n), whose deal depends on the rows' bytes (deal.py)
+        inputs = num_partitions(selected)
+        if inputs != self.num_partitions:
+            selected = deal_rows(selected, self.num_partitions, inputs)
 
         def convert(batches):
             ctx = TaskContext.get()
