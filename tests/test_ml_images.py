@@ -115,12 +115,12 @@ def test_an_undecodable_file_fails_the_fit_naming_it_before_any_step(spark, tmp_
     root = str(tmp_path / "imgs")
     write_files(root, bad="broken.png")
     df = binary_files(spark, root)
-    with pytest.raises(ValueError, match=r"features column 'content': row \d+ of this partition "
+    with pytest.raises(ValueError, match=r"features column 'content': row \d+ of input partition \d+ "
                                          r"\(file:.*/1/broken\.png\): cannot decode the image"):
         CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2, grayscale=True).fit(df)
     assert resident_files(local_dirs, depth=1) == []  # the pass's files are gone
     # a column without paths still names the row
-    with pytest.raises(ValueError, match=r"row \d+ of this partition: cannot decode"):
+    with pytest.raises(ValueError, match=r"row \d+ of input partition \d+: cannot decode"):
         CNN(layers=[2, 2], inputCol="content", outputCol="label", numClasses=2,
             imageSize=[8, 8]).fit(df.drop("path"))
 

@@ -121,7 +121,7 @@ def movie_snippets(spark):
 
 @pytest.mark.once
 def test_seed_rnn_program_on_real_text_keeps_up_with_lstm_and_bag_of_words(movie_snippets):
-    """The seed's RNN(layers=[64, 32, 16], activation="relu") at defaults, but 6 epochs (the
+    """The seed's RNN(layers=[64, 32, 16], activation="relu") at defaults, but 8 epochs (the
     benchmark runs 30) and a fixed localSteps (so the result does not depend on timing),
     against cellType='lstm' and MLlib's hashed bag-of-words logistic regression. Before padding was masked and ReLU cells
     started at the identity with clipping, the seed program stayed near the majority class.
@@ -131,7 +131,10 @@ def test_seed_rnn_program_on_real_text_keeps_up_with_lstm_and_bag_of_words(movie
     embedding table (a row moves only at the steps that touch it) learns rare tokens more
     slowly than dense Adam, whose momentum kept moving them: 3 epochs gave 0.6727 (LSTM 0.7094),
     6 give 0.7291 (LSTM 0.7187, bag of words 0.7094); over the benchmark's 30 epochs the seed
-    program is ahead of the LSTM (benchmarks/RESULTS.md)."""
+    program is ahead of the LSTM (benchmarks/RESULTS.md). How long the ReLU net stays near the
+    majority class before it learns moves with the rows each partition holds: once the setup
+    pass dealt the rows by position, 6 epochs at seeds 0, 1, 2 gave 0.6240 (4 epochs at the
+    majority's training accuracy), 0.7187, 0.7287; 8 epochs give 0.7145, 0.7206, 0.7318."""
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import LogisticRegression
     from pyspark.ml.feature import HashingTF
@@ -141,7 +144,7 @@ def test_seed_rnn_program_on_real_text_keeps_up_with_lstm_and_bag_of_words(movie
 
     def rnn_accuracy(**kw):
         rnn = RNN(layers=[64, 32, 16], activation="relu", inputCol="sequence", outputCol="label", numClasses=2,
-                  maxIter=6, localSteps=64, **kw)
+                  maxIter=8, localSteps=64, **kw)
         return evaluator.evaluate(rnn.fit(train).transform(test))
 
     seed, lstm = rnn_accuracy(), rnn_accuracy(cellType="lstm")

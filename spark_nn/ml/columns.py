@@ -192,7 +192,14 @@ def arrow_to_block(arr, spec, col, base=0, raw8=False, paths=None):
     if kind == "seq":
         t, d = shape
         _check_lengths(arr, col, t, base)
-        block = _flat_list(arr.flatten(), col, d, base * t)
+        steps = arr.flatten()
+        bad = np.asarray(steps.is_null()) | (_row_lengths(steps) != d)
+        if bad.any():  # named by row and step (the flattened steps' index is no row of the DataFrame)
+            first = int(np.flatnonzero(bad)[0])
+            got = "a null" if not steps[first].is_valid else f"{_row_lengths(steps)[first]} values"
+            raise ValueError(f"features column {col!r}: step {first % t} of row {base + first // t} of this partition "
+                             f"has {got}, expected {d} values per step")
+        block = _flat_list(steps, col, d, 0)
         return np.ascontiguousarray(block, dtype=np.float32).reshape(n, t, d)
     raise ValueError(f"unknown feature kind {kind!r}")
 

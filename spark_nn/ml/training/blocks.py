@@ -5,8 +5,10 @@ A block holds the rows as the network takes them: float32, token ids as int64, a
 in the page cache, which ``batch_rows`` scales to float32 per minibatch in C (csrc/convert.c),
 to the same bits as float32 blocks scaled in the pass.
 
-One Spark job (``materialize``) reads the features and labels, checks every row, splits off the
-validation rows and writes each partition's block. Where the block lives:
+One Spark job (``materialize``) reads the features and labels, deals the rows round-robin over
+as many partitions as cores by their place in the input (deal.py), checks every row (an error
+names the row by that place: row j of input partition q), splits off the validation rows and
+writes each partition's block. Where the block lives:
 
 - resident (default): in the executor's Spark local directory (``SPARK_LOCAL_DIRS``, the block
   manager's own folder, removed by Spark when the executor stops) as raw files that every step
@@ -29,6 +31,7 @@ fit needs no other pass over the data.
 """
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -41,7 +44,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 from spark_nn import kernels
 from spark_nn.ml.columns import IMAGE_KINDS, arrow_to_block, feature_expr
 from spark_nn.ml.spark_kind import application_id, default_parallelism, is_connect, num_partitions
-from spark_nn.ml.training.deal import deal_rows
+from spark_nn.ml.training.deal import deal_rows, input_place
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
 
 
@@ -255,6 +258,23 @@ def delete_block(block):
             pass
 
 
+_ROW_OF_PARTITION = re.compile(r"row (\d+) of this partition")
+
+
+def _name_input_rows(message, places, base):
+    """A conversion error's 'row r of this partition' (r counted in the dealt partition, from
+    base at this batch) as where the row is in the DataFrame the user gave: 'row j of input
+    partition q'."""
+    def place(match):
+        i = int(match.group(1)) - base
+        if not 0 <= i < len(places):
+            return match.group(0)
+        q, j = input_place(places[i])
+        return f"row {j} of input partition {q}"
+
+    return _ROW_OF_PARTITION.sub(place, message)
+
+
 class TrainingData:
     """The persisted per-partition blocks of one fit and what the pass that made them found.
 
@@ -278,9 +298,9 @@ class TrainingData:
         return bool(self.val_indicator) or self.val_fraction > 0
 
     def materialize(self):
-        """Runs the one pass: converts, checks, splits and writes every partition's block (one
-        Spark job, plus the shuffle stage of a repartition when the input's partitions are not
-        as many as the cores)."""
+        """Runs the one pass: deals the rows over the cores, converts, checks, splits and writes
+        every partition's block (one Spark job of two stages: the deal's shuffle, then the
+        conversion)."""
         self.directory = (f"spark_nn/{application_id(self.spark)}-{uuid.uuid4().hex[:12]}"
                           if self.resident else None)
         handles = self._build()
@@ -323,17 +343,20 @@ class TrainingData:
         cols.append(F.col(self.label_col).cast("double").alias("y") if has_label else F.lit(0.0).alias("y"))
         cols.append(F.coalesce(F.col(self.val_indicator).cast("boolean"), F.lit(False)).alias("v")
                     if self.val_indicator else F.lit(False).alias("v"))
+        cols.append(F.monotonically_increasing_id().alias("i"))  # the row's place in the input, for errors
         if with_paths:
             cols.append(F.col("path").cast("string").alias("p"))
         selected = self.df.select(*cols)
         # a round lasts as long as its largest partition's share, so the rows are dealt round-robin
-        # over as many partitions as cores whenever the input has another count: a coalesce merges
-        # neighbours, and put all 60k training rows of a train + test union (its validation rows in
-        # partitions of their own) in one partition, on one core (2x the epoch); dealt by position,
-        # not by Spark's repartition(n), whose deal depends on the rows' bytes (deal.py)
+        # over as many partitions as cores, even when the input has as many: a parquet file's
+        # partitions end at row groups (60k rows in two: 32768 and 27232, so every round took 9 %
+        # longer than with 30000 each), and a train + test union can hold all its training rows in
+        # one (2x the epoch); a coalesce merges neighbours. Dealt by position, not by Spark's
+        # repartition(n), whose deal depends on the rows' bytes (deal.py). The shuffle costs the
+        # 60k pass 0.6-1.0 s, less than the 9 % of one epoch it saves.
         inputs = num_partitions(selected)
-        if inputs != self.num_partitions:
-            selected = deal_rows(selected, self.num_partitions, inputs)
+        if inputs != 1 or self.num_partitions != 1:
+            selected = deal_rows(selected, self.num_partitions, inputs, position="i")
 
         def convert(batches):
             ctx = TaskContext.get()
@@ -345,11 +368,12 @@ class TrainingData:
             labels, rows, max_id, base = [], 0, None, 0
             try:
                 for b in batches:
+                    places = b.column(3).to_numpy(zero_copy_only=False)
                     try:
                         x = arrow_to_block(b.column(0), spec, fcol, base, raw8=raw8,
-                                           paths=b.column(3) if with_paths else None)
+                                           paths=b.column(4) if with_paths else None)
                     except ValueError as e:
-                        raise ValueError(f"{e} [partition {pid}]") from None
+                        raise ValueError(_name_input_rows(str(e), places, base)) from None
                     y = b.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
                     val = b.column(2).to_numpy(zero_copy_only=False).astype(bool)
                     if val_fraction > 0:
@@ -359,10 +383,10 @@ class TrainingData:
                         ok = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
                         if not ok.all():
                             if handle_invalid == "error":
-                                first = int(np.flatnonzero(~ok)[0])
+                                q, j = input_place(places[int(np.flatnonzero(~ok)[0])])
                                 raise ValueError(
-                                    f"features column {fcol!r} has NaN or infinite values in row {base + first} of "
-                                    f"partition {pid} ({int((~ok).sum())} such rows in this batch); set "
+                                    f"features column {fcol!r} has NaN or infinite values in row {j} of input "
+                                    f"partition {q} ({int((~ok).sum())} such rows in this batch); set "
                                     "handleInvalid='skip' to drop them")
                             x, y, val = x[ok], y[ok], val[ok]
                     elif dtype == np.int64 and len(x):

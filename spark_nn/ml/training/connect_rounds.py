@@ -21,6 +21,7 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 
 from spark_nn.ml.training.blocks import blocks_of_batches
+from spark_nn.ml.training.deal import partition_key
 from spark_nn.ml.training.rounds import Rounds
 from spark_nn.ml.training.worker import ZERO, add_results
 
@@ -110,11 +111,11 @@ class ConnectRounds(Rounds):
     def tree(self, results, n):
         """Adds RDD treeAggregate's levels on the executors: while the driver would receive
         more than about scale + n / scale results, rows go to n / scale tasks (by pid) that sum
-        them."""
+        them, the rows of pid p to task p mod n as treeAggregate's HashPartitioner sends them."""
         scale = max(int(math.ceil(n ** (1.0 / self.depth))), 2)
         while n > scale + math.ceil(n / scale):
             n = n // scale
-            results = results.repartition(n, F.col("pid") % F.lit(n)).mapInArrow(_sum_level, RESULT_SCHEMA)
+            results = results.repartition(n, partition_key(F.col("pid") % n, n)).mapInArrow(_sum_level, RESULT_SCHEMA)
         return results
 
     def describe(self, text):

@@ -46,20 +46,31 @@ def partition_keys(n):
     return keys
 
 
-def deal_rows(df, n, inputs):
+def partition_key(index, n):
+    """A column to hash-partition by (df.repartition(n, key)) that sends each row to partition
+    `index` (a column of ints in [0, n)), as RDD's HashPartitioner sends int keys; hashing the
+    index itself sends some to the same partition and leaves others empty."""
+    return F.element_at(F.array(*[F.lit(k) for k in partition_keys(n)]), (index + 1).cast("int"))
+
+
+def deal_rows(df, n, inputs, position=None):
     """df's rows (in `inputs` partitions) over n partitions: row j of input partition q to
-    partition (q n // inputs + j) mod n,
-    each partition in input order. One shuffle, as repartition(n); its sort is by a long, not by
-    the rows' bytes."""
-    keys = F.array(*[F.lit(k) for k in partition_keys(n)])
-    # the position is q 2^33 + j; the input partitions start their deals spread over the n
-    # partitions, so that the rows left over by each (its size mod n) do not all go to the first
-    position = F.monotonically_increasing_id()
+    partition (q n // inputs + j) mod n, each partition in input order. One shuffle, as
+    repartition(n); its sort is by a long, not by the rows' bytes. position: a column of df
+    holding F.monotonically_increasing_id() (q 2^33 + j) of the input, kept; None: one is added
+    for the deal and dropped."""
+    pos = position or "_spark_nn_pos"
+    if position is None:
+        df = df.withColumn(pos, F.monotonically_increasing_id())
+    # the input partitions start their deals spread over the n partitions, so that the rows
+    # left over by each (its size mod n) do not all go to the first
     q = F.spark_partition_id().cast("long")
     start = (q * n / max(int(inputs), 1)).cast("long")
-    dealt = (df.withColumn("_spark_nn_pos", position)
-             .withColumn("_spark_nn_key", F.element_at(
-                 keys, ((F.col("_spark_nn_pos") - q * (1 << 33) + start) % n + 1).cast("int")))
-             .repartition(n, "_spark_nn_key")
-             .sortWithinPartitions("_spark_nn_pos"))
-    return dealt.drop("_spark_nn_pos", "_spark_nn_key")
+    key = partition_key((F.col(pos) - q * (1 << 33) + start) % n, n)
+    dealt = df.withColumn("_spark_nn_key", key).repartition(n, "_spark_nn_key").sortWithinPartitions(pos)
+    return dealt.drop("_spark_nn_key") if position else dealt.drop(pos, "_spark_nn_key")
+
+
+def input_place(position):
+    """(input partition, row within it) of a monotonically_increasing_id() value."""
+    return divmod(int(position), 1 << 33)
