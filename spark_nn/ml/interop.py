@@ -37,6 +37,12 @@ def _network_of(value, input_shape):
     return Sequential.from_torch(value, input_shape)
 
 
+def _described_slots(net):
+    """(layer type, array name, shape) of each of a network's arrays, in layout order."""
+    layers = dict(net.named_layers())
+    return [(type(layers[s.path]).__name__, s.name, s.shape) for s in net.slots]
+
+
 def initial_weights(value, net):
     """Flat float32 weights for ``net`` from ``value`` (any initialWeights kind); a clear error
     when its layers or weight shapes differ from the network the estimator builds."""
@@ -46,8 +52,7 @@ def initial_weights(value, net):
         src = _network_of(value, net.input_shape)
     except ValueError as e:
         raise ValueError(f"initialWeights ({what}): {e}") from None
-    ours = [(type(net.layers[i]).__name__, name, shape) for i, name, shape, _ in net.slots]
-    theirs = [(type(src.layers[i]).__name__, name, shape) for i, name, shape, _ in src.slots]
+    ours, theirs = _described_slots(net), _described_slots(src)
     for k, (a, b) in enumerate(zip(ours, theirs)):
         if a != b:
             raise ValueError(f"initialWeights ({what}) do not fit this estimator's network: weight {k} is "

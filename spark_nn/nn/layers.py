@@ -6,7 +6,13 @@
   ``init_params(rng)``; the model binds views of one flat float32 vector with ``bind``;
 - runs ``forward(x, training)`` (caching what backward needs) and ``backward(dy, need_dx)``,
   which writes the parameter gradients into the bound gradient views and returns dx;
-- round-trips through ``config()`` / ``layer_from_config``.
+- round-trips through ``config()`` / ``layer_from_config``;
+- may hold non-trainable state (``buffer_specs()`` / ``init_buffers()``: BatchNorm's running
+  statistics), bound as views of the model's buffer vector;
+- may be frozen (``trainable`` False, Keras' name): its parameters get no gradient, and a
+  frozen BatchNorm normalizes with its running statistics in training too;
+- may contain layers (``sublayers()``: a residual block's body and shortcut), which the model
+  walks for its slots, its dropout seeding and its exports.
 Tensors: images NCHW, sequences [N, T, D], all float32 (token ids int).
 
 Padding: an Embedding with ``mask_zero`` marks each row's data steps (from its first to its
@@ -24,12 +30,14 @@ class Layer:
     """Base class: no parameters, identity shape."""
 
     input_spans = None  # set by the model before forward: data steps of sequence inputs
+    trainable = True
 
     def __init__(self):
         self.input_shape = None
         self.output_shape = None
         self.params = {}
         self.grads = {}
+        self.buffers = {}
 
     # graph construction
     def build(self, input_shape):
@@ -46,8 +54,18 @@ class Layer:
     def init_params(self, rng):
         return {}
 
-    def bind(self, params, grads):
-        self.params, self.grads = params, grads
+    def buffer_specs(self):
+        return []
+
+    def init_buffers(self):
+        return {}
+
+    def sublayers(self):
+        """(name, layer) of the layers this one contains (none for a plain layer)."""
+        return []
+
+    def bind(self, params, grads, buffers=None):
+        self.params, self.grads, self.buffers = params, grads, buffers or {}
 
     def config(self):
         return {"type": type(self).__name__}
@@ -84,11 +102,14 @@ def _pair(name, v):
 class Conv2D(Layer):
     """2-D convolution over NCHW. padding: int, pair, 'same' (odd kernels, stride 1) or 'valid'."""
 
-    def __init__(self, filters, kernel_size=3, stride=1, padding="same", use_bias=True, kernel_init="he"):
+    def __init__(self, filters, kernel_size=3, stride=1, padding="same", use_bias=True, kernel_init="he", groups=1):
         super().__init__()
         self.filters = int(filters)
         if self.filters < 1:
             raise ValueError(f"Conv2D filters must be >= 1, got {filters}")
+        self.groups = int(groups)
+        if self.groups < 1 or self.filters % self.groups:
+            raise ValueError(f"Conv2D groups must be >= 1 and divide filters ({filters}), got {groups}")
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride = _pair("stride", stride)
         self.padding = padding
@@ -108,6 +129,8 @@ class Conv2D(Layer):
         if len(input_shape) != 3:
             raise ValueError(f"Conv2D expects inputs of shape (channels, height, width), got {input_shape}")
         c, h, w = input_shape
+        if c % self.groups:
+            raise ValueError(f"Conv2D groups ({self.groups}) must divide the input channels ({c})")
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self._pad()
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if h + 2 * ph < kh or w + 2 * pw < kw or oh < 1 or ow < 1:
@@ -116,12 +139,12 @@ class Conv2D(Layer):
         return (self.filters, oh, ow)
 
     def param_specs(self):
-        c = self.input_shape[0]
+        c = self.input_shape[0] // self.groups
         specs = [("w", (self.filters, c) + self.kernel_size)]
         return specs + ([("b", (self.filters,))] if self.use_bias else [])
 
     def init_params(self, rng):
-        c = self.input_shape[0]
+        c = self.input_shape[0] // self.groups  # fan-in and -out per group, as torch's init
         kh, kw = self.kernel_size
         out = {"w": init.dense_kernel(rng, (self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw,
                                       self.kernel_init)}
@@ -131,19 +154,29 @@ class Conv2D(Layer):
 
     def forward(self, x, training=False):
         self._x = x
-        return K.conv2d_forward(x, self.params["w"], self.params.get("b"), self.stride, self._pad())
+        return K.conv2d_forward(x, self.params["w"], self.params.get("b"), self.stride, self._pad(),
+                                **self._group_arg())
+
+    def _group_arg(self):
+        return {"groups": self.groups} if self.groups != 1 else {}
 
     def backward(self, dy, need_dx=True):
+        if not self.trainable and not need_dx:
+            return None
+        # a frozen layer has no gradient views: the kernel's dw and db go to scratch arrays
         dx, _, _ = K.conv2d_backward(self._x, self.params["w"], dy, self.stride, self._pad(),
                                      need_dx=need_dx, has_bias=self.use_bias,
-                                     dw=self.grads["w"], db=self.grads.get("b"))
+                                     dw=self.grads.get("w"), db=self.grads.get("b"), **self._group_arg())
         return dx
 
     def config(self):
-        return {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": self.padding if isinstance(self.padding, str)
-                else list(_pair("padding", self.padding)), "use_bias": self.use_bias,
-                "kernel_init": self.kernel_init}
+        cfg = {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
+               "stride": list(self.stride), "padding": self.padding if isinstance(self.padding, str)
+               else list(_pair("padding", self.padding)), "use_bias": self.use_bias,
+               "kernel_init": self.kernel_init}
+        if self.groups != 1:  # absent in configs of ungrouped layers, as saved before groups existed
+            cfg["groups"] = self.groups
+        return cfg
 
 
 class MaxPool2D(Layer):
@@ -219,6 +252,8 @@ class Dense(Layer):
         return K.dense_forward(x, self.params["w"], self.params.get("b"))
 
     def backward(self, dy, need_dx=True):
+        if not self.trainable:
+            return K.dense_forward(dy, np.ascontiguousarray(self.params["w"].T)) if need_dx else None
         dx, _, _ = K.dense_backward(self._x, self.params["w"], dy, need_dx=need_dx, has_bias=self.use_bias,
                                     dw=self.grads["w"], db=self.grads.get("b"))
         return dx
@@ -227,31 +262,40 @@ class Dense(Layer):
         return {"type": "Dense", "units": self.units, "use_bias": self.use_bias, "kernel_init": self.kernel_init}
 
 
-ACTIVATION_NAMES = ("sigmoid", "tanh", "relu", "softmax", "identity")
+ACTIVATION_NAMES = ("sigmoid", "tanh", "relu", "softmax", "identity", "relu6", "leaky_relu", "silu", "gelu")
+_NEEDS_INPUT = ("silu", "gelu")  # their backward is written in terms of the input, not the output
 
 
 class Activation(Layer):
-    """Elementwise sigmoid, tanh, ReLU or identity, or softmax over the last axis of (N, C)."""
+    """Elementwise sigmoid, tanh, ReLU, ReLU6, LeakyReLU (negative slope ``alpha``, torch's
+    default 0.01), SiLU, GELU (erf form, torch's default) or identity, or softmax over the last
+    axis of (N, C)."""
 
-    def __init__(self, activation):
+    def __init__(self, activation, alpha=None):
         super().__init__()
         name = str(activation).lower()
-        if name == "linear":
-            name = "identity"
+        name = {"linear": "identity", "swish": "silu", "leakyrelu": "leaky_relu"}.get(name, name)
         if name not in ACTIVATION_NAMES:
             raise ValueError(f"activation must be one of {list(ACTIVATION_NAMES)}, got {activation!r}")
+        if alpha is not None and name != "leaky_relu":
+            raise ValueError(f"alpha is the negative slope of leaky_relu; {name} takes none")
         self.activation = name
+        self.alpha = (0.01 if alpha is None else float(alpha)) if name == "leaky_relu" else None
 
     def compute_output_shape(self, input_shape):
         if self.activation == "softmax" and len(input_shape) != 1:
             raise ValueError(f"softmax expects flat inputs (classes,), got {input_shape}")
         return input_shape
 
+    def _args(self):
+        return {"alpha": self.alpha} if self.alpha is not None else {}
+
     def forward(self, x, training=False):
         if self.activation == "softmax":
             self._y = K.softmax(x)
         else:
-            self._y = K.activation_forward(x, self.activation)
+            self._y = K.activation_forward(x, self.activation, **self._args())
+        self._x = x if self.activation in _NEEDS_INPUT else None
         return self._y
 
     def backward(self, dy, need_dx=True):
@@ -260,13 +304,233 @@ class Activation(Layer):
         y = self._y
         if self.activation == "softmax":
             return (y * (dy - np.sum(dy * y, axis=1, keepdims=True))).astype(np.float32)
-        return K.activation_backward(y, dy, self.activation)
+        if self.activation in _NEEDS_INPUT:
+            return K.activation_backward(y, dy, self.activation, x=self._x)
+        return K.activation_backward(y, dy, self.activation, **self._args())
 
     def output_spans(self):
         return self.input_spans
 
     def config(self):
-        return {"type": "Activation", "activation": self.activation}
+        cfg = {"type": "Activation", "activation": self.activation}
+        if self.alpha is not None:
+            cfg["alpha"] = self.alpha
+        return cfg
+
+
+def _plane_input(kind, input_shape):
+    if len(input_shape) != 3:
+        raise ValueError(f"{kind} expects inputs of shape (channels, height, width), got {input_shape}")
+    return input_shape
+
+
+class AvgPool2D(Layer):
+    """Average pooling over NCHW windows (torch's AvgPool2d: padding counted in the divisor
+    unless count_include_pad is False)."""
+
+    def __init__(self, pool_size=2, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.pool_size = _pair("pool_size", pool_size)
+        self.stride = _pair("stride", self.pool_size if stride is None else stride)
+        self.padding = _pair("padding", padding)
+        self.count_include_pad = bool(count_include_pad)
+
+    def compute_output_shape(self, input_shape):
+        c, h, w = _plane_input("AvgPool2D", input_shape)
+        (kh, kw), (sh, sw), (ph, pw) = self.pool_size, self.stride, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(f"AvgPool2D: input of size {h}x{w} is smaller than its {kh}x{kw} window")
+        if 2 * ph > kh or 2 * pw > kw:
+            raise ValueError(f"AvgPool2D: padding {ph},{pw} is more than half the {kh}x{kw} window")
+        return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    def _args(self):
+        return dict(kernel=self.pool_size, stride=self.stride, padding=self.padding,
+                    count_include_pad=self.count_include_pad)
+
+    def forward(self, x, training=False):
+        self._xshape = x.shape
+        return K.avgpool2d_forward(x, **self._args())
+
+    def backward(self, dy, need_dx=True):
+        return K.avgpool2d_backward(dy, self._xshape, **self._args()) if need_dx else None
+
+    def config(self):
+        return {"type": "AvgPool2D", "pool_size": list(self.pool_size), "stride": list(self.stride),
+                "padding": list(self.padding), "count_include_pad": self.count_include_pad}
+
+
+class GlobalAvgPool2D(Layer):
+    """The mean of each channel's plane: (C, H, W) -> (C,) (torch's AdaptiveAvgPool2d(1) and a
+    flatten; Keras' GlobalAveragePooling2D)."""
+
+    def compute_output_shape(self, input_shape):
+        return (_plane_input("GlobalAvgPool2D", input_shape)[0],)
+
+    def forward(self, x, training=False):
+        self._xshape = x.shape
+        return K.global_avgpool_forward(x)
+
+    def backward(self, dy, need_dx=True):
+        return K.global_avgpool_backward(dy, self._xshape) if need_dx else None
+
+
+class _BatchNorm(Layer):
+    """Batch normalization over the channel axis (axis 1 of the batch), torch's semantics:
+    training normalizes with the minibatch's mean and biased variance and moves the running
+    statistics by ``momentum`` (variance unbiased); evaluation uses the running statistics. The
+    running statistics are buffers: not trained, kept in the model's buffer vector. A frozen
+    layer (trainable False) normalizes with its running statistics in training too and leaves
+    them alone (Keras' rule for fine-tuning), so its output is what inference computes."""
+
+    ranks = ()
+
+    def __init__(self, momentum=0.1, eps=1e-5, affine=True):
+        super().__init__()
+        self.momentum, self.eps, self.affine = float(momentum), float(eps), bool(affine)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__} momentum must be in [0, 1], got {momentum}")
+        if not self.eps > 0.0:
+            raise ValueError(f"{type(self).__name__} eps must be > 0, got {eps}")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) not in self.ranks:
+            raise ValueError(f"{type(self).__name__} expects inputs of {self.shape_text}, got {input_shape}")
+        return input_shape
+
+    @property
+    def channels(self):
+        return self.input_shape[0]
+
+    def param_specs(self):
+        return [("gamma", (self.channels,)), ("beta", (self.channels,))] if self.affine else []
+
+    def init_params(self, rng):
+        c = self.channels
+        return {"gamma": np.ones(c, np.float32), "beta": np.zeros(c, np.float32)} if self.affine else {}
+
+    def buffer_specs(self):
+        return [("running_mean", (self.channels,)), ("running_var", (self.channels,))]
+
+    def init_buffers(self):
+        return {"running_mean": np.zeros(self.channels, np.float32),
+                "running_var": np.ones(self.channels, np.float32)}
+
+    def _affine(self):
+        if self.affine:
+            return self.params["gamma"], self.params["beta"]
+        return np.ones(self.channels, np.float32), np.zeros(self.channels, np.float32)
+
+    def forward(self, x, training=False):
+        gamma, beta = self._affine()
+        self._batch_stats = bool(training and self.trainable)
+        x4 = x if x.ndim != 3 else x[..., None]  # (N, C, L) as (N, C, L, 1)
+        y, self._mean, self._invstd = K.batchnorm_forward(
+            x4, gamma, beta, self.buffers["running_mean"], self.buffers["running_var"], self._batch_stats,
+            self.momentum, self.eps)
+        self._x4 = x4
+        return y.reshape(x.shape)
+
+    def backward(self, dy, need_dx=True):
+        train = self.trainable and self.affine
+        if not (need_dx or train):
+            return None
+        dx, _, _ = K.batchnorm_backward(self._x4, self._affine()[0], self._mean, self._invstd,
+                                        dy.reshape(self._x4.shape), self._batch_stats, need_dx=need_dx,
+                                        dgamma=self.grads.get("gamma"), dbeta=self.grads.get("beta"),
+                                        need_dparams=train)
+        return None if dx is None else dx.reshape(dy.shape)
+
+    def config(self):
+        return {"type": type(self).__name__, "momentum": self.momentum, "eps": self.eps, "affine": self.affine}
+
+
+class BatchNorm2D(_BatchNorm):
+    """torch's BatchNorm2d: per channel over (N, H, W) of images (C, H, W)."""
+    ranks, shape_text = (3,), "shape (channels, height, width)"
+
+
+class BatchNorm1D(_BatchNorm):
+    """torch's BatchNorm1d: per feature over N of (C,) inputs, or over (N, L) of (C, L)."""
+    ranks, shape_text = (1, 2), "shape (features,) or (channels, length)"
+
+
+def forward_chain(layers, x, training):
+    """x through layers in order; each recurrent layer gets the data steps of its input rows."""
+    spans = None
+    for layer in layers:
+        layer.input_spans = spans
+        x = layer.forward(x, training)
+        spans = layer.output_spans()
+    return x
+
+
+def has_trainable(layer):
+    """Whether the layer or a layer inside it has trainable parameters."""
+    return (layer.trainable and bool(layer.param_specs())) or any(has_trainable(s) for _, s in layer.sublayers())
+
+
+def lowest_trainable(layers):
+    """Index of the first layer with trainable parameters (len(layers) when none has)."""
+    return next((i for i, layer in enumerate(layers) if has_trainable(layer)), len(layers))
+
+
+def backward_chain(layers, dy, need_dx):
+    """dy back through layers (after forward_chain); the parameters' gradients land in their
+    views. Without need_dx, stops at the lowest layer with trainable parameters: nothing below
+    it needs a gradient, so a frozen body costs no backward."""
+    lowest = 0 if need_dx else lowest_trainable(layers)
+    for i in range(len(layers) - 1, lowest - 1, -1):
+        dy = layers[i].backward(dy, need_dx=need_dx or i > lowest)
+    return dy if need_dx else None
+
+
+class Residual(Layer):
+    """A residual block: body(x) + shortcut(x), the shortcut the identity when None, as
+    torchvision's BasicBlock and Bottleneck add their ``identity`` (the ReLU after the sum is
+    the next layer of the spine). body and shortcut are lists of layers (or their configs)."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.body = [layer_from_config(c) if isinstance(c, dict) else c for c in body]
+        self.shortcut = None if shortcut is None else \
+            [layer_from_config(c) if isinstance(c, dict) else c for c in shortcut]
+        if not self.body:
+            raise ValueError("Residual needs at least one layer in its body")
+
+    def sublayers(self):
+        return [(f"body.{i}", layer) for i, layer in enumerate(self.body)] + \
+            [(f"shortcut.{i}", layer) for i, layer in enumerate(self.shortcut or [])]
+
+    def compute_output_shape(self, input_shape):
+        shapes = {}
+        for branch in ("body", "shortcut"):
+            shape = tuple(input_shape)
+            for i, layer in enumerate(getattr(self, branch) or []):
+                try:
+                    shape = layer.build(shape)
+                except ValueError as e:
+                    raise ValueError(f"{branch} layer {i} ({layer!r}) on input shape {shape}: {e}") from None
+            shapes[branch] = shape
+        if shapes["body"] != shapes["shortcut"]:
+            raise ValueError(f"Residual: the body's output {shapes['body']} and the shortcut's "
+                             f"{shapes['shortcut']} differ (give a shortcut that maps the input to the body's "
+                             "shape, e.g. a strided 1x1 Conv2D and a BatchNorm2D)")
+        return shapes["body"]
+
+    def forward(self, x, training=False):
+        y = forward_chain(self.body, x, training)
+        s = x if self.shortcut is None else forward_chain(self.shortcut, x, training)
+        return y + s
+
+    def backward(self, dy, need_dx=True):
+        dx = backward_chain(self.body, dy, need_dx)
+        ds = dy if self.shortcut is None else backward_chain(self.shortcut, dy, need_dx)
+        return dx + ds if need_dx else None
+
+    def config(self):
+        return {"type": "Residual", "body": [layer_config(layer) for layer in self.body],
+                "shortcut": None if self.shortcut is None else [layer_config(layer) for layer in self.shortcut]}
 
 
 class Dropout(Layer):
@@ -502,15 +766,29 @@ class GRU(_Recurrent):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in
-               (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout, Embedding, SimpleRNN, LSTM, GRU)}
+               (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout, Embedding, SimpleRNN, LSTM, GRU,
+                AvgPool2D, GlobalAvgPool2D, BatchNorm1D, BatchNorm2D, Residual)}
+
+
+def layer_config(layer):
+    """A layer's config, with ``trainable`` only where it is False (configs saved before frozen
+    layers existed read the same)."""
+    cfg = layer.config()
+    if not layer.trainable:
+        cfg["trainable"] = False
+    return cfg
 
 
 def layer_from_config(cfg):
     cfg = dict(cfg)
     kind = cfg.pop("type", None)
+    trainable = cfg.pop("trainable", True)
     if kind not in LAYER_TYPES:
         raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
     try:
-        return LAYER_TYPES[kind](**cfg)
+        layer = LAYER_TYPES[kind](**cfg)
     except TypeError as e:
         raise ValueError(f"bad arguments for layer {kind}: {e}") from None
+    if not trainable:
+        layer.trainable = False  # a container's own flag: its layers' configs carry theirs
+    return layer

@@ -6,16 +6,37 @@ float32 array); layers hold views of them, so a training step ships and sums one
 results add up exactly.
 """
 import time
+from typing import NamedTuple
 
 import numpy as np
 
-from spark_nn.nn.layers import Dropout, Embedding, layer_from_config
+from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, layer_from_config
 from spark_nn.nn.losses import SoftmaxCrossEntropy, loss_from_config
 from spark_nn.nn.onnx_export import to_onnx
 from spark_nn.nn.optimizers import Optimizer, make_optimizer
 from spark_nn.nn.torch_interop import TorchInterop
 
 INFERENCE_BYTES = 16 << 20  # the widest layer's output in one prediction chunk
+SLOT_KINDS = ("param", "frozen", "buffer")
+
+
+class Slot(NamedTuple):
+    """One array of a layer in the model's flat vectors (see Sequential._layout)."""
+    path: str
+    name: str
+    shape: tuple
+    offset: int
+    kind: str
+
+    @property
+    def key(self):
+        return f"{self.path}.{self.name}"
+
+
+def _walk(path, layer):
+    yield path, layer
+    for name, sub in layer.sublayers():
+        yield from _walk(f"{path}.{name}", sub)
 
 
 class Sequential(TorchInterop):
@@ -35,25 +56,68 @@ class Sequential(TorchInterop):
             except ValueError as e:
                 raise ValueError(f"layer {i} ({layer!r}) on input shape {shape}: {e}") from None
         self.output_shape = shape
-        self.slots = []  # (layer index, param name, shape, offset)
-        offset = 0
-        for i, layer in enumerate(self.layers):
-            for name, pshape in layer.param_specs():
-                self.slots.append((i, name, tuple(pshape), offset))
-                offset += int(np.prod(pshape))
-        self.num_params = offset
-        self.params = np.zeros(offset, dtype=np.float32)
-        self.grads = np.zeros(offset, dtype=np.float32)
-        for i, layer in enumerate(self.layers):
-            layer.bind({n: self._view(self.params, s) for s in self.slots if s[0] == i for n in [s[1]]},
-                       {n: self._view(self.grads, s) for s in self.slots if s[0] == i for n in [s[1]]})
+        self._layout()
         self.seed = int(seed)
         self.init_weights(self.seed)
 
-    @staticmethod
-    def _view(flat, slot):
-        _, _, shape, off = slot
-        return flat[off:off + int(np.prod(shape))].reshape(shape)
+    def _layout(self, keep=None):
+        """Lays the layers' arrays out in three flat float32 vectors and binds the layers' views:
+        ``params`` (trainable parameters: what the optimizer steps and a round ships and sums,
+        with ``grads`` beside it), ``frozen`` (parameters of layers with trainable False: no
+        gradient, no optimizer state) and ``buffers`` (non-trainable state such as BatchNorm's
+        running statistics). Each slot is (path, name, shape, offset, kind): ``path`` names the
+        layer ("3", or "3.body.0" inside a container), ``offset`` is into its kind's vector.
+        keep: arrays by key ('<path>.<name>') to carry over (set_trainable relays the vectors)."""
+        self.slots = []
+        sizes = {kind: 0 for kind in SLOT_KINDS}
+        for path, layer in self.named_layers():
+            kind = "param" if layer.trainable else "frozen"
+            for name, shape, k in [(n, s, kind) for n, s in layer.param_specs()] + \
+                    [(n, s, "buffer") for n, s in layer.buffer_specs()]:
+                shape = tuple(int(d) for d in shape)
+                self.slots.append(Slot(path, name, shape, sizes[k], k))
+                sizes[k] += int(np.prod(shape))
+        self.num_params = sizes["param"]
+        self.params = np.zeros(sizes["param"], dtype=np.float32)
+        self.grads = np.zeros(sizes["param"], dtype=np.float32)
+        self.frozen = np.zeros(sizes["frozen"], dtype=np.float32)
+        self.buffers = np.zeros(sizes["buffer"], dtype=np.float32)
+        for path, layer in self.named_layers():
+            mine = [s for s in self.slots if s.path == path]
+            layer.bind({s.name: self._view(s) for s in mine if s.kind != "buffer"},
+                       {s.name: self._view(s, self.grads) for s in mine if s.kind == "param"},
+                       {s.name: self._view(s) for s in mine if s.kind == "buffer"})
+        for key, value in (keep or {}).items():
+            self._view(self._slot(key))[...] = value
+
+    def _vector(self, kind):
+        return {"param": self.params, "frozen": self.frozen, "buffer": self.buffers}[kind]
+
+    def _view(self, slot, flat=None):
+        flat = self._vector(slot.kind) if flat is None else flat
+        return flat[slot.offset:slot.offset + int(np.prod(slot.shape))].reshape(slot.shape)
+
+    def _slot(self, key):
+        return next(s for s in self.slots if s.key == key)
+
+    def named_layers(self):
+        """(path, layer) of every layer, containers' layers after the container, depth first."""
+        for i, layer in enumerate(self.layers):
+            yield from _walk(str(i), layer)
+
+    def set_trainable(self, trainable, layers=None):
+        """Sets ``trainable`` on the spine's layers (indices or layer objects; all by default) and
+        everything inside them, and lays the vectors out again (values kept): a frozen layer's
+        parameters leave ``params`` for ``frozen``, so the optimizer and the rounds no longer
+        see them. Returns self."""
+        chosen = range(len(self.layers)) if layers is None else layers
+        keep = self.weights_dict()
+        for item in chosen:
+            layer = self.layers[item] if isinstance(item, (int, np.integer)) else item
+            for _, sub in _walk("", layer):
+                sub.trainable = bool(trainable)
+        self._layout(keep)
+        return self
 
     @property
     def takes_token_ids(self):
@@ -61,13 +125,14 @@ class Sequential(TorchInterop):
 
     # ------------------------------------------------------------------ weights
     def init_weights(self, seed):
-        """Deterministic initialisation from seed (He/Glorot, orthogonal recurrent weights)."""
+        """Deterministic initialisation from seed (He/Glorot, orthogonal recurrent weights), and
+        the buffers' initial values (BatchNorm: running mean 0, variance 1)."""
         rng = np.random.default_rng(seed)
-        for i, layer in enumerate(self.layers):
-            values = layer.init_params(rng)
+        for path, layer in self.named_layers():
+            values = dict(layer.init_params(rng), **layer.init_buffers())
             for slot in self.slots:
-                if slot[0] == i:
-                    self._view(self.params, slot)[...] = values[slot[1]]
+                if slot.path == path:
+                    self._view(slot)[...] = values[slot.name]
 
     def set_params(self, flat):
         flat = np.asarray(flat)
@@ -75,22 +140,27 @@ class Sequential(TorchInterop):
             raise ValueError(f"flat parameters must have shape ({self.num_params},), got {flat.shape}")
         np.copyto(self.params, flat, casting="same_kind")
 
+    def set_buffers(self, flat):
+        flat = np.asarray(flat)
+        if flat.shape != self.buffers.shape:
+            raise ValueError(f"flat buffers must have shape {self.buffers.shape}, got {flat.shape}")
+        np.copyto(self.buffers, flat, casting="same_kind")
+
     def weights_dict(self):
-        """Named copies of the weights, '<layer index>.<name>' -> array."""
-        return {f"{i}.{name}": self._view(self.params, s).copy() for s in self.slots for i, name in [s[:2]]}
+        """Named copies of every array (trainable, frozen, buffers), '<layer path>.<name>' -> array."""
+        return {s.key: self._view(s).copy() for s in self.slots}
 
     def load_weights_dict(self, weights):
-        expected = {f"{i}.{name}": shape for i, name, shape, _ in self.slots}
+        expected = {s.key: s.shape for s in self.slots}
         missing = sorted(set(expected) - set(weights))
         extra = sorted(set(weights) - set(expected))
         if missing or extra:
             raise ValueError(f"weights do not match the architecture: missing {missing}, unexpected {extra}")
         for slot in self.slots:
-            key = f"{slot[0]}.{slot[1]}"
-            arr = np.asarray(weights[key])
-            if arr.shape != slot[2]:
-                raise ValueError(f"weight {key} has shape {arr.shape}, the architecture needs {slot[2]}")
-            self._view(self.params, slot)[...] = arr
+            arr = np.asarray(weights[slot.key])
+            if arr.shape != slot.shape:
+                raise ValueError(f"weight {slot.key} has shape {arr.shape}, the architecture needs {slot.shape}")
+            self._view(slot)[...] = arr
 
     # ------------------------------------------------------------------ data
     def check_input(self, x, name="x"):
@@ -111,23 +181,15 @@ class Sequential(TorchInterop):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x, training=False):
-        return self._run(self.layers, x, training)
-
-    @staticmethod
-    def _run(layers, x, training):
-        spans = None
-        for layer in layers:
-            layer.input_spans = spans
-            x = layer.forward(x, training)
-            spans = layer.output_spans()
-        return x
+        return forward_chain(self.layers, x, training)
 
     def backward(self, dout):
-        for i in range(len(self.layers) - 1, -1, -1):
-            dout = self.layers[i].backward(dout, need_dx=i > 0)
+        """Backward from the output down to the lowest trainable layer only: a frozen body
+        below it runs no backward at all (transfer learning's cost is its head's)."""
+        backward_chain(self.layers, dout, need_dx=False)
 
     def _seed_dropout(self, rng):
-        for layer in self.layers:
+        for _, layer in self.named_layers():
             if isinstance(layer, Dropout):
                 layer.rng = rng
 
@@ -152,7 +214,10 @@ class Sequential(TorchInterop):
         the one block of parameters whose gradient is sparse (the rows a minibatch's ids touch)."""
         if not self.takes_token_ids:
             return None
-        off = next(s[3] for s in self.slots if s[0] == 0)
+        slot = next((s for s in self.slots if s.path == "0"), None)
+        if slot is None or slot.kind != "param":
+            return None  # a frozen table: no gradient, nothing sparse to ship
+        off = slot.offset
         return off, self.layers[0].vocab_size, self.layers[0].dim
 
     def active_index(self, rows):
@@ -202,7 +267,7 @@ class Sequential(TorchInterop):
         batch_size = self.inference_rows(batch_size)
         outs = []
         for i in range(0, len(x), batch_size):
-            outs.append(self._run(self.layers[:index + 1], x[i:i + batch_size], False))
+            outs.append(forward_chain(self.layers[:index + 1], x[i:i + batch_size], False))
         return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.layers[index].output_shape),
                                                           dtype=np.float32)
 
@@ -262,7 +327,7 @@ class Sequential(TorchInterop):
 
     # ------------------------------------------------------------------ spec
     def config(self):
-        return {"input_shape": list(self.input_shape), "layers": [layer.config() for layer in self.layers],
+        return {"input_shape": list(self.input_shape), "layers": [layer_config(layer) for layer in self.layers],
                 "loss": self.loss.config(), "seed": self.seed}
 
     @classmethod
@@ -279,8 +344,13 @@ class Sequential(TorchInterop):
         return to_onnx(self, path, upto=upto)
 
     def summary(self):
-        lines = [f"Sequential: input {self.input_shape}, {self.num_params} parameters"]
-        for i, layer in enumerate(self.layers):
-            n = sum(int(np.prod(s[2])) for s in self.slots if s[0] == i)
-            lines.append(f"  {i:2d} {layer!r:60s} -> {layer.output_shape}  ({n} params)")
+        frozen, buffers = self.frozen.size, self.buffers.size
+        lines = [f"Sequential: input {self.input_shape}, {self.num_params} trainable parameters"
+                 + (f", {frozen} frozen" if frozen else "") + (f", {buffers} buffer values" if buffers else "")]
+        for path, layer in self.named_layers():
+            n = sum(int(np.prod(s.shape)) for s in self.slots if s.path == path and s.kind != "buffer")
+            depth = path.count(".")
+            text = f"{type(layer).__name__}(...)" if layer.sublayers() else repr(layer)
+            lines.append(f"  {'  ' * depth}{path:{6 - 2 * depth}s} {text:60s} -> {layer.output_shape}  ({n} params"
+                         + ("" if layer.trainable or not n else ", frozen") + ")")
         return "\n".join(lines)
