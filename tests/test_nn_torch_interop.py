@@ -93,11 +93,68 @@ def test_masked_models_to_torch_skip_padding_as_we_do(rng, cell):
     assert set(ours.torch_state_dict()) == set(tm.state_dict())
 
 
-def test_from_torch_names_the_first_module_it_cannot_take():
-    tm = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten())
-    with pytest.raises(ValueError, match=r"cannot take 1 \(BatchNorm2d\)"):
-        Sequential.from_torch(tm, (1, 5, 5))
+class _BiText(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, bidirectional=True, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+class _Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2
+
+
+def test_from_torch_names_the_module_or_node_it_cannot_take():
+    with pytest.raises(ValueError, match=r"cannot take 1 \(Upsample\)"):
+        Sequential.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2), nn.Flatten()), (1, 5, 5))
     with pytest.raises(ValueError, match=r"cannot take rnn \(LSTM\): bidirectional"):
-        Sequential.from_torch(nn.ModuleDict({"rnn": nn.LSTM(3, 4, bidirectional=True)}), (5, 3))
+        Sequential.from_torch(_BiText(), (5, 3))
+    with pytest.raises(ValueError, match=r"cannot take node cat \(call_function cat\)"):
+        Sequential.from_torch(_Concat(), (1, 5, 5))
+    with pytest.raises(ValueError, match=r"cannot take node mul \(call_function mul\)"):
+        Sequential.from_torch(_TwoOutputs(), (1, 5, 5))
     with pytest.raises(ValueError, match="sigmoid"):
         builders.rnn([4, 2], 2, (3, 2), activation="sigmoid").to_torch()
+
+
+class _Reordered(nn.Module):
+    """Children registered in another order than forward uses them, functional activations,
+    a view to flat rows and a residual addition: only the traced dataflow gets this right."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.conv1(x))
+        x = x + torch.tanh(self.conv2(x))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_from_torch_follows_the_traced_dataflow_not_the_attribute_order(rng):
+    tm = _randomize(_Reordered())
+    ours = Sequential.from_torch(tm, (1, 4, 4))
+    assert [type(layer).__name__ for layer in ours.layers] == ["Conv2D", "Activation", "Residual", "Flatten", "Dense"]
+    x = rng.standard_normal((3, 1, 4, 4)).astype(np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours.predict_output(x), ref, rtol=1e-5, atol=1e-6)

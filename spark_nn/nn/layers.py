@@ -455,6 +455,13 @@ class BatchNorm1D(_BatchNorm):
     ranks, shape_text = (1, 2), "shape (features,) or (channels, length)"
 
 
+def walk(path, layer):
+    """(path, layer) of a layer and, depth first, every layer inside it ('<path>.body.0', ...)."""
+    yield path, layer
+    for name, sub in layer.sublayers():
+        yield from walk(f"{path}.{name}", sub)
+
+
 def forward_chain(layers, x, training):
     """x through layers in order; each recurrent layer gets the data steps of its input rows."""
     spans = None

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, layer_from_config
+from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, walk, layer_from_config
 from spark_nn.nn.losses import SoftmaxCrossEntropy, loss_from_config
 from spark_nn.nn.onnx_export import to_onnx
 from spark_nn.nn.optimizers import Optimizer, make_optimizer
@@ -31,12 +31,6 @@ class Slot(NamedTuple):
     @property
     def key(self):
         return f"{self.path}.{self.name}"
-
-
-def _walk(path, layer):
-    yield path, layer
-    for name, sub in layer.sublayers():
-        yield from _walk(f"{path}.{name}", sub)
 
 
 class Sequential(TorchInterop):
@@ -103,7 +97,7 @@ class Sequential(TorchInterop):
     def named_layers(self):
         """(path, layer) of every layer, containers' layers after the container, depth first."""
         for i, layer in enumerate(self.layers):
-            yield from _walk(str(i), layer)
+            yield from walk(str(i), layer)
 
     def set_trainable(self, trainable, layers=None):
         """Sets ``trainable`` on the spine's layers (indices or layer objects; all by default) and
@@ -114,7 +108,7 @@ class Sequential(TorchInterop):
         keep = self.weights_dict()
         for item in chosen:
             layer = self.layers[item] if isinstance(item, (int, np.integer)) else item
-            for _, sub in _walk("", layer):
+            for _, sub in walk("", layer):
                 sub.trainable = bool(trainable)
         self._layout(keep)
         return self

@@ -1,5 +1,7 @@
-"""ONNX export of a Sequential, with standard operators only (opset 17): Conv, MaxPool, Flatten,
-Gemm, Relu/Tanh/Sigmoid/Softmax, Gather (embeddings), RNN/LSTM/GRU (time-major, between Transposes). The
+"""ONNX export of a Sequential, with standard operators only (opset 17): Conv (grouped too),
+BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, Add (residual blocks), Flatten, Gemm,
+Relu/Tanh/Sigmoid/Softmax/LeakyRelu, Clip (ReLU6), SiLU and GELU from Sigmoid/Erf, Gather
+(embeddings), RNN/LSTM/GRU (time-major, between Transposes). The
 batch axis is dynamic. ``onnx`` is an optional extra (pip install "spark_nn[onnx]"), imported
 here only.
 
@@ -81,6 +83,66 @@ def _recurrent(g, layer, x, lens):
     return g.op("Squeeze", [y_h, g.const("axis0", np.array([0], np.int64))])  # Y_h: [1, N, H]
 
 
+def _activation(g, layer, x):
+    kind = layer.activation
+    if kind == "identity":
+        return x
+    if kind in ("relu", "tanh", "sigmoid", "softmax"):
+        op = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softmax": "Softmax"}[kind]
+        return g.op(op, [x], **({"axis": 1} if op == "Softmax" else {}))
+    if kind == "relu6":
+        return g.op("Clip", [x, g.const("zero", np.array(0, np.float32)), g.const("six", np.array(6, np.float32))])
+    if kind == "leaky_relu":
+        return g.op("LeakyRelu", [x], alpha=layer.alpha)
+    if kind == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    # gelu, erf form (opset 17 has no Gelu): x * (1 + erf(x / sqrt 2)) / 2
+    erf = g.op("Erf", [g.op("Mul", [x, g.const("rsqrt2", np.array(1 / np.sqrt(2), np.float32))])])
+    half = g.op("Mul", [x, g.const("half", np.array(0.5, np.float32))])
+    return g.op("Mul", [half, g.op("Add", [erf, g.const("one", np.array(1, np.float32))])])
+
+
+def _layer(g, layer, x, path):
+    """The ONNX nodes of one non-recurrent layer (a Residual's layers inside it) on x."""
+    if isinstance(layer, L.Conv2D):
+        (ph, pw) = layer._pad()
+        ins = [x, g.const("conv_w", layer.params["w"])] + ([g.const("conv_b", layer.params["b"])]
+                                                         if layer.use_bias else [])
+        return g.op("Conv", ins, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                    pads=[ph, pw, ph, pw], group=layer.groups)
+    if isinstance(layer, L._BatchNorm):
+        gamma, beta = layer._affine()
+        ins = [x, g.const("bn_scale", gamma), g.const("bn_bias", beta), g.const("bn_mean", layer.buffers["running_mean"]),
+               g.const("bn_var", layer.buffers["running_var"])]
+        return g.op("BatchNormalization", ins, epsilon=layer.eps)
+    if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+        (ph, pw) = layer.padding
+        attrs = {"count_include_pad": int(layer.count_include_pad)} if isinstance(layer, L.AvgPool2D) else {}
+        return g.op("MaxPool" if isinstance(layer, L.MaxPool2D) else "AveragePool", [x],
+                    kernel_shape=list(layer.pool_size), strides=list(layer.stride), pads=[ph, pw, ph, pw], **attrs)
+    if isinstance(layer, L.GlobalAvgPool2D):
+        return g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
+    if isinstance(layer, L.Flatten):
+        return g.op("Flatten", [x], axis=1)
+    if isinstance(layer, L.Dense):
+        ins = [x, g.const("dense_w", layer.params["w"])] + ([g.const("dense_b", layer.params["b"])]
+                                                          if layer.use_bias else [])
+        return g.op("Gemm", ins, transB=1)
+    if isinstance(layer, L.Activation):
+        return _activation(g, layer, x)
+    if isinstance(layer, L.Dropout):
+        return x  # identity at inference
+    if isinstance(layer, L.Residual):
+        y = x
+        for j, sub in enumerate(layer.body):
+            y = _layer(g, sub, y, f"{path}.body.{j}")
+        s = x
+        for j, sub in enumerate(layer.shortcut or []):
+            s = _layer(g, sub, s, f"{path}.shortcut.{j}")
+        return g.op("Add", [y, s])
+    raise ValueError(f"to_onnx: layer {path} ({type(layer).__name__}) has no ONNX export")
+
+
 def to_onnx(model, path, upto=None, output_names=None):
     """Writes model (layers 0..upto, all by default) as an ONNX file and returns path.
 
@@ -107,34 +169,14 @@ def to_onnx(model, path, upto=None, output_names=None):
             if masked:
                 x, lens, has = _spans(g, x, model.input_shape[0])
             x = g.op("Gather", [g.const("embedding", layer.params["w"]), x], axis=0)
-        elif isinstance(layer, L.Conv2D):
-            (ph, pw) = layer._pad()
-            ins = [x, g.const("conv_w", layer.params["w"])] + ([g.const("conv_b", layer.params["b"])]
-                                                             if layer.use_bias else [])
-            x = g.op("Conv", ins, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                     pads=[ph, pw, ph, pw])
-        elif isinstance(layer, L.MaxPool2D):
-            (ph, pw) = layer.padding
-            x = g.op("MaxPool", [x], kernel_shape=list(layer.pool_size), strides=list(layer.stride),
-                     pads=[ph, pw, ph, pw])
-        elif isinstance(layer, L.Flatten):
-            x = g.op("Flatten", [x], axis=1)
-        elif isinstance(layer, L.Dense):
-            ins = [x, g.const("dense_w", layer.params["w"])] + ([g.const("dense_b", layer.params["b"])]
-                                                              if layer.use_bias else [])
-            x = g.op("Gemm", ins, transB=1)
-        elif isinstance(layer, L.Activation):
-            if layer.activation != "identity":
-                kind = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softmax": "Softmax"}[layer.activation]
-                x = g.op(kind, [x], **({"axis": 1} if kind == "Softmax" else {}))
         elif isinstance(layer, L.Dropout):
             continue  # identity at inference
+        elif not isinstance(layer, L._Recurrent):
+            x = _layer(g, layer, x, str(i))
         elif isinstance(layer, L._Recurrent):
             x = _recurrent(g, layer, x, lens)
             if masked and i == recurrent[-1]:
                 x = g.op("Mul", [x, has])  # rows without tokens: the zero state
-        else:
-            raise ValueError(f"to_onnx: layer {i} ({type(layer).__name__}) has no ONNX export")
     names = output_names or ["output", "probability"]
     outputs = [(names[0], x)]
     if upto is None and isinstance(model.loss, SoftmaxCrossEntropy) and len(model.output_shape) == 1:

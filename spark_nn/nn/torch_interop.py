@@ -5,108 +5,13 @@ Our weights use PyTorch's layouts and gate orders (Conv2d [F, C, kh, kw], Linear
 RNN/LSTM/GRU weight_ih/weight_hh/bias_ih/bias_hh with gates i,f,g,o and r,z,n), so crossing
 over copies arrays unchanged.
 
-from_torch walks a module's children in the order they were registered (an nn.Sequential, or
-a custom module whose forward calls its children in that order, e.g. embedding -> lstm -> fc).
-A recurrent module passes its whole output sequence on when another recurrent module follows
-it, else its last step's state (what ``output[:, -1]`` or ``h_n[-1]`` gives in a forward).
+from_torch follows the module's traced dataflow (spark_nn.nn.torch_import); to_torch builds
+a module that runs our layers in order.
 """
 import numpy as np
 
 from spark_nn.nn import layers as L
-
-
-def _np(t):
-    return t.detach().cpu().numpy().astype(np.float32, copy=True)
-
-
-def _torch_children(module, prefix=""):
-    """(path, leaf module) in registration order; containers (Sequential, ModuleList, custom
-    modules) are walked, our own recurrent wrapper counts as one leaf."""
-    children = list(module.named_children())
-    if not children or getattr(module, "_spark_nn_leaf", False):
-        return [(prefix or type(module).__name__, module)]
-    out = []
-    for name, child in children:
-        out += _torch_children(child, f"{prefix}.{name}" if prefix else name)
-    return out
-
-
-def _recurrent_layers(path, mod, return_last, cls_name):
-    """Our layers (and weights) for one torch RNN/LSTM/GRU module, stacked num_layers deep."""
-    if mod.bidirectional:
-        raise ValueError(f"from_torch: cannot take {path} ({cls_name}): bidirectional recurrent layers are not "
-                         "supported")
-    if getattr(mod, "proj_size", 0):
-        raise ValueError(f"from_torch: cannot take {path} ({cls_name}): proj_size is not supported")
-    out = []
-    for k in range(mod.num_layers):
-        seq = k < mod.num_layers - 1 or not return_last
-        if cls_name == "RNN":
-            layer = L.SimpleRNN(mod.hidden_size, mod.nonlinearity, seq)
-        else:
-            layer = {"LSTM": L.LSTM, "GRU": L.GRU}[cls_name](mod.hidden_size, seq)
-        g = layer.gates * mod.hidden_size
-        w = {"w_ih": _np(getattr(mod, f"weight_ih_l{k}")), "w_hh": _np(getattr(mod, f"weight_hh_l{k}"))}
-        if mod.bias:
-            w["b_ih"], w["b_hh"] = _np(getattr(mod, f"bias_ih_l{k}")), _np(getattr(mod, f"bias_hh_l{k}"))
-        else:
-            w["b_ih"], w["b_hh"] = np.zeros(g, np.float32), np.zeros(g, np.float32)
-        out.append((layer, w))
-        if mod.dropout and k < mod.num_layers - 1:
-            out.append((L.Dropout(mod.dropout), {}))
-    return out
-
-
-def _leaf_layers(path, mod, next_is_recurrent):
-    """Our layer(s) and weights for one torch leaf module."""
-    import torch.nn as nn
-
-    name = type(mod).__name__
-    if getattr(mod, "_spark_nn_leaf", False):  # our to_torch wrapper around a recurrent module
-        return _recurrent_layers(path, mod.rnn, not mod.return_sequences, type(mod.rnn).__name__)
-    if isinstance(mod, (nn.RNN, nn.LSTM, nn.GRU)):
-        return _recurrent_layers(path, mod, not next_is_recurrent, name)
-    if isinstance(mod, nn.Conv2d):
-        if mod.groups != 1 or tuple(mod.dilation) != (1, 1) or mod.padding_mode != "zeros":
-            raise ValueError(f"from_torch: cannot take {path} (Conv2d): only groups=1, dilation=1 and zero "
-                             "padding are supported")
-        padding = mod.padding if isinstance(mod.padding, str) else list(mod.padding)
-        layer = L.Conv2D(mod.out_channels, list(mod.kernel_size), list(mod.stride), padding, mod.bias is not None)
-        w = {"w": _np(mod.weight)}
-        if mod.bias is not None:
-            w["b"] = _np(mod.bias)
-        return [(layer, w)]
-    if isinstance(mod, nn.MaxPool2d):
-        dilation = mod.dilation if isinstance(mod.dilation, tuple) else (mod.dilation,) * 2
-        if mod.ceil_mode or mod.return_indices or tuple(dilation) != (1, 1):
-            raise ValueError(f"from_torch: cannot take {path} (MaxPool2d): ceil_mode, return_indices and "
-                             "dilation are not supported")
-        return [(L.MaxPool2D(mod.kernel_size, mod.stride, mod.padding), {})]
-    if isinstance(mod, nn.Linear):
-        w = {"w": _np(mod.weight)}
-        if mod.bias is not None:
-            w["b"] = _np(mod.bias)
-        return [(L.Dense(mod.out_features, mod.bias is not None), w)]
-    if isinstance(mod, nn.Flatten):
-        if mod.start_dim != 1 or mod.end_dim != -1:
-            raise ValueError(f"from_torch: cannot take {path} (Flatten): only start_dim=1, end_dim=-1")
-        return [(L.Flatten(), {})]
-    if isinstance(mod, nn.Dropout):
-        return [(L.Dropout(mod.p), {})]
-    if isinstance(mod, nn.Identity):
-        return []
-    acts = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
-    if type(mod) in acts:
-        return [(L.Activation(acts[type(mod)]), {})]
-    if isinstance(mod, nn.Softmax) and mod.dim in (1, -1):
-        return [(L.Activation("softmax"), {})]
-    if isinstance(mod, nn.Embedding):
-        if mod.max_norm is not None:
-            raise ValueError(f"from_torch: cannot take {path} (Embedding): max_norm is not supported")
-        mask = bool(getattr(mod, "_spark_nn_mask_zero", False))
-        return [(L.Embedding(mod.num_embeddings, mod.embedding_dim, mask_zero=mask), {"w": _np(mod.weight)})]
-    raise ValueError(f"from_torch: cannot take {path} ({name}); supported: Conv2d, MaxPool2d, Linear, Flatten, "
-                     "Dropout, ReLU, Tanh, Sigmoid, Softmax, Identity, Embedding, RNN, LSTM, GRU")
+from spark_nn.nn.torch_import import import_layers, module_layers
 
 
 def _torch_classes():
@@ -149,6 +54,8 @@ def _torch_classes():
         """Our Sequential as a torch module: layers in order; a mask_zero embedding's spans go
         to the recurrent layers after it."""
 
+        _spark_nn_module = True
+
         def __init__(self, layers, mask_zero):
             super().__init__()
             self.layers = nn.ModuleList(layers)
@@ -172,60 +79,98 @@ def _torch_classes():
                     x = layer(x)
             return x
 
-    return SparkNNRecurrent, SparkNNModule
+    class SparkNNResidual(nn.Module):
+        """Our Residual: body(x) + shortcut(x), the shortcut the identity when None."""
+
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    return SparkNNRecurrent, SparkNNModule, SparkNNResidual
 
 
-def to_torch(model):
-    """A torch module that computes what ``model`` (our Sequential) computes, with copies of
-    its weights (float32). Sigmoid SimpleRNN cells have no torch counterpart."""
+def _torch_layer(layer, path, classes):
+    """The torch module for one of our layers (a container's layers inside it), with copies of
+    its weights and buffers; requires_grad False where the layer is frozen."""
     import torch
     import torch.nn as nn
 
-    SparkNNRecurrent, SparkNNModule = _torch_classes()
-    mods = []
-    for i, layer in enumerate(model.layers):
-        p = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in layer.params.items()}
-        if isinstance(layer, L.Conv2D):
-            c = layer.input_shape[0]
-            m = nn.Conv2d(c, layer.filters, layer.kernel_size, layer.stride, layer._pad(), bias=layer.use_bias)
-            tensors = {"weight": p["w"], "bias": p.get("b")}
-        elif isinstance(layer, L.MaxPool2D):
-            m, tensors = nn.MaxPool2d(layer.pool_size, layer.stride, layer.padding), {}
-        elif isinstance(layer, L.Flatten):
-            m, tensors = nn.Flatten(), {}
-        elif isinstance(layer, L.Dense):
-            m = nn.Linear(layer.input_shape[-1], layer.units, bias=layer.use_bias)
-            tensors = {"weight": p["w"], "bias": p.get("b")}
-        elif isinstance(layer, L.Activation):
-            m = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}.get(
-                layer.activation, lambda: nn.Softmax(dim=1))()
-            tensors = {}
-        elif isinstance(layer, L.Dropout):
-            m, tensors = nn.Dropout(layer.rate), {}
-        elif isinstance(layer, L.Embedding):
-            m, tensors = nn.Embedding(layer.vocab_size, layer.dim), {"weight": p["w"]}
-        elif isinstance(layer, L._Recurrent):
-            d, h = layer.input_shape[1], layer.units
-            if isinstance(layer, L.SimpleRNN):
-                if layer.activation == "sigmoid":
-                    raise ValueError(f"to_torch: layer {i} (SimpleRNN with sigmoid cells) has no torch counterpart")
-                rnn = nn.RNN(d, h, nonlinearity=layer.activation, batch_first=True)
-            else:
-                rnn = (nn.LSTM if isinstance(layer, L.LSTM) else nn.GRU)(d, h, batch_first=True)
-            m = SparkNNRecurrent(rnn, layer.return_sequences)
-            tensors = {"rnn.weight_ih_l0": p["w_ih"], "rnn.weight_hh_l0": p["w_hh"], "rnn.bias_ih_l0": p["b_ih"],
-                       "rnn.bias_hh_l0": p["b_hh"]}
+    SparkNNRecurrent, _, SparkNNResidual = classes
+    p = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in dict(layer.params, **layer.buffers).items()}
+    if isinstance(layer, L.Conv2D):
+        c = layer.input_shape[0]
+        m = nn.Conv2d(c, layer.filters, layer.kernel_size, layer.stride, layer._pad(), bias=layer.use_bias,
+                      groups=layer.groups)
+        tensors = {"weight": p["w"], "bias": p.get("b")}
+    elif isinstance(layer, L._BatchNorm):
+        m = (nn.BatchNorm2d if isinstance(layer, L.BatchNorm2D) else nn.BatchNorm1d)(
+            layer.channels, layer.eps, layer.momentum, layer.affine)
+        tensors = {"weight": p.get("gamma"), "bias": p.get("beta"), "running_mean": p["running_mean"],
+                   "running_var": p["running_var"]}
+    elif isinstance(layer, L.MaxPool2D):
+        m, tensors = nn.MaxPool2d(layer.pool_size, layer.stride, layer.padding), {}
+    elif isinstance(layer, L.AvgPool2D):
+        m, tensors = nn.AvgPool2d(layer.pool_size, layer.stride, layer.padding, count_include_pad=layer.count_include_pad), {}
+    elif isinstance(layer, L.GlobalAvgPool2D):
+        m, tensors = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), {}
+    elif isinstance(layer, L.Flatten):
+        m, tensors = nn.Flatten(), {}
+    elif isinstance(layer, L.Dense):
+        m = nn.Linear(layer.input_shape[-1], layer.units, bias=layer.use_bias)
+        tensors = {"weight": p["w"], "bias": p.get("b")}
+    elif isinstance(layer, L.Activation):
+        kinds = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity, "relu6": nn.ReLU6,
+                 "silu": nn.SiLU, "gelu": nn.GELU, "softmax": lambda: nn.Softmax(dim=1),
+                 "leaky_relu": lambda: nn.LeakyReLU(layer.alpha)}
+        m, tensors = kinds[layer.activation](), {}
+    elif isinstance(layer, L.Dropout):
+        m, tensors = nn.Dropout(layer.rate), {}
+    elif isinstance(layer, L.Embedding):
+        m, tensors = nn.Embedding(layer.vocab_size, layer.dim), {"weight": p["w"]}
+    elif isinstance(layer, L._Recurrent):
+        d, h = layer.input_shape[1], layer.units
+        if isinstance(layer, L.SimpleRNN):
+            if layer.activation == "sigmoid":
+                raise ValueError(f"to_torch: layer {path} (SimpleRNN with sigmoid cells) has no torch counterpart")
+            rnn = nn.RNN(d, h, nonlinearity=layer.activation, batch_first=True)
         else:
-            raise ValueError(f"to_torch: layer {i} ({type(layer).__name__}) has no torch counterpart")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                if value is not None:
-                    m.get_parameter(name).copy_(value)
-        mods.append(m)
+            rnn = (nn.LSTM if isinstance(layer, L.LSTM) else nn.GRU)(d, h, batch_first=True)
+        m = SparkNNRecurrent(rnn, layer.return_sequences)
+        tensors = {"rnn.weight_ih_l0": p["w_ih"], "rnn.weight_hh_l0": p["w_hh"], "rnn.bias_ih_l0": p["b_ih"],
+                   "rnn.bias_hh_l0": p["b_hh"]}
+    elif isinstance(layer, L.Residual):
+        def branch(name, layers):
+            return nn.Sequential(*[_torch_layer(sub, f"{path}.{name}.{j}", classes) for j, sub in enumerate(layers)])
+        m = SparkNNResidual(branch("body", layer.body), None if layer.shortcut is None else
+                            branch("shortcut", layer.shortcut))
+        tensors = {}
+    else:
+        raise ValueError(f"to_torch: layer {path} ({type(layer).__name__}) has no torch counterpart")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if value is None:
+                continue
+            if name in ("running_mean", "running_var"):
+                m.get_buffer(name).copy_(value)
+            else:
+                m.get_parameter(name).copy_(value)
+                m.get_parameter(name).requires_grad_(layer.trainable)
+    return m
+
+
+def to_torch(model):
+    """A torch module (in eval mode) that computes what ``model`` (our Sequential) computes, with
+    copies of its weights and buffers (float32); frozen layers' parameters do not require
+    gradients. Sigmoid SimpleRNN cells have no torch counterpart."""
+    classes = _torch_classes()
+    mods = [_torch_layer(layer, str(i), classes) for i, layer in enumerate(model.layers)]
     mask = isinstance(model.layers[0], L.Embedding) and model.layers[0].mask_zero
     if mask:
         mods[0]._spark_nn_mask_zero = True
-    return SparkNNModule(mods, mask).eval()
+    return classes[1](mods, mask).eval()
 
 
 def torch_state_dict(model):
@@ -239,28 +184,34 @@ class TorchInterop:
 
     @classmethod
     def from_torch(cls, module, input_shape, loss=None, mask_zero=None):
-        """Our Sequential with ``module``'s layers and weights (copied). input_shape: one sample's
-        shape, e.g. (1, 28, 28) or (steps,) of token ids. mask_zero: treat token id 0 as padding
-        (default: as the module was exported by to_torch, else False, which computes exactly what
-        the torch module computes)."""
-        import torch.nn as nn
-
-        leaves = _torch_children(module)
-        stack, weights = [], []
-        rec = (nn.RNN, nn.LSTM, nn.GRU)
-        for i, (path, mod) in enumerate(leaves):
-            following = [m for _, m in leaves[i + 1:] if not isinstance(m, (nn.Dropout, nn.Identity))]
-            nxt = following[0] if following else None
-            next_is_recurrent = isinstance(nxt, rec) or getattr(nxt, "_spark_nn_leaf", False)
-            for layer, w in _leaf_layers(path, mod, next_is_recurrent):
-                stack.append(layer)
-                weights.append(w)
+        """Our Sequential with ``module``'s layers and weights (copied), following its traced
+        dataflow (spark_nn.nn.torch_import). input_shape: one sample's shape, e.g. (3, 32, 32)
+        or (steps,) of token ids. Parameters with requires_grad False import as frozen layers.
+        mask_zero: treat token id 0 as padding (default: as the module was exported by
+        to_torch, else False, which computes exactly what the torch module computes)."""
+        input_shape = tuple(int(d) for d in input_shape)
+        if getattr(module, "_spark_nn_module", False) and module.mask_zero:
+            # our own to_torch module: its forward runs its layers in order, handing the
+            # embedding's padding spans to the recurrent layers (which tracing cannot follow)
+            stack, weights = [], {}
+            for i, mod in enumerate(module.layers):
+                for layer, w in module_layers(str(i), mod, None, None):
+                    stack.append(layer)
+                    weights[id(layer)] = w
+            frozen = set()
+        else:
+            stack, weights, frozen = import_layers(module, input_shape)
         if not stack:
             raise ValueError("from_torch: the module has no layers")
         if mask_zero is not None and isinstance(stack[0], L.Embedding):
             stack[0].mask_zero = bool(mask_zero)
+        every = [layer for top in stack for _, layer in L.walk("", top)]
+        for layer in every:
+            if id(layer) in frozen:
+                layer.trainable = False
         model = cls(stack, input_shape, loss=loss)
-        model.load_weights_dict({f"{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()})
+        model.load_weights_dict({f"{path}.{k}": v for path, layer in model.named_layers()
+                                 for k, v in weights.get(id(layer), {}).items()})
         return model
 
     def to_torch(self):
