@@ -89,10 +89,21 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
     def _input_spec(self, df, col):
         raise NotImplementedError
 
+    def _check_params(self):
+        """Errors of the params alone, raised before anything reads the data."""
+        if self.hasParam("layers") and not self.isDefined(self.layers):
+            raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
+
+    def _declared_num_classes(self, spec):
+        """numClasses known before the pass (the param), or None: the labels tell."""
+        return self.getOrDefault(self.numClasses) if self.hasParam("numClasses") and self.isDefined(
+            self.numClasses) else None
+
     def write(self):
-        if self.isDefined(self.initialWeights) and not isinstance(self.getOrDefault(self.initialWeights), str):
-            raise ValueError("initialWeights holds an in-memory model, which an estimator's metadata cannot "
-                             "store; save the model and set initialWeights to its path")
+        for name in ("initialWeights", "network"):
+            if self.hasParam(name) and self.isDefined(name) and not isinstance(self.getOrDefault(name), str):
+                raise ValueError(f"{name} holds an in-memory network, which an estimator's metadata cannot store; "
+                                 f"save it (spark_nn.nn.save_model, or model.save) and set {name} to its path")
         return super().write()
 
     def _network(self, spec, num_classes):
@@ -101,8 +112,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
     def _fit(self, dataset):
         fcol = self.featuresColumn()
         lcol = self.labelColumn() if self.classification else None
-        if not self.isDefined(self.layers):
-            raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
+        self._check_params()
         # everything the schema, the params and at most one row tell is checked before the pass
         kind = feature_kind(dataset, fcol)
         if lcol is not None:
@@ -113,8 +123,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
             raise ValueError(f"validationIndicatorCol {indicator!r} is not in the DataFrame; "
                              f"columns: {dataset.columns}")
         spec = self._input_spec(dataset, fcol, kind)
-        num_classes = (self.getOrDefault(self.numClasses)
-                       if self.hasParam("numClasses") and self.isDefined(self.numClasses) else None)
+        num_classes = self._declared_num_classes(spec)
         known_k = _label_metadata(dataset, lcol, num_classes)[1] if lcol is not None else None
         probe = dict(spec, vocabSize=spec.get("vocabSize") or 2) if spec["kind"] == "ids" else dict(spec)
         probe_net = self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job
@@ -246,10 +255,10 @@ class NeuralModel(Model, MLWritable, MLReadable):
         on a classic session; on Spark Connect, which has no broadcasts, inside the scoring
         function's closure (which the query plan carries anyway)."""
         if is_connect(spark):
-            return Inline(self._net.params.copy())
+            return Inline(self._net.state_vector())
         sc = spark.sparkContext
         if self._bcast is None or self._bcast[0] is not sc:
-            self._bcast = (sc, sc.broadcast(self._net.params.copy()))
+            self._bcast = (sc, sc.broadcast(self._net.state_vector()))
         return self._bcast[1]
 
     def _transform(self, dataset):
@@ -273,7 +282,7 @@ class NeuralModel(Model, MLWritable, MLReadable):
 
         def score(batches):
             model = worker_model(config_json, threads)
-            model.set_params(bcast.value)
+            model.set_state_vector(bcast.value)
             for b in batches:
                 x = arrow_to_block(b.column(_TMP_FEATURES), spec, fcol,
                                    paths=b.column("path") if with_paths else None)

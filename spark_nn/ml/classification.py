@@ -13,10 +13,31 @@ from pyspark import keyword_only
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_outputs
 from spark_nn.ml.columns import encoded_image_shape, first_row_size, image_shape, seq_shape
-from spark_nn.ml.params import CNNParams, RNNParams
+from spark_nn.ml.interop import is_torch_module, network_copy
+from spark_nn.ml.params import CNNParams, NetworkParams, RNNParams
 from spark_nn.nn import builders
 from spark_nn.nn.layers import Embedding
 from spark_nn.nn.model import Sequential
+
+
+def _pixel_shape(stage, df, col, kind, network_shape=None):
+    """The row shape of vector/array features: imageShape, else the network's input shape (when
+    it is known), else a square single-channel image."""
+    size = first_row_size(df, col, kind)
+    if stage.isDefined(stage.imageShape):
+        shape = stage.getOrDefault(stage.imageShape)
+        if len(shape) != 3 or math.prod(shape) != size:
+            raise ValueError(f"imageShape {shape} does not match the {size} values per row of {col!r}")
+        return list(shape)
+    if network_shape is not None:
+        if math.prod(network_shape) != size:
+            raise ValueError(f"the network takes inputs of shape {tuple(network_shape)} "
+                             f"({math.prod(network_shape)} values), but {col!r} has {size} values per row")
+        return list(network_shape)
+    if math.isqrt(size) ** 2 == size:
+        return [1, math.isqrt(size), math.isqrt(size)]
+    raise ValueError(f"features column {col!r} has {size} values per row, which is not a square "
+                     "image; set imageShape=[channels, height, width]")
 
 
 class _ClassificationModel(NeuralModel):
@@ -110,16 +131,7 @@ class CNNClassifier(NeuralEstimator, CNNParams):
         if kind == "image":
             shape = image_shape(df, col)
         elif kind in ("vector", "array"):
-            size = first_row_size(df, col, kind)
-            if self.isDefined(self.imageShape):
-                shape = self.getOrDefault(self.imageShape)
-                if len(shape) != 3 or math.prod(shape) != size:
-                    raise ValueError(f"imageShape {shape} does not match the {size} values per row of {col!r}")
-            elif math.isqrt(size) ** 2 == size:
-                shape = [1, math.isqrt(size), math.isqrt(size)]
-            else:
-                raise ValueError(f"features column {col!r} has {size} values per row, which is not a square "
-                                 "image; set imageShape=[channels, height, width]")
+            shape = _pixel_shape(self, df, col, kind)
         else:
             raise ValueError(f"CNNClassifier needs images or pixel vectors/arrays in {col!r}; it holds {kind} data "
                              "(use RNNClassifier for sequences)")
@@ -182,8 +194,95 @@ class RNNClassifier(NeuralEstimator, RNNParams):
                             dropout=self.getOrDefault(self.dropout), seed=self.getSeed())
 
 
+class NetworkClassificationModel(_ClassificationModel, NetworkParams):
+    """A fitted NetworkClassifier."""
+
+    _input_kinds = ("image", "vector", "array", "encoded", "seq", "ids")
+
+    @classmethod
+    def _default_kind(cls, net):
+        if isinstance(net.layers[0], Embedding):
+            return "ids"
+        return {3: "image", 2: "seq"}.get(len(net.input_shape), "array")
+
+
+class NetworkClassifier(NeuralEstimator, NetworkParams):
+    """Trains the network you give (``network``: a spark_nn.nn.Sequential, a torch module, a
+    fitted model or a saved one's path) as a classifier over its outputs: logits, one per class
+    (softmax cross-entropy). Every training param of CNN and RNN applies; layers with trainable
+    False (a torch module's parameters with requires_grad False) stay frozen, for transfer
+    learning: a pretrained body, frozen, and a new head.
+
+    Features: image structs (spark.read.format("image"), ImageFeature.loadImages), encoded image
+    files (binary), pixel vectors/arrays (shape from imageShape or the network's input shape),
+    numeric sequences or token ids, whichever the network's first layer takes."""
+
+    _model_class = NetworkClassificationModel
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    def _check_params(self):
+        if not self.isDefined(self.network):
+            raise ValueError("NetworkClassifier: set network, e.g. network=spark_nn.nn.Sequential([...], "
+                             "input_shape) or a torch module")
+
+    def _given(self, shape):
+        """The network param as a Sequential of its own; torch modules are traced on input shape."""
+        value = self.getOrDefault(self.network)
+        if shape is None and is_torch_module(value):
+            raise ValueError("NetworkClassifier: a torch network needs the input shape: use image structs, or "
+                             "set imageShape=[channels, height, width] for vector/array pixels")
+        return network_copy(value, shape)
+
+    def _known_shape(self):
+        """The network's input shape when it is known without data (not a torch module), else None."""
+        return None if is_torch_module(self.getOrDefault(self.network)) else list(self._given(None).input_shape)
+
+    def _input_spec(self, df, col, kind):
+        if kind == "encoded":
+            decoding = self.decoding()
+            spec = {"kind": kind, "shape": encoded_image_shape(df, col, decoding["channels"], decoding["size"]),
+                    "size": decoding["size"]}
+        elif kind == "image":
+            spec = {"kind": kind, "shape": image_shape(df, col)}
+        elif kind in ("vector", "array"):
+            spec = {"kind": kind, "shape": _pixel_shape(self, df, col, kind, self._known_shape())}
+        elif kind == "seq":
+            spec = {"kind": kind, "shape": seq_shape(df, col)}
+        elif kind == "ids":
+            spec = {"kind": kind, "shape": [first_row_size(df, col, kind)]}
+        else:
+            raise ValueError(f"NetworkClassifier cannot read {kind} data in {col!r}")
+        net = self._given(tuple(spec["shape"]))
+        if list(net.input_shape) != list(spec["shape"]):
+            raise ValueError(f"the network takes inputs of shape {net.input_shape}, but the rows of {col!r} have "
+                             f"shape {tuple(spec['shape'])}")
+        if kind == "ids":
+            if not isinstance(net.layers[0], Embedding):
+                raise ValueError(f"{col!r} holds token ids, but the network's first layer is "
+                                 f"{type(net.layers[0]).__name__}, not an Embedding")
+            spec["vocabSize"] = net.layers[0].vocab_size
+        if len(net.output_shape) != 1 or net.output_shape[0] < 2:
+            raise ValueError(f"a classifier network ends in one logit per class (>= 2); this one's output shape is "
+                             f"{net.output_shape}")
+        return spec
+
+    def _declared_num_classes(self, spec):
+        k = int(self._given(tuple(spec["shape"])).output_shape[0])
+        if self.isDefined(self.numClasses) and self.getOrDefault(self.numClasses) != k:
+            raise ValueError(f"numClasses is {self.getOrDefault(self.numClasses)} but the network has {k} outputs")
+        return k
+
+    def _network(self, spec, num_classes):
+        return self._given(tuple(spec["shape"]))
+
+
 # The seed's names.
 CNN = CNNClassifier
 RNN = RNNClassifier
 
-__all__ = ["CNN", "CNNClassificationModel", "CNNClassifier", "RNN", "RNNClassificationModel", "RNNClassifier"]
+__all__ = ["CNN", "CNNClassificationModel", "CNNClassifier", "NetworkClassificationModel", "NetworkClassifier", "RNN",
+           "RNNClassificationModel", "RNNClassifier"]

@@ -12,16 +12,33 @@ def _is_fitted_model(value):
     return isinstance(getattr(value, "network", None), Sequential)
 
 
-def _is_torch_module(value):
+def is_torch_module(value):
     return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "named_children", None))
 
 
 def check_initial_weights(value):
     """Type converter of the initialWeights param: the value as given, once its kind is known."""
-    if isinstance(value, (str, Sequential)) or _is_fitted_model(value) or _is_torch_module(value):
+    if isinstance(value, (str, Sequential)) or _is_fitted_model(value) or is_torch_module(value):
         return value
     raise TypeError("initialWeights must be the path of a saved spark_nn model, a fitted spark_nn model, a "
                     f"spark_nn.nn.Sequential or a torch module, got {type(value).__name__}")
+
+
+def check_network(value):
+    """Type converter of the network param: initialWeights' kinds (the value as given)."""
+    try:
+        return check_initial_weights(value)
+    except TypeError:
+        raise TypeError("network must be a spark_nn.nn.Sequential, a torch module, a fitted spark_nn model or the "
+                        f"path of a saved one, got {type(value).__name__}") from None
+
+
+def network_copy(value, input_shape):
+    """A Sequential of its own (config and every array copied) for what the network param holds."""
+    src = _network_of(value, input_shape)
+    net = Sequential.from_config(src.config())
+    net.load_weights_dict(src.weights_dict())
+    return net
 
 
 def _network_of(value, input_shape):
@@ -47,7 +64,7 @@ def initial_weights(value, net):
     """Flat float32 weights for ``net`` from ``value`` (any initialWeights kind); a clear error
     when its layers or weight shapes differ from the network the estimator builds."""
     what = value if isinstance(value, str) else \
-        f"{'torch ' if _is_torch_module(value) else ''}{type(value).__name__}"
+        f"{'torch ' if is_torch_module(value) else ''}{type(value).__name__}"
     try:
         src = _network_of(value, net.input_shape)
     except ValueError as e:

@@ -5,7 +5,7 @@ from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInp
                                      HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
                                      HasStepSize, HasTol, HasValidationIndicatorCol)
 
-from spark_nn.ml.interop import check_initial_weights
+from spark_nn.ml.interop import check_initial_weights, check_network
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -120,11 +120,6 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
     tol = Param(Params._dummy(), "tol", "least validation-loss improvement that resets earlyStoppingPatience, >= 0",
                 typeConverter=_check("tol", lambda v: v >= 0, "a number >= 0"))
 
-    layers = Param(Params._dummy(), "layers",
-                   "hidden widths (conv filters for CNNs, units per recurrent layer for RNNs); a last entry equal "
-                   "to numClasses is the output layer, otherwise one is appended", typeConverter=_positive_ints)
-    activation = Param(Params._dummy(), "activation", f"hidden activation, one of {list(ACTIVATIONS)}",
-                       typeConverter=_in("activation", ACTIVATIONS))
     batchSize = Param(Params._dummy(), "batchSize", "examples per optimizer step, summed over all partitions",
                       typeConverter=_check("batchSize", lambda v: v >= 1, "an int >= 1"))
     optimizer = Param(Params._dummy(), "optimizer", f"optimizer, one of {list(OPTIMIZERS)}",
@@ -192,12 +187,27 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
         # decay reach 0.985 test accuracy on every random 80/20 split tried, where 10 epochs of
         # batch 64 at a constant 0.001 stop near 0.977; the RNN program gains as much. Epochs are
         # cheap with localSteps='auto'.
-        self._setDefault(activation="relu", maxIter=30, stepSize=0.003, batchSize=32, optimizer="adam",
+        self._setDefault(maxIter=30, stepSize=0.003, batchSize=32, optimizer="adam",
                          momentum=0.9, weightDecay=0.0, clipNorm=0.0, learningRateSchedule="cosine",
                          validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps="auto",
                          pipelineRounds=False, residentData=True,
                          handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0,
                          checkpointDir="", checkpointInterval=1)
+
+
+@with_accessors
+class TemplateParams(Params):
+    """Params of the estimators that build their network from a template (CNN, RNN, AutoEncoder)."""
+
+    layers = Param(Params._dummy(), "layers",
+                   "hidden widths (conv filters for CNNs, units per recurrent layer for RNNs); a last entry equal "
+                   "to numClasses is the output layer, otherwise one is appended", typeConverter=_positive_ints)
+    activation = Param(Params._dummy(), "activation", f"hidden activation, one of {list(ACTIVATIONS)}",
+                       typeConverter=_in("activation", ACTIVATIONS))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(activation="relu")
 
 
 @with_accessors
@@ -235,7 +245,7 @@ class EncodedImageParams(Params):
 
 
 @with_accessors
-class CNNParams(NeuralParams, EncodedImageParams):
+class CNNParams(NeuralParams, TemplateParams, EncodedImageParams):
     kernelSize = Param(Params._dummy(), "kernelSize", "convolution kernel size (odd)",
                        typeConverter=_check("kernelSize", lambda v: v >= 1 and v % 2 == 1, "an odd int >= 1"))
     poolSize = Param(Params._dummy(), "poolSize", "max-pooling window and stride after each convolution",
@@ -252,7 +262,7 @@ class CNNParams(NeuralParams, EncodedImageParams):
 
 
 @with_accessors
-class RNNParams(NeuralParams):
+class RNNParams(NeuralParams, TemplateParams):
     cellType = Param(Params._dummy(), "cellType", f"recurrent cell, one of {list(CELL_TYPES)}; activation applies "
                      "to 'rnn' cells (LSTM and GRU have fixed gate nonlinearities)",
                      typeConverter=_in("cellType", CELL_TYPES))
@@ -272,7 +282,7 @@ class RNNParams(NeuralParams):
 
 
 @with_accessors
-class AutoEncoderParams(TrainingParams, HasInputCol, HasOutputCol, EncodedImageParams):
+class AutoEncoderParams(TrainingParams, TemplateParams, HasInputCol, HasOutputCol, EncodedImageParams):
     """inputCol: the features; outputCol: the code vector; reconstructionErrorCol: per-row MSE."""
 
     reconstructionErrorCol = Param(Params._dummy(), "reconstructionErrorCol",
@@ -289,3 +299,15 @@ class AutoEncoderParams(TrainingParams, HasInputCol, HasOutputCol, EncodedImageP
 
     def featuresColumn(self):
         return self.getInputCol()
+
+
+@with_accessors
+class NetworkParams(NeuralParams, EncodedImageParams):
+    """Params of the classifier that trains a network the user gives."""
+
+    network = Param(Params._dummy(), "network",
+                    "the network to train: a spark_nn.nn.Sequential, a torch nn.Module (converted on the driver by "
+                    "tracing: torch is needed there only), a fitted spark_nn model, or the path of a saved network "
+                    "or model; its layers with trainable False (torch: requires_grad False) stay frozen",
+                    typeConverter=check_network)
+    imageShape = CNNParams.imageShape

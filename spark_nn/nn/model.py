@@ -140,6 +140,21 @@ class Sequential(TorchInterop):
             raise ValueError(f"flat buffers must have shape {self.buffers.shape}, got {flat.shape}")
         np.copyto(self.buffers, flat, casting="same_kind")
 
+    def state_vector(self):
+        """Every array the network computes with as one flat float32 copy: the trainable
+        parameters, then the frozen ones, then the buffers (what a scoring task needs)."""
+        return np.concatenate([self.params, self.frozen, self.buffers])
+
+    def set_state_vector(self, flat):
+        flat = np.asarray(flat)
+        sizes = (self.params.size, self.frozen.size, self.buffers.size)
+        if flat.shape != (sum(sizes),):
+            raise ValueError(f"a state vector must have shape ({sum(sizes)},), got {flat.shape}")
+        start = 0
+        for target, size in zip((self.params, self.frozen, self.buffers), sizes):
+            np.copyto(target, flat[start:start + size], casting="same_kind")
+            start += size
+
     def weights_dict(self):
         """Named copies of every array (trainable, frozen, buffers), '<layer path>.<name>' -> array."""
         return {s.key: self._view(s).copy() for s in self.slots}
