@@ -108,15 +108,13 @@ class DistributedTrainer:
 
     def _remember(self, next_round, result):
         """Keeps the table rows a round reported for the round next_round."""
-        if next_round is not None and result[9] is not None:
+        if next_round is not None and result.next_rows is not None:
             for planned in [p for p in self._following if p[:2] < next_round[:2]]:
                 del self._following[planned]  # rounds that were not run as planned
-            self._following[next_round] = result[9]
+            self._following[next_round] = result.next_rows
 
     def _job(self, weights, epoch, first_step, k, validate=False, next_round=None):
-        """One round (a Spark job) summed over the partitions into the result tuple of
-        worker.ZERO (loss sum, vector sum, rows, correct, task seconds, validation loss sum,
-        validation rows, validation correct, table rows touched, next round's table rows), and
+        """One round (a Spark job) summed over the partitions into a round_result.RoundResult, and
         the table rows it shipped (None: every parameter); see worker.RoundTask for what k and
         validate mean. next_round: the (epoch, first step, k) of a later round, whose table rows
         the tasks report so that that round ships only those."""
@@ -148,15 +146,15 @@ class DistributedTrainer:
         return epoch, step, k
 
     def gradient(self, weights, epoch, step):
-        """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
-        minibatch, summed over the partitions by treeAggregate."""
-        return self._job(weights, epoch, step, 1)[0][:5]
+        """The RoundResult of one step's minibatch (loss sum, gradient sum as vec, rows, correct,
+        task seconds), summed over the partitions."""
+        return self._job(weights, epoch, step, 1)[0]
 
     def _sync_step(self, weights, result):
         """The driver's optimizer step on a synchronous round's gradient sum: lazy in the table
         (only the rows the minibatches touched), as Sequential.train_step is in one process."""
-        vec, n = result[1], result[2]
-        active = self.net.active_index(result[8]) if self.sparse_rounds else None
+        vec, n = result.vec, result.n
+        active = self.net.active_index(result.rows) if self.sparse_rounds else None
         if active is None:
             self.optimizer.step(weights, vec / np.float32(n))
         else:
@@ -171,11 +169,10 @@ class DistributedTrainer:
         base: the weights the round was shipped (same cover), when rounds are pipelined: the
         weights then gain the round's change (mean - base) on top of the rounds applied since
         it was shipped (delayed averaging); the optimizer state is the round's mean."""
-        vec, n = result[1], result[2]
-        mean = vec / np.float32(n)
+        mean = result.vec / np.float32(result.n)
         cover = None if shipped_rows is None else self.net.active_index(shipped_rows)
         # shipped rows are the rows the round touched, so then cover is also what to update
-        update = self.net.active_index(result[8]) if self.sparse_rounds and cover is None else None
+        update = self.net.active_index(result.rows) if self.sparse_rounds and cover is None else None
         self.optimizer.init_state(weights)
         self.optimizer.t += k
         size = weights.size if cover is None else len(cover)
@@ -203,7 +200,7 @@ class DistributedTrainer:
         return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True)[0])
 
     def _validation_metrics(self, result):
-        loss, n, correct = result[5:8]
+        loss, n, correct = result.vloss, result.vn, result.vcorrect
         return (loss / n, correct / n if self.classification else None) if n else (None, None)
 
     # ------------------------------------------------------------ the loop
@@ -250,7 +247,7 @@ class DistributedTrainer:
                 flight.popleft()
                 self._ahead -= k
                 self._remember(next_round, result)
-                loss, vec, n, correct, task_seconds = result[:5]
+                loss, n, correct, task_seconds = result.loss, result.n, result.correct, result.seconds
                 if first == 0 and pending is not None:
                     pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
                     stop = self._finish_epoch(pending, weights, progress)
