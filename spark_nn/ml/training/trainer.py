@@ -19,6 +19,7 @@ from spark_nn.ml.training.progress import Progress
 from spark_nn.ml.training.rounds import RDDRounds, payload_bytes
 from spark_nn.ml.training.summary import TrainingSummary
 from spark_nn.ml.training.worker import RoundTask, StepSampler
+from spark_nn.nn.losses import loss_from_config
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import Schedule, make_optimizer
 
@@ -42,7 +43,7 @@ class DistributedTrainer:
 
     def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
-                 threads=1, tol=0.0, patience=0, classification=True, verbose=False,
+                 threads=1, tol=0.0, patience=0, verbose=False,
                  local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1,
                  pipeline=False):
         self.sizes = list(data.sizes)
@@ -60,7 +61,8 @@ class DistributedTrainer:
                             else FixedLocalSteps(int(local_steps)))
         self.has_validation = bool(getattr(data, "has_validation", False))
         self.tol, self.patience = float(tol), int(patience)
-        self.classification, self.verbose, self.description = classification, verbose, description
+        self.verbose, self.description = verbose, description
+        self.loss = loss_from_config(model_config.get("loss"))  # what the fit trains for (its accuracy)
         self.summary = TrainingSummary()
         self.checkpoint_dir, self.checkpoint_interval = checkpoint_dir or None, int(checkpoint_interval)
         self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, self.sizes, local_steps)
@@ -83,8 +85,8 @@ class DistributedTrainer:
         """(task, payload, table rows shipped or None, base) of one round, see _job. base (with
         keep_base, for a local round): the weights as shipped, from which the round's change is
         taken when rounds are pipelined."""
-        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.classification,
-                         self.optimizer.config(), epoch, first_step, k, validate, next_round)
+        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.optimizer.config(), epoch,
+                         first_step, k, validate, next_round)
         rows = self._following.pop((epoch, first_step, k), None) if k > 1 and not validate else None
         # the round's first step: the optimizer has not yet counted the rounds still in flight
         t = np.array(self.optimizer.t + self._ahead, dtype=np.int64)
@@ -201,7 +203,7 @@ class DistributedTrainer:
 
     def _validation_metrics(self, result):
         loss, n, correct = result.vloss, result.vn, result.vcorrect
-        return (loss / n, correct / n if self.classification else None) if n else (None, None)
+        return (loss / n, correct / n if self.loss.has_accuracy else None) if n else (None, None)
 
     # ------------------------------------------------------------ the loop
     def _epoch(self, weights, epoch, progress, pending=None):
@@ -361,7 +363,7 @@ class DistributedTrainer:
                     break
                 tot_loss, tot_n, tot_correct, k_used = done
                 record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
-                          "accuracy": tot_correct / max(tot_n, 1) if self.classification else None}
+                          "accuracy": tot_correct / max(tot_n, 1) if self.loss.has_accuracy else None}
                 if self.has_validation:
                     record["val_loss"] = record["val_accuracy"] = None
                 record.update(seconds=time.perf_counter() - t0, steps=self.sampler.steps_per_epoch,

@@ -80,39 +80,33 @@ def table_rows(model, x, sampler, epoch, first_step, k, partition):
     return ids[(ids >= 0) & (ids < model.table[1])].astype(np.int32)
 
 
-def _correct(out, yb, classification):
-    return int(np.sum(np.argmax(out, axis=1) == yb)) if classification else 0
-
-
-def minibatch(x, y, sampler, seed, epoch, step, partition, classification):
-    """(inputs, targets, dropout rng) of this partition's share of a step, or None when it has no
-    rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
+def minibatch(loss, x, y, sampler, seed, epoch, step, partition):
+    """(inputs, targets (the loss's), dropout rng) of this partition's share of a step, or None
+    when it has no rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
     rows = sampler.rows(partition, epoch, step)
     if len(rows) == 0:
         return None
     xb = batch_rows(x, rows)
-    yb = y[rows].astype(np.int64) if classification else xb
-    return xb, yb, np.random.default_rng([seed, epoch, step, partition, 1])
+    return xb, loss.targets(xb, y[rows]), np.random.default_rng([seed, epoch, step, partition, 1])
 
 
-def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, classification):
+def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition):
     """The RoundResult (loss sum, gradient sum as vec, rows, correct, the table rows it touched)
     of this partition's share of a step; zero when it has no rows in that step. The table rows
     are the layer's own record of its backward, not a second read of the minibatch rows."""
-    batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
+    batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
     if batch is None:
         return RoundResult()
     xb, yb, rng = batch
     loss, grad, n = model.loss_and_grad(params, xb, yb, rng)
     touched = None if model.table is None else model.layers[0].touched.astype(np.int32)
-    return RoundResult(loss=loss, vec=grad, n=n, correct=_correct(model.last_output, yb, classification),
-                       rows=touched)
+    return RoundResult(loss=loss, vec=grad, n=n, correct=model.loss.correct(model.last_output, yb), rows=touched)
 
 
 VALIDATION_CHUNK = 4096  # rows scored at once: a worker's memory does not grow with the validation rows
 
 
-def validation(model, weights, x, y, classification):
+def validation(model, weights, x, y):
     """The RoundResult (vloss, vn, vcorrect) of these weights on a partition's validation rows,
     scored in chunks of VALIDATION_CHUNK rows (summed in row order)."""
     n = len(x)
@@ -124,18 +118,18 @@ def validation(model, weights, x, y, classification):
         rows = np.arange(start, min(n, start + VALIDATION_CHUNK))
         xb = batch_rows(x, rows)
         out = model.predict_output(xb)
-        yb = np.asarray(y[rows]).astype(np.int64) if classification else xb
+        yb = model.loss.targets(xb, np.asarray(y[rows]))
         loss, _ = model.loss(out, yb)
-        loss_sum, correct = loss_sum + float(loss), correct + _correct(out, yb, classification)
+        loss_sum, correct = loss_sum + float(loss), correct + model.loss.correct(out, yb)
     return RoundResult(vloss=loss_sum, vn=n, vcorrect=correct)
 
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
-                classification, shipped_rows=None):
+                shipped_rows=None):
     """The RoundResult (loss sum, rows x [trained weights, optimizer state arrays] as vec, rows,
-    correct, table rows the steps touched) after k steps of this partition's own from the given weights
-    and optimizer state (in place on the model's parameters: Sequential.train_step, lazy in an
-    Embedding table).
+    correct, table rows the steps touched) after k steps of this partition's own from the given
+    weights and optimizer state (in place on the model's parameters: Sequential.train_step, lazy
+    in an Embedding table).
 
     shipped_rows: None when weights and state cover every parameter; else the sorted table rows
     shipped, weights and state then covering model.active_index(shipped_rows): the only
@@ -156,7 +150,7 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         shipped[shipped_rows] = True
     loss_sum, rows_seen, correct, touched = 0.0, 0, 0, []
     for step in range(first_step, first_step + k):
-        batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
+        batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
         if batch is None:
             continue
         xb, yb, rng = batch
@@ -164,8 +158,8 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
             raise RuntimeError(f"partition {partition}, epoch {epoch + 1}, step {step + 1}: the round's "
                                "minibatch reads embedding rows that were not shipped to it")
         loss, n = model.train_step(opt, xb, yb, rng)
-        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + _correct(model.last_output, yb,
-                                                                                           classification)
+        loss_sum, rows_seen = loss_sum + loss, rows_seen + n
+        correct += model.loss.correct(model.last_output, yb)
         if model.table is not None:
             touched.append(model.layers[0].touched)
     if not rows_seen:
@@ -187,10 +181,10 @@ class RoundTask:
     - k > 1: a local round: steps first_step .. first_step+k-1 of the epoch on its own, from the
       shipped weights and optimizer state; the vector is rows x [its weights, its state arrays]."""
 
-    def __init__(self, config_json, threads, sampler, seed, classification, opt_cfg, epoch, first_step, k,
-                 validate=False, next_round=None):
+    def __init__(self, config_json, threads, sampler, seed, opt_cfg, epoch, first_step, k, validate=False,
+                 next_round=None):
         self.config_json, self.threads, self.sampler, self.seed = config_json, threads, sampler, seed
-        self.classification, self.opt_cfg = classification, opt_cfg
+        self.opt_cfg = opt_cfg
         self.epoch, self.first_step, self.k, self.validate = epoch, first_step, k, validate
         self.next_round = next_round  # (epoch, first step, k) of the round that follows, or None
 
@@ -199,7 +193,7 @@ class RoundTask:
         [, "rows": raw int32 table rows]}: with "rows", w and the state arrays hold only the
         entries of model.active_index(rows)."""
         t0 = time.perf_counter()
-        epoch, first, k, classification = self.epoch, self.first_step, self.k, self.classification
+        epoch, first, k = self.epoch, self.first_step, self.k
         steps = range(first, first + k)
         for step in steps:
             maybe_kill_worker(epoch, step, partition)
@@ -212,13 +206,12 @@ class RoundTask:
             w = np.frombuffer(payload["w"], dtype=np.float32)
             rows = payload.get("rows")
             rows = None if rows is None else np.frombuffer(rows, dtype=np.int32)
-            val = validation(model, w, xv, yv, classification) if self.validate else RoundResult()
+            val = validation(model, w, xv, yv) if self.validate else RoundResult()
             if k == 1:
-                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition,
-                                        classification)
+                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition)
             elif k > 1:
                 result = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler, self.seed, epoch,
-                                     first, k, partition, classification, rows)
+                                     first, k, partition, rows)
             else:
                 result = RoundResult()
             following = None
