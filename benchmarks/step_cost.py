@@ -112,7 +112,8 @@ def fixed_cost(spark, steps):
     try:
         for i in range(steps + 5):  # alternating, so both see the same machine state
             t0 = time.perf_counter()
-            loss, grad, n, _, task_s = trainer.gradient(w, 0, i % trainer.sampler.steps_per_epoch)
+            result = trainer.gradient(w, 0, i % trainer.sampler.steps_per_epoch)
+            grad, n, task_s = result.vec, result.n, result.seconds
             t1 = time.perf_counter()
             trainer.optimizer.step(w, grad / np.float32(n))
             t2 = time.perf_counter()
@@ -164,7 +165,7 @@ def round_parts(spark, params_list, repeat):
     import cloudpickle
 
     from spark_nn.ml.training.rounds import RDDRounds
-    from spark_nn.ml.training.worker import ZERO
+    from spark_nn.ml.training.round_result import RoundResult
     from spark_nn.nn.optimizers import make_optimizer
 
     trainer, _, data = tiny_sync_trainer(spark, 64)
@@ -185,12 +186,12 @@ def round_parts(spark, params_list, repeat):
             def empty(i, blocks, payload):
                 for _ in blocks:
                     pass
-                yield ZERO
+                yield RoundResult()
 
             def returning(i, blocks, payload, n=vec_len):
                 for _ in blocks:
                     pass
-                yield ZERO[:1] + (np.ones(n, dtype=np.float32), 1) + ZERO[3:]
+                yield RoundResult(vec=np.ones(n, dtype=np.float32), n=1)
 
             payload = build()
             parts = {"build ms": build, "pickle ms": lambda: cloudpickle.dumps((empty, payload)),

@@ -7,7 +7,7 @@ import pytest
 
 from spark_nn.ml.classification import CNNClassifier
 from spark_nn.ml.training.connect_rounds import ROUNDS_TAG, decode, encode, fold
-from spark_nn.ml.training.worker import ZERO, add_results
+from spark_nn.ml.training.round_result import FIELDS, ZERO, RoundResult
 from conftest import CONNECT, resident_files
 
 connect_only = pytest.mark.skipif(not CONNECT, reason="needs a Spark Connect session (SPARK_NN_TEST_CONNECT=1)")
@@ -17,24 +17,33 @@ def results(rng, n, size=7):
     def ids():
         return np.unique(rng.integers(0, 50, size=6)).astype(np.int32)
 
-    return [(pid, (float(rng.normal()), rng.normal(size=size).astype(np.float32) if pid != 1 else None,
-                   int(rng.integers(1, 9)), int(rng.integers(0, 5)), float(rng.random()), float(rng.normal()),
-                   int(rng.integers(0, 4)), int(rng.integers(0, 4)), ids() if pid != 2 else None,
-                   ids() if pid % 2 else None))
+    return [(pid, RoundResult(loss=float(rng.normal()),
+                              vec=rng.normal(size=size).astype(np.float32) if pid != 1 else None,
+                              n=int(rng.integers(1, 9)), correct=int(rng.integers(0, 5)), seconds=float(rng.random()),
+                              vloss=float(rng.normal()), vn=int(rng.integers(0, 4)), vcorrect=int(rng.integers(0, 4)),
+                              rows=ids() if pid != 2 else None, next_rows=ids() if pid % 2 else None))
             for pid in range(n)]
-
-
-ARRAYS = (1, 8, 9)  # the fields that hold arrays (or None)
 
 
 def same(a, b):
     """Two results are equal field by field, arrays bitwise (dtype included)."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if i in ARRAYS:
-            assert (x is None and y is None) or (x.dtype == y.dtype and x.tobytes() == y.tobytes()), i
+    for f in FIELDS:
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert x is not None and y is not None and x.dtype == y.dtype and x.tobytes() == y.tobytes(), f.name
         else:
-            assert x == y, i
-    return len(a) == len(b) == len(ZERO)
+            assert type(x) is type(y) and x == y, f.name
+    return a == b
+
+
+def test_result_fields_combine_by_their_kind():
+    a = RoundResult(loss=1.5, vec=np.ones(3, np.float32), n=2, seconds=3.0, rows=np.array([1, 4], np.int32))
+    b = RoundResult(loss=0.25, vec=np.full(3, 2, np.float32), n=5, seconds=1.0, vn=1,
+                    rows=np.array([2, 4], np.int32), next_rows=np.array([7], np.int32))
+    total = ZERO + a + b
+    assert (total.loss, total.n, total.seconds, total.vn) == (1.75, 7, 3.0, 1)  # seconds: the max
+    assert total.vec.tolist() == [3, 3, 3] and total.rows.tolist() == [1, 2, 4] and total.next_rows.tolist() == [7]
+    assert total.rows.dtype == np.int32 and ZERO + a == a and a != b
 
 
 def test_result_rows_round_trip_and_sum_in_partition_order(rng):
@@ -46,10 +55,10 @@ def test_result_rows_round_trip_and_sum_in_partition_order(rng):
     # the classic backend's treeAggregate over few partitions: ZERO + r0 + r1 + ... in partition order
     expected = ZERO
     for _, r in rows:
-        expected = add_results(expected, r)
+        expected = expected + r
     first, total = fold(back)
     assert first == 0 and same(total, expected)
-    assert np.array_equal(total[8], np.unique(np.concatenate([r[8] for _, r in rows if r[8] is not None])))
+    assert np.array_equal(total.rows, np.unique(np.concatenate([r.rows for _, r in rows if r.rows is not None])))
     assert fold([]) == (0, ZERO)
     assert decode(encode([])) == []
 
@@ -106,10 +115,11 @@ def test_many_partitions_are_summed_in_a_tree_on_the_executors(spark):
     assert 1 <= len(got) <= 3
     _, total = fold(got)
     _, flat = fold(rows)
-    assert total[0] == pytest.approx(flat[0]) and total[2:4] == flat[2:4] and total[6:8] == flat[6:8]
-    np.testing.assert_allclose(total[1], flat[1], rtol=1e-6, atol=1e-6)
-    for i in (8, 9):  # table rows: unions, the same whatever the tree's grouping
-        assert total[i].tobytes() == flat[i].tobytes()
+    assert total.loss == pytest.approx(flat.loss)
+    assert (total.n, total.correct, total.vn, total.vcorrect) == (flat.n, flat.correct, flat.vn, flat.vcorrect)
+    np.testing.assert_allclose(total.vec, flat.vec, rtol=1e-6, atol=1e-6)
+    for name in ("rows", "next_rows"):  # table rows: unions, the same whatever the tree's grouping
+        assert getattr(total, name).tobytes() == getattr(flat, name).tobytes()
 
 
 @connect_only

@@ -11,7 +11,7 @@ import pytest
 from spark_nn.ml.classification import CNNClassifier, RNNClassifier
 from spark_nn.ml.training.faults import DELETE_PROPERTY, KILL_PROPERTY
 from spark_nn.ml.training.trainer import DistributedTrainer
-from spark_nn.ml.training.worker import ZERO
+from spark_nn.ml.training.round_result import RoundResult
 from conftest import fit_under_fault
 
 
@@ -35,7 +35,7 @@ class _FakeRounds:
         arrays = [np.float32(0.5) * w + np.float32(1.0)]
         arrays += [np.zeros_like(w) for _ in self.optimizer.state_keys()]
         vec = np.concatenate(arrays) * np.float32(n)
-        return (1.0, vec, n, 0, 0.001) + ZERO[5:]
+        return RoundResult(loss=1.0, vec=vec, n=n, seconds=0.001)
 
     def run(self, task, payload):
         self.shipped.append((task.epoch, task.first_step, np.frombuffer(payload["w"], np.float32).copy()))

@@ -32,7 +32,8 @@ def test_spark_step_equals_in_process_step(spark, small_images):
         trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=16,
                                      optimizer="sgd", step_size=0.1, seed=11, local_steps=1)
         weights = net.params.copy()
-        loss, grad, n, _, _ = trainer.gradient(weights, epoch=1, step=2)
+        result = trainer.gradient(weights, epoch=1, step=2)
+        loss, grad, n = result.loss, result.vec, result.n
         parts = [tuple(np.array(a) for a in open_block(b)[:2]) for b in data.blocks()]
     finally:
         data.release()

@@ -140,3 +140,24 @@ def test_input_checks(rng):
 def test_summary_lists_layers():
     text = builders.cnn([4], 3, (1, 6, 6)).summary()
     assert "Conv2D" in text and "parameters" in text
+
+
+def test_the_loss_says_what_a_fit_trains_for():
+    from spark_nn.nn.losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy, loss_from_config
+
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = np.array([[0.1, 2.0], [3.0, -1.0], [0.0, 1.0]], dtype=np.float32)
+    sce = SoftmaxCrossEntropy()
+    labels = sce.targets(x, np.array([1.0, 1.0, 1.0]))
+    assert labels.dtype == np.int64 and labels.tolist() == [1, 1, 1]
+    assert sce.has_accuracy and sce.correct(out, labels) == 2
+    reconstruction = builders.autoencoder(2, [1])[0].loss
+    assert reconstruction.targets(x, np.zeros(3)) is x and not reconstruction.has_accuracy
+    assert reconstruction.correct(out, x) == 0 and reconstruction.config() == {"type": "mean_squared_error"}
+    y = np.ones(3)
+    regression = MeanSquaredError(target="labels")
+    assert regression.targets(x, y) is y and loss_from_config(regression.config()).target == "labels"
+    assert BinaryCrossEntropy().targets(x, y) is y and not BinaryCrossEntropy().has_accuracy
+    assert isinstance(loss_from_config(None), SoftmaxCrossEntropy)
+    with pytest.raises(ValueError, match="target"):
+        MeanSquaredError(target="outputs")

@@ -76,7 +76,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
     """Base of the spark_nn estimators. Subclasses give ``_input_spec``, ``_network`` and
     ``_model_class``."""
 
-    classification = True
+    takes_labels = True  # reads a label column (an autoencoder's targets are its inputs)
 
     def setParams(self, **kwargs):
         """Sets params by name; an unknown name is an error that lists the known ones."""
@@ -111,7 +111,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
 
     def _fit(self, dataset):
         fcol = self.featuresColumn()
-        lcol = self.labelColumn() if self.classification else None
+        lcol = self.labelColumn() if self.takes_labels else None
         self._check_params()
         # everything the schema, the params and at most one row tell is checked before the pass
         kind = feature_kind(dataset, fcol)
@@ -159,7 +159,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                 schedule=self.getOrDefault(self.learningRateSchedule),
                 aggregation_depth=self.getAggregationDepth(), threads=task_threads(self, dataset.sparkSession),
                 tol=self.getTol(), patience=self.getOrDefault(self.earlyStoppingPatience),
-                classification=self.classification, verbose=self.getOrDefault(self.verbose),
+                verbose=self.getOrDefault(self.verbose),
                 local_steps=self.getOrDefault(self.localSteps),
                 pipeline=self.getOrDefault(self.pipelineRounds),
                 checkpoint_dir=local_path(checkpoint_dir) if checkpoint_dir else None,

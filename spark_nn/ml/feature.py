@@ -347,7 +347,7 @@ class AutoEncoder(NeuralEstimator, AutoEncoderParams):
     Features: vectors or numeric arrays (scale them to comparable ranges first, e.g. with
     StandardScaler or MinMaxScaler). Unsupervised: no label column."""
 
-    classification = False
+    takes_labels = False
     _model_class = AutoEncoderModel
 
     @keyword_only

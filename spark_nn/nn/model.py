@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, walk, layer_from_config
-from spark_nn.nn.losses import SoftmaxCrossEntropy, loss_from_config
+from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, layer_from_config, walk
+from spark_nn.nn.losses import loss_from_config
 from spark_nn.nn.onnx_export import to_onnx
 from spark_nn.nn.optimizers import Optimizer, make_optimizer
 from spark_nn.nn.torch_interop import TorchInterop
@@ -42,7 +42,7 @@ class Sequential(TorchInterop):
         if not self.layers:
             raise ValueError("a model needs at least one layer")
         self.input_shape = tuple(int(d) for d in input_shape)
-        self.loss = loss if loss is not None else SoftmaxCrossEntropy()
+        self.loss = loss if loss is not None else loss_from_config(None)
         shape = self.input_shape
         for i, layer in enumerate(self.layers):
             try:
@@ -287,12 +287,10 @@ class Sequential(TorchInterop):
         return np.argmax(self.predict_output(x, batch_size), axis=1)
 
     def evaluate(self, x, y, batch_size=None):
-        """(mean loss, accuracy or None) over x, y."""
+        """(mean loss, accuracy or None: the loss's has_accuracy) over x, y."""
         out = self.predict_output(x, batch_size)
         loss_sum, _ = self.loss(out, y)
-        acc = None
-        if isinstance(self.loss, SoftmaxCrossEntropy):
-            acc = float(np.mean(np.argmax(out, axis=1) == np.asarray(y)))
+        acc = self.loss.correct(out, self.loss.targets(x, y)) / len(out) if self.loss.has_accuracy else None
         return loss_sum / len(out), acc
 
     def fit(self, x, y, epochs=10, batch_size=64, optimizer="adam", lr=None, seed=None, validation_data=None,
@@ -345,7 +343,7 @@ class Sequential(TorchInterop):
             if key not in cfg:
                 raise ValueError(f"model config has no {key!r}")
         return cls([layer_from_config(c) for c in cfg["layers"]], cfg["input_shape"],
-                   loss=loss_from_config(cfg["loss"]) if cfg.get("loss") else None, seed=cfg.get("seed", 0))
+                   loss=loss_from_config(cfg.get("loss")), seed=cfg.get("seed", 0))
 
     def to_onnx(self, path, upto=None):
         """Writes this model as ONNX (standard operators, dynamic batch axis); see

@@ -23,44 +23,45 @@ from pyspark.sql import functions as F
 from spark_nn.ml.training.blocks import blocks_of_batches
 from spark_nn.ml.training.deal import partition_key
 from spark_nn.ml.training.rounds import Rounds
-from spark_nn.ml.training.worker import ZERO, add_results
+from spark_nn.ml.training.round_result import FIELDS, ZERO, RoundResult
 
-RESULT_SCHEMA = ("pid int, loss double, vec binary, n long, correct long, seconds double, vloss double, "
-                 "vn long, vcorrect long, rows binary, next binary")
-_FIELDS = ("pid", "loss", "vec", "n", "correct", "seconds", "vloss", "vn", "vcorrect", "rows", "next")
-_TYPES = (pa.int32(), pa.float64(), pa.binary(), pa.int64(), pa.int64(), pa.float64(), pa.float64(),
-          pa.int64(), pa.int64(), pa.binary(), pa.binary())
-_ARRAYS = {"vec": np.float32, "rows": np.int32, "next": np.int32}  # numpy arrays carried as raw bytes
+# a RoundResult's fields as Arrow columns (numbers as themselves, arrays as raw bytes), after
+# the partition id
+_ARROW = {float: (pa.float64(), "double"), int: (pa.int64(), "long"), np.ndarray: (pa.binary(), "binary")}
+_COLUMNS = [("pid", pa.int32(), "int", None)] + [
+    (f.name, *_ARROW[f.metadata["kind"]], f.metadata.get("dtype")) for f in FIELDS]
+RESULT_SCHEMA = ", ".join(f"{name} {ddl}" for name, _, ddl, _ in _COLUMNS)
 
 
 def encode(rows):
-    """[(pid, result)] -> one Arrow record batch of RESULT_SCHEMA's columns (arrays as raw bytes)."""
-    cols = list(zip(*[(pid,) + tuple(r) for pid, r in rows])) if rows else [()] * len(_FIELDS)
+    """[(pid, RoundResult)] -> one Arrow record batch of RESULT_SCHEMA's columns."""
     arrays = []
-    for name, col, kind in zip(_FIELDS, cols, _TYPES):
-        if name in _ARRAYS:
-            col = [None if v is None else np.ascontiguousarray(v, dtype=_ARRAYS[name]).tobytes() for v in col]
-        arrays.append(pa.array(list(col), kind))
-    return pa.RecordBatch.from_arrays(arrays, names=list(_FIELDS))
+    for name, kind, _, dtype in _COLUMNS:
+        col = [pid if name == "pid" else getattr(r, name) for pid, r in rows]
+        if dtype is not None:
+            col = [None if v is None else np.ascontiguousarray(v, dtype=dtype).tobytes() for v in col]
+        arrays.append(pa.array(col, kind))
+    return pa.RecordBatch.from_arrays(arrays, names=[c[0] for c in _COLUMNS])
 
 
 def decode(table):
-    """[(pid, result)] of Arrow result rows (a table or record batch)."""
-    cols = []
-    for name in _FIELDS:
+    """[(pid, RoundResult)] of Arrow result rows (a table or record batch)."""
+    cols = {}
+    for name, _, _, dtype in _COLUMNS:
         values = table.column(name).to_pylist()
-        if name in _ARRAYS:
-            values = [None if v is None else np.frombuffer(v, dtype=_ARRAYS[name]) for v in values]
-        cols.append(values)
-    return [(values[0], tuple(values[1:])) for values in zip(*cols)]
+        if dtype is not None:
+            values = [None if v is None else np.frombuffer(v, dtype=dtype) for v in values]
+        cols[name] = values
+    pids = cols.pop("pid")
+    return [(pid, RoundResult(**{name: values[i] for name, values in cols.items()})) for i, pid in enumerate(pids)]
 
 
 def fold(rows):
-    """(smallest pid, sum of the results added in pid order) of [(pid, result)]."""
+    """(smallest pid, sum of the results added in pid order) of [(pid, RoundResult)]."""
     rows = sorted(rows, key=lambda r: r[0])
     total = ZERO
     for _, result in rows:
-        total = add_results(total, result)
+        total = total + result
     return (rows[0][0] if rows else 0), total
 
 

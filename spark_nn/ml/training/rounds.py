@@ -4,6 +4,7 @@ data be materialized again and the round run again (a round's result depends onl
 weights, seed, epoch, step and partition, so the retry computes the same). ``RDDRounds`` is the
 classic session's backend (RDD treeAggregate); connect_rounds.ConnectRounds is Spark Connect's."""
 import logging
+import operator
 import threading
 import uuid
 
@@ -11,7 +12,7 @@ import numpy as np
 from pyspark import Broadcast
 
 from spark_nn.ml.training.errors import ResidentBlockLost, unwrap_errors
-from spark_nn.ml.training.worker import ZERO, add_results
+from spark_nn.ml.training.round_result import ZERO
 
 log = logging.getLogger("spark_nn")
 
@@ -143,7 +144,7 @@ class RDDRounds(Rounds):
         shipped = self._ship(payload)
         try:
             return self.data.rdd.mapPartitionsWithIndex(lambda i, blocks: task(i, blocks, shipped.value)) \
-                .treeAggregate(ZERO, add_results, add_results, depth=self.depth)
+                .treeAggregate(ZERO, operator.add, operator.add, depth=self.depth)
         finally:
             if isinstance(shipped, Broadcast):
                 shipped.destroy()

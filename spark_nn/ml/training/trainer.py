@@ -19,6 +19,7 @@ from spark_nn.ml.training.progress import Progress
 from spark_nn.ml.training.rounds import RDDRounds, payload_bytes
 from spark_nn.ml.training.summary import TrainingSummary
 from spark_nn.ml.training.worker import RoundTask, StepSampler
+from spark_nn.nn.losses import loss_from_config
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import Schedule, make_optimizer
 
@@ -42,7 +43,7 @@ class DistributedTrainer:
 
     def __init__(self, model_config, data, *, epochs, batch_size, optimizer, step_size, seed,
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
-                 threads=1, tol=0.0, patience=0, classification=True, verbose=False,
+                 threads=1, tol=0.0, patience=0, verbose=False,
                  local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1,
                  pipeline=False):
         self.sizes = list(data.sizes)
@@ -60,7 +61,8 @@ class DistributedTrainer:
                             else FixedLocalSteps(int(local_steps)))
         self.has_validation = bool(getattr(data, "has_validation", False))
         self.tol, self.patience = float(tol), int(patience)
-        self.classification, self.verbose, self.description = classification, verbose, description
+        self.verbose, self.description = verbose, description
+        self.loss = loss_from_config(model_config.get("loss"))  # what the fit trains for (its accuracy)
         self.summary = TrainingSummary()
         self.checkpoint_dir, self.checkpoint_interval = checkpoint_dir or None, int(checkpoint_interval)
         self.fingerprint = checkpoint.fingerprint(self.config_json, seed, batch_size, self.sizes, local_steps)
@@ -83,8 +85,8 @@ class DistributedTrainer:
         """(task, payload, table rows shipped or None, base) of one round, see _job. base (with
         keep_base, for a local round): the weights as shipped, from which the round's change is
         taken when rounds are pipelined."""
-        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.classification,
-                         self.optimizer.config(), epoch, first_step, k, validate, next_round)
+        task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.optimizer.config(), epoch,
+                         first_step, k, validate, next_round)
         rows = self._following.pop((epoch, first_step, k), None) if k > 1 and not validate else None
         # the round's first step: the optimizer has not yet counted the rounds still in flight
         t = np.array(self.optimizer.t + self._ahead, dtype=np.int64)
@@ -108,15 +110,13 @@ class DistributedTrainer:
 
     def _remember(self, next_round, result):
         """Keeps the table rows a round reported for the round next_round."""
-        if next_round is not None and result[9] is not None:
+        if next_round is not None and result.next_rows is not None:
             for planned in [p for p in self._following if p[:2] < next_round[:2]]:
                 del self._following[planned]  # rounds that were not run as planned
-            self._following[next_round] = result[9]
+            self._following[next_round] = result.next_rows
 
     def _job(self, weights, epoch, first_step, k, validate=False, next_round=None):
-        """One round (a Spark job) summed over the partitions into the result tuple of
-        worker.ZERO (loss sum, vector sum, rows, correct, task seconds, validation loss sum,
-        validation rows, validation correct, table rows touched, next round's table rows), and
+        """One round (a Spark job) summed over the partitions into a round_result.RoundResult, and
         the table rows it shipped (None: every parameter); see worker.RoundTask for what k and
         validate mean. next_round: the (epoch, first step, k) of a later round, whose table rows
         the tasks report so that that round ships only those."""
@@ -148,15 +148,15 @@ class DistributedTrainer:
         return epoch, step, k
 
     def gradient(self, weights, epoch, step):
-        """(loss sum, gradient sum, row count, correct count, task seconds) of one step's
-        minibatch, summed over the partitions by treeAggregate."""
-        return self._job(weights, epoch, step, 1)[0][:5]
+        """The RoundResult of one step's minibatch (loss sum, gradient sum as vec, rows, correct,
+        task seconds), summed over the partitions."""
+        return self._job(weights, epoch, step, 1)[0]
 
     def _sync_step(self, weights, result):
         """The driver's optimizer step on a synchronous round's gradient sum: lazy in the table
         (only the rows the minibatches touched), as Sequential.train_step is in one process."""
-        vec, n = result[1], result[2]
-        active = self.net.active_index(result[8]) if self.sparse_rounds else None
+        vec, n = result.vec, result.n
+        active = self.net.active_index(result.rows) if self.sparse_rounds else None
         if active is None:
             self.optimizer.step(weights, vec / np.float32(n))
         else:
@@ -171,11 +171,10 @@ class DistributedTrainer:
         base: the weights the round was shipped (same cover), when rounds are pipelined: the
         weights then gain the round's change (mean - base) on top of the rounds applied since
         it was shipped (delayed averaging); the optimizer state is the round's mean."""
-        vec, n = result[1], result[2]
-        mean = vec / np.float32(n)
+        mean = result.vec / np.float32(result.n)
         cover = None if shipped_rows is None else self.net.active_index(shipped_rows)
         # shipped rows are the rows the round touched, so then cover is also what to update
-        update = self.net.active_index(result[8]) if self.sparse_rounds and cover is None else None
+        update = self.net.active_index(result.rows) if self.sparse_rounds and cover is None else None
         self.optimizer.init_state(weights)
         self.optimizer.t += k
         size = weights.size if cover is None else len(cover)
@@ -203,8 +202,8 @@ class DistributedTrainer:
         return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True)[0])
 
     def _validation_metrics(self, result):
-        loss, n, correct = result[5:8]
-        return (loss / n, correct / n if self.classification else None) if n else (None, None)
+        loss, n, correct = result.vloss, result.vn, result.vcorrect
+        return (loss / n, correct / n if self.loss.has_accuracy else None) if n else (None, None)
 
     # ------------------------------------------------------------ the loop
     def _epoch(self, weights, epoch, progress, pending=None):
@@ -250,7 +249,7 @@ class DistributedTrainer:
                 flight.popleft()
                 self._ahead -= k
                 self._remember(next_round, result)
-                loss, vec, n, correct, task_seconds = result[:5]
+                loss, n, correct, task_seconds = result.loss, result.n, result.correct, result.seconds
                 if first == 0 and pending is not None:
                     pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
                     stop = self._finish_epoch(pending, weights, progress)
@@ -364,7 +363,7 @@ class DistributedTrainer:
                     break
                 tot_loss, tot_n, tot_correct, k_used = done
                 record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
-                          "accuracy": tot_correct / max(tot_n, 1) if self.classification else None}
+                          "accuracy": tot_correct / max(tot_n, 1) if self.loss.has_accuracy else None}
                 if self.has_validation:
                     record["val_loss"] = record["val_accuracy"] = None
                 record.update(seconds=time.perf_counter() - t0, steps=self.sampler.steps_per_epoch,

@@ -1,4 +1,4 @@
-"""What a fit's tasks run on the executors, and the result tuple they return.
+"""What a fit's tasks run on the executors; they return a round_result.RoundResult.
 
 A round's task gets the shipped payload (the flat float32 weights as raw bytes, and for a
 local round the optimizer state), opens its partition's block and computes, for steps
@@ -21,6 +21,7 @@ import numpy as np
 
 from spark_nn.ml.training.blocks import batch_rows, open_block
 from spark_nn.ml.training.faults import maybe_delete, maybe_kill_worker
+from spark_nn.ml.training.round_result import RoundResult
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import optimizer_from_config
 from spark_nn.threads import set_num_threads
@@ -70,26 +71,6 @@ def _permutation(seed, epoch, partition, n):
     return perm
 
 
-# A task's result: (loss sum, vector or None, rows, correct, seconds, validation loss sum,
-# validation rows, validation correct, table rows, next table rows); None is an absent vector.
-# The table rows (sorted int32 ids, or None) are, for a model with an Embedding table, the rows
-# the round's minibatches touch, and those the next round's will touch when the task was told
-# which round follows (so the driver ships only those rows to it).
-ZERO = (0.0, None, 0, 0, 0.0, 0.0, 0, 0, None, None)
-
-
-def _union(a, b):
-    return b if a is None else (a if b is None else np.union1d(a, b).astype(np.int32))
-
-
-def add_results(a, b):
-    """Sum of two results; seconds (the tasks' compute time) combine by max, as parallel tasks
-    do; table rows by union."""
-    vec = b[1] if a[1] is None else (a[1] if b[1] is None else a[1] + b[1])
-    return (a[0] + b[0], vec, a[2] + b[2], a[3] + b[3], max(a[4], b[4]), a[5] + b[5], a[6] + b[6], a[7] + b[7],
-            _union(a[8], b[8]), _union(a[9], b[9]))
-
-
 def table_rows(model, x, sampler, epoch, first_step, k, partition):
     """Sorted int32 ids of the table rows that steps first_step .. first_step+k-1 of a partition
     touch (ids outside the table are left to the layer's own error)."""
@@ -99,59 +80,56 @@ def table_rows(model, x, sampler, epoch, first_step, k, partition):
     return ids[(ids >= 0) & (ids < model.table[1])].astype(np.int32)
 
 
-def _correct(out, yb, classification):
-    return int(np.sum(np.argmax(out, axis=1) == yb)) if classification else 0
-
-
-def minibatch(x, y, sampler, seed, epoch, step, partition, classification):
-    """(inputs, targets, dropout rng) of this partition's share of a step, or None when it has no
-    rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
+def minibatch(loss, x, y, sampler, seed, epoch, step, partition):
+    """(inputs, targets (the loss's), dropout rng) of this partition's share of a step, or None
+    when it has no rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
     rows = sampler.rows(partition, epoch, step)
     if len(rows) == 0:
         return None
     xb = batch_rows(x, rows)
-    yb = y[rows].astype(np.int64) if classification else xb
-    return xb, yb, np.random.default_rng([seed, epoch, step, partition, 1])
+    return xb, loss.targets(xb, y[rows]), np.random.default_rng([seed, epoch, step, partition, 1])
 
 
-def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, classification):
-    """(loss sum, gradient sum, rows, correct) of this partition's share of a step, or None
-    when it has no rows in that step."""
-    batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
+def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition):
+    """The RoundResult (loss sum, gradient sum as vec, rows, correct, the table rows it touched)
+    of this partition's share of a step; zero when it has no rows in that step. The table rows
+    are the layer's own record of its backward, not a second read of the minibatch rows."""
+    batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
     if batch is None:
-        return None
+        return RoundResult()
     xb, yb, rng = batch
     loss, grad, n = model.loss_and_grad(params, xb, yb, rng)
-    return loss, grad, n, _correct(model.last_output, yb, classification)
+    touched = None if model.table is None else model.layers[0].touched.astype(np.int32)
+    return RoundResult(loss=loss, vec=grad, n=n, correct=model.loss.correct(model.last_output, yb), rows=touched)
 
 
 VALIDATION_CHUNK = 4096  # rows scored at once: a worker's memory does not grow with the validation rows
 
 
-def validation(model, weights, x, y, classification):
-    """(loss sum, rows, correct) of these weights on a partition's validation rows, scored in
-    chunks of VALIDATION_CHUNK rows (summed in row order)."""
+def validation(model, weights, x, y):
+    """The RoundResult (vloss, vn, vcorrect) of these weights on a partition's validation rows,
+    scored in chunks of VALIDATION_CHUNK rows (summed in row order)."""
     n = len(x)
     if n == 0:
-        return 0.0, 0, 0
+        return RoundResult()
     model.set_params(weights)
     loss_sum, correct = 0.0, 0
     for start in range(0, n, VALIDATION_CHUNK):
         rows = np.arange(start, min(n, start + VALIDATION_CHUNK))
         xb = batch_rows(x, rows)
         out = model.predict_output(xb)
-        yb = np.asarray(y[rows]).astype(np.int64) if classification else xb
+        yb = model.loss.targets(xb, np.asarray(y[rows]))
         loss, _ = model.loss(out, yb)
-        loss_sum, correct = loss_sum + float(loss), correct + _correct(out, yb, classification)
-    return loss_sum, n, correct
+        loss_sum, correct = loss_sum + float(loss), correct + model.loss.correct(out, yb)
+    return RoundResult(vloss=loss_sum, vn=n, vcorrect=correct)
 
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
-                classification, shipped_rows=None):
-    """(loss sum, rows x [trained weights, optimizer state arrays] or None, rows, correct, table
-    rows the steps touched or None) after k steps of this partition's own from the given weights
-    and optimizer state (in place on the model's parameters: Sequential.train_step, lazy in an
-    Embedding table).
+                shipped_rows=None):
+    """The RoundResult (loss sum, rows x [trained weights, optimizer state arrays] as vec, rows,
+    correct, table rows the steps touched) after k steps of this partition's own from the given
+    weights and optimizer state (in place on the model's parameters: Sequential.train_step, lazy
+    in an Embedding table).
 
     shipped_rows: None when weights and state cover every parameter; else the sorted table rows
     shipped, weights and state then covering model.active_index(shipped_rows): the only
@@ -172,7 +150,7 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         shipped[shipped_rows] = True
     loss_sum, rows_seen, correct, touched = 0.0, 0, 0, []
     for step in range(first_step, first_step + k):
-        batch = minibatch(x, y, sampler, seed, epoch, step, partition, classification)
+        batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
         if batch is None:
             continue
         xb, yb, rng = batch
@@ -180,17 +158,18 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
             raise RuntimeError(f"partition {partition}, epoch {epoch + 1}, step {step + 1}: the round's "
                                "minibatch reads embedding rows that were not shipped to it")
         loss, n = model.train_step(opt, xb, yb, rng)
-        loss_sum, rows_seen, correct = loss_sum + loss, rows_seen + n, correct + _correct(model.last_output, yb,
-                                                                                           classification)
+        loss_sum, rows_seen = loss_sum + loss, rows_seen + n
+        correct += model.loss.correct(model.last_output, yb)
         if model.table is not None:
             touched.append(model.layers[0].touched)
     if not rows_seen:
-        return 0.0, None, 0, 0, None
+        return RoundResult()
     arrays = [model.params] + [getattr(opt, key) for key in opt.state_keys()]
     if active is not None:
         arrays = [a[active] for a in arrays]
     rows = np.unique(np.concatenate(touched)).astype(np.int32) if touched else None
-    return loss_sum, np.concatenate(arrays) * np.float32(rows_seen), rows_seen, correct, rows
+    return RoundResult(loss=loss_sum, vec=np.concatenate(arrays) * np.float32(rows_seen), n=rows_seen,
+                       correct=correct, rows=rows)
 
 
 class RoundTask:
@@ -202,19 +181,19 @@ class RoundTask:
     - k > 1: a local round: steps first_step .. first_step+k-1 of the epoch on its own, from the
       shipped weights and optimizer state; the vector is rows x [its weights, its state arrays]."""
 
-    def __init__(self, config_json, threads, sampler, seed, classification, opt_cfg, epoch, first_step, k,
-                 validate=False, next_round=None):
+    def __init__(self, config_json, threads, sampler, seed, opt_cfg, epoch, first_step, k, validate=False,
+                 next_round=None):
         self.config_json, self.threads, self.sampler, self.seed = config_json, threads, sampler, seed
-        self.classification, self.opt_cfg = classification, opt_cfg
+        self.opt_cfg = opt_cfg
         self.epoch, self.first_step, self.k, self.validate = epoch, first_step, k, validate
         self.next_round = next_round  # (epoch, first step, k) of the round that follows, or None
 
     def __call__(self, partition, blocks, payload):
-        """Yields the partition's result; payload: {"w": raw float32 bytes[, "state": dict]
+        """Yields the partition's RoundResult; payload: {"w": raw float32 bytes[, "state": dict]
         [, "rows": raw int32 table rows]}: with "rows", w and the state arrays hold only the
         entries of model.active_index(rows)."""
         t0 = time.perf_counter()
-        epoch, first, k, classification = self.epoch, self.first_step, self.k, self.classification
+        epoch, first, k = self.epoch, self.first_step, self.k
         steps = range(first, first + k)
         for step in steps:
             maybe_kill_worker(epoch, step, partition)
@@ -227,22 +206,16 @@ class RoundTask:
             w = np.frombuffer(payload["w"], dtype=np.float32)
             rows = payload.get("rows")
             rows = None if rows is None else np.frombuffer(rows, dtype=np.int32)
-            val = validation(model, w, xv, yv, classification) if self.validate else (0.0, 0, 0)
-            # the table rows the round's steps touched: the layer's own record of its last
-            # backward, not a second read of the minibatch rows
+            val = validation(model, w, xv, yv) if self.validate else RoundResult()
             if k == 1:
-                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition,
-                                        classification)
-                touched = None if result is None or model.table is None else \
-                    model.layers[0].touched.astype(np.int32)
-                result = result or (0.0, None, 0, 0)
+                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition)
             elif k > 1:
-                *result, touched = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler,
-                                               self.seed, epoch, first, k, partition, classification, rows)
-                result = tuple(result)
+                result = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler, self.seed, epoch,
+                                     first, k, partition, rows)
             else:
-                result, touched = (0.0, None, 0, 0), None
+                result = RoundResult()
             following = None
             if model.table is not None and self.next_round is not None:
                 following = table_rows(model, x, self.sampler, *self.next_round, partition)
-            yield result + (time.perf_counter() - t0,) + val + (touched, following)
+            # the parts are disjoint fields: their sum only puts them together
+            yield result + val + RoundResult(seconds=time.perf_counter() - t0, next_rows=following)
