@@ -148,7 +148,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
             net = self._network(spec, num_classes)
             if self.isDefined(self.initialWeights):
                 same = start is not None and net.config() == probe_net.config()
-                net.set_params(start if same else initial_weights(self.getOrDefault(self.initialWeights), net))
+                net.load_weights_dict(start if same else initial_weights(self.getOrDefault(self.initialWeights), net))
             if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             trainer = DistributedTrainer(
@@ -164,11 +164,12 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                 pipeline=self.getOrDefault(self.pipelineRounds),
                 checkpoint_dir=local_path(checkpoint_dir) if checkpoint_dir else None,
                 checkpoint_interval=self.getOrDefault(self.checkpointInterval),
-                description=f"spark_nn {type(self).__name__}.fit")
+                description=f"spark_nn {type(self).__name__}.fit", frozen=net.frozen, buffers=net.buffers)
             weights = trainer.run(net.params)
         finally:
             data.release()
         net.set_params(weights)
+        net.set_buffers(trainer.buffers)
         model = self._model_class()
         model._setPayload(net, spec, class_names)
         model._summary = trainer.summary

@@ -61,8 +61,9 @@ def _described_slots(net):
 
 
 def initial_weights(value, net):
-    """Flat float32 weights for ``net`` from ``value`` (any initialWeights kind); a clear error
-    when its layers or weight shapes differ from the network the estimator builds."""
+    """Every array of ``net`` (weights_dict: trainable, frozen, buffers) from ``value`` (any
+    initialWeights kind); a clear error when its layers or weight shapes differ from the
+    network the estimator builds."""
     what = value if isinstance(value, str) else \
         f"{'torch ' if is_torch_module(value) else ''}{type(value).__name__}"
     try:
@@ -77,4 +78,4 @@ def initial_weights(value, net):
     if len(ours) != len(theirs):
         raise ValueError(f"initialWeights ({what}) do not fit this estimator's network: {len(theirs)} weight "
                          f"arrays there, {len(ours)} here")
-    return src.params.copy()
+    return src.weights_dict()

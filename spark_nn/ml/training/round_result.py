@@ -45,6 +45,7 @@ class RoundResult:
     vcorrect: int = _scalar(int)  # of those, predicted correctly
     rows: np.ndarray = _array(np.int32, _union)  # sorted Embedding table rows the round's steps touched
     next_rows: np.ndarray = _array(np.int32, _union)  # those the round after it will touch (when told which)
+    buffers: np.ndarray = _array(np.float32, _add_arrays)  # rows x the buffers after the round (BatchNorm)
 
     def __add__(self, other):
         return RoundResult(**{f.name: f.metadata["combine"](getattr(self, f.name), getattr(other, f.name))

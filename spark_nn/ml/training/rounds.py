@@ -105,6 +105,14 @@ class Rounds:
     def describe(self, text):
         """What the rounds that follow are (None: the fit is over)."""
 
+    def constant(self, value):
+        """A handle (.value) to an array the fit's tasks read in every round but that never
+        changes (frozen parameters): shipped once, not in each round's payload."""
+        return Inline(value)
+
+    def close(self):
+        """Releases what constant() made (the fit is over)."""
+
 
 class RoundInFlight:
     """A round running in a thread of its own; result() waits for it and returns its sum, or
@@ -139,6 +147,7 @@ class RDDRounds(Rounds):
         super().__init__(data, depth, description)
         self.sc = data.spark.sparkContext
         self._tag = f"spark_nn-{uuid.uuid4().hex[:12]}"  # marks the jobs of pipelined rounds
+        self._constants = []
 
     def _sum(self, task, payload):
         shipped = self._ship(payload)
@@ -166,6 +175,17 @@ class RDDRounds(Rounds):
     def describe(self, text):
         """The Spark job description of the rounds that follow (None clears it)."""
         self.sc.setJobDescription(text)
+
+    def constant(self, value):
+        """A broadcast: each executor fetches it once, each Python worker reads it once."""
+        handle = self.sc.broadcast(value)
+        self._constants.append(handle)
+        return handle
+
+    def close(self):
+        for handle in self._constants:
+            handle.destroy()
+        self._constants = []
 
     def _thread_settings(self):
         """The driver thread's local properties (the user's job group and pool, tests' fault

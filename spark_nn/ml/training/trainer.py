@@ -9,6 +9,7 @@ import collections
 import json
 import logging
 import time
+import uuid
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class DistributedTrainer:
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
                  threads=1, tol=0.0, patience=0, verbose=False,
                  local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1,
-                 pipeline=False):
+                 pipeline=False, frozen=None, buffers=None):
         self.sizes = list(data.sizes)
         self.config_json = json.dumps(model_config, sort_keys=True)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
@@ -79,6 +80,12 @@ class DistributedTrainer:
         self._following = {}  # (epoch, first step, k) of a later round -> its table rows
         self._ahead = 0  # steps of the rounds submitted and not yet applied (pipelined rounds)
         self.shipped_bytes = 0
+        # a network's frozen parameters ship once per fit; its buffers (BatchNorm's running
+        # statistics) ship with every round and come back rows-weighted, as a local round's
+        # weights do: self.buffers holds the fit's current ones
+        frozen = np.zeros(0, np.float32) if frozen is None else np.asarray(frozen, np.float32)
+        self._frozen = (uuid.uuid4().hex, self.rounds.constant(frozen.copy())) if frozen.size else None
+        self.buffers = np.array(np.zeros(0, np.float32) if buffers is None else buffers, dtype=np.float32)
 
     # ------------------------------------------------------------ one round
     def _prepare(self, weights, epoch, first_step, k, validate=False, next_round=None, keep_base=False):
@@ -86,7 +93,7 @@ class DistributedTrainer:
         keep_base, for a local round): the weights as shipped, from which the round's change is
         taken when rounds are pipelined."""
         task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.optimizer.config(), epoch,
-                         first_step, k, validate, next_round)
+                         first_step, k, validate, next_round, self._frozen)
         rows = self._following.pop((epoch, first_step, k), None) if k > 1 and not validate else None
         # the round's first step: the optimizer has not yet counted the rounds still in flight
         t = np.array(self.optimizer.t + self._ahead, dtype=np.int64)
@@ -105,6 +112,8 @@ class DistributedTrainer:
             shipped = weights[active]
             payload = {"w": shipped.tobytes(), "rows": rows.tobytes(), "state": state}
             base = shipped if keep_base else None
+        if self.buffers.size:
+            payload["buffers"] = self.buffers.tobytes()
         self.shipped_bytes += payload_bytes(payload)
         return task, payload, rows, base
 
@@ -257,6 +266,9 @@ class DistributedTrainer:
                     if stop:
                         return None
                 self._check_loss(loss, n, epoch, first)
+                if n and self.buffers.size:
+                    # BatchNorm's running statistics: the rows-weighted mean of the tasks' own
+                    self.buffers[:] = result.buffers / np.float32(n)
                 if k == 1:
                     if n:
                         self._sync_step(weights, result)
@@ -302,7 +314,7 @@ class DistributedTrainer:
         epoch = record["epoch"]
         monitored = record.get("val_loss") if record.get("val_loss") is not None else record["loss"]
         if monitored < self._best[0] - self.tol:
-            self._best, self._since_best = (monitored, weights.copy(), epoch), 0
+            self._best, self._since_best = (monitored, weights.copy(), epoch, self.buffers.copy()), 0
         else:
             self._since_best += 1
         stop = bool(self.patience and self._since_best >= self.patience)
@@ -324,18 +336,22 @@ class DistributedTrainer:
         state = {"fingerprint": self.fingerprint, "summary": self.summary.asDict(), "best_metric": best[0],
                  "best_epoch": best[2], "since_best": since_best, "local_steps": self.local_steps.state()}
         arrays = dict(checkpoint.optimizer_arrays(self.optimizer), weights=weights, best_weights=best[1])
+        if self.buffers.size:
+            arrays.update(buffers=self.buffers, best_buffers=best[3])
         self.last_checkpoint = checkpoint.write(self.checkpoint_dir, epoch, state, arrays)
 
     def _resume(self, weights):
         """(first epoch to run, best, since_best) after loading the newest checkpoint, if any."""
         path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir else None
         if path is None:
-            return 0, (np.inf, weights.copy(), -1), 0
+            return 0, (np.inf, weights.copy(), -1, self.buffers.copy()), 0
         state, arrays = checkpoint.read(path, self.fingerprint)
         if arrays["weights"].shape != weights.shape:
             raise ValueError(f"checkpoint {path} holds {arrays['weights'].size} weights, the network has "
                              f"{weights.size}")
         weights[:] = arrays["weights"]
+        if self.buffers.size:
+            self.buffers[:] = arrays["buffers"]
         self.optimizer.load_state_dict(checkpoint.optimizer_state(arrays))
         s = state["summary"]
         self.summary.objectiveHistory = list(s["objectiveHistory"])
@@ -346,10 +362,13 @@ class DistributedTrainer:
         self.last_checkpoint = self.resumed_from = path
         log.info("%s: resuming from %s (epoch %d done)", self.description, path, state["epoch"])
         best_metric = state["best_metric"] if state["best_metric"] is not None else np.inf
-        return int(state["epoch"]), (best_metric, arrays["best_weights"].copy(), state["best_epoch"]), \
-            int(state["since_best"])
+        best = (best_metric, arrays["best_weights"].copy(), state["best_epoch"],
+                arrays["best_buffers"].copy() if self.buffers.size else self.buffers.copy())
+        return int(state["epoch"]), best, int(state["since_best"])
 
     def run(self, weights):
+        """The trained weights (trainable parameters) from these; the buffers the fit ends with
+        are self.buffers after it."""
         weights = np.array(weights, dtype=np.float32, copy=True)
         first, self._best, self._since_best = self._resume(weights)
         progress = Progress(self.sampler.steps_per_epoch * (self.epochs - first), self.description, self.verbose)
@@ -380,9 +399,11 @@ class DistributedTrainer:
                     break
         finally:
             self.rounds.describe(None)
+            self.rounds.close()
         self.summary.localStepsAuto = getattr(self.local_steps, "choice", None)
         if self.patience and self.has_validation:
             self.summary.bestEpoch = self._best[2]
+            self.buffers = self._best[3]
             return self._best[1]
         return weights
 

@@ -182,16 +182,20 @@ class RoundTask:
       shipped weights and optimizer state; the vector is rows x [its weights, its state arrays]."""
 
     def __init__(self, config_json, threads, sampler, seed, opt_cfg, epoch, first_step, k, validate=False,
-                 next_round=None):
+                 next_round=None, frozen=None):
         self.config_json, self.threads, self.sampler, self.seed = config_json, threads, sampler, seed
         self.opt_cfg = opt_cfg
         self.epoch, self.first_step, self.k, self.validate = epoch, first_step, k, validate
         self.next_round = next_round  # (epoch, first step, k) of the round that follows, or None
+        # (key, handle whose .value is the frozen parameters) shipped once per fit, or None
+        self.frozen = frozen
 
     def __call__(self, partition, blocks, payload):
         """Yields the partition's RoundResult; payload: {"w": raw float32 bytes[, "state": dict]
-        [, "rows": raw int32 table rows]}: with "rows", w and the state arrays hold only the
-        entries of model.active_index(rows)."""
+        [, "rows": raw int32 table rows][, "buffers": raw float32 bytes]}: with "rows", w and the
+        state arrays hold only the entries of model.active_index(rows). With buffers (BatchNorm's
+        running statistics), the result carries rows x the buffers after the round's steps, which
+        the driver averages as it does a local round's weights."""
         t0 = time.perf_counter()
         epoch, first, k = self.epoch, self.first_step, self.k
         steps = range(first, first + k)
@@ -204,6 +208,7 @@ class RoundTask:
             model = worker_model(self.config_json, self.threads)
             # the weights as shipped: a read-only view of the raw bytes, no pickled array, no copy
             w = np.frombuffer(payload["w"], dtype=np.float32)
+            self._load_constants(model, payload)
             rows = payload.get("rows")
             rows = None if rows is None else np.frombuffer(rows, dtype=np.int32)
             val = validation(model, w, xv, yv) if self.validate else RoundResult()
@@ -214,8 +219,19 @@ class RoundTask:
                                      first, k, partition, rows)
             else:
                 result = RoundResult()
+            if model.buffers.size and result.n:
+                result += RoundResult(buffers=model.buffers * np.float32(result.n))
             following = None
             if model.table is not None and self.next_round is not None:
                 following = table_rows(model, x, self.sampler, *self.next_round, partition)
             # the parts are disjoint fields: their sum only puts them together
             yield result + val + RoundResult(seconds=time.perf_counter() - t0, next_rows=following)
+
+    def _load_constants(self, model, payload):
+        """The frozen parameters (once per worker process and fit: the model keeps the key of
+        the ones it holds) and the round's buffers into the worker's model."""
+        if self.frozen is not None and getattr(model, "frozen_key", None) != self.frozen[0]:
+            model.frozen[:] = self.frozen[1].value
+            model.frozen_key = self.frozen[0]
+        if "buffers" in payload:
+            model.set_buffers(np.frombuffer(payload["buffers"], dtype=np.float32))
