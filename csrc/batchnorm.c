@@ -25,6 +25,7 @@
  * scalar two-pass path (mean, then centered squares; one accumulator per channel), the tests'
  * reference.
  */
+#include <string.h>
 #include "nn_internal.h"
 
 #define BN_LANES 16
@@ -33,31 +34,55 @@
 
 /* ---------------------------------------------------------------- vectorized building blocks */
 
+/* 16 lanes of double accumulators as GCC vector types: each level's clone runs them with its
+ * own registers (one zmm, two ymm or four xmm per 8 doubles), the same operations per lane. */
+typedef float bn_v8f __attribute__((vector_size(32), aligned(4)));
+typedef double bn_v8d __attribute__((vector_size(64)));
+
+/* v = 8 floats at p as doubles; t + every lane of lo, then of hi (macros: a function taking
+ * or returning these types would warn about the ABI in the baseline clone) */
+#define BN_LOAD8(v, p)                                   \
+    do {                                                 \
+        bn_v8f f_;                                       \
+        memcpy(&f_, (p), sizeof f_);                     \
+        (v) = __builtin_convertvector(f_, bn_v8d);       \
+    } while (0)
+#define BN_HSUM(t, lo, hi)                               \
+    do {                                                 \
+        for (int l_ = 0; l_ < 8; l_++) (t) += (lo)[l_];  \
+        for (int l_ = 0; l_ < 8; l_++) (t) += (hi)[l_];  \
+    } while (0)
+
 /* Channel sums over N planes of S floats, each `stride` floats after the previous: with
- * d = x - k, out = {sum d, sum d^2} (k: a shift near the mean, against cancellation). */
+ * d = x - k, out = {sum d, sum d^2} (k: a shift near the mean, against cancellation). Lanes
+ * take elements i % 16 of each plane's first S - S % 16, a scalar sum the rest. */
 NN_MULTI_VOID(bn_plane_stats, (int N, size_t stride, int S, const float *x, double k, double *out),
               (N, stride, S, x, k, out), {
-    double a1[BN_LANES], a2[BN_LANES], t1 = 0.0, t2 = 0.0;
-    for (int l = 0; l < BN_LANES; l++) a1[l] = a2[l] = 0.0;
+    const bn_v8d kv = {k, k, k, k, k, k, k, k}, z = {0};
+    bn_v8d a1l = z, a1h = z, a2l = z, a2h = z;
+    double t1 = 0.0, t2 = 0.0;
     const int Sv = S - S % BN_LANES;
     for (int n = 0; n < N; n++) {
         const float *p = x + (size_t)n * stride;
-        for (int i = 0; i < Sv; i += BN_LANES)
-            for (int l = 0; l < BN_LANES; l++) {
-                double d = (double)p[i + l] - k;
-                a1[l] += d;
-                a2[l] += d * d;
-            }
+        for (int i = 0; i < Sv; i += BN_LANES) {
+            bn_v8d dl, dh;
+            BN_LOAD8(dl, p + i);
+            BN_LOAD8(dh, p + i + 8);
+            dl -= kv;
+            dh -= kv;
+            a1l += dl;
+            a1h += dh;
+            a2l += dl * dl;
+            a2h += dh * dh;
+        }
         for (int i = Sv; i < S; i++) {
             double d = (double)p[i] - k;
             t1 += d;
             t2 += d * d;
         }
     }
-    for (int l = 0; l < BN_LANES; l++) {
-        t1 += a1[l];
-        t2 += a2[l];
-    }
+    BN_HSUM(t1, a1l, a1h);
+    BN_HSUM(t2, a2l, a2h);
     out[0] = t1;
     out[1] = t2;
 })
@@ -66,27 +91,31 @@ NN_MULTI_VOID(bn_plane_stats, (int N, size_t stride, int S, const float *x, doub
 NN_MULTI_VOID(bn_plane_grad_sums, (int N, size_t stride, int S, const float *x, const float *dy, double mean,
                                    double *out),
               (N, stride, S, x, dy, mean, out), {
-    double a1[BN_LANES], a2[BN_LANES], t1 = 0.0, t2 = 0.0;
-    for (int l = 0; l < BN_LANES; l++) a1[l] = a2[l] = 0.0;
+    const bn_v8d mv = {mean, mean, mean, mean, mean, mean, mean, mean}, z = {0};
+    bn_v8d a1l = z, a1h = z, a2l = z, a2h = z;
+    double t1 = 0.0, t2 = 0.0;
     const int Sv = S - S % BN_LANES;
     for (int n = 0; n < N; n++) {
         const float *p = x + (size_t)n * stride, *g = dy + (size_t)n * stride;
-        for (int i = 0; i < Sv; i += BN_LANES)
-            for (int l = 0; l < BN_LANES; l++) {
-                double gv = (double)g[i + l];
-                a1[l] += gv;
-                a2[l] += gv * ((double)p[i + l] - mean);
-            }
+        for (int i = 0; i < Sv; i += BN_LANES) {
+            bn_v8d gl, gh, xl, xh;
+            BN_LOAD8(gl, g + i);
+            BN_LOAD8(gh, g + i + 8);
+            BN_LOAD8(xl, p + i);
+            BN_LOAD8(xh, p + i + 8);
+            a1l += gl;
+            a1h += gh;
+            a2l += gl * (xl - mv);
+            a2h += gh * (xh - mv);
+        }
         for (int i = Sv; i < S; i++) {
             double gv = (double)g[i];
             t1 += gv;
             t2 += gv * ((double)p[i] - mean);
         }
     }
-    for (int l = 0; l < BN_LANES; l++) {
-        t1 += a1[l];
-        t2 += a2[l];
-    }
+    BN_HSUM(t1, a1l, a1h);
+    BN_HSUM(t2, a2l, a2h);
     out[0] = t1;
     out[1] = t2;
 })
