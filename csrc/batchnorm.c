@@ -16,8 +16,9 @@
  *                       (batch statistics), eval: dx = dy gamma invstd (frozen statistics).
  *                       dx, dgamma, dbeta may each be NULL (not computed); all are written.
  * Parallel over channels (a channel's sums are one thread's, in an order fixed by the shape,
- * so results are the same bits for any thread count); the elementwise passes of the eval
- * forward and of a few-channel batch are split over the N*C planes. Two layouts: S >= 16 goes
+ * so results are the same bits for any thread count; channels are handed out dynamically, which
+ * keeps the other threads busy when one is descheduled on a shared machine); the elementwise
+ * passes of the eval forward and of a few-channel batch are split over the N*C planes. Two layouts: S >= 16 goes
  * plane by plane with 16 double lanes per channel; S < 16 (incl. [N, C]) sweeps rows of up to
  * BN_COLS columns (whole channels) with one double accumulator per column, vectorized across
  * the columns. Both are written in plain C compiled for AVX-512, AVX2 and baseline (NN_MULTI),
@@ -300,7 +301,7 @@ static void bn_cols_forward(int training, int N, int C, int S, int nt, const flo
     const int cpt = bn_cols_per_task(S), tasks = (C + cpt - 1) / cpt;
     const size_t CS = (size_t)C * S;
     const double M = (double)N * S;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int t = 0; t < tasks; t++) {
         const int c0 = t * cpt, c1 = c0 + cpt < C ? c0 + cpt : C, cols = (c1 - c0) * S;
         double k[BN_COLS], s1[BN_COLS], s2[BN_COLS];
@@ -342,7 +343,7 @@ static void bn_cols_backward(int training, int N, int C, int S, int nt, const fl
     const size_t CS = (size_t)C * S;
     const double M = (double)N * S;
     const int sums = training || dgamma || dbeta;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int t = 0; t < tasks; t++) {
         const int c0 = t * cpt, c1 = c0 + cpt < C ? c0 + cpt : C, cols = (c1 - c0) * S;
         double md[BN_COLS], s1[BN_COLS], s2[BN_COLS];
@@ -395,7 +396,7 @@ int batchnorm_forward_train(int N, int C, int S, const float *x, const float *ga
     const size_t CS = (size_t)C * S;
     const double M = (double)N * S;
     const int fuse = bn_fuse(C, nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * S;
         double s[2];
@@ -459,7 +460,7 @@ int batchnorm_backward(int training, int N, int C, int S, const float *x, const 
     float k1[BN_COLS], k2[BN_COLS], a[BN_COLS];
     for (int c0 = 0; c0 < C; c0 += BN_COLS) {
         const int cn = C - c0 < BN_COLS ? C - c0 : BN_COLS;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
         for (int j = 0; j < cn; j++) {
             const int c = c0 + j;
             const size_t off = (size_t)c * S;
