@@ -1,6 +1,7 @@
 """Our kernels vs PyTorch CPU, same shapes, same thread count, in one run.
 
     python benchmarks/compare_torch.py [--threads 2] [--repeat 15] [--runs 5] [--isa all|avx512|avx2]
+                                       [--only BatchNorm,conv]
 
 Every op at each vector instruction level the CPU has (default), each level in its own process
 with ours, torch/oneDNN and OpenBLAS capped to it.
@@ -30,6 +31,7 @@ from spark_nn import kernels as K  # noqa: E402
 CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32),
                "conv 64x32x14x14 -> 64, 3x3 p1": (64, 32, 14, 14, 64)}
 POOL_SHAPE = (64, 32, 28, 28)
+BN_SHAPES = [(64, 64, 32, 32), (64, 256, 8, 8)]
 SEQ = dict(N=64, T=50, D=64, H=128)
 
 
@@ -82,6 +84,39 @@ def pool_case(rng, torch):
         torch.nn.functional.max_pool2d(xt, 2).backward(dyt)
 
     yield "max-pool 2x2/2 on 64x32x28x28", lambda: K.maxpool2d_forward(x, 2), ours_fb, torch_f, torch_fb, None
+
+
+def batchnorm_cases(rng, torch):
+    """BatchNorm2d in training mode: batch statistics, running-stat update, and the backward pass
+    through the batch statistics to x, gamma and beta."""
+    for shape in BN_SHAPES:
+        c = shape[1]
+        x = rng.standard_normal(shape).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+        rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+
+        def ours_f(x=x, gamma=gamma, beta=beta, rm=rm, rv=rv):
+            K.batchnorm_forward(x, gamma, beta, rm, rv, True)
+
+        def ours_fb(x=x, gamma=gamma, beta=beta, rm=rm, rv=rv, dy=dy):
+            _, mean, invstd = K.batchnorm_forward(x, gamma, beta, rm, rv, True)
+            K.batchnorm_backward(x, gamma, mean, invstd, dy, True)
+
+        bn = torch.nn.BatchNorm2d(c).train()
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+
+        def torch_f(bn=bn, xt=xt):
+            with torch.no_grad():
+                bn(xt)
+
+        def torch_fb(bn=bn, xt=xt, dyt=dyt):
+            bn.zero_grad(set_to_none=True)
+            xt.grad = None
+            bn(xt).backward(dyt)
+
+        yield "BatchNorm2d train " + "x".join(map(str, shape)), ours_f, ours_fb, torch_f, torch_fb, None
 
 
 def recurrent_cases(rng, torch):
@@ -187,6 +222,9 @@ def main(argv=None):
     ap.add_argument("--isa", default="all",
                     help="'all' (every level this CPU has, each in its own process), 'avx512', 'avx2' or 'this' "
                          "(this process as it is)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated parts of op names: measure only the ops whose name contains one "
+                         "(and skip the training epochs)")
     args = ap.parse_args(argv)
     if args.isa != "this":
         import subprocess
@@ -199,7 +237,7 @@ def main(argv=None):
             print(f"=== ISA level {level} (SPARK_NN_ISA, ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, OpenBLAS core) ===",
                   flush=True)
             cmd = [sys.executable, os.path.abspath(__file__), "--isa", "this", "--threads", str(args.threads),
-                   "--repeat", str(args.repeat), "--runs", str(args.runs)]
+                   "--repeat", str(args.repeat), "--runs", str(args.runs), "--only", args.only]
             subprocess.run(cmd, env=dict(os.environ, **ISA_ENV[level]), check=True)
             print(flush=True)
         return None
@@ -208,7 +246,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     spark_nn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    ops = [c for gen in (conv_cases, pool_case, recurrent_cases) for c in gen(rng, torch)]
+    ops = [c for gen in (conv_cases, pool_case, batchnorm_cases, recurrent_cases) for c in gen(rng, torch)]
+    only = [part for part in args.only.split(",") if part]
+    if only:
+        ops = [op for op in ops if any(part in op[0] for part in only)]
     cases = [(name, col, ours, theirs) for name, of, ofb, tf, tfb, _ in ops
              for col, ours, theirs in (("fwd", of, tf), ("fwd+bwd", ofb, tfb))]
     times = measure(cases, args.runs, args.repeat)
@@ -228,8 +269,12 @@ def main(argv=None):
     if args.runs > 1:
         print("ratios: median of the runs (min-max); '~': the min-max spans 1.0")
     print(f"\nnumpy float32 matmul peak (1024^3, {args.threads if 'OMP_NUM_THREADS' in os.environ else 'default'} threads): {peak:.1f} GFLOPS")
-    print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
-                [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"] for n, a, b in conv_rows])
+    if conv_rows:
+        print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
+                    [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"]
+                     for n, a, b in conv_rows])
+    if only:
+        return rows
     print()
     epochs = [(name, "epoch", ours, theirs) for name, ours, theirs in epoch_cases(torch, (32, 128))]
     epoch_times = measure(epochs, args.runs, 7, block=1)

@@ -109,6 +109,23 @@ int pool2d_shape_init(pool2d_shape *s);
 int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax);
 int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax, float *dx);
 
+/* ---- batchnorm.c: x[N,C,S] row-major (S = H*W for NCHW images, S = 1 for [N,C] inputs),
+ *      y, dy, dx like x; gamma[C], beta[C], running_mean[C], running_var[C]; saved mean[C],
+ *      invstd[C] = 1/sqrt(var + eps). Statistics per channel over its N*S values, summed in
+ *      double. Training updates running_mean/var in place as PyTorch does (running_var with the
+ *      unbiased variance; left unchanged when N*S == 1, where PyTorch raises; either may be
+ *      NULL: not tracked). Eval reads running stats only and writes mean/invstd from them.
+ *      Backward: training = batch-statistics gradient, else frozen statistics
+ *      (dx = dy gamma invstd); each of dx, dgamma, dbeta may be NULL (not computed). ---- */
+int batchnorm_forward_train(int N, int C, int S, const float *x, const float *gamma, const float *beta,
+                            float *running_mean, float *running_var, float momentum, float eps, float *y,
+                            float *mean, float *invstd);
+int batchnorm_forward_eval(int N, int C, int S, const float *x, const float *gamma, const float *beta,
+                           const float *running_mean, const float *running_var, float eps, float *y, float *mean,
+                           float *invstd);
+int batchnorm_backward(int training, int N, int C, int S, const float *x, const float *gamma, const float *mean,
+                       const float *invstd, const float *dy, float *dx, float *dgamma, float *dbeta);
+
 /* ---- optim.c: one pass over the flat parameter vector p[n], gradient g, Adam moments m, v */
 int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1, float b2,
                 float eps, float l2, float decay);

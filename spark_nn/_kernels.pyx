@@ -53,6 +53,16 @@ cdef extern from "nn_kernels.h" nogil:
     int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax)
     int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax,
                            float *dx)
+    int batchnorm_forward_train(int N, int C, int S, const float *x, const float *gamma,
+                                const float *beta, float *running_mean, float *running_var,
+                                float momentum, float eps, float *y, float *mean, float *invstd)
+    int batchnorm_forward_eval(int N, int C, int S, const float *x, const float *gamma,
+                               const float *beta, const float *running_mean,
+                               const float *running_var, float eps, float *y, float *mean,
+                               float *invstd)
+    int batchnorm_backward(int training, int N, int C, int S, const float *x, const float *gamma,
+                           const float *mean, const float *invstd, const float *dy, float *dx,
+                           float *dgamma, float *dbeta)
     int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1,
                     float b2, float eps, float l2, float decay)
     int adam_update_at(size_t n, const int64_t *idx, float *p, const float *g, float *m, float *v, float step,
@@ -347,6 +357,47 @@ def maxpool2d_bwd(tuple dims, dy, argmax, dx):
         rc = maxpool2d_backward(&s, pdy, pa, pdx)
         nn_fp_leave(csr)
     check(rc, "maxpool2d_backward")
+
+
+def batchnorm_fwd(bint training, int N, int C, int S, x, gamma, beta, running_mean, running_var,
+                  float momentum, float eps, y, mean, invstd):
+    cdef float *px = F(x)
+    cdef float *pg = F(gamma)
+    cdef float *pb = F(beta)
+    cdef float *prm = F(running_mean)
+    cdef float *prv = F(running_var)
+    cdef float *py = F(y)
+    cdef float *pm = F(mean)
+    cdef float *pi = F(invstd)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        if training:
+            rc = batchnorm_forward_train(N, C, S, px, pg, pb, prm, prv, momentum, eps, py, pm, pi)
+        else:
+            rc = batchnorm_forward_eval(N, C, S, px, pg, pb, prm, prv, eps, py, pm, pi)
+        nn_fp_leave(csr)
+    check(rc, "batchnorm_forward")
+
+
+def batchnorm_bwd(bint training, int N, int C, int S, x, gamma, mean, invstd, dy, dx, dgamma,
+                  dbeta):
+    cdef float *px = F(x)
+    cdef float *pg = F(gamma)
+    cdef float *pm = F(mean)
+    cdef float *pi = F(invstd)
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef float *pdg = F(dgamma)
+    cdef float *pdb = F(dbeta)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = batchnorm_backward(training, N, C, S, px, pg, pm, pi, pdy, pdx, pdg, pdb)
+        nn_fp_leave(csr)
+    check(rc, "batchnorm_backward")
 
 
 def rnn_ws_size(int N, int T, int D, int H):

@@ -274,6 +274,97 @@ def maxpool2d_backward(dy, argmax, input_shape, kernel=2, stride=None, padding=0
     return dx
 
 
+# ----------------------------------------------------------------------------- batch norm
+
+def _bn_input(name, x, c=None):
+    """x as a C-contiguous float32 (N, C) or (N, C, H, W) array, and its (N, C, S), S = H*W or 1."""
+    if isinstance(x, np.ndarray) and x.ndim not in (2, 4):
+        raise ValueError(f"{name} must have shape (N, C) or (N, C, H, W), got {_fmt(x.shape)}")
+    ch = "C" if c is None else c
+    shape = ("N", ch) if isinstance(x, np.ndarray) and x.ndim == 2 else ("N", ch, "H", "W")
+    x = check_array(name, x, shape)
+    n, c = x.shape[:2]
+    return x, (n, c, x.size // (n * c))
+
+
+def _bn_param(name, a, c, fill):
+    """gamma / beta: (C,) float32, None for PyTorch's affine=False (gamma 1, beta 0)."""
+    return np.full(c, fill, dtype=F32) if a is None else check_array(name, a, (c,))
+
+
+def _bn_running(name, a, c):
+    """A running statistic updated in place: a writable float32 (C,) array (a view into a bigger
+    flat vector is fine; a strided one is updated through a contiguous copy)."""
+    if (not isinstance(a, np.ndarray) or a.dtype != F32 or a.shape != (c,)):
+        got = f"{a.dtype} {_fmt(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name} must be a float32 array of shape {_fmt((c,))} (updated in place in training), "
+                         f"got {got}")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writable: training updates it in place")
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _bn_scalars(momentum, eps):
+    momentum, eps = float(momentum), float(eps)
+    if not np.isfinite(momentum):
+        raise ValueError(f"momentum must be a finite number, got {momentum}")
+    if not (np.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    return momentum, eps
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Batch normalization of x (N, C) or (N, C, H, W) per channel C (csrc/batchnorm.c).
+
+    Training: batch mean and biased variance over N*H*W; running_mean / running_var ((C,)
+    float32, or None: not tracked) are updated IN PLACE as PyTorch does (momentum, unbiased
+    variance; running_var is left unchanged when N*H*W == 1, where PyTorch raises). Eval:
+    normalizes with the running statistics, which are only read. gamma / beta None: 1 / 0.
+    Returns (y like x, mean (C,), invstd (C,)), the statistics used (for batchnorm_backward)."""
+    x, (n, c, s) = _bn_input("x", x)
+    gamma, beta = _bn_param("gamma", gamma, c, 1.0), _bn_param("beta", beta, c, 0.0)
+    momentum, eps = _bn_scalars(momentum, eps)
+    training = bool(training)
+    if training:
+        rm = None if running_mean is None else _bn_running("running_mean", running_mean, c)
+        rv = None if running_var is None else _bn_running("running_var", running_var, c)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("eval mode needs running_mean and running_var")
+        rm, rv = check_array("running_mean", running_mean, (c,)), check_array("running_var", running_var, (c,))
+    y = np.empty_like(x)
+    mean = np.empty(c, dtype=F32)
+    invstd = np.empty(c, dtype=F32)
+    _kernels.batchnorm_fwd(training, n, c, s, x, gamma, beta, rm, rv, momentum, eps, y, mean, invstd)
+    if training:  # strided running statistics were updated through a copy
+        if rm is not None and rm is not running_mean:
+            running_mean[...] = rm
+        if rv is not None and rv is not running_var:
+            running_var[...] = rv
+    return y, mean, invstd
+
+
+def batchnorm_backward(x, gamma, mean, invstd, dy, training, need_dx=True, dgamma=None, dbeta=None,
+                       need_dparams=True):
+    """Gradients of batchnorm_forward from its saved mean / invstd: training, through the batch
+    statistics; eval, with them frozen (dx = dy gamma invstd). dgamma / dbeta: optional
+    preallocated writable C-contiguous float32 (C,) outputs, written (not accumulated);
+    need_dparams=False computes neither, need_dx=False no dx.
+    Returns (dx or None, dgamma or None, dbeta or None)."""
+    x, (n, c, s) = _bn_input("x", x)
+    gamma = _bn_param("gamma", gamma, c, 1.0)
+    mean, invstd = check_array("mean", mean, (c,)), check_array("invstd", invstd, (c,))
+    dy = check_array("dy", dy, x.shape)
+    dx = np.empty_like(x) if need_dx else None
+    if need_dparams:
+        dgamma, dbeta = _out("dgamma", dgamma, (c,)), _out("dbeta", dbeta, (c,))
+    else:
+        dgamma = dbeta = None
+    if dx is not None or dgamma is not None:
+        _kernels.batchnorm_bwd(bool(training), n, c, s, x, gamma, mean, invstd, dy, dx, dgamma, dbeta)
+    return dx, dgamma, dbeta
+
+
 # ----------------------------------------------------------------------------- recurrent
 
 def _seq_dims(x, w_ih, w_hh, gates):

@@ -14,8 +14,8 @@ from spark_nn import _kernels
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones this CPU runs
 
-# one run of the recurrent cells (with padding), the Adam update, the sum of squares and the
-# uint8 minibatch gather
+# one run of the recurrent cells (with padding), the Adam update, the sum of squares, the
+# uint8 minibatch gather and batch norm (plane layout with a remainder, column layout, (N, C))
 PROBE = """
 import sys, numpy as np, spark_nn
 from spark_nn import kernels as K, _kernels
@@ -45,6 +45,19 @@ _kernels.adam_upd(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0)
 out.update(p=p, m=m, v=v, sumsq=np.array(_kernels.sum_sq(g)))
 pixels = rng.integers(0, 256, (300, 3, 17, 13), dtype=np.uint8)
 out["gather"] = K.gather_scaled(pixels, rng.integers(0, 300, 200))
+for i, shape in enumerate(((5, 3, 7, 5), (6, 20, 3, 3), (33, 300), (8, 4, 50, 41))):
+    xb = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    dyb = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    gb, bb, rmb = (rng.standard_normal(c).astype(np.float32) for _ in range(3))
+    rvb = rng.uniform(0.5, 2, c).astype(np.float32)
+    for training in (True, False):
+        y, mean, invstd = K.batchnorm_forward(xb, gb, bb, rmb, rvb, training)
+        grads = K.batchnorm_backward(xb, gb, mean, invstd, dyb, training)
+        tag = f"bn{i}{'t' if training else 'e'}"
+        out.update({f"{tag}_{k}": v for k, v in zip(("y", "mean", "invstd", "dx", "dgamma", "dbeta"),
+                                                   (y, mean, invstd) + grads)})
+    out[f"bn{i}_running"] = np.concatenate([rmb, rvb])
 np.savez(sys.argv[1], **out)
 """
 
