@@ -138,8 +138,10 @@ NN_MULTI_VOID(act_ex_backward, (int kind, long long i0, long long i1, const floa
             float v = x[i];
             float e = nn_expf(-v);
             float s = 1.0f / (1.0f + e);
+            float oms = e * s; /* 1 - s without cancellation; 0 above 87, where nn_expf clamps */
             s = v < -88.0f ? 0.0f : s;
-            dx[i] = dy[i] * s * (1.0f + v * (e * s)); /* 1 - s = e s, without cancellation */
+            oms = v > 87.0f ? 0.0f : oms;
+            dx[i] = dy[i] * s * (1.0f + v * oms);
         }
         break;
     case NN_ACT_GELU:

@@ -14,8 +14,9 @@ from spark_nn import _kernels
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones this CPU runs
 
-# one run of the recurrent cells (with padding), the Adam update, the sum of squares and the
-# uint8 minibatch gather
+# one run of the recurrent cells (with padding), the Adam update, the sum of squares, the
+# uint8 minibatch gather, the activations after relu (special values included: NaN compares
+# equal to NaN in assert_array_equal), average pooling and global average pooling
 PROBE = """
 import sys, numpy as np, spark_nn
 from spark_nn import kernels as K, _kernels
@@ -45,6 +46,23 @@ _kernels.adam_upd(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0)
 out.update(p=p, m=m, v=v, sumsq=np.array(_kernels.sum_sq(g)))
 pixels = rng.integers(0, 256, (300, 3, 17, 13), dtype=np.uint8)
 out["gather"] = K.gather_scaled(pixels, rng.integers(0, 300, 200))
+xa = np.concatenate([3 * rng.standard_normal(40000), np.linspace(-30, 30, 20001),
+                     [0, -0.0, 1e-30, 88.5, -88.5, 1e30, -1e30, np.nan, np.inf, -np.inf]]).astype(np.float32)
+ga = rng.standard_normal(xa.shape).astype(np.float32)
+for name in ("relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"):
+    ya = K.activation_forward(xa, name)
+    out["act_" + name] = ya
+    out["dact_" + name] = K.activation_backward(ya, ga, name, x=xa)
+xp = rng.standard_normal((3, 5, 29, 23)).astype(np.float32)
+for k, s, p in ((2, 2, 0), (3, 2, 1), (3, 1, 1), ((4, 3), 3, (2, 1))):
+    for inc in (True, False):
+        key = f"avgpool{k}_{s}_{p}_{inc}".replace(" ", "")
+        yp = K.avgpool2d_forward(xp, k, s, p, inc)
+        out[key] = yp
+        out["d" + key] = K.avgpool2d_backward(np.cos(yp), xp.shape, k, s, p, inc)
+xg = rng.standard_normal((7, 9, 13, 11)).astype(np.float32)
+out["gap"] = K.global_avgpool_forward(xg)
+out["dgap"] = K.global_avgpool_backward(out["gap"], xg.shape)
 np.savez(sys.argv[1], **out)
 """
 
