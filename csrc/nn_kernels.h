@@ -73,6 +73,21 @@ void nn_colsum(int R, int Ccols, const float *A, int lda, float *out);
 int activation_forward(int kind, size_t n, const float *x, float *y);
 /* dx = dy * f'(x), written in terms of the forward output y (valid for all kinds above). */
 int activation_backward(int kind, size_t n, const float *y, const float *dy, float *dx);
+/* Kinds that only the _ex entry points take (the recurrent kernels keep the four above):
+ * relu6 min(max(x, 0), 6); leaky_relu x > 0 ? x : alpha x; silu x sigmoid(x);
+ * gelu x Phi(x) (exact, erf form); gelu_tanh 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+#define NN_ACT_RELU6 4
+#define NN_ACT_LEAKY_RELU 5
+#define NN_ACT_SILU 6
+#define NN_ACT_GELU 7
+#define NN_ACT_GELU_TANH 8
+/* Any kind; alpha is leaky_relu's negative slope (ignored by the others). */
+int activation_forward_ex(int kind, size_t n, const float *x, float *y, float alpha);
+/* Any kind: x (the forward input) may be NULL except for silu, gelu, gelu_tanh, and for
+ * leaky_relu with alpha < 0; y may be NULL for those that read x. NN_EBADARG when a needed
+ * one is missing. With x given, leaky_relu's derivative is read from x, else from y. */
+int activation_backward_ex(int kind, size_t n, const float *x, const float *y, const float *dy, float *dx,
+                           float alpha);
 
 /* ---- dense.c: x[N,IN], w[OUT,IN], b[OUT], y[N,OUT] ---- */
 int dense_forward(int N, int IN, int OUT, const float *x, const float *w, const float *b,
@@ -108,6 +123,14 @@ typedef struct {
 int pool2d_shape_init(pool2d_shape *s);
 int maxpool2d_forward(const pool2d_shape *s, const float *x, float *y, int32_t *argmax);
 int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *argmax, float *dx);
+/* Average pooling (PyTorch's AvgPool2d, floor output size): y = window sum / divisor, divisor
+ * KH*KW with count_include_pad (padding counts as zeros), else the window's inputs inside the
+ * image. Backward writes dx whole. */
+int avgpool2d_forward(const pool2d_shape *s, int count_include_pad, const float *x, float *y);
+int avgpool2d_backward(const pool2d_shape *s, int count_include_pad, const float *dy, float *dx);
+/* Global average pooling: y[N,C] = mean of each plane of x[N,C,H,W]; dx[N,C,H,W] = dy / (H W). */
+int global_avgpool_forward(int N, int C, int H, int W, const float *x, float *y);
+int global_avgpool_backward(int N, int C, int H, int W, const float *dy, float *dx);
 
 /* ---- batchnorm.c: x[N,C,S] row-major (S = H*W for NCHW images, S = 1 for [N,C] inputs),
  *      y, dy, dx like x; gamma[C], beta[C], running_mean[C], running_var[C]; saved mean[C],

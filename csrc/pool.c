@@ -227,3 +227,271 @@ int maxpool2d_backward(const pool2d_shape *s, const float *dy, const int32_t *ar
     }
     return bad ? NN_EBADARG : NN_OK;
 }
+
+/*
+ * 2-D average pooling (PyTorch's AvgPool2d with ceil_mode=False): y = sum of the window's
+ * inputs / divisor, the divisor KH*KW with count_include_pad (the padding counts as zeros;
+ * with the floor output size no window reaches past the padding) or the number of the
+ * window's inputs inside the image. Parallel over the N*C planes.
+ * Forward: the general loop (reference path) sums each window row-major from 0. The fast path
+ * does the same sums in the same order for the columns whose windows lie inside the image
+ * (interior columns), as rows of partial sums that vectorize over the output row (stride 1, 2
+ * and any stride compiled apart), and uses the general loop for the border columns: both
+ * paths, and every ISA level, give the same bits.
+ * Backward: the reference scatters dy / divisor output by output; the fast path scatters a row
+ * of them per window tap (kh, kw) over the interior columns (another order of the sums, fixed
+ * by the shape: deterministic, and the same bits at every ISA level).
+ */
+static inline void avg_window(int o, int S, int P, int K, int L, int *a, int *b) {
+    int s0 = o * S - P, e = s0 + K;
+    *a = s0 < 0 ? 0 : s0;
+    *b = e > L ? L : e;
+}
+
+static inline float avg_divisor(const pool2d_shape *s, int inc, int h0, int h1, int w0, int w1) {
+    return inc ? (float)(s->KH * s->KW) : (float)((h1 - h0) * (w1 - w0));
+}
+
+/* interior columns [*a, *b): ow SW - PW >= 0 and ow SW - PW + KW <= W */
+static void avg_interior(const pool2d_shape *s, int *a, int *b) {
+    int e = s->W + s->PW - s->KW;
+    int hi = e < 0 ? 0 : e / s->SW + 1, lo = (s->PW + s->SW - 1) / s->SW;
+    if (hi > s->OW) hi = s->OW;
+    *a = lo < hi ? lo : hi;
+    *b = hi;
+}
+
+static inline void avg_fwd_one(const pool2d_shape *s, int inc, const float *xp, float *yr, int h0, int h1,
+                               int ow) {
+    int w0, w1;
+    avg_window(ow, s->SW, s->PW, s->KW, s->W, &w0, &w1);
+    float sum = 0.0f;
+    for (int ih = h0; ih < h1; ih++)
+        for (int iw = w0; iw < w1; iw++) sum += xp[(size_t)ih * s->W + iw];
+    yr[ow] = sum / avg_divisor(s, inc, h0, h1, w0, w1);
+}
+
+static void avg_fwd_plane_ref(const pool2d_shape *s, int inc, const float *xp, float *yp) {
+    for (int oh = 0; oh < s->OH; oh++) {
+        int h0, h1;
+        avg_window(oh, s->SH, s->PH, s->KH, s->H, &h0, &h1);
+        for (int ow = 0; ow < s->OW; ow++) avg_fwd_one(s, inc, xp, yp + (size_t)oh * s->OW, h0, h1, ow);
+    }
+}
+
+NN_CELL void avg_fwd_plane_k(const pool2d_shape *s, int inc, int owa, int owb, const float *restrict xp,
+                             float *restrict yp, const int SW) {
+    const int m = owb - owa, KW = s->KW;
+    for (int oh = 0; oh < s->OH; oh++) {
+        int h0, h1;
+        avg_window(oh, s->SH, s->PH, s->KH, s->H, &h0, &h1);
+        float *yr = yp + (size_t)oh * s->OW;
+        if (m > 0) {
+            float *restrict acc = yr + owa;
+            for (int j = 0; j < m; j++) acc[j] = 0.0f;
+            for (int ih = h0; ih < h1; ih++) {
+                const float *restrict xr = xp + (size_t)ih * s->W + (owa * SW - s->PW);
+                for (int kw = 0; kw < KW; kw++)
+                    for (int j = 0; j < m; j++) acc[j] += xr[kw + j * SW];
+            }
+            const float d = inc ? (float)(s->KH * KW) : (float)((h1 - h0) * KW);
+            for (int j = 0; j < m; j++) acc[j] = acc[j] / d;
+        }
+        for (int ow = 0; ow < owa; ow++) avg_fwd_one(s, inc, xp, yr, h0, h1, ow);
+        for (int ow = owb; ow < s->OW; ow++) avg_fwd_one(s, inc, xp, yr, h0, h1, ow);
+    }
+}
+
+NN_MULTI_VOID(avg_fwd_planes, (const pool2d_shape *s, int inc, long long p0, long long p1, const float *x,
+                               float *y), (s, inc, p0, p1, x, y), {
+    const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
+    int owa, owb;
+    avg_interior(s, &owa, &owb);
+    for (long long p = p0; p < p1; p++) {
+        const float *xp = x + p * in_sz;
+        float *yp = y + p * out_sz;
+        if (s->SW == 1) avg_fwd_plane_k(s, inc, owa, owb, xp, yp, 1);
+        else if (s->SW == 2) avg_fwd_plane_k(s, inc, owa, owb, xp, yp, 2);
+        else avg_fwd_plane_k(s, inc, owa, owb, xp, yp, s->SW);
+    }
+})
+
+static int avg_threads(const pool2d_shape *s) {
+    return (long long)s->N * s->C * s->H * s->W < 32768 ? 1 : nn_threads();
+}
+
+int avgpool2d_forward(const pool2d_shape *s, int count_include_pad, const float *x, float *y) {
+    if (!shape_ok(s)) return NN_EBADSHAPE;
+    const long long planes = (long long)s->N * s->C;
+    const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
+    const int inc = count_include_pad != 0, ref = nn_get_reference();
+    int nt = avg_threads(s);
+#pragma omp parallel num_threads(nt)
+    {
+        long long p0 = planes * NN_THREAD_ID() / NN_THREAD_COUNT();
+        long long p1 = planes * (NN_THREAD_ID() + 1) / NN_THREAD_COUNT();
+        if (ref)
+            for (long long p = p0; p < p1; p++) avg_fwd_plane_ref(s, inc, x + p * in_sz, y + p * out_sz);
+        else
+            avg_fwd_planes(s, inc, p0, p1, x, y);
+    }
+    return NN_OK;
+}
+
+static inline void avg_bwd_one(const pool2d_shape *s, int inc, const float *dyr, float *dxp, int h0, int h1,
+                               int ow) {
+    int w0, w1;
+    avg_window(ow, s->SW, s->PW, s->KW, s->W, &w0, &w1);
+    const float g = dyr[ow] / avg_divisor(s, inc, h0, h1, w0, w1);
+    for (int ih = h0; ih < h1; ih++)
+        for (int iw = w0; iw < w1; iw++) dxp[(size_t)ih * s->W + iw] += g;
+}
+
+static void avg_bwd_plane_ref(const pool2d_shape *s, int inc, const float *dyp, float *dxp) {
+    memset(dxp, 0, sizeof(float) * (size_t)s->H * s->W);
+    for (int oh = 0; oh < s->OH; oh++) {
+        int h0, h1;
+        avg_window(oh, s->SH, s->PH, s->KH, s->H, &h0, &h1);
+        for (int ow = 0; ow < s->OW; ow++) avg_bwd_one(s, inc, dyp + (size_t)oh * s->OW, dxp, h0, h1, ow);
+    }
+}
+
+#define AVG_CHUNK 256 /* interior outputs of a row scattered per pass (their dy / divisor on the stack) */
+
+NN_CELL void avg_bwd_plane_k(const pool2d_shape *s, int inc, int owa, int owb, const float *restrict dyp,
+                             float *restrict dxp, const int SW) {
+    const int KW = s->KW;
+    float g[AVG_CHUNK];
+    memset(dxp, 0, sizeof(float) * (size_t)s->H * s->W);
+    for (int oh = 0; oh < s->OH; oh++) {
+        int h0, h1;
+        avg_window(oh, s->SH, s->PH, s->KH, s->H, &h0, &h1);
+        const float *dyr = dyp + (size_t)oh * s->OW;
+        const float d = inc ? (float)(s->KH * KW) : (float)((h1 - h0) * KW);
+        for (int c0 = owa; c0 < owb; c0 += AVG_CHUNK) {
+            const int m = owb - c0 < AVG_CHUNK ? owb - c0 : AVG_CHUNK;
+            for (int j = 0; j < m; j++) g[j] = dyr[c0 + j] / d;
+            for (int ih = h0; ih < h1; ih++) {
+                float *restrict dr = dxp + (size_t)ih * s->W + (c0 * SW - s->PW);
+                if (SW == 2 && KW == 2) { /* 2x2/2: one pass writes both taps of a row */
+                    for (int j = 0; j < m; j++) {
+                        dr[2 * j] += g[j];
+                        dr[2 * j + 1] += g[j];
+                    }
+                    continue;
+                }
+                for (int kw = 0; kw < KW; kw++)
+                    for (int j = 0; j < m; j++) dr[kw + j * SW] += g[j];
+            }
+        }
+        for (int ow = 0; ow < owa; ow++) avg_bwd_one(s, inc, dyr, dxp, h0, h1, ow);
+        for (int ow = owb; ow < s->OW; ow++) avg_bwd_one(s, inc, dyr, dxp, h0, h1, ow);
+    }
+}
+
+NN_MULTI_VOID(avg_bwd_planes, (const pool2d_shape *s, int inc, long long p0, long long p1, const float *dy,
+                               float *dx), (s, inc, p0, p1, dy, dx), {
+    const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
+    int owa, owb;
+    avg_interior(s, &owa, &owb);
+    for (long long p = p0; p < p1; p++) {
+        const float *dyp = dy + p * out_sz;
+        float *dxp = dx + p * in_sz;
+        if (s->SW == 1) avg_bwd_plane_k(s, inc, owa, owb, dyp, dxp, 1);
+        else if (s->SW == 2) avg_bwd_plane_k(s, inc, owa, owb, dyp, dxp, 2);
+        else avg_bwd_plane_k(s, inc, owa, owb, dyp, dxp, s->SW);
+    }
+})
+
+int avgpool2d_backward(const pool2d_shape *s, int count_include_pad, const float *dy, float *dx) {
+    if (!shape_ok(s)) return NN_EBADSHAPE;
+    const long long planes = (long long)s->N * s->C;
+    const size_t in_sz = (size_t)s->H * s->W, out_sz = (size_t)s->OH * s->OW;
+    const int inc = count_include_pad != 0, ref = nn_get_reference();
+    int nt = avg_threads(s);
+#pragma omp parallel num_threads(nt)
+    {
+        long long p0 = planes * NN_THREAD_ID() / NN_THREAD_COUNT();
+        long long p1 = planes * (NN_THREAD_ID() + 1) / NN_THREAD_COUNT();
+        if (ref)
+            for (long long p = p0; p < p1; p++) avg_bwd_plane_ref(s, inc, dy + p * out_sz, dx + p * in_sz);
+        else
+            avg_bwd_planes(s, inc, p0, p1, dy, dx);
+    }
+    return NN_OK;
+}
+
+/*
+ * Global average pooling. Forward sums a plane in 16 interleaved partial sums (element j goes
+ * to sum j mod 16), folded pairwise (8, 4, 2, 1) at the end, then divides by H W: a fixed order,
+ * so the result does not depend on the thread count, and the loop vectorizes (one AVX-512
+ * vector, two AVX2, four SSE vectors of partial sums) with the same bits at every level. The
+ * reference path sums each plane in order in double.
+ */
+#define GAP_LANES 16
+
+NN_MULTI_VOID(gap_fwd_planes, (long long p0, long long p1, size_t hw, const float *x, float *y),
+              (p0, p1, hw, x, y), {
+    for (long long p = p0; p < p1; p++) {
+        const float *restrict xp = x + p * hw;
+        float acc[GAP_LANES];
+        for (int l = 0; l < GAP_LANES; l++) acc[l] = 0.0f;
+        size_t j = 0;
+        for (; j + GAP_LANES <= hw; j += GAP_LANES)
+            for (int l = 0; l < GAP_LANES; l++) acc[l] += xp[j + l];
+        for (int l = 0; j + l < hw; l++) acc[l] += xp[j + l];
+        for (int w = GAP_LANES / 2; w >= 1; w /= 2)
+            for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+        y[p] = acc[0] / (float)hw;
+    }
+})
+
+static int gap_dims_ok(int N, int C, int H, int W) {
+    return N > 0 && C > 0 && H > 0 && W > 0;
+}
+
+int global_avgpool_forward(int N, int C, int H, int W, const float *x, float *y) {
+    if (!gap_dims_ok(N, C, H, W)) return NN_EBADSHAPE;
+    const long long planes = (long long)N * C;
+    const size_t hw = (size_t)H * W;
+    const int ref = nn_get_reference();
+    int nt = (double)planes * hw < 32768 ? 1 : nn_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        long long p0 = planes * NN_THREAD_ID() / NN_THREAD_COUNT();
+        long long p1 = planes * (NN_THREAD_ID() + 1) / NN_THREAD_COUNT();
+        if (ref) {
+            for (long long p = p0; p < p1; p++) {
+                double sum = 0.0;
+                for (size_t j = 0; j < hw; j++) sum += x[p * hw + j];
+                y[p] = (float)(sum / (double)hw);
+            }
+        } else {
+            gap_fwd_planes(p0, p1, hw, x, y);
+        }
+    }
+    return NN_OK;
+}
+
+NN_MULTI_VOID(gap_bwd_planes, (long long p0, long long p1, size_t hw, const float *dy, float *dx),
+              (p0, p1, hw, dy, dx), {
+    for (long long p = p0; p < p1; p++) {
+        const float g = dy[p] / (float)hw;
+        float *restrict dxp = dx + p * hw;
+        for (size_t j = 0; j < hw; j++) dxp[j] = g;
+    }
+})
+
+int global_avgpool_backward(int N, int C, int H, int W, const float *dy, float *dx) {
+    if (!gap_dims_ok(N, C, H, W)) return NN_EBADSHAPE;
+    const long long planes = (long long)N * C;
+    const size_t hw = (size_t)H * W;
+    int nt = (double)planes * hw < 32768 ? 1 : nn_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        long long p0 = planes * NN_THREAD_ID() / NN_THREAD_COUNT();
+        long long p1 = planes * (NN_THREAD_ID() + 1) / NN_THREAD_COUNT();
+        gap_bwd_planes(p0, p1, hw, dy, dx);
+    }
+    return NN_OK;
+}

@@ -33,6 +33,9 @@ cdef extern from "nn_kernels.h" nogil:
                  const float *B, int ldb, float beta, float *C, int ldc)
     int activation_forward(int kind, size_t n, const float *x, float *y)
     int activation_backward(int kind, size_t n, const float *y, const float *dy, float *dx)
+    int activation_forward_ex(int kind, size_t n, const float *x, float *y, float alpha)
+    int activation_backward_ex(int kind, size_t n, const float *x, const float *y, const float *dy,
+                               float *dx, float alpha)
     int dense_forward(int N, int IN, int OUT, const float *x, const float *w, const float *b,
                       float *y)
     int dense_backward(int N, int IN, int OUT, const float *x, const float *w, const float *dy,
@@ -63,6 +66,10 @@ cdef extern from "nn_kernels.h" nogil:
     int batchnorm_backward(int training, int N, int C, int S, const float *x, const float *gamma,
                            const float *mean, const float *invstd, const float *dy, float *dx,
                            float *dgamma, float *dbeta)
+    int avgpool2d_forward(const pool2d_shape *s, int count_include_pad, const float *x, float *y)
+    int avgpool2d_backward(const pool2d_shape *s, int count_include_pad, const float *dy, float *dx)
+    int global_avgpool_forward(int N, int C, int H, int W, const float *x, float *y)
+    int global_avgpool_backward(int N, int C, int H, int W, const float *dy, float *dx)
     int adam_update(size_t n, float *p, const float *g, float *m, float *v, float step, float b1,
                     float b2, float eps, float l2, float decay)
     int adam_update_at(size_t n, const int64_t *idx, float *p, const float *g, float *m, float *v, float step,
@@ -189,6 +196,34 @@ def act_backward(int kind, y, dy, dx):
     with nogil:
         csr = nn_fp_enter()
         rc = activation_backward(kind, n, py, pdy, pdx)
+        nn_fp_leave(csr)
+    check(rc, "activation_backward")
+
+
+def act_forward_ex(int kind, x, y, float alpha):
+    cdef size_t n = x.size
+    cdef float *px = F(x)
+    cdef float *py = F(y)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = activation_forward_ex(kind, n, px, py, alpha)
+        nn_fp_leave(csr)
+    check(rc, "activation_forward")
+
+
+def act_backward_ex(int kind, x, y, dy, dx, float alpha):
+    cdef size_t n = dy.size
+    cdef float *px = F(x)
+    cdef float *py = F(y)
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = activation_backward_ex(kind, n, px, py, pdy, pdx, alpha)
         nn_fp_leave(csr)
     check(rc, "activation_backward")
 
@@ -357,6 +392,58 @@ def maxpool2d_bwd(tuple dims, dy, argmax, dx):
         rc = maxpool2d_backward(&s, pdy, pa, pdx)
         nn_fp_leave(csr)
     check(rc, "maxpool2d_backward")
+
+
+def avgpool2d_fwd(tuple dims, bint count_include_pad, x, y):
+    cdef pool2d_shape s = pool_shape(dims)
+    cdef float *px = F(x)
+    cdef float *py = F(y)
+    cdef int inc = count_include_pad
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = avgpool2d_forward(&s, inc, px, py)
+        nn_fp_leave(csr)
+    check(rc, "avgpool2d_forward")
+
+
+def avgpool2d_bwd(tuple dims, bint count_include_pad, dy, dx):
+    cdef pool2d_shape s = pool_shape(dims)
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef int inc = count_include_pad
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = avgpool2d_backward(&s, inc, pdy, pdx)
+        nn_fp_leave(csr)
+    check(rc, "avgpool2d_backward")
+
+
+def global_avgpool_fwd(int N, int C, int H, int W, x, y):
+    cdef float *px = F(x)
+    cdef float *py = F(y)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = global_avgpool_forward(N, C, H, W, px, py)
+        nn_fp_leave(csr)
+    check(rc, "global_avgpool_forward")
+
+
+def global_avgpool_bwd(int N, int C, int H, int W, dy, dx):
+    cdef float *pdy = F(dy)
+    cdef float *pdx = F(dx)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        rc = global_avgpool_backward(N, C, H, W, pdy, pdx)
+        nn_fp_leave(csr)
+    check(rc, "global_avgpool_backward")
 
 
 def batchnorm_fwd(bint training, int N, int C, int S, x, gamma, beta, running_mean, running_var,

@@ -16,16 +16,37 @@ import numpy as np
 from spark_nn._native import _kernels
 from spark_nn.threads import ensure_blas_pinned
 
+# the kinds the recurrent kernels take
 ACTIVATIONS = {"identity": 0, "linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
+# and the elementwise-only ones (csrc/activation.c, activation_forward_ex)
+ELEMENTWISE_ACTIVATIONS = dict(ACTIVATIONS, relu6=4, leaky_relu=5, silu=6, gelu=7, gelu_tanh=8)
+# kinds whose derivative needs the forward input x
+ACTIVATIONS_NEEDING_X = ("silu", "gelu", "gelu_tanh")
+LEAKY_RELU_SLOPE = 0.01  # torch.nn.LeakyReLU's default
 F32 = np.float32
 _tls = threading.local()
 
 
-def _activation_code(name):
+def _activation_code(name, table=ACTIVATIONS):
     key = str(name).lower()
-    if key not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[key]
+    if key not in table:
+        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
+    return table[key]
+
+
+def _activation_alpha(key, alpha):
+    if key != "leaky_relu":
+        if alpha is not None:
+            raise ValueError(f"alpha is leaky_relu's negative slope; activation {key!r} takes none")
+        return 0.0
+    alpha = LEAKY_RELU_SLOPE if alpha is None else alpha
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a number, got {alpha!r}") from None
+    if not np.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha!r}")
+    return alpha
 
 
 def _fmt(shape):
@@ -94,21 +115,42 @@ def _prepare():
 
 # ----------------------------------------------------------------------------- activations
 
-def activation_forward(x, activation):
-    kind = _activation_code(activation)
+def activation_forward(x, name, alpha=None):
+    """y = f(x) elementwise. name: identity (linear), sigmoid, tanh, relu, relu6, leaky_relu
+    (alpha: the negative slope, default 0.01), silu, gelu (exact, erf form) or gelu_tanh
+    (PyTorch's approximate='tanh')."""
+    kind = _activation_code(name, ELEMENTWISE_ACTIVATIONS)
+    alpha = _activation_alpha(str(name).lower(), alpha)
     x = check_array("x", x, _shape_of(x))
     y = np.empty_like(x)
-    _kernels.act_forward(kind, x, y)
+    if kind <= ACTIVATIONS["relu"]:
+        _kernels.act_forward(kind, x, y)
+    else:
+        _kernels.act_forward_ex(kind, x, y, alpha)
     return y
 
 
-def activation_backward(y, dy, activation):
-    """dx = dy * f'(x), from the forward output y."""
-    kind = _activation_code(activation)
-    y = check_array("y", y, _shape_of(y))
-    dy = check_array("dy", dy, y.shape)
-    dx = np.empty_like(y)
-    _kernels.act_backward(kind, y, dy, dx)
+def activation_backward(y, dy, name, x=None, alpha=None):
+    """dx = dy * f'(x). Read from the forward output y, except for silu, gelu and gelu_tanh,
+    which need the forward input x (y may then be None), and leaky_relu with a negative alpha
+    (x needed; with x given, leaky_relu reads x)."""
+    key = str(name).lower()
+    kind = _activation_code(name, ELEMENTWISE_ACTIVATIONS)
+    alpha = _activation_alpha(key, alpha)
+    if x is None and (key in ACTIVATIONS_NEEDING_X or (key == "leaky_relu" and alpha < 0)):
+        why = " with a negative alpha" if key == "leaky_relu" else ""
+        raise ValueError(f"activation_backward for {key!r}{why} needs the forward input x (the derivative is "
+                         f"not a function of the output y); pass x=")
+    use_x = key in ACTIVATIONS_NEEDING_X or (key == "leaky_relu" and x is not None)
+    if not use_x and y is None:
+        raise ValueError(f"activation_backward for {key!r} needs the forward output y")
+    src = check_array("x", x, _shape_of(x)) if use_x else check_array("y", y, _shape_of(y))
+    dy = check_array("dy", dy, src.shape)
+    dx = np.empty_like(dy)
+    if kind <= ACTIVATIONS["relu"]:
+        _kernels.act_backward(kind, src, dy, dx)
+    else:
+        _kernels.act_backward_ex(kind, src if use_x else None, None if use_x else src, dy, dx, alpha)
     return dx
 
 
@@ -271,6 +313,56 @@ def maxpool2d_backward(dy, argmax, input_shape, kernel=2, stride=None, padding=0
     argmax = check_array("argmax", argmax, yshape, dtype=np.int32)
     dx = np.empty(input_shape, dtype=F32)
     _kernels.maxpool2d_bwd(dims, dy, argmax, dx)
+    return dx
+
+
+def avgpool2d_forward(x, kernel=2, stride=None, padding=0, count_include_pad=True):
+    """y[N,C,OH,OW]: means over the windows of x[N,C,H,W] (PyTorch's AvgPool2d, floor output
+    size; stride None: the kernel). count_include_pad: padding counts as zeros in the divisor
+    (KH*KW), else only the window's inputs inside the image count."""
+    x = check_array("x", x, ("N", "C", "H", "W"))
+    dims, yshape = _pool_dims(x.shape, kernel, stride, padding)
+    y = np.empty(yshape, dtype=F32)
+    _kernels.avgpool2d_fwd(dims, bool(count_include_pad), x, y)
+    return y
+
+
+def _input_shape4(input_shape):
+    try:
+        input_shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}") from None
+    if len(input_shape) != 4 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be (N, C, H, W) of positive sizes, got {input_shape}")
+    return input_shape
+
+
+def avgpool2d_backward(dy, input_shape, kernel=2, stride=None, padding=0, count_include_pad=True):
+    """dx[input_shape]: each dy spread evenly (dy / divisor) over its window."""
+    input_shape = _input_shape4(input_shape)
+    dims, yshape = _pool_dims(input_shape, kernel, stride, padding)
+    dy = check_array("dy", dy, yshape)
+    dx = np.empty(input_shape, dtype=F32)
+    _kernels.avgpool2d_bwd(dims, bool(count_include_pad), dy, dx)
+    return dx
+
+
+def global_avgpool_forward(x):
+    """y[N,C]: the mean of each plane of x[N,C,H,W] (AdaptiveAvgPool2d(1) and flatten), summed
+    in a fixed order: the same bits for any thread count."""
+    x = check_array("x", x, ("N", "C", "H", "W"))
+    n, c, h, w = x.shape
+    y = np.empty((n, c), dtype=F32)
+    _kernels.global_avgpool_fwd(n, c, h, w, x, y)
+    return y
+
+
+def global_avgpool_backward(dy, input_shape):
+    """dx[N,C,H,W] = dy[N,C] / (H W) over each plane."""
+    n, c, h, w = _input_shape4(input_shape)
+    dy = check_array("dy", dy, (n, c))
+    dx = np.empty((n, c, h, w), dtype=F32)
+    _kernels.global_avgpool_bwd(n, c, h, w, dy, dx)
     return dx
 
 

@@ -15,7 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones this CPU runs
 
 # one run of the recurrent cells (with padding), the Adam update, the sum of squares, the
-# uint8 minibatch gather and batch norm (plane layout with a remainder, column layout, (N, C))
+# uint8 minibatch gather, batch norm (plane layout with a remainder, column layout, (N, C)), the
+# activations after relu (special values included: NaN compares equal to NaN in
+# assert_array_equal), average pooling and global average pooling
 PROBE = """
 import sys, numpy as np, spark_nn
 from spark_nn import kernels as K, _kernels
@@ -58,6 +60,23 @@ for i, shape in enumerate(((5, 3, 7, 5), (6, 20, 3, 3), (33, 300), (8, 4, 50, 41
         out.update({f"{tag}_{k}": v for k, v in zip(("y", "mean", "invstd", "dx", "dgamma", "dbeta"),
                                                    (y, mean, invstd) + grads)})
     out[f"bn{i}_running"] = np.concatenate([rmb, rvb])
+xa = np.concatenate([3 * rng.standard_normal(40000), np.linspace(-30, 30, 20001),
+                     [0, -0.0, 1e-30, 88.5, -88.5, 1e30, -1e30, np.nan, np.inf, -np.inf]]).astype(np.float32)
+ga = rng.standard_normal(xa.shape).astype(np.float32)
+for name in ("relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"):
+    ya = K.activation_forward(xa, name)
+    out["act_" + name] = ya
+    out["dact_" + name] = K.activation_backward(ya, ga, name, x=xa)
+xp = rng.standard_normal((3, 5, 29, 23)).astype(np.float32)
+for k, s, p in ((2, 2, 0), (3, 2, 1), (3, 1, 1), ((4, 3), 3, (2, 1))):
+    for inc in (True, False):
+        key = f"avgpool{k}_{s}_{p}_{inc}".replace(" ", "")
+        yp = K.avgpool2d_forward(xp, k, s, p, inc)
+        out[key] = yp
+        out["d" + key] = K.avgpool2d_backward(np.cos(yp), xp.shape, k, s, p, inc)
+xg = rng.standard_normal((7, 9, 13, 11)).astype(np.float32)
+out["gap"] = K.global_avgpool_forward(xg)
+out["dgap"] = K.global_avgpool_backward(out["gap"], xg.shape)
 np.savez(sys.argv[1], **out)
 """
 

@@ -94,6 +94,24 @@ def test_maxpool_fast_equals_reference_and_routes_gradient(case):
 
 
 @SETTINGS
+@given(pool_cases(), st.booleans())
+def test_avgpool_fast_equals_reference_and_conserves_gradient(case, inc):
+    n, c, h, w, k, s, p, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    y, y_ref = both_paths(lambda: K.avgpool2d_forward(x, k, s, p, inc))
+    np.testing.assert_array_equal(y, y_ref)  # the same sums in the same order (pool.c)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_paths_agree(lambda: K.avgpool2d_backward(dy, x.shape, k, s, p, inc))
+    # without padding in the divisor each output spreads exactly its dy over its window
+    if not inc:
+        dx = K.avgpool2d_backward(dy, x.shape, k, s, p, inc)
+        assert np.isclose(dx.sum(dtype=np.float64), dy.sum(dtype=np.float64), rtol=1e-4, atol=1e-4)
+    g = rng.standard_normal((n, c)).astype(np.float32)
+    assert_paths_agree(lambda: (K.global_avgpool_forward(x), K.global_avgpool_backward(g, x.shape)))
+
+
+@SETTINGS
 @given(st.integers(1, 9), st.integers(1, 40), st.integers(1, 23), st.sampled_from(["relu", "tanh", "sigmoid"]),
        st.integers(0, 2 ** 31))
 def test_dense_and_activations_fast_equal_reference(n, d, units, act, seed):
