@@ -27,25 +27,34 @@ from timing import paired_median_ms, print_table, ratio_cell, sgemm_peak_gflops 
 import spark_nn  # noqa: E402
 from spark_nn import kernels as K  # noqa: E402
 
-CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32),
-               "conv 64x32x14x14 -> 64, 3x3 p1": (64, 32, 14, 14, 64)}
+# name: (N, C, H, W, OC, kernel, stride, padding, groups)
+CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32, 3, 1, 1, 1),
+               "conv 64x32x14x14 -> 64, 3x3 p1": (64, 32, 14, 14, 64, 3, 1, 1, 1),
+               "conv 64x64x16x16 -> 128, 1x1": (64, 64, 16, 16, 128, 1, 1, 0, 1),
+               "conv 64x64x32x32 -> 128, 3x3/2 p1": (64, 64, 32, 32, 128, 3, 2, 1, 1),
+               "depthwise 64x96x16x16, 3x3 p1": (64, 96, 16, 16, 96, 3, 1, 1, 96),
+               "depthwise 64x144x16x16, 3x3/2 p1": (64, 144, 16, 16, 144, 3, 2, 1, 144),
+               "depthwise 64x144x16x16, 3x3 p1": (64, 144, 16, 16, 144, 3, 1, 1, 144),
+               "grouped 64x64x16x16 -> 64, 3x3 p1 g4": (64, 64, 16, 16, 64, 3, 1, 1, 4)}
 POOL_SHAPE = (64, 32, 28, 28)
 SEQ = dict(N=64, T=50, D=64, H=128)
 
 
 def conv_cases(rng, torch):
-    for name, (n, c, h, w, oc) in CONV_SHAPES.items():
+    for name, (n, c, h, w, oc, k, s, p, g) in CONV_SHAPES.items():
         x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-        wt = (0.1 * rng.standard_normal((oc, c, 3, 3))).astype(np.float32)
+        wt = (0.1 * rng.standard_normal((oc, c // g, k, k))).astype(np.float32)
         b = np.zeros(oc, np.float32)
-        dy = rng.standard_normal((n, oc, h, w)).astype(np.float32)
-        ours_f = lambda x=x, wt=wt, b=b: K.conv2d_forward(x, wt, b, 1, 1)  # noqa: E731
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        dy = rng.standard_normal((n, oc, oh, ow)).astype(np.float32)
+        kw = {"groups": g} if g != 1 else {}
+        ours_f = lambda x=x, wt=wt, b=b, s=s, p=p, kw=kw: K.conv2d_forward(x, wt, b, s, p, **kw)  # noqa: E731
 
-        def ours_fb(x=x, wt=wt, b=b, dy=dy):
-            K.conv2d_forward(x, wt, b, 1, 1)
-            K.conv2d_backward(x, wt, dy, 1, 1)
+        def ours_fb(x=x, wt=wt, b=b, dy=dy, s=s, p=p, kw=kw):
+            K.conv2d_forward(x, wt, b, s, p, **kw)
+            K.conv2d_backward(x, wt, dy, s, p, **kw)
 
-        conv = torch.nn.Conv2d(c, oc, 3, padding=1)
+        conv = torch.nn.Conv2d(c, oc, k, stride=s, padding=p, groups=g)
         xt = torch.from_numpy(x).requires_grad_(True)
         dyt = torch.from_numpy(dy)
 
@@ -58,7 +67,7 @@ def conv_cases(rng, torch):
             xt.grad = None
             conv(xt).backward(dyt)
 
-        flops = 2.0 * n * oc * h * w * c * 9
+        flops = 2.0 * n * oc * oh * ow * (c // g) * k * k
         yield name, ours_f, ours_fb, torch_f, torch_fb, flops
 
 
@@ -187,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--isa", default="all",
                     help="'all' (every level this CPU has, each in its own process), 'avx512', 'avx2' or 'this' "
                          "(this process as it is)")
+    ap.add_argument("--only", default="",
+                    help="run only the ops whose name contains this text (and skip the training epochs)")
     args = ap.parse_args(argv)
     if args.isa != "this":
         import subprocess
@@ -199,7 +210,7 @@ def main(argv=None):
             print(f"=== ISA level {level} (SPARK_NN_ISA, ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, OpenBLAS core) ===",
                   flush=True)
             cmd = [sys.executable, os.path.abspath(__file__), "--isa", "this", "--threads", str(args.threads),
-                   "--repeat", str(args.repeat), "--runs", str(args.runs)]
+                   "--repeat", str(args.repeat), "--runs", str(args.runs), "--only", args.only]
             subprocess.run(cmd, env=dict(os.environ, **ISA_ENV[level]), check=True)
             print(flush=True)
         return None
@@ -209,6 +220,7 @@ def main(argv=None):
     spark_nn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     ops = [c for gen in (conv_cases, pool_case, recurrent_cases) for c in gen(rng, torch)]
+    ops = [op for op in ops if args.only in op[0]]
     cases = [(name, col, ours, theirs) for name, of, ofb, tf, tfb, _ in ops
              for col, ours, theirs in (("fwd", of, tf), ("fwd+bwd", ofb, tfb))]
     times = measure(cases, args.runs, args.repeat)
@@ -231,6 +243,8 @@ def main(argv=None):
     print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
                 [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"] for n, a, b in conv_rows])
     print()
+    if args.only:
+        return rows
     epochs = [(name, "epoch", ours, theirs) for name, ours, theirs in epoch_cases(torch, (32, 128))]
     epoch_times = measure(epochs, args.runs, 7, block=1)
     print_table(["in-process training", "ours ms", "torch ms", "torch/ours"],
