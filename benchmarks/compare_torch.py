@@ -28,26 +28,35 @@ from timing import paired_median_ms, print_table, ratio_cell, sgemm_peak_gflops 
 import spark_nn  # noqa: E402
 from spark_nn import kernels as K  # noqa: E402
 
-CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32),
-               "conv 64x32x14x14 -> 64, 3x3 p1": (64, 32, 14, 14, 64)}
+# name: (N, C, H, W, OC, kernel, stride, padding, groups)
+CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32, 3, 1, 1, 1),
+               "conv 64x32x14x14 -> 64, 3x3 p1": (64, 32, 14, 14, 64, 3, 1, 1, 1),
+               "conv 64x64x16x16 -> 128, 1x1": (64, 64, 16, 16, 128, 1, 1, 0, 1),
+               "conv 64x64x32x32 -> 128, 3x3/2 p1": (64, 64, 32, 32, 128, 3, 2, 1, 1),
+               "depthwise 64x96x16x16, 3x3 p1": (64, 96, 16, 16, 96, 3, 1, 1, 96),
+               "depthwise 64x144x16x16, 3x3/2 p1": (64, 144, 16, 16, 144, 3, 2, 1, 144),
+               "depthwise 64x144x16x16, 3x3 p1": (64, 144, 16, 16, 144, 3, 1, 1, 144),
+               "grouped 64x64x16x16 -> 64, 3x3 p1 g4": (64, 64, 16, 16, 64, 3, 1, 1, 4)}
 POOL_SHAPE = (64, 32, 28, 28)
 BN_SHAPES = [(64, 64, 32, 32), (64, 256, 8, 8)]
 SEQ = dict(N=64, T=50, D=64, H=128)
 
 
 def conv_cases(rng, torch):
-    for name, (n, c, h, w, oc) in CONV_SHAPES.items():
+    for name, (n, c, h, w, oc, k, s, p, g) in CONV_SHAPES.items():
         x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-        wt = (0.1 * rng.standard_normal((oc, c, 3, 3))).astype(np.float32)
+        wt = (0.1 * rng.standard_normal((oc, c // g, k, k))).astype(np.float32)
         b = np.zeros(oc, np.float32)
-        dy = rng.standard_normal((n, oc, h, w)).astype(np.float32)
-        ours_f = lambda x=x, wt=wt, b=b: K.conv2d_forward(x, wt, b, 1, 1)  # noqa: E731
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        dy = rng.standard_normal((n, oc, oh, ow)).astype(np.float32)
+        kw = {"groups": g} if g != 1 else {}
+        ours_f = lambda x=x, wt=wt, b=b, s=s, p=p, kw=kw: K.conv2d_forward(x, wt, b, s, p, **kw)  # noqa: E731
 
-        def ours_fb(x=x, wt=wt, b=b, dy=dy):
-            K.conv2d_forward(x, wt, b, 1, 1)
-            K.conv2d_backward(x, wt, dy, 1, 1)
+        def ours_fb(x=x, wt=wt, b=b, dy=dy, s=s, p=p, kw=kw):
+            K.conv2d_forward(x, wt, b, s, p, **kw)
+            K.conv2d_backward(x, wt, dy, s, p, **kw)
 
-        conv = torch.nn.Conv2d(c, oc, 3, padding=1)
+        conv = torch.nn.Conv2d(c, oc, k, stride=s, padding=p, groups=g)
         xt = torch.from_numpy(x).requires_grad_(True)
         dyt = torch.from_numpy(dy)
 
@@ -60,7 +69,7 @@ def conv_cases(rng, torch):
             xt.grad = None
             conv(xt).backward(dyt)
 
-        flops = 2.0 * n * oc * h * w * c * 9
+        flops = 2.0 * n * oc * oh * ow * (c // g) * k * k
         yield name, ours_f, ours_fb, torch_f, torch_fb, flops
 
 

@@ -39,13 +39,14 @@
 
 int conv2d_shape_init(conv2d_shape *s) {
     if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
-        s->KW <= 0 || s->SH <= 0 || s->SW <= 0 || s->PH < 0 || s->PW < 0)
+        s->KW <= 0 || s->SH <= 0 || s->SW <= 0 || s->PH < 0 || s->PW < 0 || s->G < 1 ||
+        s->C % s->G || s->OC % s->G)
         return NN_EBADSHAPE;
     int eh = s->H + 2 * s->PH - s->KH, ew = s->W + 2 * s->PW - s->KW;
     if (eh < 0 || ew < 0) return NN_EBADSHAPE;
     s->OH = eh / s->SH + 1;
     s->OW = ew / s->SW + 1;
-    long long ckk = (long long)s->C * s->KH * s->KW, ohw = (long long)s->OH * s->OW;
+    long long ckk = (long long)(s->C / s->G) * s->KH * s->KW, ohw = (long long)s->OH * s->OW;
     if (ckk * ohw > 0x7fffffffLL || (long long)s->OC * ohw > 0x7fffffffLL ||
         (long long)s->C * s->H * s->W > 0x7fffffffLL)
         return NN_EBADSHAPE;
@@ -169,10 +170,11 @@ static void pad_image(const conv2d_shape *s, const float *x, float *xp) {
  * image (padded_offsets) and w^T packed once; the tiles store into y[oc, p] directly. Only
  * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
  * work: a third at 4x4 images). */
-static void direct_forward(const conv2d_shape *s, const float *x, const float *w, const float *b, float *y,
-                           float *ws, int nt) {
+static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
+                           float *y, size_t ys, float *ws, int nt) {
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW, pad = padded_floats(s);
+    const size_t pad = padded_floats(s);
+    const int inplace = s->PH == 0 && s->PW == 0; /* the image is its own padded copy: no copy */
     float *wp = ws + (size_t)nt * pad;
     int *koff = (int *)(wp + nn_packed_size(CKK, OC)), *poff = koff + CKK;
     nn_pack_b(1, CKK, OC, w, CKK, wp);
@@ -181,11 +183,13 @@ static void direct_forward(const conv2d_shape *s, const float *x, const float *w
 #pragma omp parallel num_threads(nti)
     {
         float *xp = ws + (size_t)NN_THREAD_ID() * pad;
-        for (size_t i = 0; i < pad; i++) xp[i] = 0.0f; /* borders */
+        if (!inplace)
+            for (size_t i = 0; i < pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
         for (int n = 0; n < s->N; n++) {
-            pad_image(s, x + (size_t)n * xs, xp);
-            nn_gemm_offsets(OHW, OC, CKK, xp, poff, koff, wp, y + (size_t)n * ys, OHW, 1, b);
+            const float *xi = x + (size_t)n * xs;
+            if (!inplace) pad_image(s, xi, xp);
+            nn_gemm_offsets(OHW, OC, CKK, inplace ? xi : xp, poff, koff, wp, y + (size_t)n * ys, OHW, 1, b);
         }
     }
 }
@@ -201,21 +205,17 @@ static double sum_floats(int n, const float *r) {
     return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
-int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
-                   float *y, float *ws, size_t ws_len) {
-    conv2d_shape t = *s;
-    if (conv2d_shape_init(&t) != NN_OK || t.OH != s->OH || t.OW != s->OW) return NN_EBADSHAPE;
-    int nt = nn_threads();
-    if (ws_len < conv2d_workspace_size(s, nt)) return NN_EWORKSPACE;
+/* One group's (or a G = 1) forward: s has G = 1, images xs floats apart in x, ys in y. */
+static int forward_one(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
+                       float *y, size_t ys, float *ws, int nt) {
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
     const size_t ptf = per_thread_floats(s, nb);
     /* below ~32 rows of columns (e.g. one input channel) the direct tiles' k loop is too short
      * for what each tile costs around it: conv 1->32 on 28x28 measured 0.25 / 2.0 ms
      * (forward / backward) direct against 0.20 / 0.65 ms here */
     if (!nn_get_reference() && direct_forward_ok(s)) {
-        direct_forward(s, x, w, b, y, ws, nt);
+        direct_forward(s, x, xs, w, b, y, ys, ws, nt);
         return NN_OK;
     }
     /* Large images: one GEMM per image straight into y, the bias as a row of ones under the
@@ -261,7 +261,7 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
  * w transposed (OC <-> C) and flipped: its shape. */
 static conv2d_shape dx_shape(const conv2d_shape *s) {
     conv2d_shape t = {s->N, s->OC, s->OH, s->OW, s->C, s->KH, s->KW, 1, 1, s->KH - 1 - s->PH,
-                      s->KW - 1 - s->PW, 0, 0};
+                      s->KW - 1 - s->PW, 0, 0, 1};
     conv2d_shape_init(&t);
     return t;
 }
@@ -286,7 +286,7 @@ static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
     return grads > dx ? grads : dx;
 }
 
-size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
+static size_t workspace_one(const conv2d_shape *s, int nthreads) {
     int nb = chunk_images(s);
     int nchunks = (s->N + nb - 1) / nb;
     if (nthreads < 1) nthreads = 1;
@@ -305,23 +305,26 @@ size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
  * tiles sum a whole chunk in registers), X read in place as in direct_forward and dy^T packed;
  * one partial per chunk, summed in chunk order (deterministic for any thread count). dx: a
  * direct forward of dy with the flipped, transposed weights. */
-static void direct_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy, float *dx,
-                            float *dw, float *db, float *ws, int nt) {
+static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *dy,
+                            size_t ys, float *dx, float *dw, float *db, float *ws, int nt) {
     const int OC = s->OC, C = s->C, CKK = C * s->KH * s->KW, OHW = s->OH * s->OW;
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
-    const size_t xs = (size_t)C * s->H * s->W, ys = (size_t)OC * OHW;
     const size_t pad = padded_floats(s), ptf = nb * pad + nn_packed_size(nb * OHW, OC);
+    /* unpadded: a chunk's images are read in place, xs apart */
+    const int inplace = s->PH == 0 && s->PW == 0 && (long long)nb * xs < 0x7fffffffLL;
+    const size_t istep = inplace ? xs : pad;
     float *dwt = ws + (size_t)nt * ptf;                /* [nchunks, CKK, OC] */
     float *dbp = dwt + (size_t)nchunks * CKK * OC;     /* [nchunks, OC] */
     int *koff = (int *)(dbp + (size_t)nchunks * OC), *poff = koff + CKK; /* poff[nb * OHW] */
     padded_offsets(s, koff, poff);
     for (int j = 1; j < nb; j++) /* image j's positions in its padded copy, j pad further on */
-        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)pad + poff[p];
+        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)istep + poff[p];
     int ntc = nt > nchunks ? nchunks : nt;
 #pragma omp parallel num_threads(ntc)
     {
         float *xp = ws + (size_t)NN_THREAD_ID() * ptf, *dyp = xp + nb * pad;
-        for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
+        if (!inplace)
+            for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
             float *part = dwt + (size_t)ch * CKK * OC;
@@ -329,10 +332,11 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
             const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
             for (int j = 0; j < nc; j++) {
                 const float *dyi = dy + (size_t)(n0 + j) * ys;
-                pad_image(s, x + (size_t)(n0 + j) * xs, xp + j * pad);
+                if (!inplace) pad_image(s, x + (size_t)(n0 + j) * xs, xp + j * pad);
                 nn_pack_b_rows(1, OHW, OC, dyi, OHW, dyp, nc * OHW, j * OHW); /* dy^T[p, oc] */
             }
-            nn_gemm_offsets(CKK, OC, nc * OHW, xp, koff, poff, dyp, part, OC, 0, NULL);
+            nn_gemm_offsets(CKK, OC, nc * OHW, inplace ? x + (size_t)n0 * xs : xp, koff, poff, dyp, part, OC, 0,
+                            NULL);
             for (int oc = 0; oc < OC; oc++) {
                 double acc = 0.0;
                 for (int j = 0; j < nc; j++)
@@ -372,22 +376,19 @@ static void direct_backward(const conv2d_shape *s, const float *x, const float *
             for (int c = 0; c < C; c++)
                 for (int kk = 0; kk < KK; kk++)
                     wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
-        direct_forward(&t, dy, wt, NULL, dx, wt + (size_t)OC * C * KK, nt);
+        direct_forward(&t, dy, ys, wt, NULL, dx, xs, wt + (size_t)OC * C * KK, nt);
     }
 }
 
-int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
-                    float *dx, float *dw, float *db, float *ws, size_t ws_len) {
-    conv2d_shape t = *s;
-    if (conv2d_shape_init(&t) != NN_OK || t.OH != s->OH || t.OW != s->OW) return NN_EBADSHAPE;
-    int nt = nn_threads();
-    if (ws_len < conv2d_workspace_size(s, nt)) return NN_EWORKSPACE;
+/* One group's (or a G = 1) backward: s has G = 1, images xs floats apart in x and dx, ys in dy. */
+static int backward_one(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *dy,
+                        size_t ys, float *dx, float *dw, float *db, float *ws, int nt) {
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)OC * OHW;
+    const size_t xsz = (size_t)s->C * s->H * s->W; /* one image of dx */
     const size_t ptf = per_thread_floats(s, nb);
     if (!nn_get_reference() && direct_backward_ok(s)) {
-        direct_backward(s, x, w, dy, dx, dw, db, ws, nt);
+        direct_backward(s, x, xs, w, dy, ys, dx, dw, db, ws, nt);
         return NN_OK;
     }
     float *dwp = ws + (size_t)nt * ptf;           /* [nchunks, OC*CKK] */
@@ -413,7 +414,7 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
                     if (dx) { /* the image's columns are free again */
                         nn_gemm(1, 0, CKK, OHW, OC, 1.0f, w, CKK, dyi, OHW, 0.0f, cj, L);
                         float *dxi = dx + (n0 + j) * xs;
-                        memset(dxi, 0, sizeof(float) * xs);
+                        memset(dxi, 0, sizeof(float) * xsz);
                         col2im(s, cj, L, dxi);
                     }
                 }
@@ -436,7 +437,7 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
                 nn_gemm(1, 0, CKK, L, OC, 1.0f, w, CKK, buf, L, 0.0f, cols, L);
                 for (int j = 0; j < nc; j++) {
                     float *dxi = dx + (n0 + j) * xs;
-                    memset(dxi, 0, sizeof(float) * xs);
+                    memset(dxi, 0, sizeof(float) * xsz);
                     col2im(s, cols + (size_t)j * OHW, L, dxi);
                 }
             }
@@ -460,22 +461,428 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
     return NN_OK;
 }
 
+/* ---------------------------------------------------------------- depthwise (G == C > 1)
+ * Each input plane is copied once into a zero-padded, phase-split buffer: stride (SH, SW) cuts
+ * the padded plane [Hp, Wp] into SH SW phase planes of Hq x Wq (phase (a, b) holds the padded
+ * plane's rows a, a + SH, ... and columns b, b + SW, ...), so every tap (kh, kw) of every output
+ * reads one contiguous run: output q = oh Wq + ow (ow < OW; the Wq - OW others are discarded)
+ * reads tap t at P[off[t] + q], off[t] = phase(kh % SH, kw % SW) + (kh / SH) Wq + kw / SW.
+ *   forward: y_flat[q] = b + sum_t w[t] P[off[t] + q], vectorized along q (dw_taps);
+ *   dx:      phase plane (a, b) of the padded dx gets sum over the taps of that phase of
+ *            w[t] dy_flat[e - d[t]] (d[t] = (kh / SH) Wq + kw / SW; dy_flat zero outside the
+ *            outputs and on the discarded columns): the same kernel with negative offsets;
+ *   dw:      dw[t] = sum_n sum_q dy_flat[q] P[off[t] + q] in DW_B lanes (dw_dots), summed in
+ *            lane order at the end; db likewise.
+ * Forward is parallel over the N C planes; backward over channels, each thread looping over N
+ * for its channels, so dw and db have one fixed summation order for any thread count. Every
+ * ISA level sums each output in the same order without contraction: the same bits. The scalar
+ * reference path (nn_set_reference) is the direct loop with float64 sums. */
+#define DW_B 32 /* outputs per block: lanes of the dw partial sums at every level */
+
+typedef struct {
+    int M;        /* output channels per input channel */
+    int Hq, Wq;   /* phase plane */
+    size_t PS;    /* floats per phase plane, Hq Wq */
+    int L, Lp;    /* flat outputs OH Wq, rounded up to DW_B */
+    int PSp;      /* PS rounded up to DW_B */
+    int front;    /* dx: zeros before each flat dy plane (the largest tap shift) */
+    int seg;      /* dx: floats per flat dy plane, front + max(PSp, Lp) */
+    size_t pt;    /* the phase-split plane: SH SW PS + Lp (the last block's reads) */
+    size_t per_thread; /* floats */
+} dw_geom;
+
+static int dw_geom_init(const conv2d_shape *s, dw_geom *g) {
+    const int KK = s->KH * s->KW, Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
+    g->M = s->OC / s->C;
+    g->Wq = (Wp + s->SW - 1) / s->SW;
+    g->Hq = (Hp + s->SH - 1) / s->SH;
+    long long ps = (long long)g->Hq * g->Wq, l = (long long)s->OH * g->Wq;
+    long long lp = (l + DW_B - 1) / DW_B * DW_B, psp = (ps + DW_B - 1) / DW_B * DW_B;
+    long long front = (long long)((s->KH - 1) / s->SH) * g->Wq + (s->KW - 1) / s->SW;
+    long long seg = front + (psp > lp ? psp : lp);
+    long long pt = (long long)s->SH * s->SW * ps + lp;
+    if (pt + seg > 0x7fffffffLL || (long long)g->M * seg > 0x7fffffffLL) return 0;
+    g->PS = (size_t)ps;
+    g->L = (int)l;
+    g->Lp = (int)lp;
+    g->PSp = (int)psp;
+    g->front = (int)front;
+    g->seg = (int)seg;
+    g->pt = (size_t)pt;
+    /* P, y block / dP, flat dy planes, dw and db lanes, dx's tap offsets (ints) and weights,
+     * tap counts per phase (ints) */
+    g->per_thread = g->pt + (size_t)(psp > lp ? psp : lp) + (size_t)g->M * seg + (size_t)g->M * KK * DW_B +
+                    (size_t)g->M * DW_B + 2 * (size_t)g->M * KK + (size_t)s->SH * s->SW + 1;
+    return 1;
+}
+
+/* shared: the taps' offsets off[KK] and shifts d[KK] (ints) */
+static size_t dw_workspace(const conv2d_shape *s, int nt) {
+    dw_geom g;
+    if (!dw_geom_init(s, &g)) return (size_t)-1;
+    return (size_t)nt * g.per_thread + 2 * (size_t)s->KH * s->KW;
+}
+
+typedef float dw_v16 __attribute__((vector_size(64)));
+typedef float dw_v8 __attribute__((vector_size(32)));
+typedef float dw_v4 __attribute__((vector_size(16)));
+
+/* out[q] = bias + sum_t w[t] src[off[t] + q] for q < n (a multiple of DW_B), in t order */
+#define DW_TAPS_BODY(VT, VW)                                                                       \
+    {                                                                                              \
+        enum { NV = DW_B / (VW) };                                                                 \
+        for (int q = 0; q < n; q += DW_B) {                                                        \
+            VT acc[NV];                                                                            \
+            for (int v = 0; v < NV; v++) {                                                         \
+                acc[v] = (VT){0};                                                                  \
+                acc[v] += bias;                                                                    \
+            }                                                                                      \
+            for (int t = 0; t < ntaps; t++) {                                                      \
+                const float *p = src + off[t] + q;                                                 \
+                const float wt = w[t];                                                             \
+                for (int v = 0; v < NV; v++) {                                                     \
+                    VT a;                                                                          \
+                    memcpy(&a, p + v * (VW), sizeof a);                                            \
+                    acc[v] += wt * a;                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            for (int v = 0; v < NV; v++) memcpy(out + q + v * (VW), &acc[v], sizeof acc[v]);       \
+        }                                                                                          \
+    }
+
+/* lanes[t][j] += sum over blocks q of g[q + j] src[off[t] + q + j], j < DW_B, q < n */
+#define DW_DOTS_BODY(VT, VW)                                                                       \
+    {                                                                                              \
+        enum { NV = DW_B / (VW) };                                                                 \
+        for (int t = 0; t < ntaps; t++) {                                                          \
+            VT acc[NV];                                                                            \
+            float *l = lanes + (size_t)t * DW_B;                                                   \
+            for (int v = 0; v < NV; v++) memcpy(&acc[v], l + v * (VW), sizeof acc[v]);             \
+            const float *p = src + off[t];                                                         \
+            for (int q = 0; q < n; q += DW_B)                                                      \
+                for (int v = 0; v < NV; v++) {                                                     \
+                    VT a, b;                                                                       \
+                    memcpy(&a, p + q + v * (VW), sizeof a);                                        \
+                    memcpy(&b, g + q + v * (VW), sizeof b);                                        \
+                    acc[v] += b * a;                                                               \
+                }                                                                                  \
+            for (int v = 0; v < NV; v++) memcpy(l + v * (VW), &acc[v], sizeof acc[v]);             \
+        }                                                                                          \
+    }
+
+#define DW_TAPS_PARAMS (int ntaps, const int *off, const float *w, float bias, const float *src, int n, float *out)
+#define DW_TAPS_ARGS (ntaps, off, w, bias, src, n, out)
+#define DW_DOTS_PARAMS (int ntaps, const int *off, const float *src, const float *g, int n, float *lanes)
+#define DW_DOTS_ARGS (ntaps, off, src, g, n, lanes)
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
+#define DW_CLONES 1
+__attribute__((target("avx512f"))) static void dw_taps_avx512 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v16, 16)
+__attribute__((target("avx512f"))) static void dw_dots_avx512 DW_DOTS_PARAMS DW_DOTS_BODY(dw_v16, 16)
+__attribute__((target("avx2"))) static void dw_taps_avx2 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v8, 8)
+__attribute__((target("avx2"))) static void dw_dots_avx2 DW_DOTS_PARAMS DW_DOTS_BODY(dw_v8, 8)
+#endif
+static void dw_taps_base DW_TAPS_PARAMS DW_TAPS_BODY(dw_v4, 4)
+static void dw_dots_base DW_DOTS_PARAMS DW_DOTS_BODY(dw_v4, 4)
+
+static void dw_taps DW_TAPS_PARAMS {
+#ifdef DW_CLONES
+    const int isa = nn_isa();
+    if (isa == NN_ISA_AVX512) { dw_taps_avx512 DW_TAPS_ARGS; return; }
+    if (isa == NN_ISA_AVX2) { dw_taps_avx2 DW_TAPS_ARGS; return; }
+#endif
+    dw_taps_base DW_TAPS_ARGS;
+}
+
+static void dw_dots DW_DOTS_PARAMS {
+#ifdef DW_CLONES
+    const int isa = nn_isa();
+    if (isa == NN_ISA_AVX512) { dw_dots_avx512 DW_DOTS_ARGS; return; }
+    if (isa == NN_ISA_AVX2) { dw_dots_avx2 DW_DOTS_ARGS; return; }
+#endif
+    dw_dots_base DW_DOTS_ARGS;
+}
+
+/* tap t = kh KW + kw: its phase plane's offset plus its shift (off), and the shift alone (d) */
+static void dw_offsets(const conv2d_shape *s, const dw_geom *g, int *off, int *d) {
+    for (int kh = 0; kh < s->KH; kh++)
+        for (int kw = 0; kw < s->KW; kw++) {
+            const int t = kh * s->KW + kw, ph = (kh % s->SH) * s->SW + kw % s->SW;
+            d[t] = (kh / s->SH) * g->Wq + kw / s->SW;
+            off[t] = (int)(ph * g->PS) + d[t];
+        }
+}
+
+/* The plane x[H, W] into the zero-padded, phase-split buffer P[pt]. */
+static void dw_fill(const conv2d_shape *s, const dw_geom *g, const float *x, float *P) {
+    memset(P, 0, sizeof(float) * g->pt);
+    for (int ih = 0; ih < s->H; ih++) {
+        const int ip = ih + s->PH;
+        float *row = P + (size_t)(ip % s->SH) * s->SW * g->PS + (size_t)(ip / s->SH) * g->Wq;
+        const float *xr = x + (size_t)ih * s->W;
+        if (s->SW == 1) {
+            memcpy(row + s->PW, xr, sizeof(float) * s->W);
+            continue;
+        }
+        for (int iw = 0; iw < s->W; iw++) {
+            const int jp = iw + s->PW;
+            row[(size_t)(jp % s->SW) * g->PS + jp / s->SW] = xr[iw];
+        }
+    }
+}
+
+static void dw_forward(const conv2d_shape *s, const dw_geom *g, const float *x, const float *w, const float *b,
+                       float *y, float *ws, int nt) {
+    const int KK = s->KH * s->KW, C = s->C, M = g->M, OHW = s->OH * s->OW;
+    const size_t xs = (size_t)s->H * s->W;
+    int *off = (int *)(ws + (size_t)nt * g->per_thread), *d = off + KK;
+    dw_offsets(s, g, off, d);
+    const int planes = s->N * C, ntp = nt > planes ? planes : nt;
+#pragma omp parallel num_threads(ntp)
+    {
+        float *P = ws + (size_t)NN_THREAD_ID() * g->per_thread, *yb = P + g->pt;
+#pragma omp for schedule(static)
+        for (int pl = 0; pl < planes; pl++) {
+            const int n = pl / C, c = pl % C;
+            dw_fill(s, g, x + (size_t)pl * xs, P);
+            for (int m = 0; m < M; m++) {
+                const int oc = c * M + m;
+                dw_taps(KK, off, w + (size_t)oc * KK, b ? b[oc] : 0.0f, P, g->Lp, yb);
+                float *yo = y + ((size_t)n * s->OC + oc) * OHW;
+                for (int oh = 0; oh < s->OH; oh++)
+                    memcpy(yo + (size_t)oh * s->OW, yb + (size_t)oh * g->Wq, sizeof(float) * s->OW);
+            }
+        }
+    }
+}
+
+static void dw_backward(const conv2d_shape *s, const dw_geom *g, const float *x, const float *w, const float *dy,
+                        float *dx, float *dw, float *db, float *ws, int nt) {
+    const int KK = s->KH * s->KW, C = s->C, M = g->M, OHW = s->OH * s->OW, NPH = s->SH * s->SW;
+    const size_t xs = (size_t)s->H * s->W;
+    int *off = (int *)(ws + (size_t)nt * g->per_thread), *d = off + KK;
+    dw_offsets(s, g, off, d);
+    const int ntc = nt > C ? C : nt;
+#pragma omp parallel num_threads(ntc)
+    {
+        float *P = ws + (size_t)NN_THREAD_ID() * g->per_thread;
+        float *dP = P + g->pt;
+        float *gf = dP + (g->PSp > g->Lp ? g->PSp : g->Lp); /* M flat dy planes, seg apart */
+        float *lw = gf + (size_t)M * g->seg;               /* [M KK][DW_B] */
+        float *lb = lw + (size_t)M * KK * DW_B;            /* [M][DW_B] */
+        float *tw = lb + (size_t)M * DW_B;                 /* dx's tap weights by phase */
+        int *toff = (int *)(tw + (size_t)M * KK);          /* and offsets */
+        int *tcnt = toff + (size_t)M * KK;                 /* first tap of each phase, NPH + 1 */
+#pragma omp for schedule(static)
+        for (int c = 0; c < C; c++) {
+            memset(lw, 0, sizeof(float) * (size_t)M * KK * DW_B);
+            memset(lb, 0, sizeof(float) * (size_t)M * DW_B);
+            memset(gf, 0, sizeof(float) * (size_t)M * g->seg); /* fronts, discarded columns, tails */
+            if (dx) { /* taps of each phase: (m, kh, kw) order, reading flat dy plane m */
+                int k = 0;
+                for (int ph = 0; ph < NPH; ph++) {
+                    tcnt[ph] = k;
+                    for (int m = 0; m < M; m++)
+                        for (int t = 0; t < KK; t++) {
+                            const int kh = t / s->KW, kw = t % s->KW;
+                            if ((kh % s->SH) * s->SW + kw % s->SW != ph) continue;
+                            tw[k] = w[((size_t)c * M + m) * KK + t];
+                            toff[k++] = m * g->seg + g->front - d[t];
+                        }
+                }
+                tcnt[NPH] = k;
+            }
+            for (int n = 0; n < s->N; n++) {
+                const size_t pl = (size_t)n * C + c;
+                for (int m = 0; m < M; m++) {
+                    const float *dyo = dy + ((size_t)n * s->OC + (size_t)c * M + m) * OHW;
+                    float *gm = gf + (size_t)m * g->seg + g->front;
+                    for (int oh = 0; oh < s->OH; oh++)
+                        memcpy(gm + (size_t)oh * g->Wq, dyo + (size_t)oh * s->OW, sizeof(float) * s->OW);
+                    for (int q = 0; q < g->Lp; q += DW_B)
+                        for (int j = 0; j < DW_B; j++) lb[m * DW_B + j] += gm[q + j];
+                }
+                dw_fill(s, g, x + pl * xs, P);
+                for (int m = 0; m < M; m++)
+                    dw_dots(KK, off, P, gf + (size_t)m * g->seg + g->front, g->Lp, lw + (size_t)m * KK * DW_B);
+                if (!dx) continue;
+                float *dxo = dx + pl * xs;
+                for (int ph = 0; ph < NPH; ph++) {
+                    const int a = ph / s->SW, bph = ph % s->SW;
+                    dw_taps(tcnt[ph + 1] - tcnt[ph], toff + tcnt[ph], tw + tcnt[ph], 0.0f, gf, g->PSp, dP);
+                    for (int ih = 0; ih < s->H; ih++) {
+                        const int ip = ih + s->PH;
+                        if (ip % s->SH != a) continue;
+                        const float *src = dP + (size_t)(ip / s->SH) * g->Wq;
+                        float *dst = dxo + (size_t)ih * s->W;
+                        if (s->SW == 1) {
+                            memcpy(dst, src + s->PW, sizeof(float) * s->W);
+                            continue;
+                        }
+                        int iw0 = ((bph - s->PW) % s->SW + s->SW) % s->SW; /* (iw0 + PW) % SW == b */
+                        for (int iw = iw0; iw < s->W; iw += s->SW) dst[iw] = src[(iw + s->PW) / s->SW];
+                    }
+                }
+            }
+            for (int m = 0; m < M; m++) {
+                const int oc = c * M + m;
+                for (int t = 0; t < KK; t++) {
+                    const float *l = lw + ((size_t)m * KK + t) * DW_B;
+                    float acc = 0.0f;
+                    for (int j = 0; j < DW_B; j++) acc += l[j];
+                    dw[(size_t)oc * KK + t] = acc;
+                }
+                if (db) {
+                    float acc = 0.0f;
+                    for (int j = 0; j < DW_B; j++) acc += lb[m * DW_B + j];
+                    db[oc] = acc;
+                }
+            }
+        }
+    }
+}
+
+/* The scalar reference: the direct loops, float64 sums, one thread. */
+static void dw_forward_ref(const conv2d_shape *s, const float *x, const float *w, const float *b, float *y) {
+    const int M = s->OC / s->C, KK = s->KH * s->KW;
+    for (int n = 0; n < s->N; n++)
+        for (int oc = 0; oc < s->OC; oc++) {
+            const float *xp = x + ((size_t)n * s->C + oc / M) * s->H * s->W, *wp = w + (size_t)oc * KK;
+            for (int oh = 0; oh < s->OH; oh++)
+                for (int ow = 0; ow < s->OW; ow++) {
+                    double acc = b ? b[oc] : 0.0;
+                    for (int kh = 0; kh < s->KH; kh++)
+                        for (int kw = 0; kw < s->KW; kw++) {
+                            int ih = oh * s->SH - s->PH + kh, iw = ow * s->SW - s->PW + kw;
+                            if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
+                            acc += (double)xp[(size_t)ih * s->W + iw] * wp[kh * s->KW + kw];
+                        }
+                    y[(((size_t)n * s->OC + oc) * s->OH + oh) * s->OW + ow] = (float)acc;
+                }
+        }
+}
+
+static void dw_backward_ref(const conv2d_shape *s, const float *x, const float *w, const float *dy, float *dx,
+                            float *dw, float *db) {
+    const int M = s->OC / s->C, KK = s->KH * s->KW;
+    const size_t xs = (size_t)s->H * s->W, ys = (size_t)s->OH * s->OW;
+    if (dx) memset(dx, 0, sizeof(float) * s->N * s->C * xs);
+    for (int oc = 0; oc < s->OC; oc++) {
+        double bacc = 0.0;
+        for (int t = 0; t < KK; t++) {
+            const int kh = t / s->KW, kw = t % s->KW;
+            double acc = 0.0;
+            for (int n = 0; n < s->N; n++) {
+                const float *xp = x + ((size_t)n * s->C + oc / M) * xs, *g = dy + ((size_t)n * s->OC + oc) * ys;
+                float *dxp = dx ? dx + ((size_t)n * s->C + oc / M) * xs : NULL;
+                for (int oh = 0; oh < s->OH; oh++)
+                    for (int ow = 0; ow < s->OW; ow++) {
+                        const float gv = g[(size_t)oh * s->OW + ow];
+                        if (t == 0) bacc += gv;
+                        int ih = oh * s->SH - s->PH + kh, iw = ow * s->SW - s->PW + kw;
+                        if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
+                        acc += (double)gv * xp[(size_t)ih * s->W + iw];
+                        if (dxp) dxp[(size_t)ih * s->W + iw] += gv * w[(size_t)oc * KK + t];
+                    }
+            }
+            dw[(size_t)oc * KK + t] = (float)acc;
+        }
+        if (db) db[oc] = (float)bacc;
+    }
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+static int is_depthwise(const conv2d_shape *s) { return s->G > 1 && s->G == s->C; }
+
+/* One group's shape: C / G inputs, OC / G outputs. */
+static conv2d_shape group_shape(const conv2d_shape *s) {
+    conv2d_shape t = *s;
+    t.C /= s->G;
+    t.OC /= s->G;
+    t.G = 1;
+    return t;
+}
+
+static int shape_ok(const conv2d_shape *s) {
+    conv2d_shape t = *s;
+    return conv2d_shape_init(&t) == NN_OK && t.OH == s->OH && t.OW == s->OW;
+}
+
+size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    if (!shape_ok(s)) return 0;
+    if (is_depthwise(s)) return dw_workspace(s, nthreads);
+    conv2d_shape t = group_shape(s); /* the groups run one after another in one workspace */
+    return workspace_one(&t, nthreads);
+}
+
+int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                   float *y, float *ws, size_t ws_len) {
+    if (!shape_ok(s)) return NN_EBADSHAPE;
+    int nt = nn_threads();
+    if (is_depthwise(s) && nn_get_reference()) {
+        dw_forward_ref(s, x, w, b, y);
+        return NN_OK;
+    }
+    if (ws_len < conv2d_workspace_size(s, nt)) return NN_EWORKSPACE;
+    if (is_depthwise(s)) {
+        dw_geom g;
+        dw_geom_init(s, &g);
+        dw_forward(s, &g, x, w, b, y, ws, nt);
+        return NN_OK;
+    }
+    const conv2d_shape t = group_shape(s);
+    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)s->OC * s->OH * s->OW;
+    const size_t xg = (size_t)t.C * s->H * s->W, yg = (size_t)t.OC * s->OH * s->OW;
+    const size_t wg = (size_t)t.OC * t.C * s->KH * s->KW;
+    for (int g = 0; g < s->G; g++)
+        forward_one(&t, x + g * xg, xs, w + g * wg, b ? b + (size_t)g * t.OC : NULL, y + g * yg, ys, ws, nt);
+    return NN_OK;
+}
+
+int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
+                    float *dx, float *dw, float *db, float *ws, size_t ws_len) {
+    if (!shape_ok(s)) return NN_EBADSHAPE;
+    int nt = nn_threads();
+    if (is_depthwise(s) && nn_get_reference()) {
+        dw_backward_ref(s, x, w, dy, dx, dw, db);
+        return NN_OK;
+    }
+    if (ws_len < conv2d_workspace_size(s, nt)) return NN_EWORKSPACE;
+    if (is_depthwise(s)) {
+        dw_geom g;
+        dw_geom_init(s, &g);
+        dw_backward(s, &g, x, w, dy, dx, dw, db, ws, nt);
+        return NN_OK;
+    }
+    const conv2d_shape t = group_shape(s);
+    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)s->OC * s->OH * s->OW;
+    const size_t xg = (size_t)t.C * s->H * s->W, yg = (size_t)t.OC * s->OH * s->OW;
+    const size_t wg = (size_t)t.OC * t.C * s->KH * s->KW;
+    for (int g = 0; g < s->G; g++)
+        backward_one(&t, x + g * xg, xs, w + g * wg, dy + g * yg, ys, dx ? dx + g * xg : NULL, dw + g * wg,
+                     db ? db + (size_t)g * t.OC : NULL, ws, nt);
+    return NN_OK;
+}
+
 int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w, const float *b,
                           float *y) {
-    conv2d_shape t = *s;
-    if (conv2d_shape_init(&t) != NN_OK || t.OH != s->OH || t.OW != s->OW) return NN_EBADSHAPE;
+    if (!shape_ok(s)) return NN_EBADSHAPE;
+    const int Cg = s->C / s->G, OCg = s->OC / s->G;
     for (int n = 0; n < s->N; n++)
         for (int oc = 0; oc < s->OC; oc++)
             for (int oh = 0; oh < s->OH; oh++)
                 for (int ow = 0; ow < s->OW; ow++) {
                     double acc = b ? b[oc] : 0.0;
-                    for (int c = 0; c < s->C; c++)
+                    for (int c = 0; c < Cg; c++)
                         for (int kh = 0; kh < s->KH; kh++)
                             for (int kw = 0; kw < s->KW; kw++) {
                                 int ih = oh * s->SH - s->PH + kh, iw = ow * s->SW - s->PW + kw;
                                 if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
-                                acc += (double)x[(((size_t)n * s->C + c) * s->H + ih) * s->W + iw] *
-                                       w[(((size_t)oc * s->C + c) * s->KH + kh) * s->KW + kw];
+                                const int ci = oc / OCg * Cg + c;
+                                acc += (double)x[(((size_t)n * s->C + ci) * s->H + ih) * s->W + iw] *
+                                       w[(((size_t)oc * Cg + c) * s->KH + kh) * s->KW + kw];
                             }
                     y[(((size_t)n * s->OC + oc) * s->OH + oh) * s->OW + ow] = (float)acc;
                 }

@@ -101,11 +101,14 @@ int softmax_xent_forward_backward(int N, int C, const float *logits, const int32
                                   const float *class_weight, float *probs, float *row_loss,
                                   float *dlogits);
 
-/* ---- conv.c: x[N,C,H,W], w[OC,C,KH,KW], b[OC], y[N,OC,OH,OW] ---- */
+/* ---- conv.c: x[N,C,H,W], w[OC,C/G,KH,KW], b[OC], y[N,OC,OH,OW] (G groups, as PyTorch's
+ *      groups: output channels [g OC/G, (g+1) OC/G) see input channels [g C/G, (g+1) C/G));
+ *      G == C > 1 is a depthwise convolution (a direct kernel, no im2col) ---- */
 typedef struct {
-    int N, C, H, W, OC, KH, KW, SH, SW, PH, PW, OH, OW;
+    int N, C, H, W, OC, KH, KW, SH, SW, PH, PW, OH, OW, G;
 } conv2d_shape;
-/* Fills OH/OW from the rest; returns NN_EBADSHAPE when the output would be empty. */
+/* Fills OH/OW from the rest; returns NN_EBADSHAPE when the output would be empty or G < 1
+ * does not divide both C and OC. */
 int conv2d_shape_init(conv2d_shape *s);
 size_t conv2d_workspace_size(const conv2d_shape *s, int nthreads);
 int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const float *b,

@@ -14,7 +14,7 @@ cdef extern from "nn_kernels.h" nogil:
     ctypedef void (*nn_sgemm_fn)(char *, char *, int *, int *, int *, float *, float *, int *,
                                  float *, int *, float *, float *, int *)
     ctypedef struct conv2d_shape:
-        int N, C, H, W, OC, KH, KW, SH, SW, PH, PW, OH, OW
+        int N, C, H, W, OC, KH, KW, SH, SW, PH, PW, OH, OW, G
     ctypedef struct pool2d_shape:
         int N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW
     void nn_set_sgemm(nn_sgemm_fn fn)
@@ -288,7 +288,7 @@ def softmax_xent(int N, int C, logits, labels, class_weight, probs, row_loss, dl
 
 cdef conv2d_shape conv_shape(tuple dims) except *:
     cdef conv2d_shape s
-    s.N, s.C, s.H, s.W, s.OC, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW = dims
+    s.N, s.C, s.H, s.W, s.OC, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, s.G = dims
     check(conv2d_shape_init(&s), "conv2d")
     return s
 

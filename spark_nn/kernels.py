@@ -216,9 +216,18 @@ def softmax_cross_entropy(logits, labels, class_weight=None, need_grad=True):
 
 # ----------------------------------------------------------------------------- conv2d
 
-def _conv_dims(x, w, stride, padding):
-    w = check_array("w", w, ("OC", "C", "KH", "KW"))
-    oc, c, kh, kw = w.shape
+def _conv_dims(x, w, stride, padding, groups=1):
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
+    groups = int(groups)
+    w = check_array("w", w, ("OC", "C/groups", "KH", "KW"))
+    oc, cg, kh, kw = w.shape
+    if oc % groups:
+        raise ValueError(f"groups={groups} must divide the output channels: w has shape {_fmt(w.shape)}, "
+                         f"{oc} output channels")
+    c = cg * groups
+    if isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[1] % groups:
+        raise ValueError(f"groups={groups} must divide the input channels: x has shape {_fmt(x.shape)}")
     x = check_array("x", x, ("N", c, "H", "W"))
     sh, sw = _pair("stride", stride)
     ph, pw = _pair("padding", padding)
@@ -230,7 +239,7 @@ def _conv_dims(x, w, stride, padding):
     if h + 2 * ph < kh or wd + 2 * pw < kw:
         raise ValueError(f"x of spatial size {(h, wd)} with padding {(ph, pw)} is smaller than "
                          f"the kernel {(kh, kw)}")
-    dims = (n, c, h, wd, oc, kh, kw, sh, sw, ph, pw)
+    dims = (n, c, h, wd, oc, kh, kw, sh, sw, ph, pw, groups)
     oh, ow = _kernels.conv2d_out_shape(dims)
     return x, w, dims, (n, oc, oh, ow)
 
@@ -242,10 +251,12 @@ def conv2d_output_shape(input_shape, out_channels, kernel, stride=1, padding=0):
     return (n, out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
-    """y[N,OC,OH,OW] = conv(x[N,C,H,W], w[OC,C,KH,KW]) + b[OC]."""
+def conv2d_forward(x, w, b=None, stride=1, padding=0, groups=1):
+    """y[N,OC,OH,OW] = conv(x[N,C,H,W], w[OC,C/groups,KH,KW]) + b[OC] (PyTorch's F.conv2d with
+    groups: output channel o sees input channels [g C/groups, (g+1) C/groups), g = o // (OC/groups);
+    groups == C is a depthwise convolution)."""
     _prepare()
-    x, w, dims, yshape = _conv_dims(x, w, stride, padding)
+    x, w, dims, yshape = _conv_dims(x, w, stride, padding, groups)
     b = _optional("b", b, (w.shape[0],))
     y = np.empty(yshape, dtype=F32)
     ws = _workspace(_kernels.conv2d_ws_size(dims, _kernels.threads_now()))
@@ -253,10 +264,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return y
 
 
-def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, has_bias=True, dw=None, db=None):
-    """Returns (dx[N,C,H,W] or None, dw[OC,C,KH,KW], db[OC] or None)."""
+def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, has_bias=True, dw=None, db=None, groups=1):
+    """Returns (dx[N,C,H,W] or None, dw[OC,C/groups,KH,KW], db[OC] or None)."""
     _prepare()
-    x, w, dims, yshape = _conv_dims(x, w, stride, padding)
+    x, w, dims, yshape = _conv_dims(x, w, stride, padding, groups)
     dy = check_array("dy", dy, yshape)
     dx = np.empty(x.shape, dtype=F32) if need_dx else None
     dw = _out("dw", dw, w.shape)
@@ -266,9 +277,9 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, has_bias=True, 
     return dx, dw, db
 
 
-def conv2d_forward_reference(x, w, b=None, stride=1, padding=0):
+def conv2d_forward_reference(x, w, b=None, stride=1, padding=0, groups=1):
     """Direct (no im2col, no BLAS) convolution with float64 accumulation, for tests."""
-    x, w, dims, yshape = _conv_dims(x, w, stride, padding)
+    x, w, dims, yshape = _conv_dims(x, w, stride, padding, groups)
     b = _optional("b", b, (w.shape[0],))
     y = np.empty(yshape, dtype=F32)
     _kernels.conv2d_direct(dims, x, w, b, y)
