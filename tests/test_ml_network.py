@@ -1,0 +1,153 @@
+"""NetworkClassifier: the user's own network on Spark. BatchNorm's running statistics travel
+with the rounds (a fit on one partition is the same steps in one process), frozen layers stay
+bitwise unchanged, torch modules are traced on the driver, and the estimator behaves as CNN
+does (transform, save/load, clear errors)."""
+import numpy as np
+import pytest
+import torch
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.linalg import Vectors
+
+from spark_nn.ml.classification import NetworkClassificationModel, NetworkClassifier
+from spark_nn.ml.training.blocks import TrainingData
+from spark_nn.ml.training.trainer import DistributedTrainer
+from spark_nn.ml.training.worker import StepSampler
+from spark_nn.nn import layers as L
+from spark_nn.nn.model import Sequential
+from spark_nn.nn.optimizers import make_optimizer
+from pixel_data import bright_pixel_rows
+
+
+def _bn_net(seed=0, flat_head=False):
+    """A small residual network with BatchNorm everywhere, on 1x6x6 images, 3 classes; its head
+    averages each channel, or (flat_head) reads every position (the class is where a pixel is)."""
+    head = [L.Flatten(), L.Dense(3)] if flat_head else [L.GlobalAvgPool2D(), L.Dense(3)]
+    return Sequential([
+        L.Conv2D(4, 3, padding=1, use_bias=False), L.BatchNorm2D(), L.Activation("relu"),
+        L.Residual([L.Conv2D(4, 3, padding=1, use_bias=False), L.BatchNorm2D(), L.Activation("relu"),
+                    L.Conv2D(4, 3, padding=1, use_bias=False), L.BatchNorm2D()]),
+        L.Activation("relu")] + head, (1, 6, 6), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def pixels(spark):
+    x, y = bright_pixel_rows(np.random.default_rng(7), 192)
+    rows = [(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)]
+    return spark.createDataFrame(rows, ["features", "label"]).repartition(2).cache(), x, y
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_batchnorm_fit_on_one_partition_is_the_same_steps_in_one_process(pixels, frozen):
+    df, _, _ = pixels
+
+    def network():
+        net = _bn_net(seed=1)
+        # frozen: the first block's weights reach the tasks once per fit, and its BatchNorm
+        # normalizes with (and keeps) its running statistics
+        if frozen:
+            net.set_trainable(False, [0, 1])
+            net.frozen[:] = net.frozen * 1.5 + 0.01  # "pretrained": not what the config's seed makes
+        net.buffers[:] = np.linspace(0.5, 1.5, net.buffers.size)  # nor are the statistics
+        return net
+
+    net = network()
+    spec = {"kind": "vector", "shape": [1, 6, 6]}
+    data = TrainingData(df, "features", "label", spec, num_partitions=1)
+    try:
+        x, y = (np.array(a) for a in _block(data))
+        trainer = DistributedTrainer(net.config(), data, epochs=2, batch_size=32, optimizer="sgd", step_size=0.05,
+                                     momentum=0.0, seed=3, local_steps=1, buffers=net.buffers, frozen=net.frozen)
+        weights = trainer.run(net.params)
+    finally:
+        data.release()
+    # the same minibatches (rows and dropout keys as the trainer's sampler draws them), in process
+    local = network()
+    opt = make_optimizer("sgd", lr=0.05, momentum=0.0)
+    sampler = StepSampler(3, [len(x)], 32)
+    for epoch in range(2):
+        for step in range(sampler.steps_per_epoch):
+            rows = sampler.rows(0, epoch, step)
+            local.train_step(opt, x[rows], y[rows].astype(np.int64), np.random.default_rng([3, epoch, step, 0, 1]))
+    # 32 rows a step: the rows-weighted mean of one partition's statistics is exact
+    np.testing.assert_array_equal(weights, local.params)
+    np.testing.assert_array_equal(trainer.buffers, local.buffers)
+    assert not np.array_equal(local.buffers, _bn_net(seed=1).buffers)  # the statistics moved
+
+
+def _block(data):
+    from spark_nn.ml.training.blocks import open_block
+
+    (block,) = data.blocks()
+    return open_block(block)[:2]
+
+
+@pytest.mark.parametrize("local_steps", [1, 4])
+def test_network_classifier_trains_a_frozen_body_and_a_new_head(pixels, local_steps):
+    df, _, _ = pixels
+    net = _bn_net(seed=2)
+    net.set_trainable(False, range(len(net.layers) - 1))  # everything but the dense head
+    before = net.weights_dict()
+    model = NetworkClassifier(network=net, maxIter=3, batchSize=32, localSteps=local_steps, seed=1).fit(df)
+    after = model.network.weights_dict()
+    head = f"{len(net.layers) - 1}."
+    frozen = [k for k in before if not k.startswith(head)]
+    assert frozen and all(np.array_equal(before[k], after[k]) for k in frozen)  # BatchNorm statistics included
+    assert not np.array_equal(before[head + "w"], after[head + "w"])
+    assert model.network.num_params == 3 * 4 + 3
+    assert net.weights_dict()["6.w"].tobytes() == before["6.w"].tobytes()  # the user's network is not touched
+    scored = model.transform(df)
+    assert {"rawPrediction", "probability", "prediction"} <= set(scored.columns)
+
+
+def test_network_classifier_learns_with_batchnorm_and_saves(spark, pixels, tmp_path):
+    df, _, _ = pixels
+    x, y = bright_pixel_rows(np.random.default_rng(8), 300)  # held-out rows
+    test = spark.createDataFrame([(Vectors.dense(a.tolist()), float(b)) for a, b in zip(x, y)], ["features", "label"])
+    net = _bn_net(seed=4, flat_head=True)
+    model = NetworkClassifier(network=net, maxIter=8, batchSize=16, stepSize=0.01, seed=0).fit(df)
+    assert isinstance(model, NetworkClassificationModel)
+    # a third is chance; the fit's BatchNorm statistics must serve unseen rows
+    acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(model.transform(test))
+    assert acc > 0.9, acc
+    running = model.network.layers[1].buffers["running_var"]
+    assert not np.allclose(running, 1.0)  # the fit's statistics reached the model
+    model.save(str(tmp_path / "m"))
+    loaded = NetworkClassificationModel.load(str(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.network.buffers, model.network.buffers)
+    a = model.transform(df).select("probability").collect()
+    b = loaded.transform(df).select("probability").collect()
+    assert [r[0] for r in a] == [r[0] for r in b]
+
+
+def test_network_classifier_takes_a_torch_module_traced_on_the_driver(pixels):
+    df, _, _ = pixels
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"35 values per row, which is not a square image; set imageShape"):
+        NetworkClassifier(network=tm, maxIter=1).fit(_no_shape(df))
+    model = NetworkClassifier(network=tm, imageShape=[1, 6, 6], maxIter=2, seed=0).fit(df)
+    assert [type(layer).__name__ for layer in model.network.layers] == [
+        "Conv2D", "BatchNorm2D", "Activation", "GlobalAvgPool2D", "Dense"]
+
+
+def _no_shape(df):
+    """Pixels as 35 values a row: neither square nor given a shape."""
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import functions as F
+
+    return df.select(array_to_vector(F.slice(vector_to_array("features"), 1, 35)).alias("features"), "label")
+
+
+def test_network_classifier_errors_name_what_does_not_fit(pixels):
+    df, _, _ = pixels
+    with pytest.raises(ValueError, match="set network"):
+        NetworkClassifier().fit(df)
+    wrong = Sequential([L.Flatten(), L.Dense(3)], (1, 5, 5))
+    with pytest.raises(ValueError, match=r"the network takes inputs of shape \(1, 5, 5\) \(25 values\), but "
+                                         r"'features' has 36 values per row"):
+        NetworkClassifier(network=wrong).fit(df)
+    with pytest.raises(ValueError, match="numClasses is 4 but the network has 3 outputs"):
+        NetworkClassifier(network=_bn_net(), numClasses=4).fit(df)
+    with pytest.raises(ValueError, match="network holds an in-memory network"):
+        NetworkClassifier(network=_bn_net()).write()
