@@ -151,3 +151,23 @@ def test_network_classifier_errors_name_what_does_not_fit(pixels):
         NetworkClassifier(network=_bn_net(), numClasses=4).fit(df)
     with pytest.raises(ValueError, match="network holds an in-memory network"):
         NetworkClassifier(network=_bn_net()).write()
+
+
+def test_network_featurizer_writes_the_head_s_input_as_a_vector_column(pixels, tmp_path):
+    from spark_nn.ml.feature import NetworkFeaturizer
+
+    df, x, _ = pixels
+    net = _bn_net(seed=5)
+    net.buffers[:] = np.linspace(0.5, 1.5, net.buffers.size)  # statistics the rows must be scored with
+    featurizer = NetworkFeaturizer(network=net, inputCol="features")
+    rows = featurizer.transform(df.limit(20)).select("features", "embedding").collect()
+    assert featurizer.layerIndex() == len(net.layers) - 2 and featurizer.numFeatures == 4
+    got = np.array([r.embedding.toArray() for r in rows])
+    block = np.array([r.features.toArray() for r in rows], dtype=np.float32).reshape(-1, 1, 6, 6)
+    np.testing.assert_array_equal(got, net.predict_layer_output(block, len(net.layers) - 2).astype(np.float64))
+    featurizer.save(str(tmp_path / "f"))
+    loaded = NetworkFeaturizer.load(str(tmp_path / "f"))
+    again = np.array([r.embedding.toArray() for r in loaded.transform(df.limit(20)).select("embedding").collect()])
+    np.testing.assert_array_equal(again, got)
+    with pytest.raises(ValueError, match="layer 9 is outside the network's 7 layers"):
+        NetworkFeaturizer(network=net, layer=9).transform(df)

@@ -16,9 +16,11 @@ from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, S
 from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it from here)
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column
-from spark_nn.ml.columns import IMAGE_KINDS, encoded_image_shape, first_row_size, image_shape, uniform_image_shape
+from spark_nn.ml.columns import (IMAGE_KINDS, encoded_image_shape, feature_kind, first_row_size, image_shape,
+                                 uniform_image_shape)
 from spark_nn.ml.images import convert_channels, resize_bilinear
-from spark_nn.ml.params import AutoEncoderParams, with_accessors
+from spark_nn.ml.interop import network_copy
+from spark_nn.ml.params import AutoEncoderParams, FeaturizerParams, with_accessors
 from spark_nn.ml.persistence import ParamsWritable, local_path
 from spark_nn.nn import builders
 
@@ -375,3 +377,87 @@ class AutoEncoder(NeuralEstimator, AutoEncoderParams):
 
 __all__ = ["AutoEncoder", "AutoEncoderModel", "ImageFeature", "SequenceAssembler", "Tokenizer",
            "VocabularySequenceAssembler", "VocabularySequenceAssemblerModel"]
+
+
+def layer_outputs(model, x, index):
+    """One layer's output, flat per row (a vector column), for a block."""
+    width = int(np.prod(model.layers[index].output_shape))
+    if len(x) == 0:
+        return [list_column(np.zeros((0, width)))]
+    return [list_column(model.predict_layer_output(x, index).reshape(len(x), width))]
+
+
+class NetworkFeaturizer(FeaturizerParams, NeuralModel):
+    """Writes one layer's output of a network as a vector column (``outputCol``, default
+    'embedding'): by default the input of its last Dense layer, the features a classifier's head
+    reads, e.g. a pretrained ResNet's 512 pooled features for a model of your own downstream.
+    Scores in Arrow batches with ``mapInArrow``, as a model's transform does.
+
+    network: a spark_nn.nn.Sequential, a torch module (traced on the driver; its input shape from
+    image structs or ``imageShape``), a fitted spark_nn model or a saved one's path."""
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        for name in self._input_kwargs:
+            if not self.hasParam(name):
+                raise TypeError(f"NetworkFeaturizer has no param {name!r}")
+        self._set(**self._input_kwargs)
+
+    def layerIndex(self, net=None):
+        """The index of the layer whose output is written."""
+        net = net or self._net
+        index = self.getOrDefault(self.layer)
+        if index == -1:
+            dense = [i for i, layer in enumerate(net.layers) if type(layer).__name__ == "Dense"]
+            if not dense or dense[-1] == 0:
+                raise ValueError("NetworkFeaturizer: the network has no Dense layer after another layer; set layer")
+            return dense[-1] - 1
+        if not 0 <= index < len(net.layers):
+            raise ValueError(f"NetworkFeaturizer: layer {index} is outside the network's {len(net.layers)} layers")
+        return index
+
+    def _prepare(self, dataset):
+        """The network (once) and the input spec for this dataset's features column."""
+        col = self.getInputCol()
+        kind = feature_kind(dataset, col)
+        if self._net is None:
+            if not self.isDefined(self.network):
+                raise ValueError("NetworkFeaturizer: set network")
+            shape = None
+            if kind == "image":
+                shape = image_shape(dataset, col)
+            elif self.isDefined(self.imageShape):
+                shape = self.getOrDefault(self.imageShape)
+            net = network_copy(self.getOrDefault(self.network), None if shape is None else tuple(shape))
+            self._setPayload(net, {"kind": kind, "shape": list(net.input_shape)})
+            self.layerIndex()  # a bad layer is an error before any job
+        spec = dict(self._spec)
+        if kind == "encoded":
+            decoding = self.decoding()
+            spec.update(kind=kind, size=decoding["size"])
+        return spec
+
+    def _transform(self, dataset):
+        self._spec = self._prepare(dataset)
+        return super()._transform(dataset)
+
+    def _output_columns(self):
+        return [(self.getOutputCol(), "vector")]
+
+    def _outputs_fn(self):
+        return functools.partial(layer_outputs, index=self.layerIndex())
+
+    @property
+    def numFeatures(self):
+        return int(np.prod(self._net.layers[self.layerIndex()].output_shape))
+
+    def write(self):
+        """Saves the network with the params (the network param itself is not metadata)."""
+        if self._net is None:
+            raise ValueError("NetworkFeaturizer: transform a DataFrame once (or load a saved featurizer) before "
+                             "saving: the network is resolved against the input's shape")
+        that = self.copy()
+        that.clear(that.network)
+        that._setPayload(self._net, self._spec)
+        return super(NetworkFeaturizer, that).write()

@@ -311,3 +311,23 @@ class NetworkParams(NeuralParams, EncodedImageParams):
                     "or model; its layers with trainable False (torch: requires_grad False) stay frozen",
                     typeConverter=check_network)
     imageShape = CNNParams.imageShape
+
+
+@with_accessors
+class FeaturizerParams(HasInputCol, HasOutputCol, EncodedImageParams):
+    """Params of NetworkFeaturizer: which network, which of its layers, which columns."""
+
+    network = NetworkParams.network
+    imageShape = CNNParams.imageShape
+    layer = Param(Params._dummy(), "layer",
+                  "index of the layer (in the network's top-level list) whose output is written; -1 (default): "
+                  "the input of the last Dense layer, the features a classifier's head reads",
+                  typeConverter=TypeConverters.toInt)
+    threadsPerTask = TrainingParams.threadsPerTask
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(inputCol="features", outputCol="embedding", layer=-1, threadsPerTask=0)
+
+    def featuresColumn(self):
+        return self.getInputCol()
