@@ -41,3 +41,19 @@ def test_on_spark_connect_snippet_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     accuracy = float(proc.stdout.split("ACCURACY ")[1].split()[0])
     assert accuracy > 0.9, proc.stdout
+
+
+def test_your_own_network_snippets_run(spark, tmp_path, monkeypatch):
+    snippets = _section_snippets("Your own network, and transfer learning")
+    assert len(snippets) == 3
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    for code in snippets:
+        exec(compile(code, README, "exec"), scope)
+    model, net = scope["model"], scope["pretrained"]
+    # the frozen body came over frozen: only the new head (64*8*8*10 + 10) trains
+    assert model.network.num_params == 64 * 8 * 8 * 10 + 10
+    assert scope["accuracy"] > 0.5, scope["accuracy"]  # chance is 0.1
+    assert scope["features"].schema["embedding"] is not None
+    assert scope["features"].first().embedding.size == 64 * 8 * 8
+    assert scope["scratch"].network.buffers.size == 2 * (16 + 16 + 16)
