@@ -1,6 +1,6 @@
 """Ours against what a Spark user would pick instead, in one run and one local[2] session.
 
-    python benchmarks/compare_peers.py [--sets digits mnist60k text] [--mnist-epochs 3]
+    python benchmarks/compare_peers.py [--sets digits mnist60k text resnet18] [--mnist-epochs 3]
 
 Contenders, same architecture for the networks (3x3 conv 32 + ReLU + 2x2 max-pool, 3x3 conv 64 +
 ReLU + 2x2 max-pool, dense over 10 classes):
@@ -19,6 +19,10 @@ ReLU + 2x2 max-pool, dense over 10 classes):
 Data: (a) scikit-learn's digits as PNG folders through ImageFeature.loadImages, a random 80/20
 split; (b) 60,000 + 10,000 MNIST-sized 1x28x28 images made from the digits
 (spark_nn.datasets.digits_28), stored as Parquet and read by Spark.
+ResNet-18 (--sets resnet18): torchvision's ResNet-18 with the CIFAR stem on 3x32x32 colour
+images made from the digits (2048 training and 512 test images by default, Parquet), ours as
+NetworkClassifier(network=<the torch module>) at defaults against the limit, TorchDistributor
+and torch; a step of batch 64 costs about 100 GFLOP, so the set is small.
 Text: text_rnn.py's Rotten Tomatoes snippets, the seed's RNN program (and LSTM cells) against
 MLlib's Tokenizer + HashingTF + LogisticRegression, fit time and test accuracy.
 Reported: wall time of each fit (ours and TorchDistributor include their start-up: the pass
@@ -36,19 +40,30 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import print_table  # noqa: E402
 
-TARGETS = {"digits": 0.985, "mnist60k": 0.97}
+TARGETS = {"digits": 0.985, "mnist60k": 0.97, "resnet18": 0.9}
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 
 # ---------------------------------------------------------------- torch (peers only)
-def torch_net():
+def torch_net(kind="cnn"):
+    """The seed's CNN, or (kind 'resnet18') torchvision's ResNet-18 with the CIFAR stem, as
+    tests/torchvision_models.py writes it (torchvision's wheel does not import here)."""
+    import torch
     import torch.nn as nn
 
+    if kind == "resnet18":
+        if TESTS not in sys.path:
+            sys.path.insert(0, TESTS)
+        import torchvision_models as tv
+
+        torch.manual_seed(0)
+        return tv.resnet18(num_classes=10, cifar_stem=True)
     return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.LazyLinear(10))
 
 
-def torch_train(path, epochs, batch_size, lr, threads, distributed):
+def torch_train(path, epochs, batch_size, lr, threads, distributed, kind="cnn"):
     """Trains on the arrays in path (npz: xtr, ytr, xte, yte); returns [(epoch seconds, test
     accuracy)] (accuracy checked after every epoch by every rank, counted in its time)."""
     import torch
@@ -65,7 +80,8 @@ def torch_train(path, epochs, batch_size, lr, threads, distributed):
     xtr, ytr = torch.from_numpy(d["xtr"][rank::world]), torch.from_numpy(d["ytr"][rank::world])
     xte, yte = torch.from_numpy(d["xte"]), torch.from_numpy(d["yte"])
     torch.manual_seed(0)
-    model = torch_net()
+    model = torch_net(kind)
+    model.eval()
     model(xtr[:1])  # materialize the lazy layer before DDP wraps it
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -96,26 +112,26 @@ def torch_train(path, epochs, batch_size, lr, threads, distributed):
     return history
 
 
-def _distributed_entry(path, epochs, batch_size, lr):
-    return torch_train(path, epochs, batch_size, lr, threads=1, distributed=True)
+def _distributed_entry(path, epochs, batch_size, lr, kind):
+    return torch_train(path, epochs, batch_size, lr, threads=1, distributed=True, kind=kind)
 
 
-def run_torch_distributor(path, epochs, lr):
+def run_torch_distributor(path, epochs, lr, kind="cnn"):
     from pyspark.ml.torch.distributor import TorchDistributor
 
     t0 = time.perf_counter()
     history = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False).run(
-        _distributed_entry, path, epochs, 32, lr)
+        _distributed_entry, path, epochs, 32, lr, kind)
     return time.perf_counter() - t0, history
 
 
-def run_torch_single(path, epochs, lr):
+def run_torch_single(path, epochs, lr, kind="cnn"):
     t0 = time.perf_counter()
-    history = torch_train(path, epochs, 64, lr, threads=2, distributed=False)
+    history = torch_train(path, epochs, 64, lr, threads=2, distributed=False, kind=kind)
     return time.perf_counter() - t0, history
 
 
-def run_limit(path, epochs, threads=2):
+def run_limit(path, epochs, threads=2, kind="cnn"):
     """The yardstick: our kernels in one process, same threads, no Spark (Sequential.fit: the
     seed's network, Adam at CNN's default 3e-3 without its cosine decay, batch 32), test
     accuracy after each epoch. [(epoch seconds, test accuracy)]. Scoring the test rows after an
@@ -128,7 +144,13 @@ def run_limit(path, epochs, threads=2):
 
     data = np.load(path)
     xtr, ytr, xte, yte = data["xtr"], data["ytr"], data["xte"], data["yte"]
-    net = CNN(layers=[32, 64, 10], activation="relu", numClasses=10)._network({"shape": list(xtr.shape[1:])}, 10)
+    if kind == "resnet18":
+        from spark_nn.nn import Sequential
+
+        net = Sequential.from_torch(torch_net(kind), xtr.shape[1:])
+    else:
+        net = CNN(layers=[32, 64, 10], activation="relu", numClasses=10)._network({"shape": list(xtr.shape[1:])},
+                                                                                 10)
     set_num_threads(threads)
     opt = make_optimizer("adam", lr=3e-3)
     history, scoring = [], 0.0
@@ -143,15 +165,20 @@ def run_limit(path, epochs, threads=2):
 
 
 # ---------------------------------------------------------------- Spark contenders
-def run_ours(train, test, epochs, input_col, **params):
-    """The seed's CNN at default params (or with params); the test rows ride along as validation data."""
+def run_ours(train, test, epochs, input_col, kind="cnn", **params):
+    """The seed's CNN at default params (or with params), or (kind 'resnet18') NetworkClassifier
+    with the torch ResNet-18 at default params; the test rows ride along as validation data."""
     from pyspark.sql import functions as F
 
-    from spark_nn.ml.classification import CNN
+    from spark_nn.ml.classification import CNN, NetworkClassifier
 
     data = train.withColumn("isTest", F.lit(False)).unionByName(test.withColumn("isTest", F.lit(True)))
-    cnn = CNN(layers=[32, 64, 10], activation="relu", inputCol=input_col, outputCol="label", numClasses=10,
-              validationIndicatorCol="isTest", verbose=params.pop("verbose", True), **params)
+    common = dict(inputCol=input_col, outputCol="label", validationIndicatorCol="isTest",
+                  verbose=params.pop("verbose", True), **params)
+    if kind == "resnet18":
+        cnn = NetworkClassifier(network=torch_net(kind), imageShape=[3, 32, 32], **common)
+    else:
+        cnn = CNN(layers=[32, 64, 10], activation="relu", numClasses=10, **common)
     if epochs:
         cnn.setMaxIter(epochs)
     t0 = time.perf_counter()
@@ -233,6 +260,38 @@ def mnist_set(spark, workdir, n_train=60000, n_test=10000):
 
 
 # ---------------------------------------------------------------- report
+def resnet_set(spark, workdir, n_train=2048, n_test=512):
+    """3x32x32 colour images made from the digits (digits_28, padded to 32x32, each channel a
+    random tint of the digit plus noise), as Parquet read by Spark, and numpy copies."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_nn.datasets import digits_28
+
+    def colour(x, seed):
+        rng = np.random.default_rng(seed)
+        x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+        tint = rng.uniform(0.3, 1.0, (len(x), 3, 1, 1)).astype(np.float32)
+        noise = rng.normal(0, 0.1, (len(x), 3, 32, 32)).astype(np.float32)
+        return np.clip(x * tint + noise + rng.uniform(0, 0.3, (len(x), 3, 1, 1)), 0, 1).astype(np.float32)
+
+    (xtr, ytr), (xte, yte) = digits_28(n_train, "train"), digits_28(n_test, "test")
+    xtr, xte = colour(xtr, 0), colour(xte, 1)
+    path = os.path.join(workdir, "resnet.npz")
+    np.savez(path, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
+
+    def parquet(x, y, name):
+        flat = x.reshape(len(x), -1)
+        offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
+        table = pa.table({"pixels": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel())),
+                          "label": pa.array(y.astype(np.float64))})
+        out = os.path.join(workdir, name)
+        pq.write_table(table, out, row_group_size=512)
+        return spark.read.parquet(out)
+
+    return parquet(xtr, ytr, "rtrain.parquet"), parquet(xte, yte, "rtest.parquet"), "pixels", path, None, None, 0
+
+
 def time_to(history, target, start=0.0):
     t = start
     for seconds, acc in history:
@@ -260,7 +319,7 @@ def report(name, rows, target):
     print()
 
 
-def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, only, lr):
+def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, only, lr, kind="cnn"):
     train, test, input_col, npz, pix_train, pix_test, features = make(spark, workdir)
     rows = []
 
@@ -270,20 +329,20 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
               f"accuracy {[a for _, a in row[2] or []] or row[4].get('acc')}", flush=True)
 
     if "ours" in only:
-        wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col)
-        done(("spark_nn (seed program, defaults)", wall, hist, setup, {"text": f"k per epoch {sorted(set(ks))}"}))
-    if "pipelined" in only:
+        wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col, kind)
+        done(("spark_nn (seed program, defaults)" if kind == "cnn" else "spark_nn (NetworkClassifier, defaults)", wall, hist, setup, {"text": f"k per epoch {sorted(set(ks))}"}))
+    if "pipelined" in only and kind == "cnn":
         wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col, pipelineRounds=True)
         done(("spark_nn pipelined (seed program, pipelineRounds=True)", wall, hist, setup,
               {"text": f"k per epoch {sorted(set(ks))}"}))
     if "limit" in only:
-        wall, hist = run_limit(npz, epochs_ours or epochs_torch)
+        wall, hist = run_limit(npz, epochs_ours or epochs_torch, kind=kind)
         done(("limit: spark_nn in one process, 2 threads", wall, hist, 0.0, {"text": "no Spark; Adam 3e-3, batch 32"}))
     if "torchdistributor" in only:
-        wall, hist = run_torch_distributor(npz, epochs_torch, lr)
+        wall, hist = run_torch_distributor(npz, epochs_torch, lr, kind)
         done(("TorchDistributor, 2 processes", wall, hist, wall - sum(s for s, _ in hist), {}))
     if "torch" in only:
-        wall, hist = run_torch_single(npz, epochs_torch, lr)
+        wall, hist = run_torch_single(npz, epochs_torch, lr, kind)
         done(("torch, one process, 2 threads", wall, hist, wall - sum(s for s, _ in hist), {}))
     if "mllib" in only and mlp_iter:
         wall, acc = run_mllib(pix_train, pix_test, features, mlp_iter)
@@ -340,7 +399,9 @@ def compare_text(spark, epochs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["digits", "mnist60k", "text"],
-                    choices=["digits", "mnist60k", "text"])
+                    choices=["digits", "mnist60k", "text", "resnet18"])
+    ap.add_argument("--resnet-epochs", type=int, default=2)
+    ap.add_argument("--resnet-rows", type=int, default=2048, help="training images of the resnet18 set")
     ap.add_argument("--text-epochs", type=int, default=None, help="maxIter of the text networks (default: theirs)")
     ap.add_argument("--digits-torch-epochs", type=int, default=30)
     ap.add_argument("--mnist-epochs", type=int, default=3)
@@ -367,6 +428,9 @@ def main(argv=None):
                         args.torch_lr)
             if "text" in args.sets:
                 compare_text(spark, args.text_epochs)
+            if "resnet18" in args.sets:
+                compare(spark, "resnet18", lambda sp, wd: resnet_set(sp, wd, args.resnet_rows), args.resnet_epochs,
+                        args.resnet_epochs, 0, workdir, args.only, args.torch_lr, kind="resnet18")
     finally:
         spark.stop()
 

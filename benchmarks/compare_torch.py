@@ -199,6 +199,34 @@ def epoch_cases(torch, batch_sizes):
         yield f"digits CNN epoch, batch {bs} ({len(xtr)} images)", ours_epoch, torch_epoch
 
 
+def network_step_cases(torch):
+    """One training step of a ResNet-18 (torchvision's BasicBlock layout, base width 64, the
+    CIFAR stem: 3x3 stride-1 first convolution, no max-pool) on 3x32x32 images, batch 64, SGD
+    with momentum, BatchNorm in training mode: ours (imported from the torch module by tracing,
+    the same weights) vs torch."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    import torchvision_models as tv
+    from spark_nn.nn import Sequential
+    from spark_nn.nn.optimizers import make_optimizer
+
+    torch.manual_seed(0)
+    tnet = tv.resnet18(num_classes=10, cifar_stem=True).train()
+    ours = Sequential.from_torch(tnet, (3, 32, 32))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = make_optimizer("sgd", lr=0.01, momentum=0.9)
+    topt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+
+    def torch_step():
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(tnet(xt), yt).backward()
+        topt.step()
+
+    yield "ResNet-18 train step (CIFAR stem, 3x32x32, batch 64)", lambda: ours.train_step(opt, x, y), torch_step
+
+
 def measure(cases, runs, repeat, block=3):
     """{(case, column): [(ours ms, torch ms) per run]}; cases: (name, column, ours fn, torch fn).
     Each run goes through every case in turn, so one case's runs are spread over the benchmark."""
@@ -232,8 +260,8 @@ def main(argv=None):
                     help="'all' (every level this CPU has, each in its own process), 'avx512', 'avx2' or 'this' "
                          "(this process as it is)")
     ap.add_argument("--only", default="",
-                    help="comma-separated parts of op names: measure only the ops whose name contains one "
-                         "(and skip the training epochs)")
+                    help="comma-separated parts of op names: measure only the ops (and training cases: "
+                         "'epoch', 'ResNet') whose name contains one")
     args = ap.parse_args(argv)
     if args.isa != "this":
         import subprocess
@@ -282,13 +310,16 @@ def main(argv=None):
         print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
                     [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"]
                      for n, a, b in conv_rows])
-    if only:
-        return rows
     print()
-    epochs = [(name, "epoch", ours, theirs) for name, ours, theirs in epoch_cases(torch, (32, 128))]
-    epoch_times = measure(epochs, args.runs, 7, block=1)
-    print_table(["in-process training", "ours ms", "torch ms", "torch/ours"],
-                [[name] + cells(epoch_times[(name, "epoch")], 1) for name, *_ in epochs])
+    training = [(name, "epoch", ours, theirs, 7) for name, ours, theirs in epoch_cases(torch, (32, 128))] + \
+        [(name, "epoch", ours, theirs, 3) for name, ours, theirs in network_step_cases(torch)]
+    training = [t for t in training if not only or any(part in t[0] for part in only)]
+    if training:
+        times = {}
+        for repeat in sorted({t[4] for t in training}):
+            times.update(measure([t[:4] for t in training if t[4] == repeat], args.runs, repeat, block=1))
+        print_table(["in-process training", "ours ms", "torch ms", "torch/ours"],
+                    [[name] + cells(times[(name, "epoch")], 1) for name, *_ in training])
     return rows
 
 
