@@ -260,6 +260,16 @@ def mnist_set(spark, workdir, n_train=60000, n_test=10000):
 
 
 # ---------------------------------------------------------------- report
+def colour_digits(x, seed):
+    """1x28x28 digits images as 3x32x32 colour ones: padded, each channel a random tint of the
+    digit, plus a random background level and noise."""
+    rng = np.random.default_rng(seed)
+    x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    tint = rng.uniform(0.3, 1.0, (len(x), 3, 1, 1)).astype(np.float32)
+    noise = rng.normal(0, 0.1, (len(x), 3, 32, 32)).astype(np.float32)
+    return np.clip(x * tint + noise + rng.uniform(0, 0.3, (len(x), 3, 1, 1)), 0, 1).astype(np.float32)
+
+
 def resnet_set(spark, workdir, n_train=2048, n_test=512):
     """3x32x32 colour images made from the digits (digits_28, padded to 32x32, each channel a
     random tint of the digit plus noise), as Parquet read by Spark, and numpy copies."""
@@ -268,15 +278,8 @@ def resnet_set(spark, workdir, n_train=2048, n_test=512):
 
     from spark_nn.datasets import digits_28
 
-    def colour(x, seed):
-        rng = np.random.default_rng(seed)
-        x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
-        tint = rng.uniform(0.3, 1.0, (len(x), 3, 1, 1)).astype(np.float32)
-        noise = rng.normal(0, 0.1, (len(x), 3, 32, 32)).astype(np.float32)
-        return np.clip(x * tint + noise + rng.uniform(0, 0.3, (len(x), 3, 1, 1)), 0, 1).astype(np.float32)
-
     (xtr, ytr), (xte, yte) = digits_28(n_train, "train"), digits_28(n_test, "test")
-    xtr, xte = colour(xtr, 0), colour(xte, 1)
+    xtr, xte = colour_digits(xtr, 0), colour_digits(xte, 1)
     path = os.path.join(workdir, "resnet.npz")
     np.savez(path, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
 

@@ -99,6 +99,7 @@ def test_network_classifier_trains_a_frozen_body_and_a_new_head(pixels, local_st
     assert {"rawPrediction", "probability", "prediction"} <= set(scored.columns)
 
 
+@pytest.mark.once  # learning quality: the same in either kind of session
 def test_network_classifier_learns_with_batchnorm_and_saves(spark, pixels, tmp_path):
     df, _, _ = pixels
     x, y = bright_pixel_rows(np.random.default_rng(8), 300)  # held-out rows
@@ -171,3 +172,28 @@ def test_network_featurizer_writes_the_head_s_input_as_a_vector_column(pixels, t
     np.testing.assert_array_equal(again, got)
     with pytest.raises(ValueError, match="layer 9 is outside the network's 7 layers"):
         NetworkFeaturizer(network=net, layer=9).transform(df)
+
+
+@pytest.mark.once  # pyspark's Pipeline and CrossValidator around our stage: CNN's tests cover each session kind
+def test_network_classifier_in_a_pipeline_a_cross_validator_and_saved_with_a_network_path(pixels, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+
+    from spark_nn.nn import save_model
+
+    df, _, _ = pixels
+    save_model(_bn_net(seed=6, flat_head=True), str(tmp_path / "net"))
+    est = NetworkClassifier(network=str(tmp_path / "net"), maxIter=2, seed=0)
+    est.write().overwrite().save(str(tmp_path / "est"))
+    again = NetworkClassifier.load(str(tmp_path / "est"))
+    assert again.getOrDefault(again.network) == str(tmp_path / "net")
+    grid = ParamGridBuilder().addGrid(est.stepSize, [1e-3, 1e-2]).build()
+    cv = CrossValidator(estimator=est, estimatorParamMaps=grid, evaluator=MulticlassClassificationEvaluator(),
+                        numFolds=2, seed=0)
+    cv_model = Pipeline(stages=[cv]).fit(df)
+    assert len(cv_model.stages[0].avgMetrics) == 2
+    cv_model.write().overwrite().save(str(tmp_path / "pipe"))
+    loaded = PipelineModel.load(str(tmp_path / "pipe"))
+    a = [r.probability for r in cv_model.transform(df).select("probability").collect()]
+    b = [r.probability for r in loaded.transform(df).select("probability").collect()]
+    assert a == b
