@@ -235,27 +235,30 @@ def digits_set(spark, workdir):
     return train, test, "image", path, pixel_frame(xtr, ytr), pixel_frame(xte, yte), 64
 
 
-def mnist_set(spark, workdir, n_train=60000, n_test=10000):
+def pixel_parquet(spark, path, x, y, row_group_size, extra=None):
+    """Images x (flattened) as a 'pixels' array column and labels y, written as Parquet at path
+    and read back by Spark; extra: more columns ({name: values})."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    flat = x.reshape(len(x), -1)
+    offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
+    columns = {"pixels": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel())),
+               "label": pa.array(y.astype(np.float64))}
+    columns.update({k: pa.array(v) for k, v in (extra or {}).items()})
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return spark.read.parquet(path)
+
+
+def mnist_set(spark, workdir, n_train=60000, n_test=10000):
     from spark_nn.datasets import digits_28
 
     xtr, ytr = digits_28(n_train, "train")
     xte, yte = digits_28(n_test, "test")
     path = os.path.join(workdir, "mnist60k.npz")
     np.savez(path, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
-
-    def parquet(x, y, name):
-        flat = x.reshape(len(x), -1)
-        offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
-        table = pa.table({"pixels": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel())),
-                          "label": pa.array(y.astype(np.float64))})
-        out = os.path.join(workdir, name)
-        pq.write_table(table, out, row_group_size=8192)
-        return spark.read.parquet(out)
-
-    train, test = parquet(xtr, ytr, "train.parquet"), parquet(xte, yte, "test.parquet")
+    train = pixel_parquet(spark, os.path.join(workdir, "train.parquet"), xtr, ytr, 8192)
+    test = pixel_parquet(spark, os.path.join(workdir, "test.parquet"), xte, yte, 8192)
     return train, test, "pixels", path, train, test, 784
 
 
@@ -273,26 +276,15 @@ def colour_digits(x, seed):
 def resnet_set(spark, workdir, n_train=2048, n_test=512):
     """3x32x32 colour images made from the digits (digits_28, padded to 32x32, each channel a
     random tint of the digit plus noise), as Parquet read by Spark, and numpy copies."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from spark_nn.datasets import digits_28
 
     (xtr, ytr), (xte, yte) = digits_28(n_train, "train"), digits_28(n_test, "test")
     xtr, xte = colour_digits(xtr, 0), colour_digits(xte, 1)
     path = os.path.join(workdir, "resnet.npz")
     np.savez(path, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
-
-    def parquet(x, y, name):
-        flat = x.reshape(len(x), -1)
-        offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
-        table = pa.table({"pixels": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel())),
-                          "label": pa.array(y.astype(np.float64))})
-        out = os.path.join(workdir, name)
-        pq.write_table(table, out, row_group_size=512)
-        return spark.read.parquet(out)
-
-    return parquet(xtr, ytr, "rtrain.parquet"), parquet(xte, yte, "rtest.parquet"), "pixels", path, None, None, 0
+    train = pixel_parquet(spark, os.path.join(workdir, "rtrain.parquet"), xtr, ytr, 512)
+    test = pixel_parquet(spark, os.path.join(workdir, "rtest.parquet"), xte, yte, 512)
+    return train, test, "pixels", path, None, None, 0
 
 
 def time_to(history, target, start=0.0):

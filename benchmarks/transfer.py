@@ -17,6 +17,7 @@ saves per step.
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from compare_peers import colour_digits  # noqa: E402
+from compare_peers import colour_digits, pixel_parquet  # noqa: E402
 from timing import print_table  # noqa: E402
 
 
@@ -58,16 +59,6 @@ def pretrain(x, y, width, epochs, threads=2):
             torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
     return net.eval(), time.perf_counter() - t0
-
-
-def frame(spark, x, y, is_test):
-    import pyarrow as pa
-
-    flat = x.reshape(len(x), -1)
-    offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
-    table = pa.table({"pixels": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel())),
-                      "label": pa.array(y.astype(np.float64)), "isTest": pa.array([is_test] * len(x))})
-    return spark.createDataFrame(table.to_pandas())
 
 
 def fit(network, train, epochs):
@@ -128,15 +119,18 @@ def main(argv=None):
     spark = local_session("local[2]", "spark_nn transfer", conf={"spark.driver.memory": "4g"})
     rows, curves = [], {}
     try:
-        data = frame(spark, xt, yt, False).unionByName(frame(spark, xv, yv, True)).cache()
-        for name, net in (("frozen body + new head", frozen), ("from scratch", scratch)):
-            model, wall = fit(net, data, args.epochs)
-            acc = [e["val_accuracy"] for e in model.summary.epochs]
-            secs = [e["seconds"] for e in model.summary.epochs]
-            curves[name] = acc
-            rows.append([name, model.network.num_params, f"{wall:.1f}", f"{np.mean(secs):.2f}",
-                         " ".join(f"{a:.3f}" for a in acc)])
-            print(f"{name}: wall {wall:.1f} s, accuracy per epoch {[round(a, 4) for a in acc]}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="spark_nn_transfer_") as workdir:
+            data = pixel_parquet(spark, os.path.join(workdir, "target.parquet"), np.concatenate([xt, xv]),
+                                 np.concatenate([yt, yv]), 512,
+                                 extra={"isTest": np.r_[np.zeros(len(xt), bool), np.ones(len(xv), bool)]})
+            for name, net in (("frozen body + new head", frozen), ("from scratch", scratch)):
+                model, wall = fit(net, data, args.epochs)
+                acc = [e["val_accuracy"] for e in model.summary.epochs]
+                secs = [e["seconds"] for e in model.summary.epochs]
+                curves[name] = acc
+                rows.append([name, model.network.num_params, f"{wall:.1f}", f"{np.mean(secs):.2f}",
+                             " ".join(f"{a:.3f}" for a in acc)])
+                print(f"{name}: wall {wall:.1f} s, accuracy per epoch {[round(a, 4) for a in acc]}", flush=True)
     finally:
         spark.stop()
     print()

@@ -18,13 +18,20 @@ def _section_snippets(title):
     return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
 
 
-def test_models_in_and_out_snippets_run(spark, tmp_path, monkeypatch):
-    snippets = _section_snippets("Models in and out (PyTorch, ONNX)")
-    assert len(snippets) == 3
-    monkeypatch.chdir(tmp_path)
+def _run_section(title, count):
+    """Runs a section's snippets in order in one namespace (in the current directory) and
+    returns the namespace."""
+    snippets = _section_snippets(title)
+    assert len(snippets) == count
     scope = {}
     for code in snippets:
         exec(compile(code, README, "exec"), scope)
+    return scope
+
+
+def test_models_in_and_out_snippets_run(spark, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope = _run_section("Models in and out (PyTorch, ONNX)", 3)
     assert scope["logits"].shape == (4, 10)
     assert scope["probability"].shape == (4, 10)
     assert set(scope["state"]) == set(scope["torch_net"].state_dict())
@@ -44,12 +51,8 @@ def test_on_spark_connect_snippet_runs(tmp_path):
 
 
 def test_your_own_network_snippets_run(spark, tmp_path, monkeypatch):
-    snippets = _section_snippets("Your own network, and transfer learning")
-    assert len(snippets) == 3
     monkeypatch.chdir(tmp_path)
-    scope = {}
-    for code in snippets:
-        exec(compile(code, README, "exec"), scope)
+    scope = _run_section("Your own network, and transfer learning", 3)
     model, net = scope["model"], scope["pretrained"]
     # the frozen body came over frozen: only the new head (64*8*8*10 + 10) trains
     assert model.network.num_params == 64 * 8 * 8 * 10 + 10
