@@ -1,7 +1,9 @@
 """Sequential model over one flat float32 parameter vector.
 
-All weights live in ``model.params`` and all gradients in ``model.grads`` (each a contiguous
-float32 array); layers hold views of them, so a training step ships and sums one array.
+All trainable weights live in ``model.params`` and their gradients in ``model.grads`` (each a
+contiguous float32 array); layers hold views of them, so a training step ships and sums one
+array. Frozen layers' weights live in ``model.frozen`` and non-trainable state (BatchNorm's
+running statistics) in ``model.buffers``, beside it (see Sequential._layout).
 ``loss_and_grad`` is what the Spark driver maps over partitions: it returns sums, so partition
 results add up exactly.
 """
@@ -260,7 +262,7 @@ class Sequential(TorchInterop):
         bounded memory (a Spark Python worker may be capped: spark.executor.pyspark.memory)."""
         if batch_size:
             return int(batch_size)
-        widest = max([int(np.prod(layer.output_shape)) for layer in self.layers] + [1]) * 4
+        widest = max([int(np.prod(layer.output_shape)) for _, layer in self.named_layers()] + [1]) * 4
         return max(1, min(1024, INFERENCE_BYTES // widest))
 
     def predict_output(self, x, batch_size=None):

@@ -227,7 +227,7 @@ def import_layers(module, input_shape):
     weights, frozen = {}, set()
     values = {}
 
-    def value_of(node, user):
+    def value_of(node):
         """The chain a user of node extends: a tensor read by several consumers is a branch point."""
         v = values[node]
         if len(_tensor_users(node)) > 1 and v.rnn is None:
@@ -235,7 +235,7 @@ def import_layers(module, input_shape):
         return _Chain(v.base, v.layers, v.rnn)
 
     def extend(node, src, new):
-        chain = value_of(src, node)
+        chain = value_of(src)
         if chain.rnn not in (None, "seq"):
             raise ValueError(f"from_torch: cannot take node {node.name} ({_op_text(node)}): it reads a recurrent "
                              "module's output tuple; take output[0], output[0][:, -1] or h_n[-1] first")
@@ -291,7 +291,7 @@ def import_layers(module, input_shape):
             continue
         if target in (operator.add, operator.iadd, torch.add) or (node.op == "call_method" and target in ("add",
                                                                                                           "add_")):
-            base, block = _add(node, [value_of(a, node) for a in node.args[:2]], fail)
+            base, block = _add(node, [value_of(a) for a in node.args[:2]], fail)
             before = values[base]  # the branch point's own chain, which the block now continues
             values[node] = _Chain(before.base, before.layers + [block])
             continue
