@@ -168,3 +168,68 @@ def test_no_backward_runs_below_the_lowest_trainable_layer(rng, monkeypatch):
 
 def _batch(rng, n=4):
     return rng.standard_normal((n, 2, 7, 9)).astype(np.float32), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_layers_match_torch_float64_and_move_their_statistics_as_torch(rng, training):
+    # no bias before a BatchNorm, as real networks do: in training its exact gradient is 0, which
+    # float32 rounding cannot match in relative terms
+    model = Sequential([L.Conv2D(3, 3, padding=1, use_bias=False), L.BatchNorm2D(momentum=0.2), L.Activation("relu"),
+                        L.Flatten(), L.Dense(5, use_bias=False), L.BatchNorm1D(eps=1e-3), L.Activation("tanh"),
+                        L.Dense(2)], (2, 5, 4), seed=7)
+    model.buffers[:] = rng.uniform(0.5, 1.5, model.buffers.size)  # statistics that are not the 0/1 start
+    for slot in model.slots:
+        if slot.name in ("gamma", "beta"):
+            model._view(slot)[...] = rng.uniform(0.5, 1.5, slot.shape)
+    x = rng.standard_normal((6, 2, 5, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 6)
+    w = {k: torch.from_numpy(v.astype(np.float64)) for k, v in model.weights_dict().items()}
+    nn = torch.nn
+    conv, bn2, fc1, bn1, fc2 = (nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3, momentum=0.2),
+                                nn.Linear(60, 5, bias=False),
+                                nn.BatchNorm1d(5, eps=1e-3), nn.Linear(5, 2))
+    net = nn.Sequential(conv, bn2, nn.ReLU(), nn.Flatten(), fc1, bn1, nn.Tanh(), fc2).double()
+    with torch.no_grad():
+        conv.weight.copy_(w["0.w"])
+        fc1.weight.copy_(w["4.w"])
+        fc2.weight.copy_(w["7.w"])
+        fc2.bias.copy_(w["7.b"])
+        for mod, i in ((bn2, 1), (bn1, 5)):
+            mod.weight.copy_(w[f"{i}.gamma"])
+            mod.bias.copy_(w[f"{i}.beta"])
+            mod.running_mean.copy_(w[f"{i}.running_mean"])
+            mod.running_var.copy_(w[f"{i}.running_var"])
+    net.train(training)
+    model.set_trainable(True)
+    if training:
+        loss, grad, _ = model.loss_and_grad(None, x, y)
+    else:
+        model.set_trainable(False, [1, 5])  # frozen BatchNorm: running statistics in training too
+        loss, grad, _ = model.loss_and_grad(None, x, y)
+    out = net(torch.tensor(x, dtype=torch.float64))
+    assert_close("logits", model.last_output, out.detach().numpy())
+    torch.nn.functional.cross_entropy(out, torch.tensor(y), reduction="sum").backward()
+    mods = {"0": conv, "1": bn2, "4": fc1, "5": bn1, "7": fc2}
+    names = {"w": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
+    for slot in model.slots:
+        mod = mods[slot.path]
+        if slot.kind == "param":
+            ref = getattr(mod, names[slot.name]).grad.numpy()
+            assert_close(slot.key, grad[slot.offset:slot.offset + ref.size].reshape(ref.shape), ref)
+        elif slot.kind == "buffer":  # moved by the minibatch in training, untouched when frozen
+            assert_close(slot.key, model._view(slot), getattr(mod, slot.name).numpy())
+
+
+def test_batchnorm_network_gradient_finite_differences(rng):
+    model = Sequential([L.Conv2D(3, 3, padding=1), L.BatchNorm2D(), L.Activation("tanh"),
+                        L.Residual([L.Conv2D(3, 3, padding=1, use_bias=False), L.BatchNorm2D()]),
+                        L.GlobalAvgPool2D(), L.Dense(4), L.BatchNorm1D(), L.Dense(2)], (1, 5, 6), seed=8)
+    x = rng.standard_normal((5, 1, 5, 6)).astype(np.float32)
+    buffers = model.buffers.copy()
+
+    def loss_and_grad(params, xb, yb, rng_=None, copy=True):
+        model.buffers[:] = buffers  # the running statistics move with every forward: the same start each time
+        return Sequential.loss_and_grad(model, params, xb, yb, rng_, copy)
+
+    model.loss_and_grad = loss_and_grad
+    _fd_check(model, x, rng.integers(0, 2, 5), rng)
