@@ -526,6 +526,7 @@ static size_t dw_workspace(const conv2d_shape *s, int nt) {
 typedef float dw_v16 __attribute__((vector_size(64)));
 typedef float dw_v8 __attribute__((vector_size(32)));
 typedef float dw_v4 __attribute__((vector_size(16)));
+typedef int dw_i4 __attribute__((vector_size(16)));
 
 /* out[q] = bias + sum_t w[t] src[off[t] + q] for q < n (a multiple of DW_B), in t order */
 #define DW_TAPS_BODY(VT, VW)                                                                       \
@@ -550,11 +551,39 @@ typedef float dw_v4 __attribute__((vector_size(16)));
         }                                                                                          \
     }
 
-/* lanes[t][j] += sum over blocks q of g[q + j] src[off[t] + q + j], j < DW_B, q < n */
+/* lanes[t][j] += sum over blocks q of g[q + j] src[off[t] + q + j], j < DW_B, q < n: three
+ * taps per pass over g (independent sums to hide the adds' latency, g loaded once) */
 #define DW_DOTS_BODY(VT, VW)                                                                       \
     {                                                                                              \
         enum { NV = DW_B / (VW) };                                                                 \
-        for (int t = 0; t < ntaps; t++) {                                                          \
+        int t = 0;                                                                                 \
+        for (; t + 3 <= ntaps; t += 3) {                                                           \
+            VT a0[NV], a1[NV], a2[NV];                                                             \
+            float *l = lanes + (size_t)t * DW_B;                                                   \
+            for (int v = 0; v < NV; v++) {                                                         \
+                memcpy(&a0[v], l + v * (VW), sizeof a0[v]);                                        \
+                memcpy(&a1[v], l + DW_B + v * (VW), sizeof a1[v]);                                 \
+                memcpy(&a2[v], l + 2 * DW_B + v * (VW), sizeof a2[v]);                             \
+            }                                                                                      \
+            const float *p0 = src + off[t], *p1 = src + off[t + 1], *p2 = src + off[t + 2];        \
+            for (int q = 0; q < n; q += DW_B)                                                      \
+                for (int v = 0; v < NV; v++) {                                                     \
+                    VT b, x0, x1, x2;                                                              \
+                    memcpy(&b, g + q + v * (VW), sizeof b);                                        \
+                    memcpy(&x0, p0 + q + v * (VW), sizeof x0);                                     \
+                    memcpy(&x1, p1 + q + v * (VW), sizeof x1);                                     \
+                    memcpy(&x2, p2 + q + v * (VW), sizeof x2);                                     \
+                    a0[v] += b * x0;                                                               \
+                    a1[v] += b * x1;                                                               \
+                    a2[v] += b * x2;                                                               \
+                }                                                                                  \
+            for (int v = 0; v < NV; v++) {                                                         \
+                memcpy(l + v * (VW), &a0[v], sizeof a0[v]);                                        \
+                memcpy(l + DW_B + v * (VW), &a1[v], sizeof a1[v]);                                 \
+                memcpy(l + 2 * DW_B + v * (VW), &a2[v], sizeof a2[v]);                             \
+            }                                                                                      \
+        }                                                                                          \
+        for (; t < ntaps; t++) {                                                                   \
             VT acc[NV];                                                                            \
             float *l = lanes + (size_t)t * DW_B;                                                   \
             for (int v = 0; v < NV; v++) memcpy(&acc[v], l + v * (VW), sizeof acc[v]);             \
@@ -603,6 +632,36 @@ static void dw_dots DW_DOTS_PARAMS {
     dw_dots_base DW_DOTS_ARGS;
 }
 
+/* n floats, for the short rows of small planes: a libc memcpy call per 16-float row cost
+ * about as much as the row's convolution */
+static inline void dw_copy(float *restrict dst, const float *restrict src, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float t[8];
+        memcpy(t, src + i, sizeof t);
+        memcpy(dst + i, t, sizeof t);
+    }
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+/* e[k] = x[2k], o[k] = x[2k + 1] for 2k (+ 1) < n: four of each per shuffle (data movement
+ * only, the same at every level) */
+static inline void dw_split2(float *restrict e, float *restrict o, const float *restrict x, int n) {
+    int k = 0;
+    for (; 2 * k + 8 <= n; k += 4) {
+        dw_v4 a, b;
+        memcpy(&a, x + 2 * k, sizeof a);
+        memcpy(&b, x + 2 * k + 4, sizeof b);
+        const dw_v4 ev = __builtin_shuffle(a, b, (dw_i4){0, 2, 4, 6}), ov = __builtin_shuffle(a, b, (dw_i4){1, 3, 5, 7});
+        memcpy(e + k, &ev, sizeof ev);
+        memcpy(o + k, &ov, sizeof ov);
+    }
+    for (; 2 * k < n; k++) {
+        e[k] = x[2 * k];
+        if (2 * k + 1 < n) o[k] = x[2 * k + 1];
+    }
+}
+
 /* tap t = kh KW + kw: its phase plane's offset plus its shift (off), and the shift alone (d) */
 static void dw_offsets(const conv2d_shape *s, const dw_geom *g, int *off, int *d) {
     for (int kh = 0; kh < s->KH; kh++)
@@ -621,12 +680,21 @@ static void dw_fill(const conv2d_shape *s, const dw_geom *g, const float *x, flo
         float *row = P + (size_t)(ip % s->SH) * s->SW * g->PS + (size_t)(ip / s->SH) * g->Wq;
         const float *xr = x + (size_t)ih * s->W;
         if (s->SW == 1) {
-            memcpy(row + s->PW, xr, sizeof(float) * s->W);
+            dw_copy(row + s->PW, xr, s->W);
             continue;
         }
-        for (int iw = 0; iw < s->W; iw++) {
-            const int jp = iw + s->PW;
-            row[(size_t)(jp % s->SW) * g->PS + jp / s->SW] = xr[iw];
+        if (s->SW == 2) { /* even inputs to phase PW % 2, odd ones to the other */
+            dw_split2(row + (s->PW % 2) * g->PS + s->PW / 2, row + ((s->PW + 1) % 2) * g->PS + (s->PW + 1) / 2,
+                      xr, s->W);
+            continue;
+        }
+        for (int b = 0; b < s->SW; b++) { /* phase b: padded columns j SW + b, inputs j SW + b - PW */
+            float *dst = row + (size_t)b * g->PS;
+            int j = b >= s->PW ? 0 : (s->PW - b + s->SW - 1) / s->SW;
+            if (s->SW == 2)
+                for (int iw = 2 * j + b - s->PW; iw < s->W; j++, iw += 2) dst[j] = xr[iw];
+            else
+                for (int iw = j * s->SW + b - s->PW; iw < s->W; j++, iw += s->SW) dst[j] = xr[iw];
         }
     }
 }
@@ -649,8 +717,7 @@ static void dw_forward(const conv2d_shape *s, const dw_geom *g, const float *x, 
                 const int oc = c * M + m;
                 dw_taps(KK, off, w + (size_t)oc * KK, b ? b[oc] : 0.0f, P, g->Lp, yb);
                 float *yo = y + ((size_t)n * s->OC + oc) * OHW;
-                for (int oh = 0; oh < s->OH; oh++)
-                    memcpy(yo + (size_t)oh * s->OW, yb + (size_t)oh * g->Wq, sizeof(float) * s->OW);
+                for (int oh = 0; oh < s->OH; oh++) dw_copy(yo + (size_t)oh * s->OW, yb + (size_t)oh * g->Wq, s->OW);
             }
         }
     }
@@ -697,8 +764,7 @@ static void dw_backward(const conv2d_shape *s, const dw_geom *g, const float *x,
                 for (int m = 0; m < M; m++) {
                     const float *dyo = dy + ((size_t)n * s->OC + (size_t)c * M + m) * OHW;
                     float *gm = gf + (size_t)m * g->seg + g->front;
-                    for (int oh = 0; oh < s->OH; oh++)
-                        memcpy(gm + (size_t)oh * g->Wq, dyo + (size_t)oh * s->OW, sizeof(float) * s->OW);
+                    for (int oh = 0; oh < s->OH; oh++) dw_copy(gm + (size_t)oh * g->Wq, dyo + (size_t)oh * s->OW, s->OW);
                     for (int q = 0; q < g->Lp; q += DW_B)
                         for (int j = 0; j < DW_B; j++) lb[m * DW_B + j] += gm[q + j];
                 }
@@ -710,17 +776,21 @@ static void dw_backward(const conv2d_shape *s, const dw_geom *g, const float *x,
                 for (int ph = 0; ph < NPH; ph++) {
                     const int a = ph / s->SW, bph = ph % s->SW;
                     dw_taps(tcnt[ph + 1] - tcnt[ph], toff + tcnt[ph], tw + tcnt[ph], 0.0f, gf, g->PSp, dP);
-                    for (int ih = 0; ih < s->H; ih++) {
-                        const int ip = ih + s->PH;
-                        if (ip % s->SH != a) continue;
-                        const float *src = dP + (size_t)(ip / s->SH) * g->Wq;
+                    /* padded rows i SH + a, columns j SW + bph: inputs ih = i SH + a - PH, iw likewise */
+                    const int i0 = a >= s->PH ? 0 : (s->PH - a + s->SH - 1) / s->SH;
+                    const int j0 = bph >= s->PW ? 0 : (s->PW - bph + s->SW - 1) / s->SW;
+                    const int iw0 = j0 * s->SW + bph - s->PW;
+                    for (int i = i0, ih = i0 * s->SH + a - s->PH; ih < s->H; i++, ih += s->SH) {
+                        const float *src = dP + (size_t)i * g->Wq;
                         float *dst = dxo + (size_t)ih * s->W;
                         if (s->SW == 1) {
-                            memcpy(dst, src + s->PW, sizeof(float) * s->W);
+                            dw_copy(dst, src + s->PW, s->W);
                             continue;
                         }
-                        int iw0 = ((bph - s->PW) % s->SW + s->SW) % s->SW; /* (iw0 + PW) % SW == b */
-                        for (int iw = iw0; iw < s->W; iw += s->SW) dst[iw] = src[(iw + s->PW) / s->SW];
+                        if (s->SW == 2)
+                            for (int j = j0, iw = iw0; iw < s->W; j++, iw += 2) dst[iw] = src[j];
+                        else
+                            for (int j = j0, iw = iw0; iw < s->W; j++, iw += s->SW) dst[iw] = src[j];
                     }
                 }
             }

@@ -14,8 +14,8 @@ from spark_nn import _kernels
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones this CPU runs
 
-# one run of the recurrent cells (with padding), the Adam update, the sum of squares and the
-# uint8 minibatch gather
+# one run of the recurrent cells (with padding), the Adam update, the sum of squares, the
+# uint8 minibatch gather and depthwise convolutions (forward and backward)
 PROBE = """
 import sys, numpy as np, spark_nn
 from spark_nn import kernels as K, _kernels
@@ -45,6 +45,13 @@ _kernels.adam_upd(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0)
 out.update(p=p, m=m, v=v, sumsq=np.array(_kernels.sum_sq(g)))
 pixels = rng.integers(0, 256, (300, 3, 17, 13), dtype=np.uint8)
 out["gather"] = K.gather_scaled(pixels, rng.integers(0, 300, 200))
+for name, (c, m, k, s) in {"s1": (5, 1, 3, 1), "s2": (6, 2, 3, 2), "k5": (3, 1, 5, 2)}.items():  # depthwise
+    xc = rng.standard_normal((3, c, 17, 13)).astype(np.float32)
+    wc = rng.standard_normal((c * m, 1, k, k)).astype(np.float32)
+    yc = K.conv2d_forward(xc, wc, wc[:, 0, 0, 0].copy(), s, k // 2, groups=c)
+    dxc, dwc, dbc = K.conv2d_backward(xc, wc, rng.standard_normal(yc.shape).astype(np.float32), s, k // 2, groups=c)
+    out.update({f"depthwise_{name}_y": yc, f"depthwise_{name}_dx": dxc, f"depthwise_{name}_dw": dwc,
+                f"depthwise_{name}_db": dbc})
 np.savez(sys.argv[1], **out)
 """
 

@@ -24,6 +24,7 @@ SHAPES = [
     (2, 16, 4, 4, 33, 3, 1, 2),           # padding K - 1 (dx's own padding 0)
     (2, 8, 5, 5, 6, 3, 1, 3),             # padding past K - 1: direct forward, im2col backward
     (2, 4, 9, 9, 8, 5, 1, 2),             # 5x5
+    (17, 32, 5, 6, 40, 1, 1, 0),          # 1x1, direct: images read in place, several per chunk
 ]
 
 
