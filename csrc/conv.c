@@ -538,7 +538,8 @@ static int dw_geom_init(const conv2d_shape *s, dw_geom *g) {
     g->pt = (size_t)pt;
     /* P, y block / dP, flat dy planes, dw and db lanes, dx's tap offsets (ints) and weights,
      * tap counts per phase (ints) */
-    g->per_thread = g->pt + (size_t)(psp > lp ? psp : lp) + (size_t)g->M * seg + (size_t)g->M * KK * DW_B +
+    const long long dpf = (long long)s->SH * s->SW * psp; /* dx's phase planes */
+    g->per_thread = g->pt + (size_t)(dpf > lp ? dpf : lp) + (size_t)g->M * seg + (size_t)g->M * KK * DW_B +
                     (size_t)g->M * DW_B + 2 * (size_t)g->M * KK + (size_t)s->SH * s->SW + 1;
     return 1;
 }
@@ -555,11 +556,30 @@ typedef float dw_v8 __attribute__((vector_size(32)));
 typedef float dw_v4 __attribute__((vector_size(16)));
 typedef int dw_i4 __attribute__((vector_size(16)));
 
-/* out[q] = bias + sum_t w[t] src[off[t] + q] for q < n (a multiple of DW_B), in t order */
-#define DW_TAPS_BODY(VT, VW)                                                                       \
+/* out[q] = bias + sum_t w[t] src[off[t] + q] for q < n (a multiple of DW_B), in t order; NB
+ * blocks at a time (NB NV independent sums: one sum's adds wait on each other) */
+#define DW_TAPS_BODY(VT, VW, NB)                                                                   \
     {                                                                                              \
-        enum { NV = DW_B / (VW) };                                                                 \
-        for (int q = 0; q < n; q += DW_B) {                                                        \
+        enum { NV = DW_B / (VW), NA = (NB) * NV };                                                 \
+        int q = 0;                                                                                 \
+        for (; q + (NB) * DW_B <= n; q += (NB) * DW_B) {                                           \
+            VT acc[NA];                                                                            \
+            for (int v = 0; v < NA; v++) {                                                         \
+                acc[v] = (VT){0};                                                                  \
+                acc[v] += bias;                                                                    \
+            }                                                                                      \
+            for (int t = 0; t < ntaps; t++) {                                                      \
+                const float *p = src + off[t] + q;                                                 \
+                const float wt = w[t];                                                             \
+                for (int v = 0; v < NA; v++) {                                                     \
+                    VT a;                                                                          \
+                    memcpy(&a, p + v * (VW), sizeof a);                                            \
+                    acc[v] += wt * a;                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            for (int v = 0; v < NA; v++) memcpy(out + q + v * (VW), &acc[v], sizeof acc[v]);       \
+        }                                                                                          \
+        for (; q < n; q += DW_B) {                                                                 \
             VT acc[NV];                                                                            \
             for (int v = 0; v < NV; v++) {                                                         \
                 acc[v] = (VT){0};                                                                  \
@@ -633,12 +653,12 @@ typedef int dw_i4 __attribute__((vector_size(16)));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
 #define DW_CLONES 1
-__attribute__((target("avx512f"))) static void dw_taps_avx512 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v16, 16)
+__attribute__((target("avx512f"))) static void dw_taps_avx512 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v16, 16, 4)
 __attribute__((target("avx512f"))) static void dw_dots_avx512 DW_DOTS_PARAMS DW_DOTS_BODY(dw_v16, 16)
-__attribute__((target("avx2"))) static void dw_taps_avx2 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v8, 8)
+__attribute__((target("avx2"))) static void dw_taps_avx2 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v8, 8, 2)
 __attribute__((target("avx2"))) static void dw_dots_avx2 DW_DOTS_PARAMS DW_DOTS_BODY(dw_v8, 8)
 #endif
-static void dw_taps_base DW_TAPS_PARAMS DW_TAPS_BODY(dw_v4, 4)
+static void dw_taps_base DW_TAPS_PARAMS DW_TAPS_BODY(dw_v4, 4, 1)
 static void dw_dots_base DW_DOTS_PARAMS DW_DOTS_BODY(dw_v4, 4)
 
 static void dw_taps DW_TAPS_PARAMS {
@@ -686,6 +706,23 @@ static inline void dw_split2(float *restrict e, float *restrict o, const float *
     for (; 2 * k < n; k++) {
         e[k] = x[2 * k];
         if (2 * k + 1 < n) o[k] = x[2 * k + 1];
+    }
+}
+
+/* the inverse: x[2k] = e[k], x[2k + 1] = o[k] */
+static inline void dw_merge2(float *restrict x, const float *restrict e, const float *restrict o, int n) {
+    int k = 0;
+    for (; 2 * k + 8 <= n; k += 4) {
+        dw_v4 a, b;
+        memcpy(&a, e + k, sizeof a);
+        memcpy(&b, o + k, sizeof b);
+        const dw_v4 lo = __builtin_shuffle(a, b, (dw_i4){0, 4, 1, 5}), hi = __builtin_shuffle(a, b, (dw_i4){2, 6, 3, 7});
+        memcpy(x + 2 * k, &lo, sizeof lo);
+        memcpy(x + 2 * k + 4, &hi, sizeof hi);
+    }
+    for (; 2 * k < n; k++) {
+        x[2 * k] = e[k];
+        if (2 * k + 1 < n) x[2 * k + 1] = o[k];
     }
 }
 
@@ -765,7 +802,8 @@ static void dw_backward(const conv2d_shape *s, const dw_geom *g, const float *x,
     {
         float *P = ws + (size_t)NN_THREAD_ID() * g->per_thread;
         float *dP = P + g->pt;
-        float *gf = dP + (g->PSp > g->Lp ? g->PSp : g->Lp); /* M flat dy planes, seg apart */
+        const size_t dpf = (size_t)NPH * g->PSp;
+        float *gf = dP + (dpf > (size_t)g->Lp ? dpf : (size_t)g->Lp); /* M flat dy planes, seg apart */
         float *lw = gf + (size_t)M * g->seg;               /* [M KK][DW_B] */
         float *lb = lw + (size_t)M * KK * DW_B;            /* [M][DW_B] */
         float *tw = lb + (size_t)M * DW_B;                 /* dx's tap weights by phase */
@@ -809,25 +847,23 @@ static void dw_backward(const conv2d_shape *s, const dw_geom *g, const float *x,
                     dw_dots(KK, off, P, gf + (size_t)m * g->seg + g->front, g->Lp, lw + (size_t)m * KK * DW_B);
                 if (!dx) continue;
                 float *dxo = dx + pl * xs;
-                for (int ph = 0; ph < NPH; ph++) {
-                    const int a = ph / s->SW, bph = ph % s->SW;
-                    dw_taps(tcnt[ph + 1] - tcnt[ph], toff + tcnt[ph], tw + tcnt[ph], 0.0f, gf, g->PSp, dP);
-                    /* padded rows i SH + a, columns j SW + bph: inputs ih = i SH + a - PH, iw likewise */
-                    const int i0 = a >= s->PH ? 0 : (s->PH - a + s->SH - 1) / s->SH;
-                    const int j0 = bph >= s->PW ? 0 : (s->PW - bph + s->SW - 1) / s->SW;
-                    const int iw0 = j0 * s->SW + bph - s->PW;
-                    for (int i = i0, ih = i0 * s->SH + a - s->PH; ih < s->H; i++, ih += s->SH) {
-                        const float *src = dP + (size_t)i * g->Wq;
-                        float *dst = dxo + (size_t)ih * s->W;
-                        if (s->SW == 1) {
-                            dw_copy(dst, src + s->PW, s->W);
-                            continue;
-                        }
-                        if (s->SW == 2)
-                            for (int j = j0, iw = iw0; iw < s->W; j++, iw += 2) dst[iw] = src[j];
-                        else
-                            for (int j = j0, iw = iw0; iw < s->W; j++, iw += s->SW) dst[iw] = src[j];
-                    }
+                for (int ph = 0; ph < NPH; ph++) /* every phase plane of the padded dx */
+                    dw_taps(tcnt[ph + 1] - tcnt[ph], toff + tcnt[ph], tw + tcnt[ph], 0.0f, gf, g->PSp,
+                            dP + (size_t)ph * g->PSp);
+                /* dx's rows, contiguous: row ih is padded row ip = ih + PH = i SH + a; its
+                 * column iw = padded column jp = iw + PW = j SW + b sits in phase plane (a, b) */
+                for (int ih = 0, ip = s->PH; ih < s->H; ih++, ip++) {
+                    const int a = ip % s->SH;
+                    const float *src = dP + (size_t)a * s->SW * g->PSp + (size_t)(ip / s->SH) * g->Wq;
+                    float *dst = dxo + (size_t)ih * s->W;
+                    if (s->SW == 1)
+                        dw_copy(dst, src + s->PW, s->W);
+                    else if (s->SW == 2)
+                        dw_merge2(dst, src + (s->PW % 2) * g->PSp + s->PW / 2,
+                                  src + ((s->PW + 1) % 2) * g->PSp + (s->PW + 1) / 2, s->W);
+                    else
+                        for (int iw = 0, jp = s->PW; iw < s->W; iw++, jp++)
+                            dst[iw] = src[(size_t)(jp % s->SW) * g->PSp + jp / s->SW];
                 }
             }
             for (int m = 0; m < M; m++) {
