@@ -41,6 +41,8 @@
  * in place (no copy through a chunk buffer) */
 #define NN_PER_IMAGE_OHW 256
 
+static int dw_shape_ok(const conv2d_shape *s);
+
 int conv2d_shape_init(conv2d_shape *s) {
     if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
         s->KW <= 0 || s->SH <= 0 || s->SW <= 0 || s->PH < 0 || s->PW < 0 || s->G < 1 ||
@@ -54,6 +56,7 @@ int conv2d_shape_init(conv2d_shape *s) {
     if (ckk * ohw > 0x7fffffffLL || (long long)s->OC * ohw > 0x7fffffffLL ||
         (long long)s->C * s->H * s->W > 0x7fffffffLL)
         return NN_EBADSHAPE;
+    if (s->G > 1 && s->G == s->C && !dw_shape_ok(s)) return NN_EBADSHAPE; /* a plane's offsets fit an int */
     return NN_OK;
 }
 
@@ -542,6 +545,11 @@ static int dw_geom_init(const conv2d_shape *s, dw_geom *g) {
     g->per_thread = g->pt + (size_t)(dpf > lp ? dpf : lp) + (size_t)g->M * seg + (size_t)g->M * KK * DW_B +
                     (size_t)g->M * DW_B + 2 * (size_t)g->M * KK + (size_t)s->SH * s->SW + 1;
     return 1;
+}
+
+static int dw_shape_ok(const conv2d_shape *s) {
+    dw_geom g;
+    return dw_geom_init(s, &g);
 }
 
 /* shared: the taps' offsets off[KK] and shifts d[KK] (ints) */
