@@ -17,7 +17,8 @@ LEVELS = ["baseline", "avx2", "avx512"][: _kernels.isa_level() + 1]  # the ones 
 # one run of the recurrent cells (with padding), the Adam update, the sum of squares, the
 # uint8 minibatch gather, batch norm (plane layout with a remainder, column layout, (N, C)), the
 # activations after relu (special values included: NaN compares equal to NaN in
-# assert_array_equal), average pooling and global average pooling
+# assert_array_equal), average pooling, global average pooling and depthwise convolutions
+# (forward and backward)
 PROBE = """
 import sys, numpy as np, spark_nn
 from spark_nn import kernels as K, _kernels
@@ -77,6 +78,13 @@ for k, s, p in ((2, 2, 0), (3, 2, 1), (3, 1, 1), ((4, 3), 3, (2, 1))):
 xg = rng.standard_normal((7, 9, 13, 11)).astype(np.float32)
 out["gap"] = K.global_avgpool_forward(xg)
 out["dgap"] = K.global_avgpool_backward(out["gap"], xg.shape)
+for name, (c, m, k, s) in {"s1": (5, 1, 3, 1), "s2": (6, 2, 3, 2), "k5": (3, 1, 5, 2)}.items():  # depthwise
+    xc = rng.standard_normal((3, c, 17, 13)).astype(np.float32)
+    wc = rng.standard_normal((c * m, 1, k, k)).astype(np.float32)
+    yc = K.conv2d_forward(xc, wc, wc[:, 0, 0, 0].copy(), s, k // 2, groups=c)
+    dxc, dwc, dbc = K.conv2d_backward(xc, wc, rng.standard_normal(yc.shape).astype(np.float32), s, k // 2, groups=c)
+    out.update({f"depthwise_{name}_y": yc, f"depthwise_{name}_dx": dxc, f"depthwise_{name}_dw": dwc,
+                f"depthwise_{name}_db": dbc})
 np.savez(sys.argv[1], **out)
 """
 

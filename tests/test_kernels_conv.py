@@ -24,6 +24,12 @@ SHAPES = [
     (2, 16, 4, 4, 33, 3, 1, 2),           # padding K - 1 (dx's own padding 0)
     (2, 8, 5, 5, 6, 3, 1, 3),             # padding past K - 1: direct forward, im2col backward
     (2, 4, 9, 9, 8, 5, 1, 2),             # 5x5
+    (17, 32, 5, 6, 40, 1, 1, 0),          # 1x1, direct: images read in place, several per chunk
+    # other strides with >= 32 column rows: direct forward and dw, dx by sgemm + col2im
+    (3, 8, 9, 11, 6, 3, 2, 1),            # stride 2
+    (17, 4, 10, 9, 7, (3, 5), (2, 3), (1, 2)),  # mixed strides, several images per chunk
+    (2, 8, 5, 5, 6, 3, 2, 3),             # padding past K - 1
+    (3, 32, 7, 7, 5, 1, 2, 0),            # 1x1 stride 2: read in place
 ]
 
 
