@@ -6,10 +6,11 @@ from pyspark.ml.linalg import Vectors
 
 from spark_nn.ml.classification import CNNClassifier, RNNClassifier
 from spark_nn.ml.columns import feature_kind
-from spark_nn.ml.training.blocks import TrainingData, open_block
+from spark_nn.ml.training.blocks import ClassicTrainingData, ConnectTrainingData, TrainingData, open_block
 from spark_nn.ml.training.trainer import DistributedTrainer
 from spark_nn.ml.training.worker import StepSampler
 from spark_nn.nn.model import Sequential
+from conftest import CONNECT
 from pixel_data import bright_pixel_rows
 
 
@@ -27,6 +28,7 @@ def test_spark_step_equals_in_process_step(spark, small_images):
     net = est._network(spec, 3)
     data = TrainingData(df, "features", "label", spec)
     try:
+        assert type(data) is (ConnectTrainingData if CONNECT else ClassicTrainingData)  # by the session's kind
         sizes = data.sizes
         assert len(sizes) == 2 and sum(sizes) == 90  # coalesced to spark.default.parallelism
         trainer = DistributedTrainer(net.config(), data, epochs=1, batch_size=16,

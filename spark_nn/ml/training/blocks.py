@@ -21,9 +21,10 @@ writes each partition's block. Where the block lives:
 - cached: the arrays themselves in Spark's block manager (every step then ships and
   deserializes its partition's whole block to the Python worker).
 
-On a classic session the blocks are a persisted RDD of handles (rounds use RDD treeAggregate);
-on a Spark Connect session, a persisted DataFrame of the same handles, one row per partition
-(rounds are queries over it). The pass is the same ``mapInArrow`` in both.
+On a classic session the blocks are a persisted RDD of handles (ClassicTrainingData; rounds use
+RDD treeAggregate); on a Spark Connect session, a persisted DataFrame of the same handles, one
+row per partition (ConnectTrainingData; rounds are queries over it). ``TrainingData(...)``
+picks the one for the DataFrame's session; the pass is the same ``mapInArrow`` in both.
 
 The same pass returns per-partition statistics (rows, labels' nulls, range and non-integral
 values, largest token id) from which the driver checks the labels and sizes the network, so a
@@ -277,9 +278,18 @@ def _name_input_rows(message, places, base):
 
 class TrainingData:
     """The persisted per-partition blocks of one fit and what the pass that made them found.
+    ``TrainingData(df, ...)`` makes a ClassicTrainingData or a ConnectTrainingData, by df's
+    session: they differ in how the handles are kept, listed and their files deleted.
 
     sizes / val_sizes: training / validation rows per partition; stats: the merged label
     statistics ("rows" counts every row read, skipped ones included; "max_id" for token ids)."""
+
+    connect = False  # whether the handles are a Connect DataFrame (the trainer picks its rounds by it)
+
+    def __new__(cls, df, *args, **kwargs):
+        if cls is TrainingData:
+            cls = ConnectTrainingData if is_connect(df.sparkSession) else ClassicTrainingData
+        return super().__new__(cls)
 
     def __init__(self, df, feature_col, label_col, spec, handle_invalid="error", *, val_fraction=0.0,
                  val_indicator=None, seed=0, resident=True, num_partitions=None):
@@ -288,9 +298,8 @@ class TrainingData:
         self.val_fraction, self.val_indicator, self.seed = float(val_fraction), val_indicator, int(seed)
         self.resident = bool(resident)
         self.spark = df.sparkSession
-        self.connect = is_connect(self.spark)
         self.num_partitions = num_partitions or default_parallelism(self.spark)
-        self.rdd = self.handles = self.directory = None
+        self._kept = self.directory = None  # the persisted handles (_persist's), this fit's folder
         self.materialize()
 
     @property
@@ -303,25 +312,14 @@ class TrainingData:
         conversion)."""
         self.directory = (f"spark_nn/{application_id(self.spark)}-{uuid.uuid4().hex[:12]}"
                           if self.resident else None)
-        handles = self._build()
-        if self.connect:  # one row per partition: (x, y, meta), kept by Spark's cache
-            handles = handles.persist(StorageLevel.MEMORY_AND_DISK)
-            stats = lambda: sorted((json.loads(r[0]) for r in handles.select("meta").collect()),  # noqa: E731
-                                   key=lambda b: b["pid"])
-        else:  # the blocks as Python objects, kept by the RDD's persistence
-            handles = handles.rdd.mapPartitions(
-                lambda rows: (block_from_row(r.x, r.y, r.meta) for r in rows)).persist(StorageLevel.MEMORY_AND_DISK)
-            stats = lambda: handles.map(lambda b: {k: b[k] for k in ("n", "nv", "stats")}).collect()  # noqa: E731
+        handles, stats = self._persist(self._build())
         try:
             blocks = unwrap_errors(stats)
         except BaseException:
             handles.unpersist()
             self._remove_directory()
             raise
-        if self.connect:
-            self.handles = handles
-        else:
-            self.rdd = handles
+        self._kept = handles
         parts = [(b["n"], b["nv"], b["stats"]) for b in blocks]
         self.sizes = [p[0] for p in parts]
         self.val_sizes = [p[1] for p in parts]
@@ -411,12 +409,20 @@ class TrainingData:
 
         return selected.mapInArrow(convert, _SCHEMA)
 
+    def _persist(self, handles):
+        """(the pass's DataFrame of handle rows persisted as this kind keeps it, a function that
+        runs the pass and returns each partition's meta dict in partition order)."""
+        raise NotImplementedError
+
     def blocks(self):
         """Every partition's block (handles only, for a resident one), in partition order."""
-        if self.connect:
-            return sorted((block_from_row(r.x, r.y, r.meta) for r in self.handles.collect()),
-                          key=lambda b: b["pid"])
-        return self.rdd.collect()
+        raise NotImplementedError
+
+    @staticmethod
+    def _delete_files(kept):
+        """Deletes the resident files of the persisted handles (a job over them: each task runs
+        where its files are)."""
+        raise NotImplementedError
 
     def _remove_directory(self):
         """Best effort after a failure: removes this fit's folder wherever these tasks run
@@ -439,19 +445,12 @@ class TrainingData:
         """Deletes the resident files and their folder (one small job over the handles, which
         run where their files are; the folder-wide removal job only if that fails) and
         unpersists the blocks."""
-        kept, self.rdd, self.handles = self.rdd if self.rdd is not None else self.handles, None, None
+        kept, self._kept = self._kept, None
         if kept is None:
             return
         try:
-            if self.resident and self.connect:
-                def delete(batches):
-                    for block in blocks_of_batches(batches):
-                        delete_block(block)
-                    yield pa.RecordBatch.from_arrays([pa.array([0], pa.int32())], names=["ok"])
-
-                kept.mapInArrow(delete, "ok int").collect()
-            elif self.resident:
-                kept.foreach(delete_block)
+            if self.resident:
+                self._delete_files(kept)
         except Exception:  # a failed fit: try the folder-wide removal; Spark removes its local dirs at the end
             self._remove_directory()
         finally:
@@ -463,3 +462,52 @@ class TrainingData:
     def rematerialize(self):
         self.release()
         return self.materialize()
+
+
+class ClassicTrainingData(TrainingData):
+    """On a classic session: the blocks as Python objects, kept by a persisted RDD (``rdd``,
+    which rounds.RDDRounds maps over)."""
+
+    @property
+    def rdd(self):
+        return self._kept
+
+    def _persist(self, handles):
+        handles = handles.rdd.mapPartitions(
+            lambda rows: (block_from_row(r.x, r.y, r.meta) for r in rows)).persist(StorageLevel.MEMORY_AND_DISK)
+        return handles, lambda: handles.map(lambda b: {k: b[k] for k in ("n", "nv", "stats")}).collect()
+
+    def blocks(self):
+        return self._kept.collect()
+
+    @staticmethod
+    def _delete_files(kept):
+        kept.foreach(delete_block)
+
+
+class ConnectTrainingData(TrainingData):
+    """On a Spark Connect session: one row per partition, (x, y, meta), kept by Spark's cache
+    (``handles``, the DataFrame that connect_rounds.ConnectRounds queries)."""
+
+    connect = True
+
+    @property
+    def handles(self):
+        return self._kept
+
+    def _persist(self, handles):
+        handles = handles.persist(StorageLevel.MEMORY_AND_DISK)
+        return handles, lambda: sorted((json.loads(r[0]) for r in handles.select("meta").collect()),
+                                       key=lambda b: b["pid"])
+
+    def blocks(self):
+        return sorted((block_from_row(r.x, r.y, r.meta) for r in self._kept.collect()), key=lambda b: b["pid"])
+
+    @staticmethod
+    def _delete_files(kept):
+        def delete(batches):
+            for block in blocks_of_batches(batches):
+                delete_block(block)
+            yield pa.RecordBatch.from_arrays([pa.array([0], pa.int32())], names=["ok"])
+
+        kept.mapInArrow(delete, "ok int").collect()
