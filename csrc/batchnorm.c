@@ -18,11 +18,13 @@
  * Parallel over channels (a channel's sums are one thread's, in an order fixed by the shape,
  * so results are the same bits for any thread count; channels are handed out dynamically, which
  * keeps the other threads busy when one is descheduled on a shared machine); the elementwise
- * passes of the eval forward and of a few-channel batch are split over the N*C planes. Two layouts: S >= 16 goes
- * plane by plane with 16 double lanes per channel; S < 16 (incl. [N, C]) sweeps rows of up to
- * BN_COLS columns (whole channels) with one double accumulator per column, vectorized across
- * the columns. Both are written in plain C compiled for AVX-512, AVX2 and baseline (NN_MULTI),
- * the same operations at every level, so the levels agree bitwise. nn_set_reference(1) runs a
+ * passes of the eval forward and of a few-channel batch are split over the N*C planes.
+ * Two layouts: S >= 16 goes plane by plane with 16 double lanes per channel (a training pass
+ * normalizes a channel right after its sums, while it is in cache); S < 16 (incl. [N, C])
+ * sweeps rows of up to BN_COLS columns (whole channels) with one double accumulator per
+ * column, vectorized across the columns, one task per BN_COLS columns (so C*S <= 256 runs on
+ * one thread). Both are plain C compiled for AVX-512, AVX2 and baseline (NN_MULTI), the same
+ * operations at every level, so the levels agree bitwise. nn_set_reference(1) runs a
  * scalar two-pass path (mean, then centered squares; one accumulator per channel), the tests'
  * reference.
  */
@@ -35,23 +37,24 @@
 
 /* ---------------------------------------------------------------- vectorized building blocks */
 
-/* 16 lanes of double accumulators as GCC vector types: each level's clone runs them with its
- * own registers (one zmm, two ymm or four xmm per 8 doubles), the same operations per lane. */
-typedef float bn_v8f __attribute__((vector_size(32), aligned(4)));
-typedef double bn_v8d __attribute__((vector_size(64)));
+/* 16 lanes of double accumulators as four GCC vectors of 4 doubles: each level's clone runs
+ * them in its own registers (ymm at AVX2 and AVX-512, xmm pairs at baseline; 8-double vectors
+ * made gcc keep the AVX2 clone's accumulators in memory), the same operations per lane. */
+typedef float bn_v4f __attribute__((vector_size(16), aligned(4)));
+typedef double bn_v4d __attribute__((vector_size(32)));
 
-/* v = 8 floats at p as doubles; t + every lane of lo, then of hi (macros: a function taking
+/* v = 4 floats at p as doubles; t + every lane of a[0..3] in order (macros: a function taking
  * or returning these types would warn about the ABI in the baseline clone) */
-#define BN_LOAD8(v, p)                                   \
+#define BN_LOAD4(v, p)                                   \
     do {                                                 \
-        bn_v8f f_;                                       \
+        bn_v4f f_;                                       \
         memcpy(&f_, (p), sizeof f_);                     \
-        (v) = __builtin_convertvector(f_, bn_v8d);       \
+        (v) = __builtin_convertvector(f_, bn_v4d);       \
     } while (0)
-#define BN_HSUM(t, lo, hi)                               \
+#define BN_HSUM(t, a)                                    \
     do {                                                 \
-        for (int l_ = 0; l_ < 8; l_++) (t) += (lo)[l_];  \
-        for (int l_ = 0; l_ < 8; l_++) (t) += (hi)[l_];  \
+        for (int q_ = 0; q_ < 4; q_++)                   \
+            for (int l_ = 0; l_ < 4; l_++) (t) += (a)[q_][l_]; \
     } while (0)
 
 /* Channel sums over N planes of S floats, each `stride` floats after the previous: with
@@ -59,31 +62,28 @@ typedef double bn_v8d __attribute__((vector_size(64)));
  * take elements i % 16 of each plane's first S - S % 16, a scalar sum the rest. */
 NN_MULTI_VOID(bn_plane_stats, (int N, size_t stride, int S, const float *x, double k, double *out),
               (N, stride, S, x, k, out), {
-    const bn_v8d kv = {k, k, k, k, k, k, k, k}, z = {0};
-    bn_v8d a1l = z, a1h = z, a2l = z, a2h = z;
+    const bn_v4d kv = {k, k, k, k}, z = {0};
+    bn_v4d a1[4] = {z, z, z, z}, a2[4] = {z, z, z, z};
     double t1 = 0.0, t2 = 0.0;
     const int Sv = S - S % BN_LANES;
     for (int n = 0; n < N; n++) {
         const float *p = x + (size_t)n * stride;
-        for (int i = 0; i < Sv; i += BN_LANES) {
-            bn_v8d dl, dh;
-            BN_LOAD8(dl, p + i);
-            BN_LOAD8(dh, p + i + 8);
-            dl -= kv;
-            dh -= kv;
-            a1l += dl;
-            a1h += dh;
-            a2l += dl * dl;
-            a2h += dh * dh;
-        }
+        for (int i = 0; i < Sv; i += BN_LANES)
+            for (int q = 0; q < 4; q++) {
+                bn_v4d d;
+                BN_LOAD4(d, p + i + 4 * q);
+                d -= kv;
+                a1[q] += d;
+                a2[q] += d * d;
+            }
         for (int i = Sv; i < S; i++) {
             double d = (double)p[i] - k;
             t1 += d;
             t2 += d * d;
         }
     }
-    BN_HSUM(t1, a1l, a1h);
-    BN_HSUM(t2, a2l, a2h);
+    BN_HSUM(t1, a1);
+    BN_HSUM(t2, a2);
     out[0] = t1;
     out[1] = t2;
 })
@@ -92,31 +92,28 @@ NN_MULTI_VOID(bn_plane_stats, (int N, size_t stride, int S, const float *x, doub
 NN_MULTI_VOID(bn_plane_grad_sums, (int N, size_t stride, int S, const float *x, const float *dy, double mean,
                                    double *out),
               (N, stride, S, x, dy, mean, out), {
-    const bn_v8d mv = {mean, mean, mean, mean, mean, mean, mean, mean}, z = {0};
-    bn_v8d a1l = z, a1h = z, a2l = z, a2h = z;
+    const bn_v4d mv = {mean, mean, mean, mean}, z = {0};
+    bn_v4d a1[4] = {z, z, z, z}, a2[4] = {z, z, z, z};
     double t1 = 0.0, t2 = 0.0;
     const int Sv = S - S % BN_LANES;
     for (int n = 0; n < N; n++) {
         const float *p = x + (size_t)n * stride, *g = dy + (size_t)n * stride;
-        for (int i = 0; i < Sv; i += BN_LANES) {
-            bn_v8d gl, gh, xl, xh;
-            BN_LOAD8(gl, g + i);
-            BN_LOAD8(gh, g + i + 8);
-            BN_LOAD8(xl, p + i);
-            BN_LOAD8(xh, p + i + 8);
-            a1l += gl;
-            a1h += gh;
-            a2l += gl * (xl - mv);
-            a2h += gh * (xh - mv);
-        }
+        for (int i = 0; i < Sv; i += BN_LANES)
+            for (int q = 0; q < 4; q++) {
+                bn_v4d gv, xv;
+                BN_LOAD4(gv, g + i + 4 * q);
+                BN_LOAD4(xv, p + i + 4 * q);
+                a1[q] += gv;
+                a2[q] += gv * (xv - mv);
+            }
         for (int i = Sv; i < S; i++) {
             double gv = (double)g[i];
             t1 += gv;
             t2 += gv * ((double)p[i] - mean);
         }
     }
-    BN_HSUM(t1, a1l, a1h);
-    BN_HSUM(t2, a2l, a2h);
+    BN_HSUM(t1, a1);
+    BN_HSUM(t2, a2);
     out[0] = t1;
     out[1] = t2;
 })
