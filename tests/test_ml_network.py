@@ -150,7 +150,7 @@ def test_network_classifier_errors_name_what_does_not_fit(pixels):
         NetworkClassifier(network=wrong).fit(df)
     with pytest.raises(ValueError, match="numClasses is 4 but the network has 3 outputs"):
         NetworkClassifier(network=_bn_net(), numClasses=4).fit(df)
-    with pytest.raises(ValueError, match="network holds an in-memory network"):
+    with pytest.raises(ValueError, match="network holds an in-memory model"):
         NetworkClassifier(network=_bn_net()).write()
 
 

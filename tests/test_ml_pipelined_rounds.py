@@ -41,6 +41,9 @@ class _FakeRounds:
         self.shipped.append((task.epoch, task.first_step, np.frombuffer(payload["w"], np.float32).copy()))
         return self._result(task, payload)
 
+    def close(self):
+        pass
+
     def start(self, task, payload, text):
         with self.lock:
             self.open += 1

@@ -102,7 +102,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
     def write(self):
         for name in ("initialWeights", "network"):
             if self.hasParam(name) and self.isDefined(name) and not isinstance(self.getOrDefault(name), str):
-                raise ValueError(f"{name} holds an in-memory network, which an estimator's metadata cannot store; "
+                raise ValueError(f"{name} holds an in-memory model, which an estimator's metadata cannot store; "
                                  f"save it (spark_nn.nn.save_model, or model.save) and set {name} to its path")
         return super().write()
 
