@@ -1,4 +1,6 @@
 /*
+ * The pooling family: 2-D max-pooling (here), then 2-D average pooling and global average
+ * pooling (below).
  * 2-D max-pooling.
  *   forward:  x[N,C,H,W] -> y[N,C,OH,OW], argmax[N,C,OH,OW] (int32, ih*W+iw in the input plane)
  *   backward: dy[N,C,OH,OW], argmax -> dx[N,C,H,W] (written whole: zeros + scattered dy)
