@@ -128,6 +128,79 @@ def batchnorm_cases(rng, torch):
         yield "BatchNorm2d train " + "x".join(map(str, shape)), ours_f, ours_fb, torch_f, torch_fb, None
 
 
+AVGPOOL_SHAPE = (64, 32, 28, 28)
+GAP_SHAPE = (64, 256, 7, 7)
+ACT_SHAPE = (64, 128, 28, 28)
+
+
+def avgpool_cases(rng, torch):
+    """Average pooling 3x3/2 pad 1 (torch's default count_include_pad=True) and global average
+    pooling (AdaptiveAvgPool2d(1) + flatten)."""
+    x = rng.standard_normal(AVGPOOL_SHAPE).astype(np.float32)
+    y = K.avgpool2d_forward(x, 3, 2, 1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+
+    def ours_fb():
+        K.avgpool2d_forward(x, 3, 2, 1)
+        K.avgpool2d_backward(dy, x.shape, 3, 2, 1)
+
+    def torch_f():
+        with torch.no_grad():
+            torch.nn.functional.avg_pool2d(xt, 3, 2, 1)
+
+    def torch_fb():
+        xt.grad = None
+        torch.nn.functional.avg_pool2d(xt, 3, 2, 1).backward(dyt)
+
+    yield (f"avg-pool 3x3/2 p1 on {'x'.join(map(str, AVGPOOL_SHAPE))}", lambda: K.avgpool2d_forward(x, 3, 2, 1),
+           ours_fb, torch_f, torch_fb, None)
+
+    g = rng.standard_normal(GAP_SHAPE).astype(np.float32)
+    gdy = rng.standard_normal(GAP_SHAPE[:2]).astype(np.float32)
+    gt = torch.from_numpy(g).requires_grad_(True)
+    gdyt = torch.from_numpy(gdy)
+
+    def ours_gfb():
+        K.global_avgpool_forward(g)
+        K.global_avgpool_backward(gdy, g.shape)
+
+    def torch_gf():
+        with torch.no_grad():
+            torch.nn.functional.adaptive_avg_pool2d(gt, 1).flatten(1)
+
+    def torch_gfb():
+        gt.grad = None
+        torch.nn.functional.adaptive_avg_pool2d(gt, 1).flatten(1).backward(gdyt)
+
+    yield (f"global avg-pool {'x'.join(map(str, GAP_SHAPE))}", lambda: K.global_avgpool_forward(g), ours_gfb,
+           torch_gf, torch_gfb, None)
+
+
+def activation_cases(rng, torch):
+    """SiLU and GELU (exact erf form) forward and backward: backward reads the input x."""
+    x = rng.standard_normal(ACT_SHAPE).astype(np.float32)
+    dy = rng.standard_normal(ACT_SHAPE).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+    for name, fn in (("silu", torch.nn.functional.silu), ("gelu", torch.nn.functional.gelu)):
+        def ours_fb(name=name):
+            y = K.activation_forward(x, name)
+            K.activation_backward(y, dy, name, x=x)
+
+        def torch_f(fn=fn):
+            with torch.no_grad():
+                fn(xt)
+
+        def torch_fb(fn=fn):
+            xt.grad = None
+            fn(xt).backward(dyt)
+
+        yield (f"{name} on {'x'.join(map(str, ACT_SHAPE))}", lambda name=name: K.activation_forward(x, name),
+               ours_fb, torch_f, torch_fb, None)
+
+
 def recurrent_cases(rng, torch):
     n, t, d, h = SEQ["N"], SEQ["T"], SEQ["D"], SEQ["H"]
     x = rng.standard_normal((n, t, d)).astype(np.float32)
@@ -283,7 +356,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     spark_nn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    ops = [c for gen in (conv_cases, pool_case, batchnorm_cases, recurrent_cases) for c in gen(rng, torch)]
+    ops = [c for gen in (conv_cases, pool_case, avgpool_cases, batchnorm_cases, activation_cases, recurrent_cases)
+           for c in gen(rng, torch)]
     only = [part for part in args.only.split(",") if part]
     if only:
         ops = [op for op in ops if any(part in op[0] for part in only)]

@@ -45,7 +45,9 @@ static inline float nn_expf(float x) {
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
     union { int32_t i; float f; } scale;
-    scale.i = ((int32_t)n + 127) << 23;
+    /* shifted as unsigned: for a NaN x, (int32_t)n is INT_MIN and a signed shift of the
+     * negative sum would be undefined (UBSan); the bits are the same (y is NaN either way) */
+    scale.i = (int32_t)((uint32_t)((int32_t)n + 127) << 23);
     return y * scale.f;
 }
 

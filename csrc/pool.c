@@ -1,4 +1,6 @@
 /*
+ * The pooling family: 2-D max-pooling (here), then 2-D average pooling and global average
+ * pooling (below).
  * 2-D max-pooling.
  *   forward:  x[N,C,H,W] -> y[N,C,OH,OW], argmax[N,C,OH,OW] (int32, ih*W+iw in the input plane)
  *   backward: dy[N,C,OH,OW], argmax -> dx[N,C,H,W] (written whole: zeros + scattered dy)
@@ -428,7 +430,7 @@ int avgpool2d_backward(const pool2d_shape *s, int count_include_pad, const float
  * vector, two AVX2, four SSE vectors of partial sums) with the same bits at every level. The
  * reference path sums each plane in order in double.
  */
-#define GAP_LANES 16
+#define GAP_LANES 16 /* the fold below is written for 16 */
 
 NN_MULTI_VOID(gap_fwd_planes, (long long p0, long long p1, size_t hw, const float *x, float *y),
               (p0, p1, hw, x, y), {
@@ -439,9 +441,16 @@ NN_MULTI_VOID(gap_fwd_planes, (long long p0, long long p1, size_t hw, const floa
         size_t j = 0;
         for (; j + GAP_LANES <= hw; j += GAP_LANES)
             for (int l = 0; l < GAP_LANES; l++) acc[l] += xp[j + l];
-        for (int l = 0; j + l < hw; l++) acc[l] += xp[j + l];
-        for (int w = GAP_LANES / 2; w >= 1; w /= 2)
-            for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+        if (j < hw) { /* the tail, zero-padded: adding +0 changes no partial sum (none is -0) */
+            float tail[GAP_LANES];
+            for (int l = 0; l < GAP_LANES; l++) tail[l] = 0.0f;
+            memcpy(tail, xp + j, sizeof(float) * (hw - j));
+            for (int l = 0; l < GAP_LANES; l++) acc[l] += tail[l];
+        }
+        for (int l = 0; l < 8; l++) acc[l] += acc[l + 8]; /* the fold, unrolled (fixed trip counts) */
+        for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+        for (int l = 0; l < 2; l++) acc[l] += acc[l + 2];
+        acc[0] += acc[1];
         y[p] = acc[0] / (float)hw;
     }
 })

@@ -169,3 +169,20 @@ def test_existing_kinds_unchanged(rng):
     for name in ("sigmoid", "tanh"):
         y = K.activation_forward(x, name)
         np.testing.assert_array_equal(K.activation_backward(y, dy, name, x=x), K.activation_backward(y, dy, name))
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_large_inputs_without_denormal_flushing(name):
+    """With FTZ/DAZ off (SPARK_NN_DENORMALS=keep), where nn_expf's clamp leaves ~1e-38 instead
+    of an underflow to 0, large |x| still gives PyTorch's results (no 1e-38 * 1e30 terms)."""
+    from spark_nn.threads import flush_denormals
+
+    x = np.concatenate([np.geomspace(10, 3e38, 3001), -np.geomspace(10, 3e38, 3001)]).astype(np.float32)
+    try:
+        flush_denormals(False)
+        y, dx = _ours(name, x, np.ones_like(x))
+    finally:
+        flush_denormals(True)
+    y_ref, dx_ref = _torch(name, x)
+    np.testing.assert_allclose(y, y_ref, **TOL)
+    np.testing.assert_allclose(dx, dx_ref, **TOL)

@@ -295,7 +295,10 @@ class Activation(Layer):
             self._y = K.softmax(x)
         else:
             self._y = K.activation_forward(x, self.activation, **self._args())
-        self._x = x if self.activation in _NEEDS_INPUT else None
+        # the kinds whose backward reads the input (a leaky ReLU with a negative slope cannot
+        # tell the input's sign from its output's)
+        needs_x = self.activation in _NEEDS_INPUT or (self.alpha is not None and self.alpha < 0)
+        self._x = x if needs_x else None
         return self._y
 
     def backward(self, dy, need_dx=True):
@@ -304,9 +307,7 @@ class Activation(Layer):
         y = self._y
         if self.activation == "softmax":
             return (y * (dy - np.sum(dy * y, axis=1, keepdims=True))).astype(np.float32)
-        if self.activation in _NEEDS_INPUT:
-            return K.activation_backward(y, dy, self.activation, x=self._x)
-        return K.activation_backward(y, dy, self.activation, **self._args())
+        return K.activation_backward(y, dy, self.activation, x=self._x, **self._args())
 
     def output_spans(self):
         return self.input_spans
