@@ -233,3 +233,26 @@ def test_batchnorm_network_gradient_finite_differences(rng):
 
     model.loss_and_grad = loss_and_grad
     _fd_check(model, x, rng.integers(0, 2, 5), rng)
+
+
+@pytest.mark.parametrize("name,alpha,module", [
+    ("relu6", None, lambda: torch.nn.ReLU6()), ("leaky_relu", 0.2, lambda: torch.nn.LeakyReLU(0.2)),
+    ("leaky_relu", -0.3, lambda: torch.nn.LeakyReLU(-0.3)), ("silu", None, lambda: torch.nn.SiLU()),
+    ("gelu", None, lambda: torch.nn.GELU())])
+def test_activation_layers_match_torch_float64(rng, name, alpha, module):
+    model = Sequential([L.Dense(6), L.Activation(name, alpha=alpha), L.Dense(3)], (4,), seed=9)
+    x = (rng.standard_normal((7, 4)) * 3).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+    _, grad, _ = model.loss_and_grad(None, x, y)
+    w = {k: torch.from_numpy(v.astype(np.float64)) for k, v in model.weights_dict().items()}
+    fc1, fc2 = torch.nn.Linear(4, 6).double(), torch.nn.Linear(6, 3).double()
+    with torch.no_grad():
+        for mod, i in ((fc1, 0), (fc2, 2)):
+            mod.weight.copy_(w[f"{i}.w"])
+            mod.bias.copy_(w[f"{i}.b"])
+    out = fc2(module()(fc1(torch.tensor(x, dtype=torch.float64))))
+    assert_close("logits", model.last_output, out.detach().numpy())
+    torch.nn.functional.cross_entropy(out, torch.tensor(y), reduction="sum").backward()
+    ref = np.concatenate([p.grad.numpy().ravel() for p in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)])
+    assert_close("gradient", grad, ref)
+    assert Sequential.from_config(model.config()).layers[1].config() == model.layers[1].config()
