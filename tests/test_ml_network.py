@@ -197,3 +197,41 @@ def test_network_classifier_in_a_pipeline_a_cross_validator_and_saved_with_a_net
     a = [r.probability for r in cv_model.transform(df).select("probability").collect()]
     b = [r.probability for r in loaded.transform(df).select("probability").collect()]
     assert a == b
+
+
+def test_initial_weights_fit_by_position_across_layers_without_arrays():
+    from spark_nn.ml.interop import initial_weights
+    from spark_nn.nn.losses import MeanSquaredError
+
+    src = Sequential([L.Dense(4), L.Activation("relu"), L.Dropout(0.2), L.Dense(2)], (3,), seed=1)
+    net = Sequential([L.Dense(4), L.Activation("relu"), L.Dense(2)], (3,), seed=2,
+                     loss=MeanSquaredError())
+    net.load_weights_dict(initial_weights(src, net))
+    np.testing.assert_array_equal(net.params, src.params)
+
+
+def test_network_classifier_trains_classes_whatever_loss_the_network_was_saved_with(pixels):
+    from spark_nn.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+
+    df, _, _ = pixels
+    net = Sequential([L.Conv2D(2, 3, padding=1), L.Flatten(), L.Dense(3)], (1, 6, 6), loss=MeanSquaredError())
+    est = NetworkClassifier(network=net, maxIter=1)
+    assert est.getNetwork() is net
+    model = est.fit(df)
+    assert isinstance(model.network.loss, SoftmaxCrossEntropy) and isinstance(net.loss, MeanSquaredError)
+    assert isinstance(model.network, Sequential)  # the model's own network, not a param
+    # freezing a fitted model's first layer moves its arrays behind the head's in the state
+    # vector that scoring ships: scoring follows
+    before = np.array([r.probability.toArray() for r in model.transform(df).select("probability").collect()])
+    model.network.set_trainable(False, [0])
+    after = np.array([r.probability.toArray() for r in model.transform(df).select("probability").collect()])
+    np.testing.assert_array_equal(before, after)
+
+
+def test_token_ids_outside_the_network_s_vocabulary_fail_before_training(spark):
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame([([1, 2, 9], 0.0), ([3, 4, 1], 1.0)] * 8, ["ids", "label"])
+    net = Sequential([L.Embedding(5, 3), L.LSTM(4), L.Dense(2)], (3,))
+    with pytest.raises(ValueError, match=r"'ids' has token id 9, outside the network's vocabulary \[0, 5\)"):
+        NetworkClassifier(network=net, inputCol="ids", maxIter=1).fit(df.withColumn("ids", F.col("ids")))

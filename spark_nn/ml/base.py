@@ -145,12 +145,17 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                     raise ValueError("the DataFrame is empty: there is nothing to train on")
             if spec["kind"] == "ids" and spec.get("vocabSize") is None:
                 spec["vocabSize"] = (data.stats["max_id"] or 0) + 1
+            elif spec["kind"] == "ids" and (data.stats["max_id"] or 0) >= spec["vocabSize"]:
+                raise ValueError(f"features column {fcol!r} has token id {data.stats['max_id']}, outside the "
+                                 f"network's vocabulary [0, {spec['vocabSize']})")
             net = self._network(spec, num_classes)
             if self.isDefined(self.initialWeights):
                 same = start is not None and net.config() == probe_net.config()
                 net.load_weights_dict(start if same else initial_weights(self.getOrDefault(self.initialWeights), net))
             if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
+            if net.num_params == 0:
+                raise ValueError("every layer of the network is frozen (trainable=False): there is nothing to train")
             trainer = DistributedTrainer(
                 net.config(), data, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
                 optimizer=self.getOptimizer(), step_size=self.getStepSize(), seed=self.getSeed(),
@@ -251,16 +256,17 @@ class NeuralModel(Model, MLWritable, MLReadable):
         """A picklable function (network, block) -> list of Arrow arrays, one per output."""
         raise NotImplementedError
 
-    def _shipped_weights(self, spark):
+    def _shipped_weights(self, spark, config_json):
         """The weights as the scoring tasks read them (.value): a broadcast kept per SparkContext
-        on a classic session; on Spark Connect, which has no broadcasts, inside the scoring
+        and network layout (config_json: set_trainable moves arrays between the vectors) on a
+        classic session; on Spark Connect, which has no broadcasts, inside the scoring
         function's closure (which the query plan carries anyway)."""
         if is_connect(spark):
             return Inline(self._net.state_vector())
         sc = spark.sparkContext
-        if self._bcast is None or self._bcast[0] is not sc:
-            self._bcast = (sc, sc.broadcast(self._net.state_vector()))
-        return self._bcast[1]
+        if self._bcast is None or self._bcast[0] is not sc or self._bcast[1] != config_json:
+            self._bcast = (sc, config_json, sc.broadcast(self._net.state_vector()))
+        return self._bcast[2]
 
     def _transform(self, dataset):
         fcol = self.featuresColumn()
@@ -276,14 +282,15 @@ class NeuralModel(Model, MLWritable, MLReadable):
                                  "name with the matching *Col param")
         spec = dict(self._spec, kind=kind)
         prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
-        bcast, outputs_fn = self._shipped_weights(dataset.sparkSession), self._outputs_fn()
         config_json = json.dumps(self._net.config(), sort_keys=True)
+        bcast, outputs_fn = self._shipped_weights(dataset.sparkSession, config_json), self._outputs_fn()
         threads = task_threads(self, dataset.sparkSession)
         with_paths = kind == "encoded" and "path" in dataset.columns  # binaryFile's: errors name the file
 
         def score(batches):
             model = worker_model(config_json, threads)
             model.set_state_vector(bcast.value)
+            model.frozen_key = None  # a fit's tasks in this worker must load their frozen arrays again
             for b in batches:
                 x = arrow_to_block(b.column(_TMP_FEATURES), spec, fcol,
                                    paths=b.column("path") if with_paths else None)

@@ -14,9 +14,10 @@ from pyspark import keyword_only
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_outputs
 from spark_nn.ml.columns import encoded_image_shape, first_row_size, image_shape, seq_shape
 from spark_nn.ml.interop import is_torch_module, network_copy
-from spark_nn.ml.params import CNNParams, NetworkParams, RNNParams
+from spark_nn.ml.params import CNNParams, NetworkModelParams, NetworkParams, RNNParams
 from spark_nn.nn import builders
 from spark_nn.nn.layers import Embedding
+from spark_nn.nn.losses import SoftmaxCrossEntropy
 from spark_nn.nn.model import Sequential
 
 
@@ -194,7 +195,7 @@ class RNNClassifier(NeuralEstimator, RNNParams):
                             dropout=self.getOrDefault(self.dropout), seed=self.getSeed())
 
 
-class NetworkClassificationModel(_ClassificationModel, NetworkParams):
+class NetworkClassificationModel(_ClassificationModel, NetworkModelParams):
     """A fitted NetworkClassifier."""
 
     _input_kinds = ("image", "vector", "array", "encoded", "seq", "ids")
@@ -230,12 +231,21 @@ class NetworkClassifier(NeuralEstimator, NetworkParams):
                              "input_shape) or a torch module")
 
     def _given(self, shape):
-        """The network param as a Sequential of its own; torch modules are traced on input shape."""
+        """The network param as a Sequential of its own, trained for classes: its loss is softmax
+        cross-entropy whatever the given network's (a network saved as an autoencoder keeps
+        none of that). Torch modules are traced on the input shape; the conversion is made once
+        per value and shape (a trace or a load can take seconds) and copied for each use."""
         value = self.getOrDefault(self.network)
         if shape is None and is_torch_module(value):
             raise ValueError("NetworkClassifier: a torch network needs the input shape: use image structs, or "
                              "set imageShape=[channels, height, width] for vector/array pixels")
-        return network_copy(value, shape)
+        cached = getattr(self, "_converted", None)
+        if cached is None or cached[0] is not value or cached[1] != shape:
+            cached = self._converted = (value, shape, network_copy(value, shape))
+        net = network_copy(cached[2], shape)
+        if not isinstance(net.loss, SoftmaxCrossEntropy):
+            net.loss = SoftmaxCrossEntropy()
+        return net
 
     def _known_shape(self):
         """The network's input shape when it is known without data (not a torch module), else None."""

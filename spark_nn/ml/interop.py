@@ -8,8 +8,8 @@ from spark_nn.nn.persist import load_model
 
 
 def _is_fitted_model(value):
-    """A fitted spark_nn model (NeuralModel): whatever holds its trained network as .network."""
-    return isinstance(getattr(value, "network", None), Sequential)
+    """A fitted spark_nn model (NeuralModel): whatever holds its trained network as ._net."""
+    return isinstance(getattr(value, "_net", None), Sequential)
 
 
 def is_torch_module(value):
@@ -46,7 +46,7 @@ def _network_of(value, input_shape):
     if isinstance(value, Sequential):
         return value
     if _is_fitted_model(value):
-        return value.network
+        return value._net
     if isinstance(value, str):
         local = local_path(value)
         # a Spark model keeps the network under data/; spark_nn.nn.save_model at the top
@@ -78,4 +78,5 @@ def initial_weights(value, net):
     if len(ours) != len(theirs):
         raise ValueError(f"initialWeights ({what}) do not fit this estimator's network: {len(theirs)} weight "
                          f"arrays there, {len(ours)} here")
-    return src.weights_dict()
+    # by position: networks that differ only in layers without arrays (Dropout, Flatten) fit
+    return {a.key: src._view(b).copy() for a, b in zip(net.slots, src.slots)}

@@ -302,7 +302,15 @@ class AutoEncoderParams(TrainingParams, TemplateParams, HasInputCol, HasOutputCo
 
 
 @with_accessors
-class NetworkParams(NeuralParams, EncodedImageParams):
+class NetworkModelParams(NeuralParams, EncodedImageParams):
+    """Params of a classifier of the user's network, fitted: its network is the model's own
+    (NeuralModel.network), not a param."""
+
+    imageShape = CNNParams.imageShape
+
+
+@with_accessors
+class NetworkParams(NetworkModelParams):
     """Params of the classifier that trains a network the user gives."""
 
     network = Param(Params._dummy(), "network",
@@ -310,7 +318,6 @@ class NetworkParams(NeuralParams, EncodedImageParams):
                     "tracing: torch is needed there only), a fitted spark_nn model, or the path of a saved network "
                     "or model; its layers with trainable False (torch: requires_grad False) stay frozen",
                     typeConverter=check_network)
-    imageShape = CNNParams.imageShape
 
 
 @with_accessors

@@ -62,9 +62,11 @@ def _recurrent_layers(path, mod, return_last, cls_name):
     return out
 
 
-def _frozen(path, mod):
-    """True when every parameter of mod has requires_grad False (an error when only some do)."""
-    flags = {p.requires_grad for p in mod.parameters(recurse=False)}
+def frozen_module(path, mod):
+    """True when every parameter of mod has requires_grad False (an error when only some do).
+    Our to_torch recurrent wrapper holds its parameters in its child module."""
+    held = mod.rnn if getattr(mod, "_spark_nn_leaf", False) else mod
+    flags = {p.requires_grad for p in held.parameters(recurse=False)}
     if len(flags) > 1:
         raise ValueError(f"from_torch: cannot take {path} ({type(mod).__name__}): some of its parameters require "
                          "gradients and some do not; freeze or unfreeze the whole module")
@@ -275,7 +277,7 @@ def import_layers(module, input_shape):
         if node.op == "call_module":
             mod = modules[node.target]
             new = module_layers(node.target, mod, shape_in, shape_out)
-            if _frozen(node.target, mod):
+            if frozen_module(node.target, mod):
                 frozen.update(id(layer) for layer, _ in new)
             if len(node.args) != 1 or node.kwargs:
                 if not getattr(mod, "_spark_nn_leaf", False):

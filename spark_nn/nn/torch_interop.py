@@ -11,7 +11,7 @@ a module that runs our layers in order.
 import numpy as np
 
 from spark_nn.nn import layers as L
-from spark_nn.nn.torch_import import import_layers, module_layers
+from spark_nn.nn.torch_import import frozen_module, import_layers, module_layers
 
 
 def _torch_classes():
@@ -193,12 +193,13 @@ class TorchInterop:
         if getattr(module, "_spark_nn_module", False) and module.mask_zero:
             # our own to_torch module: its forward runs its layers in order, handing the
             # embedding's padding spans to the recurrent layers (which tracing cannot follow)
-            stack, weights = [], {}
+            stack, weights, frozen = [], {}, set()
             for i, mod in enumerate(module.layers):
                 for layer, w in module_layers(str(i), mod, None, None):
                     stack.append(layer)
                     weights[id(layer)] = w
-            frozen = set()
+                    if frozen_module(str(i), mod):
+                        frozen.add(id(layer))
         else:
             stack, weights, frozen = import_layers(module, input_shape)
         if not stack:

@@ -232,7 +232,8 @@ class DistributedTrainer:
         tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
         self._epoch_rounds, shipped_before = 0, self.shipped_bytes
         depth = 2 if self.pipeline else 1
-        flight = collections.deque()  # (round in flight, first step, k, shipped rows, base, start time, next round)
+        # (round in flight, first step, k, shipped rows, base, start time, next round, buffers shipped)
+        flight = collections.deque()
         step, last_return = 0, 0.0
         try:
             while step < steps or flight:
@@ -250,10 +251,11 @@ class DistributedTrainer:
                     else:
                         self.rounds.describe(text)
                         running = _Returned(self.rounds.run(task, payload))
-                    flight.append((running, step, k, rows, base, t0, task.next_round))
+                    shipped_buffers = self.buffers.copy() if depth > 1 and self.buffers.size else None
+                    flight.append((running, step, k, rows, base, t0, task.next_round, shipped_buffers))
                     self._ahead += k
                     step += k
-                running, first, k, shipped_rows, base, t0, next_round = flight[0]
+                running, first, k, shipped_rows, base, t0, next_round, shipped_buffers = flight[0]
                 result = running.result()
                 flight.popleft()
                 self._ahead -= k
@@ -267,8 +269,13 @@ class DistributedTrainer:
                         return None
                 self._check_loss(loss, n, epoch, first)
                 if n and self.buffers.size:
-                    # BatchNorm's running statistics: the rows-weighted mean of the tasks' own
-                    self.buffers[:] = result.buffers / np.float32(n)
+                    # BatchNorm's running statistics: the rows-weighted mean of the tasks' own;
+                    # pipelined, the round's change on top of the rounds applied since it left
+                    mean = result.buffers / np.float32(n)
+                    if shipped_buffers is None:
+                        self.buffers[:] = mean
+                    else:
+                        self.buffers += mean - shipped_buffers
                 if k == 1:
                     if n:
                         self._sync_step(weights, result)
@@ -370,10 +377,10 @@ class DistributedTrainer:
         """The trained weights (trainable parameters) from these; the buffers the fit ends with
         are self.buffers after it."""
         weights = np.array(weights, dtype=np.float32, copy=True)
-        first, self._best, self._since_best = self._resume(weights)
-        progress = Progress(self.sampler.steps_per_epoch * (self.epochs - first), self.description, self.verbose)
-        pending = None
         try:
+            first, self._best, self._since_best = self._resume(weights)
+            progress = Progress(self.sampler.steps_per_epoch * (self.epochs - first), self.description, self.verbose)
+            pending = None
             for epoch in range(first, self.epochs):
                 t0 = time.perf_counter()
                 done = self._epoch(weights, epoch, progress, pending)
