@@ -158,3 +158,15 @@ def test_from_torch_follows_the_traced_dataflow_not_the_attribute_order(rng):
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ours.predict_output(x), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_frozen_layers_survive_to_torch_and_back(mask):
+    ours = builders.rnn([6, 5, 3], 3, (8,), cell="lstm", vocab_size=30, seed=1)
+    ours.layers[0].mask_zero = mask
+    ours = Sequential.from_config(ours.config())
+    ours.set_trainable(False, [0, 1])
+    tm = ours.to_torch()
+    assert [p.requires_grad for p in tm.parameters()] == [False] * 5 + [True] * 6
+    back = Sequential.from_torch(tm, (8,))
+    assert [s.kind for s in back.slots] == [s.kind for s in ours.slots]
