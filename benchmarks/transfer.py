@@ -1,11 +1,16 @@
 """Transfer learning on Spark: a network trained elsewhere (in torch), its body frozen and a new
 head fit with NetworkClassifier, against the same network fit from scratch, in one run.
 
-    python benchmarks/transfer.py [--width 16] [--source-rows 6000] [--target-rows 500] [--epochs 8]
+    python benchmarks/transfer.py [--scenario new-data|new-classes] [--width 16] [--source-rows 6000]
+                                  [--target-rows 200] [--epochs 8]
 
-Source task: 3x32x32 colour digits 0-4 (compare_peers.colour_digits of datasets.digits_28),
-trained in torch (ResNet-18 layout from tests/torchvision_models.py, CIFAR stem, base width
---width). Target task: digits 5-9, a small training set (--target-rows) and 1000 test images.
+Source task: 3x32x32 colour digits (compare_peers.colour_digits of datasets.digits_28), trained
+in torch (ResNet-18 layout from tests/torchvision_models.py, CIFAR stem, base width --width).
+Target task, a small training set (--target-rows) and 1000 test images:
+- new-data (default): the same ten classes drawn from the other half of the source digits
+  (other people's handwriting: datasets.digits_split never shares a source image between its
+  halves), coloured with other tints: a pretrained body meeting the user's own data;
+- new-classes: source digits 0-4, target digits 5-9: features for other classes.
 Contenders on Spark local[2], each at NetworkClassifier's defaults for --epochs epochs, the test
 rows as validation data: (a) the torch network imported, every parameter frozen but a new
 Linear head (requires_grad False); (b) the same architecture from scratch (fresh torch init,
@@ -30,23 +35,24 @@ from timing import print_table  # noqa: E402
 
 
 def task(n, split, classes, seed):
-    """n colour digits images of the given classes, labels renumbered 0.."""
+    """n colour digits images of the given classes (from digits_split's half named by split),
+    labels renumbered 0.."""
     from spark_nn.datasets import digits_28
 
-    x, y = digits_28(4 * n, split, seed=seed)
+    x, y = digits_28(4 * n if len(classes) < 10 else n, split, seed=seed)
     keep = np.isin(y, classes)
     x, y = x[keep][:n], y[keep][:n]
     return colour_digits(x, seed), np.searchsorted(classes, y).astype(np.int64)
 
 
-def pretrain(x, y, width, epochs, threads=2):
+def pretrain(x, y, width, epochs, classes, threads=2):
     """The source network, trained in torch (Adam 3e-3, batch 64); returns it and its seconds."""
     import torch
     import torchvision_models as tv
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = tv.resnet18(num_classes=5, width=width, cifar_stem=True)
+    net = tv.resnet18(num_classes=classes, width=width, cifar_stem=True)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     t0 = time.perf_counter()
@@ -90,7 +96,8 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--source-rows", type=int, default=6000)
     ap.add_argument("--source-epochs", type=int, default=3)
-    ap.add_argument("--target-rows", type=int, default=500)
+    ap.add_argument("--scenario", choices=["new-data", "new-classes"], default="new-data")
+    ap.add_argument("--target-rows", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=8)
     args = ap.parse_args(argv)
     import torch
@@ -99,23 +106,29 @@ def main(argv=None):
     from spark_nn.nn import Sequential
     import torchvision_models as tv
 
-    xs, ys = task(args.source_rows, "train", [0, 1, 2, 3, 4], 0)
-    source, seconds = pretrain(xs, ys, args.width, args.source_epochs)
-    xst, yst = task(1000, "test", [0, 1, 2, 3, 4], 1)
+    if args.scenario == "new-classes":
+        source_classes, target_classes, target_split = list(range(5)), list(range(5, 10)), "train"
+    else:
+        source_classes, target_classes, target_split = list(range(10)), list(range(10)), "test"
+    k_src, k = len(source_classes), len(target_classes)
+    xs, ys = task(args.source_rows, "train", source_classes, 0)
+    source, seconds = pretrain(xs, ys, args.width, args.source_epochs, k_src)
+    # the source's own held-out images: its half of the digits, other draws
+    xst, yst = task(1000, "train", source_classes, 1)
     with torch.no_grad():
         src_acc = float((source(torch.from_numpy(xst)).argmax(1).numpy() == yst).mean())
-    print(f"source: ResNet-18 width {args.width}, digits 0-4, {len(xs)} images, {args.source_epochs} epochs in torch: "
-          f"{seconds:.1f} s, test accuracy {src_acc:.4f}", flush=True)
+    print(f"source: ResNet-18 width {args.width}, digits {source_classes}, {len(xs)} images, {args.source_epochs} "
+          f"epochs in torch: {seconds:.1f} s, accuracy on 1000 other draws of its images {src_acc:.4f}", flush=True)
 
     frozen = source
     for p in frozen.parameters():
         p.requires_grad_(False)
-    frozen.fc = torch.nn.Linear(frozen.fc.in_features, 5)
+    frozen.fc = torch.nn.Linear(frozen.fc.in_features, k)
     torch.manual_seed(1)
-    scratch = tv.resnet18(num_classes=5, width=args.width, cifar_stem=True)
+    scratch = tv.resnet18(num_classes=k, width=args.width, cifar_stem=True)
 
-    xt, yt = task(args.target_rows, "train", [5, 6, 7, 8, 9], 2)
-    xv, yv = task(1000, "test", [5, 6, 7, 8, 9], 3)
+    xt, yt = task(args.target_rows, target_split, target_classes, 2)
+    xv, yv = task(1000, target_split, target_classes, 3)
     spark = local_session("local[2]", "spark_nn transfer", conf={"spark.driver.memory": "4g"})
     rows, curves = [], {}
     try:
@@ -134,7 +147,8 @@ def main(argv=None):
     finally:
         spark.stop()
     print()
-    print(f"## transfer: digits 5-9 from {len(xt)} images, test on {len(xv)}, {args.epochs} epochs on Spark local[2]")
+    print(f"## transfer ({args.scenario}): digits {target_classes} from {len(xt)} images, test on {len(xv)}, "
+          f"{args.epochs} epochs on Spark local[2]")
     print()
     print_table(["fit", "trainable params", "wall s", "s/epoch", "test accuracy after each epoch"], rows)
     target = curves["from scratch"][-1]
