@@ -150,8 +150,9 @@ def test_network_classifier_errors_name_what_does_not_fit(pixels):
         NetworkClassifier(network=wrong).fit(df)
     with pytest.raises(ValueError, match="numClasses is 4 but the network has 3 outputs"):
         NetworkClassifier(network=_bn_net(), numClasses=4).fit(df)
-    with pytest.raises(ValueError, match="network holds an in-memory model"):
-        NetworkClassifier(network=_bn_net()).write()
+    tm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+    with pytest.raises(ValueError, match="saving a torch network converts it, which needs its input shape"):
+        NetworkClassifier(network=tm).write()
 
 
 def test_network_featurizer_writes_the_head_s_input_as_a_vector_column(pixels, tmp_path):
@@ -235,3 +236,23 @@ def test_token_ids_outside_the_network_s_vocabulary_fail_before_training(spark):
     net = Sequential([L.Embedding(5, 3), L.LSTM(4), L.Dense(2)], (3,))
     with pytest.raises(ValueError, match=r"'ids' has token id 9, outside the network's vocabulary \[0, 5\)"):
         NetworkClassifier(network=net, inputCol="ids", maxIter=1).fit(df.withColumn("ids", F.col("ids")))
+
+
+def test_network_classifier_with_an_in_memory_network_saves_it_beside_its_params(pixels, tmp_path):
+    from pyspark.ml import Pipeline
+
+    df, _, _ = pixels
+    net = _bn_net(seed=7, flat_head=True)
+    net.set_trainable(False, [0, 1])
+    est = NetworkClassifier(network=net, maxIter=2, seed=0)
+    Pipeline(stages=[est]).write().overwrite().save(str(tmp_path / "pipe"))
+    loaded = Pipeline.load(str(tmp_path / "pipe")).getStages()[0]
+    path = loaded.getOrDefault(loaded.network)
+    assert isinstance(path, str) and path.endswith("network")
+    a = est.fit(df).network.weights_dict()
+    b = loaded.fit(df).network.weights_dict()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # frozen layers included
+    tm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+    NetworkClassifier(network=tm, imageShape=[1, 6, 6]).save(str(tmp_path / "torch"))
+    again = NetworkClassifier.load(str(tmp_path / "torch"))
+    assert [type(layer).__name__ for layer in again._given((1, 6, 6)).layers] == ["Flatten", "Dense"]

@@ -100,10 +100,9 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
             self.numClasses) else None
 
     def write(self):
-        for name in ("initialWeights", "network"):
-            if self.hasParam(name) and self.isDefined(name) and not isinstance(self.getOrDefault(name), str):
-                raise ValueError(f"{name} holds an in-memory model, which an estimator's metadata cannot store; "
-                                 f"save it (spark_nn.nn.save_model, or model.save) and set {name} to its path")
+        if self.isDefined(self.initialWeights) and not isinstance(self.getOrDefault(self.initialWeights), str):
+            raise ValueError("initialWeights holds an in-memory model, which an estimator's metadata cannot "
+                             "store; save the model and set initialWeights to its path")
         return super().write()
 
     def _network(self, spec, num_classes):

@@ -15,6 +15,7 @@ from spark_nn.ml.base import NeuralEstimator, NeuralModel, classification_output
 from spark_nn.ml.columns import encoded_image_shape, first_row_size, image_shape, seq_shape
 from spark_nn.ml.interop import is_torch_module, network_copy
 from spark_nn.ml.params import CNNParams, NetworkModelParams, NetworkParams, RNNParams
+from spark_nn.ml.persistence import NetworkParamReader, NetworkParamWriter
 from spark_nn.nn import builders
 from spark_nn.nn.layers import Embedding
 from spark_nn.nn.losses import SoftmaxCrossEntropy
@@ -224,6 +225,25 @@ class NetworkClassifier(NeuralEstimator, NetworkParams):
     def __init__(self, **kwargs):
         super().__init__()
         self.setParams(**self._input_kwargs)
+
+    def write(self):
+        """Saves the params; a network given in memory is saved beside them (``network/``) and
+        the loaded estimator reads it from there. A torch module is converted first, which
+        needs imageShape."""
+        value = self.getOrDefault(self.network) if self.isDefined(self.network) else None
+        if value is None or isinstance(value, str):
+            return super().write()
+        if self.isDefined(self.initialWeights) and not isinstance(self.getOrDefault(self.initialWeights), str):
+            return super().write()  # its error about initialWeights
+        shape = tuple(self.getOrDefault(self.imageShape)) if self.isDefined(self.imageShape) else None
+        if shape is None and is_torch_module(value):
+            raise ValueError("NetworkClassifier: saving a torch network converts it, which needs its input shape: "
+                             "set imageShape, or give network a spark_nn network")
+        return NetworkParamWriter(self, self._given(shape))
+
+    @classmethod
+    def read(cls):
+        return NetworkParamReader(cls)
 
     def _check_params(self):
         if not self.isDefined(self.network):

@@ -56,6 +56,35 @@ class ParamsWritable(DefaultParamsWritable):
         return ParamsWriter(self)
 
 
+class NetworkParamWriter(ParamsWriter):
+    """An estimator whose ``network`` param holds an in-memory network: the metadata says the
+    network was saved beside it, in ``network/`` (spark_nn.nn.save_model's format: JSON and
+    .npz), and NetworkParamReader points the param there again."""
+
+    SUBDIR = "network"
+
+    def __init__(self, instance, network):
+        super().__init__(instance)
+        self.network = network
+
+    def saveImpl(self, path):
+        from spark_nn.nn.persist import save_model
+
+        that = self.instance.copy()
+        that._set(network=self.SUBDIR)
+        DefaultParamsWriter.saveMetadata(that, path, metadata_session(self), extraMetadata={"networkSaved": True})
+        save_model(self.network, os.path.join(local_path(path), self.SUBDIR), overwrite=True)
+
+
+class NetworkParamReader(DefaultParamsReader):
+    def load(self, path):
+        instance = super().load(path)
+        metadata = DefaultParamsReader.loadMetadata(path, metadata_session(self))
+        if metadata.get("networkSaved"):
+            instance._set(network=os.path.join(local_path(path), NetworkParamWriter.SUBDIR))
+        return instance
+
+
 class NeuralModelWriter(MLWriter):
     def __init__(self, instance):
         super().__init__()
