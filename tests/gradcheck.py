@@ -55,3 +55,17 @@ def check_directional(loss, arrays, grads, rng, eps=1e-2, trials=2, rtol=1e-3):
 
 def weighted_sum(out, r):
     return float(np.sum(np.asarray(out, dtype=np.float64) * r))
+
+
+def both_paths(fn):
+    """(fast result, scalar reference result) of fn(): the same call with the kernels' reference
+    mode (plain loops, one thread) switched on for the second."""
+    from spark_nn import _kernels
+
+    fast = fn()
+    _kernels.set_reference(True)
+    try:
+        slow = fn()
+    finally:
+        _kernels.set_reference(False)
+    return fast, slow

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from gradcheck import assert_close, check_directional, t64, weighted_sum
-from spark_nn import _kernels
+from gradcheck import assert_close, both_paths, check_directional, t64, weighted_sum
 from spark_nn import kernels as K
 
 # (N, C, H, W, kernel, stride, padding); stride None: the kernel
@@ -32,16 +31,6 @@ def _torch_pool(x, dy, k, s, p, inc):
     return yt.detach().numpy(), xt.grad.numpy()
 
 
-def _paths(fn):
-    fast = fn()
-    _kernels.set_reference(True)
-    try:
-        slow = fn()
-    finally:
-        _kernels.set_reference(False)
-    return fast, slow
-
-
 @pytest.mark.parametrize("inc", [True, False], ids=["include_pad", "exclude_pad"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_avgpool_matches_torch(rng, shape, inc):
@@ -62,10 +51,10 @@ def test_avgpool_matches_torch(rng, shape, inc):
 def test_avgpool_fast_path_equals_reference(rng, shape, inc):
     n, c, h, w, k, s, p = shape
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    (y, y_ref) = _paths(lambda: K.avgpool2d_forward(x, k, s, p, inc))
+    (y, y_ref) = both_paths(lambda: K.avgpool2d_forward(x, k, s, p, inc))
     np.testing.assert_array_equal(y, y_ref)  # same sums in the same order
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, dx_ref = _paths(lambda: K.avgpool2d_backward(dy, x.shape, k, s, p, inc))
+    dx, dx_ref = both_paths(lambda: K.avgpool2d_backward(dy, x.shape, k, s, p, inc))
     assert_close("dx", dx, dx_ref)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
 
@@ -138,9 +127,9 @@ def test_global_avgpool_matches_torch(rng, shape):
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
     dx = K.global_avgpool_backward(dy, shape)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
-    y_ref = _paths(lambda: K.global_avgpool_forward(x))[1]
+    y_ref = both_paths(lambda: K.global_avgpool_forward(x))[1]
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(dx, _paths(lambda: K.global_avgpool_backward(dy, shape))[1])
+    np.testing.assert_array_equal(dx, both_paths(lambda: K.global_avgpool_backward(dy, shape))[1])
 
 
 def test_global_avgpool_is_the_same_for_any_thread_count(rng, threads):

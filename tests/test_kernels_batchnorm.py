@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from gradcheck import assert_close, check_directional, t64, weighted_sum
+from gradcheck import assert_close, both_paths, check_directional, t64, weighted_sum
 from spark_nn import _kernels
 from spark_nn import kernels as K
 
@@ -255,12 +255,7 @@ def test_vectorized_path_agrees_with_reference(rng, shape):
         return (y, mean, invstd, rmi, rvi) + K.batchnorm_backward(x, gamma, mean, invstd, dy, True) + ye + \
             K.batchnorm_backward(x, gamma, ye[1], ye[2], dy, False)
 
-    fast = run()
-    _kernels.set_reference(True)
-    try:
-        slow = run()
-    finally:
-        _kernels.set_reference(False)
+    fast, slow = both_paths(run)
     names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta", "y eval",
              "mean eval", "invstd eval", "dx eval", "dgamma eval", "dbeta eval"]
     for name, a, b in zip(names, fast, slow):

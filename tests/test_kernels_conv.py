@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from gradcheck import assert_close, check_directional, t64, weighted_sum
+from gradcheck import assert_close, both_paths, check_directional, t64, weighted_sum
 from spark_nn import kernels as K
 
 # (N, C, H, W, OC, kernel, stride, padding)
@@ -65,16 +65,9 @@ def test_conv2d_matches_direct_reference(rng, shape):
 
 @pytest.mark.parametrize("shape", SHAPES[:4])
 def test_conv2d_fast_path_matches_scalar_path(rng, shape):
-    from spark_nn import _kernels
-
     x, w, b, s, p = _case(rng, shape)
     dy = rng.standard_normal(K.conv2d_output_shape(x.shape, w.shape[0], w.shape[2:], s, p)).astype(np.float32)
-    fast = (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p)
-    _kernels.set_reference(True)
-    try:
-        slow = (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p)
-    finally:
-        _kernels.set_reference(False)
+    fast, slow = both_paths(lambda: (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p))
     for name, a, r in zip(["y", "dx", "dw", "db"], fast, slow):
         assert_close(name, a, r)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from gradcheck import assert_close, check_directional, t64, weighted_sum
+from gradcheck import assert_close, both_paths, check_directional, t64, weighted_sum
 from spark_nn import _kernels
 from spark_nn import kernels as K
 
@@ -85,12 +85,7 @@ def test_grouped_conv_fast_path_matches_scalar_path(rng, shape):
     reference path: the direct loop for depthwise, im2col + scalar GEMM otherwise."""
     x, w, b, s, p, g = _case(rng, shape)
     dy = _dy(rng, x, w, s, p, g)
-    fast = _all(x, w, b, dy, s, p, g)
-    _kernels.set_reference(True)
-    try:
-        slow = _all(x, w, b, dy, s, p, g)
-    finally:
-        _kernels.set_reference(False)
+    fast, slow = both_paths(lambda: _all(x, w, b, dy, s, p, g))
     for name, a, r in zip(["y", "dx", "dw", "db"], fast, slow):
         assert_close(name, a, r)
 

@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from gradcheck import assert_close, check_directional, t64, weighted_sum
-from spark_nn import _kernels
+from gradcheck import assert_close, both_paths, check_directional, t64, weighted_sum
 from spark_nn import kernels as K
 
 # (N, C, H, W, kernel, stride, padding)
@@ -42,12 +41,7 @@ def test_maxpool_2x2_path_ties_and_nans_equal_the_reference(rng, shape):
     same value and index as the general loop (first maximum row-major; the first NaN wins)."""
     x = rng.integers(0, 3, shape).astype(np.float32)
     x[rng.random(shape) < 0.05] = np.nan
-    y, idx = K.maxpool2d_forward(x, 2)
-    _kernels.set_reference(True)
-    try:
-        y_ref, idx_ref = K.maxpool2d_forward(x, 2)
-    finally:
-        _kernels.set_reference(False)
+    (y, idx), (y_ref, idx_ref) = both_paths(lambda: K.maxpool2d_forward(x, 2))
     assert np.isnan(y).any() and (y == 2).any()
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(idx, idx_ref)

@@ -6,23 +6,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradcheck import assert_close
-from spark_nn import _kernels
+from gradcheck import assert_close, both_paths
 from spark_nn import kernels as K
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-def both_paths(fn):
-    """(fast result, scalar reference result) of fn()."""
-    fast = fn()
-    _kernels.set_reference(True)
-    try:
-        slow = fn()
-    finally:
-        _kernels.set_reference(False)
-    return fast, slow
 
 
 def _flatten(result):
