@@ -31,7 +31,7 @@ CASES = [
     ("negative labels", lambda df: cnn().fit(df.selectExpr("features", "label - 1 as label")), "negative label"),
     ("labels outside numClasses", lambda df: cnn(numClasses=2).fit(df), r"label 2\.?0?, outside \[0, numClasses=2\)"),
     ("null labels", lambda df: cnn().fit(df.selectExpr("features", "if(label = 1, null, label) as label")),
-     "null values"),
+     r"label column .label. has a null, NaN or infinite value in row \d+ of input partition \d+"),
     ("a single class", lambda df: cnn().fit(df.where("label = 0")), "single class"),
     ("empty DataFrame", lambda df: cnn().fit(df.limit(0)), "DataFrame is empty"),
     ("NaN features", lambda df: cnn(inputCol="arr").fit(df.selectExpr(

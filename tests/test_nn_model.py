@@ -156,7 +156,10 @@ def test_the_loss_says_what_a_fit_trains_for():
     assert reconstruction.correct(out, x) == 0 and reconstruction.config() == {"type": "mean_squared_error"}
     y = np.ones(3)
     regression = MeanSquaredError(target="labels")
-    assert regression.targets(x, y) is y and loss_from_config(regression.config()).target == "labels"
+    assert regression.targets(x, y).tolist() == [[1.0]] * 3 and loss_from_config(regression.config()).target == "labels"
+    scaled = MeanSquaredError(target="labels", shift=[2.0], scale=[4.0])  # (label - 2) / 4
+    assert scaled.targets(x, np.array([2.0, 6.0, -2.0])).ravel().tolist() == [0.0, 1.0, -1.0]
+    assert scaled.output_transform(np.array([[0.5]], np.float32)).tolist() == [[4.0]]
     assert BinaryCrossEntropy().targets(x, y) is y and not BinaryCrossEntropy().has_accuracy
     assert isinstance(loss_from_config(None), SoftmaxCrossEntropy)
     with pytest.raises(ValueError, match="target"):

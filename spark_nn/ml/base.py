@@ -27,6 +27,7 @@ from spark_nn.ml.training.blocks import TrainingData
 from spark_nn.ml.training.rounds import Inline
 from spark_nn.ml.training.trainer import DistributedTrainer
 from spark_nn.ml.training.worker import worker_model
+from spark_nn.nn.losses import SoftmaxCrossEntropy
 
 _TMP_FEATURES = "__spark_nn_features"
 
@@ -94,10 +95,42 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
         if self.hasParam("layers") and not self.isDefined(self.layers):
             raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
 
+    # ------------------------------------------------ what the fit trains for (classes, by default)
+    def _head_loss(self, current):
+        """The loss the network trains with, given the one it has (None for a template's):
+        softmax cross-entropy over the classes (a given network's own keeps its class weights)."""
+        return current if isinstance(current, SoftmaxCrossEntropy) else SoftmaxCrossEntropy()
+
+    def _standardized(self, spec):
+        """The input spec, with a "standardize" entry when the network standardizes its inputs
+        (the pass then measures them, and _outputs_of sets the values)."""
+        return spec
+
+    def _check_labels(self, df, col):
+        """Errors of the label column's type, before any job; returns the labels' size per row
+        (None: one number), which the pass reads them by."""
+        check_label_column(df, col)
+        return None
+
     def _declared_num_classes(self, spec):
         """numClasses known before the pass (the param), or None: the labels tell."""
         return self.getOrDefault(self.numClasses) if self.hasParam("numClasses") and self.isDefined(
             self.numClasses) else None
+
+    def _known_outputs(self, df, col, spec, label_size):
+        """The network's outputs when the schema and params tell them before the pass, else None."""
+        declared = self._declared_num_classes(spec)
+        return _label_metadata(df, col, declared)[1] if col is not None else declared
+
+    def _outputs_of(self, df, col, stats, spec, label_size):
+        """(network outputs, class names or None, the loss to train with or None: the network's)
+        from the label statistics of the pass."""
+        if stats["rows"] == 0:
+            raise ValueError("the DataFrame is empty: there is nothing to train on")
+        if col is None:
+            return self._declared_num_classes(spec), None, None
+        k, names = label_info(df, col, stats, self._declared_num_classes(spec))
+        return k, names, None
 
     def write(self):
         if self.isDefined(self.initialWeights) and not isinstance(self.getOrDefault(self.initialWeights), str):
@@ -114,16 +147,14 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
         self._check_params()
         # everything the schema, the params and at most one row tell is checked before the pass
         kind = feature_kind(dataset, fcol)
-        if lcol is not None:
-            check_label_column(dataset, lcol)
+        label_size = self._check_labels(dataset, lcol) if lcol is not None else None
         indicator = self.getOrDefault(self.validationIndicatorCol) \
             if self.isDefined(self.validationIndicatorCol) else None
         if indicator and indicator not in dataset.columns:
             raise ValueError(f"validationIndicatorCol {indicator!r} is not in the DataFrame; "
                              f"columns: {dataset.columns}")
-        spec = self._input_spec(dataset, fcol, kind)
-        num_classes = self._declared_num_classes(spec)
-        known_k = _label_metadata(dataset, lcol, num_classes)[1] if lcol is not None else None
+        spec = self._standardized(self._input_spec(dataset, fcol, kind))
+        known_k = self._known_outputs(dataset, lcol, spec, label_size)
         probe = dict(spec, vocabSize=spec.get("vocabSize") or 2) if spec["kind"] == "ids" else dict(spec)
         probe_net = self._network(probe, known_k or 2)  # errors of the layer stack's shapes now, before any job
         start = None  # initialWeights, checked and converted before the pass when the network is known by now
@@ -134,23 +165,21 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
         data = TrainingData(dataset, fcol, lcol, spec, self.getOrDefault(self.handleInvalid),
                             val_fraction=0.0 if indicator else self.getOrDefault(self.validationSplit),
                             val_indicator=indicator, seed=self.getSeed(),
-                            resident=self.getOrDefault(self.residentData))
+                            resident=self.getOrDefault(self.residentData), label_size=label_size,
+                            feature_axis=spec["standardize"]["axis"] if "standardize" in spec else None)
         try:
-            if lcol is not None:
-                num_classes, class_names = label_info(dataset, lcol, data.stats, num_classes)
-            else:
-                class_names = None
-                if data.stats["rows"] == 0:
-                    raise ValueError("the DataFrame is empty: there is nothing to train on")
+            num_outputs, class_names, loss = self._outputs_of(dataset, lcol, data.stats, spec, label_size)
             if spec["kind"] == "ids" and spec.get("vocabSize") is None:
                 spec["vocabSize"] = (data.stats["max_id"] or 0) + 1
             elif spec["kind"] == "ids" and (data.stats["max_id"] or 0) >= spec["vocabSize"]:
                 raise ValueError(f"features column {fcol!r} has token id {data.stats['max_id']}, outside the "
                                  f"network's vocabulary [0, {spec['vocabSize']})")
-            net = self._network(spec, num_classes)
+            net = self._network(spec, num_outputs)
             if self.isDefined(self.initialWeights):
                 same = start is not None and net.config() == probe_net.config()
                 net.load_weights_dict(start if same else initial_weights(self.getOrDefault(self.initialWeights), net))
+            if loss is not None:
+                net.loss = loss
             if sum(data.sizes) == 0:
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             if net.num_params == 0:
@@ -175,7 +204,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
         net.set_params(weights)
         net.set_buffers(trainer.buffers)
         model = self._model_class()
-        model._setPayload(net, spec, class_names)
+        model._setPayload(net, spec, class_names, label_size)
         model._summary = trainer.summary
         self._copyValues(model)
         if model.isSet(model.initialWeights) and not isinstance(model.getOrDefault(model.initialWeights), str):
@@ -191,8 +220,8 @@ class NeuralModel(Model, MLWritable, MLReadable):
         self._net, self._spec, self._classNames, self._summary = None, None, None, None
         self._bcast = None
 
-    def _setPayload(self, net, spec, class_names=None):
-        self._net, self._spec, self._classNames = net, dict(spec), class_names
+    def _setPayload(self, net, spec, class_names=None, label_size=None):
+        self._net, self._spec, self._classNames, self._labelSize = net, dict(spec), class_names, label_size
         self._bcast = None
 
     # --------------------------------------------------------------- accessors

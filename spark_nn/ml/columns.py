@@ -17,8 +17,8 @@ import numpy as np
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
-from pyspark.sql.types import (ArrayType, BinaryType, ByteType, DecimalType, FloatType, IntegerType, LongType,
-                               NumericType, ShortType, StructType)
+from pyspark.sql.types import (ArrayType, BinaryType, ByteType, DecimalType, DoubleType, FloatType, IntegerType,
+                               LongType, NumericType, ShortType, StructType)
 
 from spark_nn import kernels
 from spark_nn.ml.images import decode
@@ -61,6 +61,51 @@ def check_label_column(df, col):
     if not isinstance(t, NumericType) or isinstance(t, DecimalType):
         raise ValueError(f"label column {col!r} has type {t.simpleString()}; expected a numeric type "
                          "(class indices 0, 1, ..., numClasses-1)")
+
+
+def target_label_size(df, col):
+    """None for a numeric label column (one target per row); for a vector or array<number>
+    column, its first row's size (one small job), the number of targets every row must have."""
+    t = column_type(df, col)
+    if isinstance(t, NumericType) and not isinstance(t, DecimalType):
+        return None
+    if isinstance(t, VectorUDT) or (isinstance(t, ArrayType) and isinstance(t.elementType, NumericType)):
+        return first_row_size(df, col, "vector" if isinstance(t, VectorUDT) else "array")
+    raise ValueError(f"label column {col!r} has type {t.simpleString()}; expected a number, or a vector or "
+                     "array of numbers for several targets per row")
+
+
+def label_expr(df, col, size):
+    """The label column as Arrow carries it: double, or array<double> of size values (size not None)."""
+    if size is None:
+        return F.col(col).cast("double")
+    if isinstance(column_type(df, col), VectorUDT):
+        return vector_to_array(F.col(col), "float64")
+    return F.col(col).cast(ArrayType(DoubleType()))
+
+
+def label_block(arr, size, col, base=0):
+    """One Arrow label column -> float64 (n,) (size None) or (n, size); a null row (or a null
+    inside one) is NaN, which the pass treats as an invalid row; an array of another size is
+    an error naming the row."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if size is None:
+        return arr.to_numpy(zero_copy_only=False).astype(np.float64)
+    lengths = np.where(np.asarray(arr.is_null()), size, _row_lengths(arr))
+    bad = lengths != size
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"label column {col!r}: row {base + first} of this partition has {lengths[first]} values, "
+                         f"expected {size} (every row needs the same number of targets)")
+    out = np.full((len(arr), size), np.nan)
+    valid = np.asarray(arr.is_valid())
+    if valid.any():
+        rows = arr.filter(pa.array(valid))
+        out[valid] = rows.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, size)
+    return out
 
 
 def feature_expr(col, kind):

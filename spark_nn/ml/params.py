@@ -11,6 +11,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CELL_TYPES = ("rnn", "lstm", "gru")
 HANDLE_INVALID = ("error", "skip")
+REGRESSION_LOSSES = ("squaredError", "absoluteError", "huber")
 
 
 def _in(name, allowed):
@@ -19,6 +20,17 @@ def _in(name, allowed):
         if value.lower() not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
         return value.lower()
+
+    return convert
+
+
+def _named(name, allowed):
+    """A case-sensitive choice (pyspark's camelCase values, e.g. 'squaredError')."""
+    def convert(value):
+        value = TypeConverters.toString(value)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        return value
 
     return convert
 
@@ -245,7 +257,39 @@ class EncodedImageParams(Params):
 
 
 @with_accessors
-class CNNParams(NeuralParams, TemplateParams, EncodedImageParams):
+class RegressorParams(TrainingParams, HasSeedAliases, HasPredictionCol):
+    """Params of the regressors: pyspark's featuresCol / labelCol / predictionCol (inputCol and
+    outputCol work too, as for CNN and RNN), the loss, and Huber's threshold."""
+
+    loss = Param(Params._dummy(), "loss",
+                 f"the loss to minimize, one of {list(REGRESSION_LOSSES)}: 'squaredError' (mean squared error), "
+                 "'absoluteError' (mean absolute error), 'huber' (squared below epsilon, linear above), each on "
+                 "the targets standardized by the training labels' mean and standard deviation",
+                 typeConverter=_named("loss", REGRESSION_LOSSES))
+    epsilon = Param(Params._dummy(), "epsilon",
+                    "the 'huber' loss's threshold (torch's delta), in standard deviations of the label, > 0",
+                    typeConverter=_check("epsilon", lambda v: v > 0, "a number > 0"))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(loss="squaredError", epsilon=1.35)
+
+
+class HasStandardization(Params):
+    standardization = Param(Params._dummy(), "standardization",
+                            "standardize the input features by the training rows' mean and standard deviation "
+                            "(per feature of a sequence step, per channel of pixel vectors/arrays) inside the "
+                            "network, as MLlib's standardization; image structs, encoded images and token ids are "
+                            "left as they are", typeConverter=TypeConverters.toBoolean)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(standardization=True)
+
+
+class CNNTemplateParams(TemplateParams, EncodedImageParams):
+    """How CNNClassifier and CNNRegressor build their network."""
+
     kernelSize = Param(Params._dummy(), "kernelSize", "convolution kernel size (odd)",
                        typeConverter=_check("kernelSize", lambda v: v >= 1 and v % 2 == 1, "an odd int >= 1"))
     poolSize = Param(Params._dummy(), "poolSize", "max-pooling window and stride after each convolution",
@@ -261,8 +305,9 @@ class CNNParams(NeuralParams, TemplateParams, EncodedImageParams):
         self._setDefault(kernelSize=3, poolSize=2, dropout=0.0)
 
 
-@with_accessors
-class RNNParams(NeuralParams, TemplateParams):
+class RNNTemplateParams(TemplateParams):
+    """How RNNClassifier and RNNRegressor build their network."""
+
     cellType = Param(Params._dummy(), "cellType", f"recurrent cell, one of {list(CELL_TYPES)}; activation applies "
                      "to 'rnn' cells (LSTM and GRU have fixed gate nonlinearities)",
                      typeConverter=_in("cellType", CELL_TYPES))
@@ -271,7 +316,7 @@ class RNNParams(NeuralParams, TemplateParams):
                       "or the data when not set", typeConverter=_check("vocabSize", lambda v: v >= 1, "an int >= 1"))
     embeddingDim = Param(Params._dummy(), "embeddingDim", "size of the token embedding for integer sequences",
                          typeConverter=_check("embeddingDim", lambda v: v >= 1, "an int >= 1"))
-    dropout = CNNParams.dropout
+    dropout = CNNTemplateParams.dropout
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -279,6 +324,26 @@ class RNNParams(NeuralParams, TemplateParams):
         # test accuracy is flat from 8 epochs on (8: 0.738, 10: 0.724, 15: 0.725, 30: 0.717, one
         # run each): the last 20 of 30 epochs only overfit, at twice the time of the first 10
         self._setDefault(cellType="rnn", embeddingDim=32, dropout=0.0, activation="tanh", clipNorm=1.0, maxIter=10)
+
+
+@with_accessors
+class CNNParams(NeuralParams, CNNTemplateParams):
+    pass
+
+
+@with_accessors
+class RNNParams(NeuralParams, RNNTemplateParams):
+    pass
+
+
+@with_accessors
+class CNNRegressorParams(RegressorParams, CNNTemplateParams, HasStandardization):
+    pass
+
+
+@with_accessors
+class RNNRegressorParams(RegressorParams, RNNTemplateParams, HasStandardization):
+    pass
 
 
 @with_accessors
@@ -301,18 +366,11 @@ class AutoEncoderParams(TrainingParams, TemplateParams, HasInputCol, HasOutputCo
         return self.getInputCol()
 
 
-@with_accessors
-class NetworkModelParams(NeuralParams, EncodedImageParams):
-    """Params of a classifier of the user's network, fitted: its network is the model's own
-    (NeuralModel.network), not a param."""
-
-    imageShape = CNNParams.imageShape
+class NetworkInputParams(EncodedImageParams):
+    imageShape = CNNTemplateParams.imageShape
 
 
-@with_accessors
-class NetworkParams(NetworkModelParams):
-    """Params of the classifier that trains a network the user gives."""
-
+class HasNetwork(Params):
     network = Param(Params._dummy(), "network",
                     "the network to train: a spark_nn.nn.Sequential, a torch nn.Module (converted on the driver by "
                     "tracing: torch is needed there only), a fitted spark_nn model, or the path of a saved network "
@@ -321,11 +379,32 @@ class NetworkParams(NetworkModelParams):
 
 
 @with_accessors
+class NetworkModelParams(NeuralParams, NetworkInputParams):
+    """Params of a classifier of the user's network, fitted: its network is the model's own
+    (NeuralModel.network), not a param."""
+
+
+@with_accessors
+class NetworkParams(NetworkModelParams, HasNetwork):
+    """Params of the classifier that trains a network the user gives."""
+
+
+@with_accessors
+class NetworkRegressionModelParams(RegressorParams, NetworkInputParams):
+    """Params of a regressor of the user's network, fitted."""
+
+
+@with_accessors
+class NetworkRegressorParams(NetworkRegressionModelParams, HasNetwork):
+    """Params of the regressor that trains a network the user gives."""
+
+
+@with_accessors
 class FeaturizerParams(HasInputCol, HasOutputCol, EncodedImageParams):
     """Params of NetworkFeaturizer: which network, which of its layers, which columns."""
 
-    network = NetworkParams.network
-    imageShape = CNNParams.imageShape
+    network = HasNetwork.network
+    imageShape = CNNTemplateParams.imageShape
     layer = Param(Params._dummy(), "layer",
                   "index of the layer (in the network's top-level list) whose output is written; -1 (default): "
                   "the input of the last Dense layer, the features a classifier's head reads",

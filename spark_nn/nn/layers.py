@@ -222,6 +222,45 @@ class Flatten(Layer):
         return dy.reshape(self._xshape) if need_dx else None
 
 
+class Standardize(Layer):
+    """(x - mean) / std per feature, with constants (no parameters): how a regressor
+    standardizes its inputs by the training rows' statistics (MLlib's ``standardization``).
+
+    axis: the feature axis of a row: -1 the features of a sequence's step (or of a flat row),
+    0 an image's channels. mean, std: one value per feature."""
+
+    def __init__(self, mean, std, axis=-1):
+        super().__init__()
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+        self.axis = int(axis)
+        if self.mean.shape != self.std.shape or not (self.std > 0).all():
+            raise ValueError(f"Standardize needs as many means as standard deviations (> 0), got {self.mean.size} "
+                             f"and {self.std.size}")
+
+    def compute_output_shape(self, input_shape):
+        if not -len(input_shape) <= self.axis < len(input_shape) or input_shape[self.axis] != self.mean.size:
+            raise ValueError(f"Standardize has {self.mean.size} features on axis {self.axis}; the input shape is "
+                             f"{tuple(input_shape)}")
+        return input_shape
+
+    def broadcast_shape(self):
+        """The constants' shape against a batch (1, *input_shape with 1 but on the axis)."""
+        shape = [1] * (len(self.input_shape) + 1)
+        shape[self.axis % len(self.input_shape) + 1] = self.mean.size
+        return tuple(shape)
+
+    def forward(self, x, training=False):
+        shape = self.broadcast_shape()
+        return ((x - self.mean.reshape(shape)) / self.std.reshape(shape)).astype(np.float32, copy=False)
+
+    def backward(self, dy, need_dx=True):
+        return (dy / self.std.reshape(self.broadcast_shape())).astype(np.float32, copy=False) if need_dx else None
+
+    def config(self):
+        return {"type": "Standardize", "mean": self.mean.tolist(), "std": self.std.tolist(), "axis": self.axis}
+
+
 class Dense(Layer):
     def __init__(self, units, use_bias=True, kernel_init="glorot"):
         super().__init__()
@@ -774,7 +813,7 @@ class GRU(_Recurrent):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in
-               (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout, Embedding, SimpleRNN, LSTM, GRU,
+               (Conv2D, MaxPool2D, Flatten, Standardize, Dense, Activation, Dropout, Embedding, SimpleRNN, LSTM, GRU,
                 AvgPool2D, GlobalAvgPool2D, BatchNorm1D, BatchNorm2D, Residual)}
 
 

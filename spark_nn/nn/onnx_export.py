@@ -124,6 +124,10 @@ def _layer(g, layer, x, path):
         return g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
     if isinstance(layer, L.Flatten):
         return g.op("Flatten", [x], axis=1)
+    if isinstance(layer, L.Standardize):
+        shape = layer.broadcast_shape()
+        return g.op("Div", [g.op("Sub", [x, g.const("mean", layer.mean.reshape(shape))]),
+                            g.const("std", layer.std.reshape(shape))])
     if isinstance(layer, L.Dense):
         ins = [x, g.const("dense_w", layer.params["w"])] + ([g.const("dense_b", layer.params["b"])]
                                                           if layer.use_bias else [])

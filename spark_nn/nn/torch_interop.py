@@ -89,7 +89,18 @@ def _torch_classes():
         def forward(self, x):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
-    return SparkNNRecurrent, SparkNNModule, SparkNNResidual
+    class SparkNNStandardize(nn.Module):
+        """Our Standardize: (x - mean) / std, the constants as buffers shaped against a batch."""
+
+        def __init__(self, mean, std):
+            super().__init__()
+            self.register_buffer("mean", torch.from_numpy(np.array(mean, dtype=np.float32)))
+            self.register_buffer("std", torch.from_numpy(np.array(std, dtype=np.float32)))
+
+        def forward(self, x):
+            return (x - self.mean) / self.std
+
+    return SparkNNRecurrent, SparkNNModule, SparkNNResidual, SparkNNStandardize
 
 
 def _torch_layer(layer, path, classes):
@@ -98,7 +109,7 @@ def _torch_layer(layer, path, classes):
     import torch
     import torch.nn as nn
 
-    SparkNNRecurrent, _, SparkNNResidual = classes
+    SparkNNRecurrent, _, SparkNNResidual, _ = classes
     p = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in dict(layer.params, **layer.buffers).items()}
     if isinstance(layer, L.Conv2D):
         c = layer.input_shape[0]
@@ -118,6 +129,9 @@ def _torch_layer(layer, path, classes):
         m, tensors = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), {}
     elif isinstance(layer, L.Flatten):
         m, tensors = nn.Flatten(), {}
+    elif isinstance(layer, L.Standardize):
+        shape = layer.broadcast_shape()
+        m, tensors = classes[3](layer.mean.reshape(shape), layer.std.reshape(shape)), {}
     elif isinstance(layer, L.Dense):
         m = nn.Linear(layer.input_shape[-1], layer.units, bias=layer.use_bias)
         tensors = {"weight": p["w"], "bias": p.get("b")}

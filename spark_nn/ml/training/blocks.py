@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_nn import kernels
-from spark_nn.ml.columns import IMAGE_KINDS, arrow_to_block, feature_expr
+from spark_nn.ml.columns import IMAGE_KINDS, arrow_to_block, feature_expr, label_block, label_expr
 from spark_nn.ml.spark_kind import application_id, default_parallelism, is_connect, num_partitions
 from spark_nn.ml.training.deal import deal_rows, input_place
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
@@ -64,20 +64,57 @@ def local_dir():
     return dirs.split(",")[0] if dirs else os.environ.get("TMPDIR", "/tmp")
 
 
+_NO_LABELS = {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None, "count": 0, "mean": None,
+              "m2": None}
+
+
 def _label_stats(y):
-    """What the driver needs to check a partition's labels without another pass."""
+    """What the driver needs to check a partition's labels and scale regression targets without
+    another pass: nulls, range, non-integral values (class ids) and, per target, the count,
+    mean and sum of squared deviations (merged across partitions as Chan et al.'s)."""
     if len(y) == 0:
-        return {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None}
-    null = np.isnan(y)
+        return dict(_NO_LABELS)
+    y = y.reshape(len(y), -1)
+    null = np.isnan(y).any(axis=1)
     v = y[~null]
-    frac = v != np.floor(v)
-    return {"nulls": int(null.sum()), "lo": float(v.min()) if len(v) else None,
-            "hi": float(v.max()) if len(v) else None, "frac": int(frac.sum()),
-            "frac_value": float(v[frac][0]) if frac.any() else None}
+    flat = v.ravel()
+    frac = flat != np.floor(flat)
+    return dict({"nulls": int(null.sum()), "lo": float(flat.min()) if len(flat) else None,
+                 "hi": float(flat.max()) if len(flat) else None, "frac": int(frac.sum()),
+                 "frac_value": float(flat[frac][0]) if frac.any() else None}, **_moments(v))
+
+
+def _moments(v):
+    """count, mean and sum of squared deviations of each column of v (rows x columns)."""
+    if not len(v):
+        return {"count": 0, "mean": None, "m2": None}
+    v = np.asarray(v, dtype=np.float64)
+    mean = v.mean(axis=0)
+    return {"count": len(v), "mean": mean.tolist(), "m2": ((v - mean) ** 2).sum(axis=0).tolist()}
+
+
+def _merge_moments(a, b):
+    """The moments of two parts together (Chan, Golub and LeVeque's pairwise update)."""
+    if not b["count"]:
+        return dict(a)
+    if not a["count"]:
+        return dict(b)
+    na, nb = a["count"], b["count"]
+    ma, mb = np.array(a["mean"]), np.array(b["mean"])
+    delta, n = mb - ma, na + nb
+    return {"count": n, "mean": (ma + delta * nb / n).tolist(),
+            "m2": (np.array(a["m2"]) + np.array(b["m2"]) + delta ** 2 * na * nb / n).tolist()}
+
+
+def _feature_moments(x, axis):
+    """The moments of each feature of a block's rows (n, *shape): axis is the feature axis of a
+    row (-1: a step's features; 0: an image's channels), every other position a sample."""
+    x = np.moveaxis(np.asarray(x), axis % (x.ndim - 1) + 1, -1)
+    return _moments(x.reshape(-1, x.shape[-1]))
 
 
 def _merge_label_stats(parts):
-    out = {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None}
+    out = dict(_NO_LABELS)
     for s in parts:
         out["nulls"] += s["nulls"]
         out["frac"] += s["frac"]
@@ -86,6 +123,7 @@ def _merge_label_stats(parts):
         for key, pick in (("lo", min), ("hi", max)):
             if s[key] is not None:
                 out[key] = s[key] if out[key] is None else pick(out[key], s[key])
+        out.update(_merge_moments(out, s))
     return out
 
 
@@ -207,9 +245,9 @@ def open_block(block):
     of them reads only those rows), arrays for a cached one."""
     shape, dtype = tuple(block["shape"]), np.dtype(block["dtype"])
     if "files" in block:
-        f, n, nv = block["files"], block["n"], block["nv"]
-        return (RowFile(f["x"], dtype, shape, n), RowFile(f["y"], np.float64, (), n),
-                RowFile(f["xv"], dtype, shape, nv), RowFile(f["yv"], np.float64, (), nv))
+        f, n, nv, yshape = block["files"], block["n"], block["nv"], tuple(block.get("label_shape", ()))
+        return (RowFile(f["x"], dtype, shape, n), RowFile(f["y"], np.float64, yshape, n),
+                RowFile(f["xv"], dtype, shape, nv), RowFile(f["yv"], np.float64, yshape, nv))
     return block["x"], block["y"], block["xv"], block["yv"]
 
 
@@ -222,7 +260,7 @@ def block_from_row(x, y, meta):
         shape, dt = tuple(block["shape"]), np.dtype(block["dtype"])
         n, nv = block["n"], block["nv"]
         xs = np.frombuffer(x, dtype=dt).reshape((n + nv,) + shape)
-        ys = np.frombuffer(y, dtype=np.float64)
+        ys = np.frombuffer(y, dtype=np.float64).reshape((n + nv,) + tuple(block.get("label_shape", ())))
         block.update(x=xs[:n], xv=xs[n:], y=ys[:n], yv=ys[n:])
     return block
 
@@ -292,8 +330,10 @@ class TrainingData:
         return super().__new__(cls)
 
     def __init__(self, df, feature_col, label_col, spec, handle_invalid="error", *, val_fraction=0.0,
-                 val_indicator=None, seed=0, resident=True, num_partitions=None):
-        self.df, self.feature_col, self.label_col = df, feature_col, label_col
+                 val_indicator=None, seed=0, resident=True, num_partitions=None, label_size=None,
+                 feature_axis=None):
+        self.df, self.feature_col, self.label_col, self.label_size = df, feature_col, label_col, label_size
+        self.feature_axis = feature_axis  # not None: the pass also returns the features' moments on that axis
         self.spec, self.handle_invalid = dict(spec), handle_invalid
         self.val_fraction, self.val_indicator, self.seed = float(val_fraction), val_indicator, int(seed)
         self.resident = bool(resident)
@@ -327,18 +367,22 @@ class TrainingData:
         stats["rows"] = sum(p[2]["rows"] for p in parts)
         ids = [p[2]["max_id"] for p in parts if p[2]["max_id"] is not None]
         stats["max_id"] = max(ids) if ids else None
+        stats["features"] = _moments([])
+        for p in parts:
+            stats["features"] = _merge_moments(stats["features"], p[2]["features"])
         self.stats = stats
         return self
 
     def _build(self):
-        spec, fcol, has_label = self.spec, self.feature_col, self.label_col is not None
+        spec, fcol, lcol, has_label = self.spec, self.feature_col, self.label_col, self.label_col is not None
+        label_size, feature_axis = self.label_size, self.feature_axis
         handle_invalid, val_fraction, seed = self.handle_invalid, self.val_fraction, self.seed
         relative_dir = self.directory
         raw8 = spec["kind"] in IMAGE_KINDS and COMPACT_8BIT
         dtype = np.int64 if spec["kind"] == "ids" else (np.uint8 if raw8 else np.float32)
         with_paths = spec["kind"] == "encoded" and "path" in self.df.columns  # binaryFile's: errors name the file
         cols = [feature_expr(fcol, spec["kind"]).alias("x")]
-        cols.append(F.col(self.label_col).cast("double").alias("y") if has_label else F.lit(0.0).alias("y"))
+        cols.append(label_expr(self.df, lcol, label_size).alias("y") if has_label else F.lit(0.0).alias("y"))
         cols.append(F.coalesce(F.col(self.val_indicator).cast("boolean"), F.lit(False)).alias("v")
                     if self.val_indicator else F.lit(False).alias("v"))
         cols.append(F.monotonically_increasing_id().alias("i"))  # the row's place in the input, for errors
@@ -364,6 +408,7 @@ class TrainingData:
             writer = _PartitionWriter(directory, pid, attempt, dtype)
             rng = np.random.default_rng([seed, pid, 0x5eed])
             labels, rows, max_id, base = [], 0, None, 0
+            features = _moments([])
             try:
                 for b in batches:
                     places = b.column(3).to_numpy(zero_copy_only=False)
@@ -372,26 +417,39 @@ class TrainingData:
                                            paths=b.column(4) if with_paths else None)
                     except ValueError as e:
                         raise ValueError(_name_input_rows(str(e), places, base)) from None
-                    y = b.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
+                    try:
+                        y = label_block(b.column(1), label_size, lcol, base) if has_label else \
+                            np.zeros(b.num_rows)
+                    except ValueError as e:
+                        raise ValueError(_name_input_rows(str(e), places, base)) from None
                     val = b.column(2).to_numpy(zero_copy_only=False).astype(bool)
                     if val_fraction > 0:
                         val = rng.random(len(x)) < val_fraction
                     rows += len(x)
-                    if dtype == np.float32:
-                        ok = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-                        if not ok.all():
-                            if handle_invalid == "error":
-                                q, j = input_place(places[int(np.flatnonzero(~ok)[0])])
-                                raise ValueError(
-                                    f"features column {fcol!r} has NaN or infinite values in row {j} of input "
-                                    f"partition {q} ({int((~ok).sum())} such rows in this batch); set "
-                                    "handleInvalid='skip' to drop them")
-                            x, y, val = x[ok], y[ok], val[ok]
-                    elif dtype == np.int64 and len(x):
+                    ok = np.ones(len(x), dtype=bool)
+                    checks = [(f"features column {fcol!r} has NaN or infinite values", x)] \
+                        if dtype == np.float32 else []
+                    if has_label:
+                        checks.append((f"label column {lcol!r} has a null, NaN or infinite value", y))
+                    for what, values in checks:
+                        good = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                        if not good.all() and handle_invalid == "error":
+                            q, j = input_place(places[int(np.flatnonzero(~good)[0])])
+                            raise ValueError(f"{what} in row {j} of input partition {q} ({int((~good).sum())} such "
+                                             "rows in this batch); set handleInvalid='skip' to drop them")
+                        ok &= good
+                    if not ok.all():
+                        x, y, val = x[ok], y[ok], val[ok]
+                    if dtype == np.int64 and len(x):
                         top = int(x.max())
                         max_id = top if max_id is None else max(max_id, top)
-                    if has_label:
-                        labels.append(_label_stats(y))
+                    if has_label:  # checks over every row; the moments (to scale targets by) of the training rows
+                        ytrain = y[~val]
+                        labels.append(dict(_label_stats(y), **_moments(ytrain.reshape(len(ytrain), -1))))
+                    if feature_axis is not None:
+                        train = x[~val]
+                        features = _merge_moments(features, _feature_moments(
+                            train / np.float32(255) if train.dtype == np.uint8 else train, feature_axis))
                     writer.add(x, y, val)
                     base += b.num_rows
                 files = writer.close()
@@ -399,8 +457,9 @@ class TrainingData:
                 writer.abort()
                 raise
             meta = {"pid": pid, "files": files, "n": writer.n, "nv": writer.nv, "shape": list(spec["shape"]),
-                    "dtype": np.dtype(dtype).str,
-                    "stats": {"rows": rows, "max_id": max_id, "labels": _merge_label_stats(labels)}}
+                    "dtype": np.dtype(dtype).str, "label_shape": [] if label_size is None else [label_size],
+                    "stats": {"rows": rows, "max_id": max_id, "labels": _merge_label_stats(labels),
+                              "features": features}}
             chunks = writer.chunks
             yield pa.RecordBatch.from_arrays(
                 [pa.array([b"".join(chunks["x"] + chunks["xv"])], pa.binary()),

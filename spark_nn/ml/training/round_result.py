@@ -2,7 +2,7 @@
 named arrays, added field by field (``+``).
 
 Each field says how two results combine: sums add, the tasks' compute seconds combine by max
-(as parallel tasks do), float32 arrays add (None: absent), int32 row sets unite. The Connect
+(as parallel tasks do), arrays add (None: absent), int32 row sets unite. The Connect
 backend's Arrow schema, encoding and decoding are derived from these fields
 (connect_rounds.py), so a new field is one line here.
 """
@@ -38,11 +38,11 @@ class RoundResult:
     loss: float = _scalar(float)  # training loss sum of the round's minibatches
     vec: np.ndarray = _array(np.float32, _add_arrays)  # gradient sum (k = 1), rows x [weights, state] (k > 1)
     n: int = _scalar(int)  # training rows
-    correct: int = _scalar(int)  # of those, predicted correctly (a loss with accuracy)
+    metrics: np.ndarray = _array(np.float64, _add_arrays)  # the loss's metric sums over them (correct, errors)
     seconds: float = _scalar(float, max)  # the tasks' compute time
     vloss: float = _scalar(float)  # validation loss sum (a validating round)
     vn: int = _scalar(int)  # validation rows
-    vcorrect: int = _scalar(int)  # of those, predicted correctly
+    vmetrics: np.ndarray = _array(np.float64, _add_arrays)  # the loss's metric sums over them
     rows: np.ndarray = _array(np.int32, _union)  # sorted Embedding table rows the round's steps touched
     next_rows: np.ndarray = _array(np.int32, _union)  # those the round after it will touch (when told which)
     buffers: np.ndarray = _array(np.float32, _add_arrays)  # rows x the buffers after the round (BatchNorm)

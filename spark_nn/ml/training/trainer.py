@@ -17,6 +17,7 @@ from spark_nn.ml.training import checkpoint
 from spark_nn.ml.training.connect_rounds import ConnectRounds
 from spark_nn.ml.training.local_steps import AutoLocalSteps, FixedLocalSteps
 from spark_nn.ml.training.progress import Progress
+from spark_nn.ml.training.round_result import RoundResult
 from spark_nn.ml.training.rounds import RDDRounds, payload_bytes
 from spark_nn.ml.training.summary import TrainingSummary
 from spark_nn.ml.training.worker import RoundTask, StepSampler
@@ -157,8 +158,8 @@ class DistributedTrainer:
         return epoch, step, k
 
     def gradient(self, weights, epoch, step):
-        """The RoundResult of one step's minibatch (loss sum, gradient sum as vec, rows, correct,
-        task seconds), summed over the partitions."""
+        """The RoundResult of one step's minibatch (loss sum, gradient sum as vec, rows, metric
+        sums, task seconds), summed over the partitions."""
         return self._job(weights, epoch, step, 1)[0]
 
     def _sync_step(self, weights, result):
@@ -207,12 +208,15 @@ class DistributedTrainer:
                 target[:] = block
 
     def _evaluate(self, weights):
-        """(mean loss, accuracy) over the validation rows with these weights, in a job of its own."""
+        """The validation metrics of these weights (val_loss and the loss's own, e.g. val_accuracy),
+        in a job of its own."""
         return self._validation_metrics(self._job(weights, 0, 0, 0, validate=True)[0])
 
     def _validation_metrics(self, result):
-        loss, n, correct = result.vloss, result.vn, result.vcorrect
-        return (loss / n, correct / n if self.loss.has_accuracy else None) if n else (None, None)
+        n = result.vn
+        metrics = self.loss.metrics(result.vmetrics, n)
+        named = {"val_" + k: v if n else None for k, v in metrics.items()}
+        return dict(val_loss=result.vloss / n if n else None, **named)
 
     # ------------------------------------------------------------ the loop
     def _epoch(self, weights, epoch, progress, pending=None):
@@ -220,7 +224,7 @@ class DistributedTrainer:
         the epoch's first job also scores the weights it ships (the previous epoch's) on the
         validation rows, saving a job per epoch, and that epoch is finished before this one
         changes anything; if finishing it stops the fit, returns None. Otherwise returns (loss
-        sum, rows, correct, largest k used).
+        sum, rows, metric sums, largest k used).
 
         Pipelined (self.pipeline), two rounds are in flight: round r+1 is submitted before
         round r has returned, so it starts from weights without round r's change, and each
@@ -229,7 +233,7 @@ class DistributedTrainer:
         waited for before the next epoch (its validation, checkpoint and early stop see the
         epoch's final weights)."""
         steps = self.sampler.steps_per_epoch
-        tot_loss, tot_n, tot_correct, k_used = 0.0, 0, 0, 1
+        tot_loss, tot_n, tot_metrics, k_used = 0.0, 0, None, 1
         self._epoch_rounds, shipped_before = 0, self.shipped_bytes
         depth = 2 if self.pipeline else 1
         # (round in flight, first step, k, shipped rows, base, start time, next round, buffers shipped)
@@ -260,9 +264,9 @@ class DistributedTrainer:
                 flight.popleft()
                 self._ahead -= k
                 self._remember(next_round, result)
-                loss, n, correct, task_seconds = result.loss, result.n, result.correct, result.seconds
+                loss, n, task_seconds = result.loss, result.n, result.seconds
                 if first == 0 and pending is not None:
-                    pending["val_loss"], pending["val_accuracy"] = self._validation_metrics(result)
+                    pending.update(self._validation_metrics(result))
                     stop = self._finish_epoch(pending, weights, progress)
                     pending = None
                     if stop:
@@ -293,7 +297,9 @@ class DistributedTrainer:
                 if n:
                     self.summary.objectiveHistory.append(loss / n)
                     self.summary.objectiveSteps.append(self.summary.totalIterations + k)
-                    tot_loss, tot_n, tot_correct = tot_loss + loss, tot_n + n, tot_correct + correct
+                    tot_loss, tot_n = tot_loss + loss, tot_n + n
+                    if result.metrics is not None:
+                        tot_metrics = result.metrics if tot_metrics is None else tot_metrics + result.metrics
                 self.summary.totalIterations += k
                 self._epoch_rounds += 1
                 k_used = max(k_used, k)
@@ -308,7 +314,7 @@ class DistributedTrainer:
                         pass
                 self._ahead = 0
         self._epoch_payload = (self.shipped_bytes - shipped_before) / max(self._epoch_rounds, 1)
-        return tot_loss, tot_n, tot_correct, k_used
+        return tot_loss, tot_n, tot_metrics, k_used
 
     def _finish_epoch(self, record, weights, progress):
         """Records and logs a finished epoch, tracks the best weights, writes the checkpoint;
@@ -387,11 +393,11 @@ class DistributedTrainer:
                 pending = None
                 if done is None:
                     break
-                tot_loss, tot_n, tot_correct, k_used = done
+                tot_loss, tot_n, tot_metrics, k_used = done
                 record = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
-                          "accuracy": tot_correct / max(tot_n, 1) if self.loss.has_accuracy else None}
+                          **self.loss.metrics(tot_metrics, tot_n)}
                 if self.has_validation:
-                    record["val_loss"] = record["val_accuracy"] = None
+                    record.update(self._validation_metrics(RoundResult()))  # the names, set when validated
                 record.update(seconds=time.perf_counter() - t0, steps=self.sampler.steps_per_epoch,
                               local_steps=k_used, rounds=self._epoch_rounds,
                               payload_mb=self._epoch_payload / 1e6)
@@ -401,7 +407,7 @@ class DistributedTrainer:
                 if self.has_validation:
                     self.rounds.describe(f"{self.description}: validation after epoch "
                                               f"{epoch + 1}/{self.epochs}")
-                    record["val_loss"], record["val_accuracy"] = self._evaluate(weights)
+                    record.update(self._evaluate(weights))
                 if self._finish_epoch(record, weights, progress):
                     break
         finally:

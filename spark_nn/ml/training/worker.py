@@ -91,7 +91,7 @@ def minibatch(loss, x, y, sampler, seed, epoch, step, partition):
 
 
 def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition):
-    """The RoundResult (loss sum, gradient sum as vec, rows, correct, the table rows it touched)
+    """The RoundResult (loss sum, gradient sum as vec, rows, metric sums, the table rows it touched)
     of this partition's share of a step; zero when it has no rows in that step. The table rows
     are the layer's own record of its backward, not a second read of the minibatch rows."""
     batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
@@ -100,34 +100,38 @@ def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition):
     xb, yb, rng = batch
     loss, grad, n = model.loss_and_grad(params, xb, yb, rng)
     touched = None if model.table is None else model.layers[0].touched.astype(np.int32)
-    return RoundResult(loss=loss, vec=grad, n=n, correct=model.loss.correct(model.last_output, yb), rows=touched)
+    return RoundResult(loss=loss, vec=grad, n=n, metrics=model.loss.metric_sums(model.last_output, yb), rows=touched)
 
 
 VALIDATION_CHUNK = 4096  # rows scored at once: a worker's memory does not grow with the validation rows
 
 
 def validation(model, weights, x, y):
-    """The RoundResult (vloss, vn, vcorrect) of these weights on a partition's validation rows,
+    """The RoundResult (vloss, vn, vmetrics) of these weights on a partition's validation rows,
     scored in chunks of VALIDATION_CHUNK rows (summed in row order)."""
     n = len(x)
     if n == 0:
         return RoundResult()
     model.set_params(weights)
-    loss_sum, correct = 0.0, 0
+    loss_sum, sums = 0.0, None
     for start in range(0, n, VALIDATION_CHUNK):
         rows = np.arange(start, min(n, start + VALIDATION_CHUNK))
         xb = batch_rows(x, rows)
         out = model.predict_output(xb)
         yb = model.loss.targets(xb, np.asarray(y[rows]))
         loss, _ = model.loss(out, yb)
-        loss_sum, correct = loss_sum + float(loss), correct + model.loss.correct(out, yb)
-    return RoundResult(vloss=loss_sum, vn=n, vcorrect=correct)
+        loss_sum, sums = loss_sum + float(loss), _add(sums, model.loss.metric_sums(out, yb))
+    return RoundResult(vloss=loss_sum, vn=n, vmetrics=sums)
+
+
+def _add(total, sums):
+    return sums if total is None else (total if sums is None else total + sums)
 
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
                 shipped_rows=None):
     """The RoundResult (loss sum, rows x [trained weights, optimizer state arrays] as vec, rows,
-    correct, table rows the steps touched) after k steps of this partition's own from the given
+    metric sums, table rows the steps touched) after k steps of this partition's own from the given
     weights and optimizer state (in place on the model's parameters: Sequential.train_step, lazy
     in an Embedding table).
 
@@ -148,7 +152,7 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         opt.load_state_dict(full)
         shipped = np.zeros(model.table[1], dtype=bool)
         shipped[shipped_rows] = True
-    loss_sum, rows_seen, correct, touched = 0.0, 0, 0, []
+    loss_sum, rows_seen, sums, touched = 0.0, 0, None, []
     for step in range(first_step, first_step + k):
         batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
         if batch is None:
@@ -159,7 +163,7 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
                                "minibatch reads embedding rows that were not shipped to it")
         loss, n = model.train_step(opt, xb, yb, rng)
         loss_sum, rows_seen = loss_sum + loss, rows_seen + n
-        correct += model.loss.correct(model.last_output, yb)
+        sums = _add(sums, model.loss.metric_sums(model.last_output, yb))
         if model.table is not None:
             touched.append(model.layers[0].touched)
     if not rows_seen:
@@ -169,7 +173,7 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         arrays = [a[active] for a in arrays]
     rows = np.unique(np.concatenate(touched)).astype(np.int32) if touched else None
     return RoundResult(loss=loss_sum, vec=np.concatenate(arrays) * np.float32(rows_seen), n=rows_seen,
-                       correct=correct, rows=rows)
+                       metrics=sums, rows=rows)
 
 
 class RoundTask:
