@@ -1,4 +1,5 @@
-"""Feature stages: images from a folder per class, and fixed-length token sequences."""
+"""Feature stages: images from a folder per class, fixed-length token sequences, and forecasting
+windows of time series (TimeSeriesWindows, from spark_nn.ml.timeseries)."""
 import functools
 import os
 from urllib.parse import unquote
@@ -22,6 +23,7 @@ from spark_nn.ml.images import convert_channels, resize_bilinear
 from spark_nn.ml.interop import network_copy
 from spark_nn.ml.params import AutoEncoderParams, FeaturizerParams, with_accessors
 from spark_nn.ml.persistence import ParamsWritable, local_path
+from spark_nn.ml.timeseries import TimeSeriesWindows
 from spark_nn.nn import builders
 
 
@@ -375,7 +377,7 @@ class AutoEncoder(NeuralEstimator, AutoEncoderParams):
         return net
 
 
-__all__ = ["AutoEncoder", "AutoEncoderModel", "ImageFeature", "SequenceAssembler", "Tokenizer",
+__all__ = ["AutoEncoder", "AutoEncoderModel", "ImageFeature", "SequenceAssembler", "TimeSeriesWindows", "Tokenizer",
            "VocabularySequenceAssembler", "VocabularySequenceAssemblerModel"]
 
 
