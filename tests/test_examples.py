@@ -40,3 +40,29 @@ def test_rnn_example(spark, tmp_path, monkeypatch, capsys):
     # majority class is about 0.5; 10 epochs reach about 0.97 (6 epochs stop near 0.75: ReLU
     # cells that start at the identity need more steps on this toy set than orthogonal ones)
     assert acc > 0.85
+
+
+def _printed(pattern, capsys):
+    out = capsys.readouterr().out
+    m = re.search(pattern, out)
+    assert m, out
+    return [float(g) for g in m.groups()]
+
+
+def test_forecast_example(spark, monkeypatch, capsys):
+    """The LSTM beats persistence on the real series (statsmodels' data; a test dependency)."""
+    monkeypatch.setattr(sys, "argv", ["forecast_series.py"])
+    monkeypatch.setenv("EPOCHS", "30")
+    runpy.run_path(os.path.join(EXAMPLES, "forecast_series.py"), run_name="__main__")
+    rmse, persistence = _printed(r"LSTM test RMSE: (\d+\.\d+) degrees C \(persistence: (\d+\.\d+)\)", capsys)
+    # one run: 0.50 against persistence's 1.17 (benchmarks/RESULTS.md)
+    assert rmse < 0.75 * persistence
+
+
+def test_image_regression_example(spark, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["image_regression.py"])
+    monkeypatch.setenv("EPOCHS", "10")
+    runpy.run_path(os.path.join(EXAMPLES, "image_regression.py"), run_name="__main__")
+    rmse, r2, spread = _printed(r"CNN test RMSE: (\d+\.\d+), r2: (-?\d+\.\d+) \(the label's spread: (\d+\.\d+)\)",
+                                capsys)
+    assert r2 > 0.8 and rmse < 0.5 * spread

@@ -225,3 +225,16 @@ def test_cnn_and_network_regressors(spark, rng):
     assert linear.evaluate(lin)["rmse"] < 0.05 * (z @ w * 30).std()  # 0.025 reached
     with pytest.raises(ValueError, match="the network has 1 outputs but label column 'both' has 2"):
         NetworkRegressor(network=net, labelCol="both").fit(lin.selectExpr("features", "array(label, label) as both"))
+
+
+def test_recurrent_defaults_survive_the_shared_params():
+    """The recurrent estimators' own defaults win over TrainingParams' (their mixins come later
+    in the MRO, so the concrete classes set them)."""
+    from spark_nn.ml.classification import RNNClassifier
+
+    rnn = RNNClassifier()
+    assert (rnn.getMaxIter(), rnn.getClipNorm(), rnn.getActivation(), rnn.getStepSize()) == (10, 1.0, "tanh", 0.003)
+    reg = RNNRegressor()
+    assert (reg.getMaxIter(), reg.getClipNorm(), reg.getActivation(), reg.getStepSize()) == (30, 1.0, "tanh", 0.01)
+    assert (reg.getLoss(), reg.getEpsilon(), reg.getStandardization(), reg.getLabelCol()) == \
+        ("squaredError", 1.35, True, "label")

@@ -129,3 +129,14 @@ def test_standardize_layer_matches_numpy_torch_and_onnx(rng, tmp_path, axis, sha
     assert L.layer_from_config(layer.config()).config() == layer.config()
     with pytest.raises(ValueError, match="features on axis"):
         Sequential([L.Standardize([0.0] * (features + 1), [1.0] * (features + 1), axis)], shape)
+
+
+def test_onnx_export_of_a_regressor_predicts_in_the_label_units(rng, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    loss = Huber(shift=[1000.0, -2.0], scale=[30.0, 0.5])
+    net = builders.rnn([5], 2, (6, 3), cell="gru", loss=loss, standardize={"mean": [1, 2, 3], "std": [1, 2, 4]})
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    sess = onnxruntime.InferenceSession(net.to_onnx(str(tmp_path / "r.onnx")), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
+    np.testing.assert_allclose(got["output"], net.predict_output(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["prediction"], net.predict_proba(x), rtol=1e-5, atol=1e-3)

@@ -60,3 +60,16 @@ def test_your_own_network_snippets_run(spark, tmp_path, monkeypatch):
     assert scope["features"].schema["embedding"] is not None
     assert scope["features"].first().embedding.size == 64 * 8 * 8
     assert scope["scratch"].network.buffers.size == 2 * (16 + 16 + 16)
+
+
+def test_regression_and_forecasting_snippet_runs(spark, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope = _run_section("Regression and forecasting", 1)
+    from pyspark.sql import functions as F
+
+    test = scope["test"]
+    metrics = scope["model"].evaluate(test)
+    last = F.col("window")[11][0]
+    persistence = test.select(F.sqrt(F.avg((last - F.col("target")) ** 2))).first()[0]
+    assert metrics["rmse"] < persistence, (metrics, persistence)
+    assert metrics["r2"] > 0.9

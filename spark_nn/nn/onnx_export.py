@@ -13,7 +13,7 @@ without tokens give the zero state, as ours do.
 import numpy as np
 
 from spark_nn.nn import layers as L
-from spark_nn.nn.losses import SoftmaxCrossEntropy
+from spark_nn.nn.losses import RegressionLoss, SoftmaxCrossEntropy
 
 OPSET = 17
 _LSTM_ORDER = [0, 3, 1, 2]  # ours/torch i,f,g,o -> ONNX i,o,f,c
@@ -152,7 +152,8 @@ def to_onnx(model, path, upto=None, output_names=None):
 
     Input 'input': float32 [batch, *input_shape], or int64 token ids [batch, steps] when the
     first layer is an Embedding. Outputs: 'output' (the last layer's output; logits for
-    classifiers) and, for a whole classifier, 'probability' (its softmax)."""
+    classifiers) and, for a whole classifier, 'probability' (its softmax); for a whole regressor
+    with standardized targets, 'prediction' (the output in the label's units)."""
     try:
         import onnx
         from onnx import TensorProto, helper
@@ -185,6 +186,10 @@ def to_onnx(model, path, upto=None, output_names=None):
     outputs = [(names[0], x)]
     if upto is None and isinstance(model.loss, SoftmaxCrossEntropy) and len(model.output_shape) == 1:
         outputs.append((names[1], g.op("Softmax", [x], axis=1)))
+    elif upto is None and isinstance(model.loss, RegressionLoss) and model.loss.shift is not None:
+        scale, shift = (np.asarray(v, np.float32).reshape(1, -1) for v in (model.loss.scale, model.loss.shift))
+        outputs.append(("prediction", g.op("Add", [g.op("Mul", [x, g.const("scale", scale)]),
+                                                   g.const("shift", shift)])))
     for name, src in outputs:
         g.nodes.append(helper.make_node("Identity", [src], [name]))
     in_type = TensorProto.INT64 if ids_in else TensorProto.FLOAT
