@@ -238,3 +238,14 @@ def test_recurrent_defaults_survive_the_shared_params():
     assert (reg.getMaxIter(), reg.getClipNorm(), reg.getActivation(), reg.getStepSize()) == (30, 1.0, "tanh", 0.01)
     assert (reg.getLoss(), reg.getEpsilon(), reg.getStandardization(), reg.getLabelCol()) == \
         ("squaredError", 1.35, True, "label")
+
+
+def test_summary_plot_shows_rmse_for_a_regressor(fitted, tmp_path):
+    pytest.importorskip("matplotlib")
+    fig = fitted.summary.plot(str(tmp_path / "curves.png"))
+    ax = fig.axes[1]
+    assert ax.get_ylabel() == "RMSE (label units)"
+    lines = {line.get_label(): line.get_ydata().tolist() for line in ax.get_lines()}
+    assert lines["train"] == [e["rmse"] for e in fitted.summary.epochs]
+    assert lines["validation"] == [e["val_rmse"] for e in fitted.summary.epochs]
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -11,7 +11,9 @@ class TrainingSummary:
     def __init__(self):
         self.objectiveHistory = []
         self.objectiveSteps = []
-        self.epochs = []  # dicts: epoch, loss, accuracy, val_loss, val_accuracy, seconds, steps
+        # dicts: epoch, loss, the loss's metrics (accuracy; rmse and mae), val_loss and val_ metrics,
+        # seconds, steps
+        self.epochs = []
         self.totalIterations = 0
         self.stoppedEarly = False
         self.bestEpoch = None
@@ -34,7 +36,7 @@ class TrainingSummary:
                 "bestEpoch": self.bestEpoch, "localStepsAuto": self.localStepsAuto}
 
     def plot(self, path=None):
-        """Loss per step and per-epoch accuracy curves (matplotlib, the 'plot' extra); saved as a
+        """Loss per step and per-epoch accuracy (classifiers) or RMSE (regressors) curves (matplotlib, the 'plot' extra); saved as a
         PNG when path is given. Returns the matplotlib Figure."""
         try:
             import matplotlib
@@ -59,13 +61,14 @@ class TrainingSummary:
         ax1.set_yscale("log")
         ax1.legend()
         epochs = [e["epoch"] for e in self.epochs]
-        for key, label in (("accuracy", "train"), ("val_accuracy", "validation")):
+        metric = "rmse" if any("rmse" in e for e in self.epochs) else "accuracy"  # a regressor's, a classifier's
+        for key, label in ((metric, "train"), ("val_" + metric, "validation")):
             vals = [e.get(key) for e in self.epochs]
             if any(v is not None for v in vals):
                 ax2.plot(epochs, vals, "o-", label=label)
         ax2.set_xlabel("epoch")
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax2.set_ylabel("accuracy")
+        ax2.set_ylabel("RMSE (label units)" if metric == "rmse" else "accuracy")
         ax2.legend()
         fig.tight_layout()
         if path is not None:
