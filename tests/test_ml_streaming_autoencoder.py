@@ -75,3 +75,32 @@ def test_autoencoder_codes_and_reconstruction_error(spark, digit_rows, tmp_path)
     codes = sess.run(None, {"input": xte[:7].astype(np.float32)})
     assert len(codes) == 1
     np.testing.assert_allclose(codes[0], model.encode(xte[:7]), rtol=1e-4, atol=1e-5)
+
+
+def test_autoencoder_code_column_is_codecol_and_outputcol_still_reads(spark, digit_rows, tmp_path):
+    """One meaning per param name: the code column is codeCol (outputCol names the label in CNN
+    and RNN); outputCol, its old name, still works for one release with a warning, and a model
+    saved under it loads with its column."""
+    import json
+    import warnings
+
+    xtr, _, _, _ = digit_rows
+    df = spark.createDataFrame([(Vectors.dense(a.tolist()),) for a in xtr[:200]], ["features"])
+    model = AutoEncoder(layers=[4], maxIter=1, codeCol="z", seed=0).fit(df)
+    assert model.transform(df).columns == ["features", "z", "reconstructionError"]
+    with pytest.warns(DeprecationWarning, match="use codeCol"):
+        old = AutoEncoder(layers=[4], maxIter=1, outputCol="legacy", seed=0).fit(df)
+        assert "legacy" in old.transform(df).columns
+    path = tmp_path / "ae"
+    model.write().overwrite().save(str(path))
+    meta_file = next((path / "metadata").glob("part-*"))
+    meta = json.loads(meta_file.read_text())
+    meta["paramMap"]["outputCol"] = meta["paramMap"].pop("codeCol")  # as a model saved before codeCol
+    meta_file.write_text(json.dumps(meta))
+    for crc in (path / "metadata").glob(".*.crc"):  # Hadoop's checksum of the file as it was
+        crc.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert AutoEncoderModel.load(str(path)).getOrDefault("outputCol") == "z"
+    with pytest.warns(DeprecationWarning):
+        assert AutoEncoderModel.load(str(path)).transform(df).columns == ["features", "z", "reconstructionError"]

@@ -316,7 +316,7 @@ def autoencoder_outputs(model, x, code_index):
 
 
 class AutoEncoderModel(NeuralModel, AutoEncoderParams):
-    """A fitted AutoEncoder: writes the code vector (outputCol) and the reconstruction error
+    """A fitted AutoEncoder: writes the code vector (codeCol) and the reconstruction error
     (reconstructionErrorCol; large values flag unusual rows) and, when reconstructionCol is set,
     the reconstruction."""
 
@@ -332,7 +332,7 @@ class AutoEncoderModel(NeuralModel, AutoEncoderParams):
         return self.codeLayer  # the encoder: its output is the code
 
     def _output_columns(self):
-        return [(self.getOutputCol(), "vector"), (self.getOrDefault(self.reconstructionErrorCol), "double"),
+        return [(self.codeColumn(), "vector"), (self.getOrDefault(self.reconstructionErrorCol), "double"),
                 (self.getOrDefault(self.reconstructionCol), "vector")]
 
     def _outputs_fn(self):

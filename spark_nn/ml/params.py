@@ -1,5 +1,7 @@
 """Params shared by the spark_nn estimators and models, in pyspark.ml's style: each a Param
 with a doc and a type converter, mixed in by the classes that use them."""
+import warnings
+
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInputCol, HasLabelCol, HasMaxIter,
                                      HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
@@ -358,9 +360,15 @@ class RNNRegressorParams(RegressorParams, RNNTemplateParams, HasStandardization)
 
 
 @with_accessors
-class AutoEncoderParams(TrainingParams, TemplateParams, HasInputCol, HasOutputCol, EncodedImageParams):
-    """inputCol: the features; outputCol: the code vector; reconstructionErrorCol: per-row MSE."""
+class AutoEncoderParams(TrainingParams, TemplateParams, HasInputCol, EncodedImageParams):
+    """inputCol: the features; codeCol: the code vector; reconstructionErrorCol: per-row MSE.
+    (outputCol is codeCol's old name, read for one release with a deprecation warning: in CNN
+    and RNN outputCol names the label column.)"""
 
+    codeCol = Param(Params._dummy(), "codeCol", "column for each row's code vector (the encoder's output)",
+                    typeConverter=TypeConverters.toString)
+    outputCol = Param(Params._dummy(), "outputCol", "deprecated: codeCol's old name (when set and codeCol is not, "
+                      "it names the code column, with a warning)", typeConverter=TypeConverters.toString)
     reconstructionErrorCol = Param(Params._dummy(), "reconstructionErrorCol",
                                    "column for each row's reconstruction error (mean squared error over the "
                                    "features); '' to leave it out", typeConverter=TypeConverters.toString)
@@ -370,11 +378,20 @@ class AutoEncoderParams(TrainingParams, TemplateParams, HasInputCol, HasOutputCo
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(inputCol="features", outputCol="code", reconstructionErrorCol="reconstructionError",
+        self._setDefault(inputCol="features", codeCol="code", reconstructionErrorCol="reconstructionError",
                          reconstructionCol="", activation="relu")
 
     def featuresColumn(self):
         return self.getInputCol()
+
+    def codeColumn(self):
+        """The code column in effect: codeCol, or the deprecated outputCol when only it is set
+        (a stage saved under the old name loads so)."""
+        if self.isSet(self.outputCol) and not self.isSet(self.codeCol):
+            warnings.warn("AutoEncoder's outputCol is deprecated: it names the code column here but the label "
+                          "column in CNN and RNN; use codeCol", DeprecationWarning, stacklevel=3)
+            return self.getOrDefault(self.outputCol)
+        return self.getOrDefault(self.codeCol)
 
 
 class NetworkInputParams(EncodedImageParams):
