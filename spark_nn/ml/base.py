@@ -23,6 +23,7 @@ from spark_nn.ml.interop import initial_weights
 from spark_nn.ml.persistence import (FORMAT_VERSION, NeuralModelReader, NeuralModelWriter, ParamsWritable,
                                      local_path)
 from spark_nn.ml.spark_kind import is_connect, spark_conf
+from spark_nn.ml.tracking import FitLog, NestedFits, active_run_ids
 from spark_nn.ml.training.blocks import TrainingData
 from spark_nn.ml.training.rounds import Inline
 from spark_nn.ml.training.trainer import DistributedTrainer
@@ -167,6 +168,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                             val_indicator=indicator, seed=self.getSeed(),
                             resident=self.getOrDefault(self.residentData), label_size=label_size,
                             feature_axis=spec["standardize"]["axis"] if "standardize" in spec else None)
+        tracking = FitLog(self)
         try:
             num_outputs, class_names, loss = self._outputs_of(dataset, lcol, data.stats, spec, label_size)
             if spec["kind"] == "ids" and spec.get("vocabSize") is None:
@@ -197,8 +199,12 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                 pipeline=self.getOrDefault(self.pipelineRounds),
                 checkpoint_dir=local_path(checkpoint_dir) if checkpoint_dir else None,
                 checkpoint_interval=self.getOrDefault(self.checkpointInterval),
-                description=f"spark_nn {type(self).__name__}.fit", frozen=net.frozen, buffers=net.buffers)
+                description=f"spark_nn {type(self).__name__}.fit", frozen=net.frozen, buffers=net.buffers,
+                on_epoch=tracking.epoch)
             weights = trainer.run(net.params)
+        except BaseException:
+            tracking.fail()
+            raise
         finally:
             data.release()
         net.set_params(weights)
@@ -209,7 +215,15 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
         self._copyValues(model)
         if model.isSet(model.initialWeights) and not isinstance(model.getOrDefault(model.initialWeights), str):
             model.clear(model.initialWeights)  # an in-memory start is not the model's to keep (or save)
+        tracking.finish(model, fcol)
         return model
+
+    def fitMultiple(self, dataset, paramMaps):
+        """pyspark's fitMultiple (CrossValidator, TrainValidationSplit); with an MLflow run active
+        here, each fit logs to a run nested under it (spark_nn.ml.tracking)."""
+        parent = active_run_ids()
+        inner = super().fitMultiple(dataset, paramMaps)
+        return inner if parent is None else NestedFits(inner, parent)
 
 
 class NeuralModel(Model, MLWritable, MLReadable):

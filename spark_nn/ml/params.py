@@ -191,6 +191,11 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                           "local or shared-mount directory for training checkpoints ('' : none); a fit whose "
                           "checkpointDir holds a checkpoint of the same run resumes from it",
                           typeConverter=TypeConverters.toString)
+    mlflowLogging = Param(Params._dummy(), "mlflowLogging",
+                          "'auto': when an MLflow run is active on the driver, log the fit to it (params, per-epoch "
+                          "metrics, the curves and the model as an MLflow pyfunc model; a CrossValidator's "
+                          "candidates to nested runs); 'off': never",
+                          typeConverter=_in("mlflowLogging", ("auto", "off")))
     checkpointInterval = Param(Params._dummy(), "checkpointInterval",
                                "write a checkpoint every this many epochs (and after the last)",
                                typeConverter=_check("checkpointInterval", lambda v: v >= 1, "an int >= 1"))
@@ -206,7 +211,7 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                          validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps="auto",
                          pipelineRounds=False, residentData=True,
                          handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0,
-                         checkpointDir="", checkpointInterval=1)
+                         checkpointDir="", checkpointInterval=1, mlflowLogging="auto")
 
 
 @with_accessors

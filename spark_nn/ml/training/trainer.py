@@ -47,8 +47,9 @@ class DistributedTrainer:
                  momentum=0.9, weight_decay=0.0, clip_norm=0.0, schedule="constant", aggregation_depth=2,
                  threads=1, tol=0.0, patience=0, verbose=False,
                  local_steps="auto", description="spark_nn fit", checkpoint_dir=None, checkpoint_interval=1,
-                 pipeline=False, frozen=None, buffers=None):
+                 pipeline=False, frozen=None, buffers=None, on_epoch=None):
         self.sizes = list(data.sizes)
+        self.on_epoch = on_epoch  # called with each finished epoch's record (MLflow logging)
         self.config_json = json.dumps(model_config, sort_keys=True)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.sampler = StepSampler(seed, self.sizes, batch_size)
@@ -320,6 +321,8 @@ class DistributedTrainer:
         """Records and logs a finished epoch, tracks the best weights, writes the checkpoint;
         True when early stopping ends the fit here. weights are the epoch's final weights."""
         self.summary.epochs.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
         msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                         if v is not None)
         log.info("%s: %s", self.description, msg)
