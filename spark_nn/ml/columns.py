@@ -249,9 +249,29 @@ def arrow_to_block(arr, spec, col, base=0, raw8=False, paths=None):
     raise ValueError(f"unknown feature kind {kind!r}")
 
 
+def _reads_python_rows(df):
+    """Whether df's plan reads a Python RDD (a classic session's createDataFrame of local rows)."""
+    try:
+        return "LogicalRDD" in df._jdf.queryExecution().analyzed().toString()
+    except Exception:  # Spark Connect (its local rows travel as Arrow), or no JVM plan
+        return False
+
+
+def first_row(df):
+    """A row of df (the first, where that is cheap), or None when it has none. A probe of ours
+    must not stop a Python worker mid-stream: first() on a DataFrame of local rows (a Python RDD
+    on a classic session) ends the task while its Python worker still writes, and PySpark's
+    daemon prints that worker's BrokenPipeError, a traceback in the user's script. Such rows
+    came from the driver's memory, so reading them all once is cheap."""
+    if not _reads_python_rows(df):
+        return df.first()
+    r = df.agg(F.count(F.lit(1)).alias("n"), F.first(F.struct(*[F.col(c) for c in df.columns])).alias("r")).first()
+    return r["r"] if r["n"] else None
+
+
 def _no_rows(df, col, what="features column"):
     """The error for a column without a non-null row: an empty DataFrame says so."""
-    if df.limit(1).count() == 0:
+    if first_row(df.select(F.lit(1).alias("one"))) is None:
         return ValueError("the DataFrame is empty: there is nothing to train on")
     return ValueError(f"{what} {col!r} has no non-null rows")
 
@@ -259,7 +279,7 @@ def _no_rows(df, col, what="features column"):
 def first_row_size(df, col, kind):
     """Length of the first non-null row of an array/vector column (one small job)."""
     expr = F.size(feature_expr(col, kind))
-    row = df.where(F.col(col).isNotNull()).select(expr.alias("n")).first()
+    row = first_row(df.where(F.col(col).isNotNull()).select(expr.alias("n")))
     if row is None:
         raise _no_rows(df, col)
     return int(row["n"])
@@ -269,9 +289,9 @@ def image_shape(df, col):
     """(channels, height, width) of an image column from its first row (one small job); the pass
     that makes the training blocks checks every other row against it, naming the first that
     differs."""
-    r = df.where(F.col(col).isNotNull()).select(F.col(f"{col}.nChannels").alias("c"),
-                                                 F.col(f"{col}.height").alias("h"),
-                                                 F.col(f"{col}.width").alias("w")).first()
+    r = first_row(df.where(F.col(col).isNotNull()).select(F.col(f"{col}.nChannels").alias("c"),
+                                                           F.col(f"{col}.height").alias("h"),
+                                                           F.col(f"{col}.width").alias("w")))
     if r is None:
         raise _no_rows(df, col, "image column")
     return [int(r.c), int(r.h), int(r.w)]
@@ -313,7 +333,8 @@ def encoded_image_shape(df, col, channels, size=None):
                 return
 
     first = df.where(F.col(col).isNotNull()).select(col).limit(1)
-    row = first.mapInArrow(shape_of, "h long, w long, error string").first()
+    rows = first.mapInArrow(shape_of, "h long, w long, error string").collect()  # one row: read to its end
+    row = rows[0] if rows else None
     if row is None:
         raise _no_rows(df, col)
     if row.error:
@@ -323,7 +344,7 @@ def encoded_image_shape(df, col, channels, size=None):
 
 def seq_shape(df, col):
     """(steps, features) of an array<array<number>> column from its first row."""
-    row = df.where(F.col(col).isNotNull()).select(F.size(col).alias("t"), F.size(F.col(col)[0]).alias("d")).first()
+    row = first_row(df.where(F.col(col).isNotNull()).select(F.size(col).alias("t"), F.size(F.col(col)[0]).alias("d")))
     if row is None:
         raise _no_rows(df, col)
     return [int(row["t"]), int(row["d"])]
