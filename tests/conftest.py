@@ -48,9 +48,10 @@ RETRIES_LAUNCHER = "tests/test_ml_reliability.py::test_the_tests_that_need_task_
 # What a fault's flag file says (spark_nn.ml.training.faults): which tasks reached the step it
 # named, by attempt number
 KILLED_AND_RETRIED = ["killed attempt 0", "ran attempt 1"]  # Spark retried the task, once
-# the round's job failed (no retry: the retry would find no files either) and ran again, as a
-# new job, on the data materialized again
-DELETED_AND_RUN_AGAIN = ["deleted attempt 0", "ran attempt 0"]
+# the round's job failed (the retries a session with retries makes fail too: the files are
+# gone) and ran again, as a new job, on the data materialized again
+DELETED_AND_RUN_AGAIN = (["deleted attempt 0"] + [f"ran attempt {n}" for n in range(1, 1 + TASK_RETRIES)]
+                         + ["ran attempt 0"])
 
 def clean_env(**extra):
     """This environment without the marks a Spark Connect session leaves in it (a child process
