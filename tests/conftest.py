@@ -1,3 +1,4 @@
+import faulthandler
 import os
 import sys
 import warnings
@@ -80,6 +81,33 @@ def pytest_configure(config):
                                        "version (the Connect and Spark 3.5 runs deselect it)")
     config.addinivalue_line("markers", "task_retries: needs Spark to retry a failed task; runs in a session "
                                        f"with one retry, started by {RETRIES_LAUNCHER} (skipped elsewhere)")
+
+
+_STDERR = []  # the run's own stderr, kept before output capture takes the descriptor over
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    _STDERR.append(os.fdopen(os.dup(2), "w"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The backstop behind pytest-timeout's signal method, whose SIGALRM handler runs only when
+    the main thread gets back to Python: a test still running a minute past its limit (stuck in
+    native code) ends the run with every thread's stack, as the thread method would."""
+    limit = None
+    if item.config.pluginmanager.hasplugin("timeout") and _STDERR:
+        from pytest_timeout import _get_item_settings
+
+        limit = _get_item_settings(item).timeout
+    if limit:
+        faulthandler.dump_traceback_later(limit + 60, exit=True, file=_STDERR[0])
+    try:
+        yield
+    finally:
+        if limit:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -40,7 +40,7 @@ def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path
     np.testing.assert_array_equal(retried, reference)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900)  # a session, and each test in it under its own limit (pyproject's): about 30 s here
 def test_the_tests_that_need_task_retries_pass_in_a_session_that_retries(tmp_path):
     """The tests marked task_retries (skipped in the shared session, which retries no task) in a
     session with one retry of a failed task, local[2,2] (on Spark Connect too where this run is
