@@ -39,6 +39,7 @@ def executor_python_without_spark_nn(tmp_path):
     return exe
 
 
+@pytest.mark.timeout(600)  # a wheel build, a cluster of three JVMs and a fit: about 1.5 minutes here
 def test_standalone_cluster_with_shipped_wheel(tmp_path, cluster):
     wheel_dir = tmp_path / "dist"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",

@@ -4,6 +4,7 @@ import re
 import runpy
 import sys
 
+import pytest
 
 from spark_nn.datasets import write_labelled_text
 
@@ -27,12 +28,17 @@ def test_seed_imports_only_changed_prefix():
         assert re.search(r"^from spark_nn\.ml\.classification import (CNN|RNN)$", src, re.M)
 
 
+# The programs' accuracy at the seed's settings does not depend on the session's kind or Spark's
+# version; each of their steps (loadImages, Tokenizer, SequenceAssembler, fit, transform) runs on
+# every kind and version in test_ml_cnn.py and test_ml_text.py: so once, in the first run only.
+@pytest.mark.once
 def test_cnn_example(spark, digits_dirs, monkeypatch, capsys):
     train_dir, _ = digits_dirs
     acc = run_example("cnn_images.py", [train_dir], 4, monkeypatch, capsys)
     assert acc > 0.85  # 4 epochs at the seed's default settings (10 epochs give about 0.97)
 
 
+@pytest.mark.once
 def test_rnn_example(spark, tmp_path, monkeypatch, capsys):
     path = str(tmp_path / "texts.tsv")
     write_labelled_text(path, n=800, seed=2)

@@ -2,6 +2,7 @@
 kernel tests pass at each, our elementwise loops compute the same bits at each, and the
 recurrent kernels (whose packed GEMM uses FMA where the level has it) agree closely."""
 import os
+import re
 import subprocess
 import sys
 
@@ -112,12 +113,38 @@ def test_levels_compute_the_same_results(tmp_path):
                 np.testing.assert_array_equal(results[level][key], value, err_msg=f"{key} at {level}")
 
 
+# Kernel test files whose results cannot depend on the level, not rerun at the lower levels:
+# the C files they exercise (besides common.c's BLAS call, whose kernels OpenBLAS picks for
+# itself) have no per-level code, and the argument checks are the Cython layer's. Every other
+# test_kernels_* file is rerun, a new one too.
+SAME_AT_EVERY_LEVEL = {
+    "test_kernels_dense.py": ("dense.c", "loss.c"),  # and activation.c's sigmoid/tanh/relu, compiled once
+    "test_kernels_validation.py": (),
+}
+# what marks per-level code in csrc/: a clone per level (NN_MULTI, target attributes), a branch
+# on the level, or a call into gemm_packed.c's micro-kernels (FMA where the level has it)
+PER_LEVEL = re.compile(r'NN_MULTI|target\("avx|nn_isa\(\)|nn_gate_tiles|nn_gemm_(packed|offsets|gates)\(')
+
+
+def test_kernel_files_left_out_of_the_reruns_have_no_per_level_code():
+    for test, sources in SAME_AT_EVERY_LEVEL.items():
+        assert os.path.exists(os.path.join(ROOT, "tests", test)), test
+        for source in sources:
+            text = open(os.path.join(ROOT, "csrc", source)).read()
+            assert not PER_LEVEL.search(text), f"{source} has per-level code: rerun {test} at every level"
+    # the pattern does find per-level code (in every other kernel file but common.c and isa.c)
+    assert all(PER_LEVEL.search(open(os.path.join(ROOT, "csrc", f)).read()) for f in
+               ("activation.c", "batchnorm.c", "conv.c", "convert.c", "gemm_packed.c", "gru.c", "lstm.c", "optim.c",
+                "pool.c", "rnn.c"))
+
+
 @pytest.mark.parametrize("level", [lv for lv in LEVELS if lv != LEVELS[-1]])
 def test_kernel_tests_pass_at_lower_levels(level):
-    """The CPU's own level runs in the main test process; each lower one runs every kernel test
-    again in a subprocess (the AVX2 path on an AVX-512 machine, the baseline on both)."""
+    """The CPU's own level runs in the main test process; each lower one runs the kernel tests
+    whose results can depend on the level again, in a subprocess (the AVX2 path on an AVX-512
+    machine, the baseline on both)."""
     tests = sorted(os.path.join("tests", f) for f in os.listdir(os.path.join(ROOT, "tests"))
-                   if f.startswith("test_kernels_"))
+                   if f.startswith("test_kernels_") and f not in SAME_AT_EVERY_LEVEL)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                          env=dict(os.environ, SPARK_NN_ISA=level), capture_output=True, text=True, cwd=ROOT,
                          timeout=900)

@@ -137,7 +137,7 @@ def test_a_pipelined_fit_is_reproducible_and_not_the_unpipelined_one(pixels):
     assert first.summary.epochs[-1]["loss"] < first.summary.epochs[0]["loss"]
 
 
-@pytest.mark.parametrize("fault", [KILL_PROPERTY, DELETE_PROPERTY])
+@pytest.mark.parametrize("fault", [pytest.param(KILL_PROPERTY, marks=pytest.mark.task_retries), DELETE_PROPERTY])
 def test_a_pipelined_fit_after_a_fault_gives_the_same_bits(spark, pixels, tmp_path, fault):
     reference = cnn().fit(pixels).weights
     # epoch 1 (0-based), the round of steps 2..3, partition 1: a round submitted from a thread of its own

@@ -1,15 +1,21 @@
-"""Reliability of a fit: a killed worker is retried to the same result, checkpoints resume
-exactly, a diverging fit says where and what to do, and model files are loaded safely."""
+"""Reliability of a fit: a killed worker is retried to the same result (in a session that
+retries tasks, started here for every test that needs one), checkpoints resume exactly, a
+diverging fit says where and what to do, and model files are loaded safely."""
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
 from spark_nn.ml.training.faults import KILL_PROPERTY as FAULT_PROPERTY
-from conftest import fit_under_fault
+from conftest import KILLED_AND_RETRIED, TASK_RETRIES, clean_env, fit_under_fault
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +29,32 @@ def est(**kw):
                                      learningRateSchedule="constant"), **kw))
 
 
+@pytest.mark.task_retries
 @pytest.mark.parametrize("local_steps", [1, 4])
 def test_killed_worker_is_retried_to_bitwise_equal_weights(spark, data, tmp_path, local_steps):
     reference = est(localSteps=local_steps).fit(data).weights
     flag = tmp_path / "killed"  # epoch 1 (0-based), step 2, partition 1
     retried = fit_under_fault(spark, FAULT_PROPERTY, "1:2:1", flag,
                               lambda: est(localSteps=local_steps).fit(data).weights)
-    assert flag.read_text().startswith("killed attempt 0")  # the kill happened, once
+    assert flag.read_text().splitlines() == KILLED_AND_RETRIED  # killed at attempt 0; attempt 1 ran, no other
     np.testing.assert_array_equal(retried, reference)
+
+
+@pytest.mark.timeout(900)  # a session, and each test in it under its own limit (pyproject's): about 30 s here
+def test_the_tests_that_need_task_retries_pass_in_a_session_that_retries(tmp_path):
+    """The tests marked task_retries (skipped in the shared session, which retries no task) in a
+    session with one retry of a failed task, local[2,2] (on Spark Connect too where this run is
+    on it): one pytest subprocess, one more session, for all of them."""
+    if TASK_RETRIES:
+        pytest.skip("this session retries tasks itself: the task_retries tests run in it")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                          str(tmp_path / "pytest"), "-m", "task_retries", "tests"], cwd=ROOT,
+                         env=clean_env(SPARK_NN_TEST_TASK_RETRIES="1"), capture_output=True, text=True, timeout=840)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-8000:]
+    summary = out.strip().splitlines()[-1]
+    print(summary)
+    assert re.search(r"\b[1-9]\d* passed", summary) and "skipped" not in summary, out[-8000:]
 
 
 @pytest.mark.parametrize("local_steps", [1, 3])

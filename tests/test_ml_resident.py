@@ -8,7 +8,7 @@ from pyspark.ml.linalg import Vectors
 from spark_nn.ml.training.blocks import RowFile, TrainingData, open_block
 from spark_nn.ml.training.faults import DELETE_PROPERTY
 from spark_nn.ml.classification import CNNClassifier
-from conftest import resident_files, set_job_property
+from conftest import fit_under_fault, resident_files
 from pixel_data import bright_pixel_rows
 
 
@@ -62,13 +62,9 @@ def test_resident_blocks_hold_every_row_once_and_are_read_by_rows(spark, data, l
 @pytest.mark.parametrize("local_steps", [1, 3])
 def test_files_deleted_mid_fit_are_materialized_again(spark, data, local_dirs, tmp_path, local_steps):
     reference = est(localSteps=local_steps).fit(data).weights
-    flag = tmp_path / "deleted"
-    set_job_property(spark, DELETE_PROPERTY, f"1:3:0:{flag}")  # epoch 1 (0-based), step 3, partition 0
-    try:
-        recovered = est(localSteps=local_steps).fit(data)
-    finally:
-        set_job_property(spark, DELETE_PROPERTY, None)
-    assert flag.exists()  # the files were deleted, once
+    # epoch 1 (0-based), step 3, partition 0: the files deleted once, that round run again
+    recovered = fit_under_fault(spark, DELETE_PROPERTY, "1:3:0", tmp_path / "deleted",
+                                lambda: est(localSteps=local_steps).fit(data))
     np.testing.assert_array_equal(recovered.weights, reference)
     assert resident_files(local_dirs) == []
 

@@ -53,7 +53,7 @@ def test_rows_no_minibatch_touches_keep_their_initial_values(tokens):
         assert not np.array_equal(fitted.weights[off:off + SEEN * dim], init[off:off + SEEN * dim])
 
 
-@pytest.mark.parametrize("fault", [KILL_PROPERTY, DELETE_PROPERTY])
+@pytest.mark.parametrize("fault", [pytest.param(KILL_PROPERTY, marks=pytest.mark.task_retries), DELETE_PROPERTY])
 def test_a_sparse_round_after_a_fault_computes_the_same_bits(spark, tokens, tmp_path, fault):
     reference = est().fit(tokens).weights
     # epoch 1 (0-based), the round of steps 4..7, partition 1

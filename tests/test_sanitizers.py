@@ -17,6 +17,7 @@ def _runtime(name):
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
+@pytest.mark.timeout(600)  # a build and every kernel test under the sanitizers: about 1 minute here
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_kernel_tests_pass_under_asan_and_ubsan(tmp_path):
     asan, ubsan = _runtime("libasan.so"), _runtime("libubsan.so")

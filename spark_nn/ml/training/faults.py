@@ -1,6 +1,7 @@
 """Test-only fault injection, switched on per job by a local property so that tests can check
 Spark's task retry and the rematerialization of lost resident blocks. Each switch fires once:
-the property is 'epoch:step:partition:flagfile', and the flag file records that it fired."""
+the property is 'epoch:step:partition:flagfile', and the flag file records that it fired and
+every later task that reached the same step (how many attempts ran, and which)."""
 import os
 import signal
 
@@ -14,17 +15,20 @@ DELETE_PROPERTY = "spark_nn.test.deleteBlocksAt"
 
 def fault_switch(prop, what, epoch, step, partition):
     """True once, when the job's local property prop names this (epoch, step, partition) and its
-    flag file does not exist yet (it is then created, saying what happened at which attempt)."""
+    flag file does not exist yet. Every task that reaches the named step adds a line to the flag
+    file: '<what> attempt <n>' for the one that fires, 'ran attempt <n>' for those after it (n
+    being TaskContext.attemptNumber(): a retry counts up, a job run again starts at 0)."""
     ctx = TaskContext.get()
     spec = ctx.getLocalProperty(prop) if ctx else None
     if not spec:
         return False
     e, s, p, flag = spec.split(":", 3)
-    if (int(e), int(s), int(p)) != (epoch, step, partition) or os.path.exists(flag):
+    if (int(e), int(s), int(p)) != (epoch, step, partition):
         return False
-    with open(flag, "w") as f:
-        f.write(f"{what} attempt {ctx.attemptNumber()}\n")
-    return True
+    fire = not os.path.exists(flag)
+    with open(flag, "a") as f:
+        f.write(f"{what if fire else 'ran'} attempt {ctx.attemptNumber()}\n")
+    return fire
 
 
 def maybe_kill_worker(epoch, step, partition):
