@@ -55,6 +55,7 @@ def _printed(pattern, capsys):
     return [float(g) for g in m.groups()]
 
 
+@pytest.mark.once  # the regressors' and TimeSeriesWindows' steps run on every kind in their own test files
 def test_forecast_example(spark, monkeypatch, capsys):
     """The LSTM beats persistence on the real series (statsmodels' data; a test dependency)."""
     monkeypatch.setattr(sys, "argv", ["forecast_series.py"])
@@ -65,6 +66,7 @@ def test_forecast_example(spark, monkeypatch, capsys):
     assert rmse < 0.75 * persistence
 
 
+@pytest.mark.once
 def test_image_regression_example(spark, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["image_regression.py"])
     monkeypatch.setenv("EPOCHS", "10")
