@@ -18,7 +18,7 @@ from pyspark.ml.util import DefaultParamsReadable, MLReadable, MLWritable
 from pyspark.sql import SparkSession
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
-from spark_nn.ml.columns import arrow_to_block, check_label_column, feature_expr, feature_kind
+from spark_nn.ml.columns import arrow_to_block, check_label_column, check_weight_column, feature_expr, feature_kind
 from spark_nn.ml.interop import initial_weights
 from spark_nn.ml.persistence import (FORMAT_VERSION, NeuralModelReader, NeuralModelWriter, ParamsWritable,
                                      local_path)
@@ -149,6 +149,9 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
         # everything the schema, the params and at most one row tell is checked before the pass
         kind = feature_kind(dataset, fcol)
         label_size = self._check_labels(dataset, lcol) if lcol is not None else None
+        wcol = self.weightColumn() if self.hasParam("weightCol") else None
+        if wcol is not None:
+            check_weight_column(dataset, wcol)
         indicator = self.getOrDefault(self.validationIndicatorCol) \
             if self.isDefined(self.validationIndicatorCol) else None
         if indicator and indicator not in dataset.columns:
@@ -167,10 +170,13 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                             val_fraction=0.0 if indicator else self.getOrDefault(self.validationSplit),
                             val_indicator=indicator, seed=self.getSeed(),
                             resident=self.getOrDefault(self.residentData), label_size=label_size,
-                            feature_axis=spec["standardize"]["axis"] if "standardize" in spec else None)
+                            feature_axis=spec["standardize"]["axis"] if "standardize" in spec else None,
+                            weight_col=wcol)
         tracking = FitLog(self)
         try:
             num_outputs, class_names, loss = self._outputs_of(dataset, lcol, data.stats, spec, label_size)
+            if wcol is not None and data.stats["weights"]["count"] and not data.stats["weights"]["mean"][0] > 0:
+                raise ValueError(f"weight column {wcol!r} is 0 on every training row: there is nothing to train on")
             if spec["kind"] == "ids" and spec.get("vocabSize") is None:
                 spec["vocabSize"] = (data.stats["max_id"] or 0) + 1
             elif spec["kind"] == "ids" and (data.stats["max_id"] or 0) >= spec["vocabSize"]:

@@ -63,6 +63,12 @@ def check_label_column(df, col):
                          "(class indices 0, 1, ..., numClasses-1)")
 
 
+def check_weight_column(df, col):
+    t = column_type(df, col)
+    if not isinstance(t, NumericType) or isinstance(t, DecimalType):
+        raise ValueError(f"weight column {col!r} has type {t.simpleString()}; expected a numeric type (weights >= 0)")
+
+
 def target_label_size(df, col):
     """None for a numeric label column (one target per row); for a vector or array<number>
     column, its first row's size (one small job), the number of targets every row must have."""

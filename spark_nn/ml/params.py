@@ -5,7 +5,7 @@ import warnings
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInputCol, HasLabelCol, HasMaxIter,
                                      HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
-                                     HasStepSize, HasTol, HasValidationIndicatorCol)
+                                     HasStepSize, HasTol, HasValidationIndicatorCol, HasWeightCol)
 
 from spark_nn.ml.interop import check_initial_weights, check_network
 
@@ -88,6 +88,20 @@ def with_accessors(cls):
             setattr(cls, "set" + cap, lambda self, value, _n=name: self._set(**{_n: value}))
             getattr(cls, "set" + cap).__doc__ = f"Sets the value of {name}."
     return cls
+
+
+class HasRowWeights(HasWeightCol):
+    """weightCol, as MLlib's classifiers and regressors have it."""
+
+    weightCol = Param(Params._dummy(), "weightCol",
+                      "column of per-row weights (numbers >= 0) that scale each row's loss, gradient and metrics, as "
+                      "MLlib's; rescaled to average 1 over the training rows, so that stepSize means the same with "
+                      "and without them. Unset or '': every row weighs 1", typeConverter=TypeConverters.toString)
+
+    def weightColumn(self):
+        """The weight column in effect, or None."""
+        return self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) and \
+            self.getOrDefault(self.weightCol) else None
 
 
 class HasSeedAliases(HasFeaturesCol, HasLabelCol):
@@ -230,7 +244,8 @@ class TemplateParams(Params):
 
 
 @with_accessors
-class NeuralParams(TrainingParams, HasSeedAliases, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol):
+class NeuralParams(TrainingParams, HasSeedAliases, HasRowWeights, HasPredictionCol, HasProbabilityCol,
+                   HasRawPredictionCol):
     """Params of the classifiers: the seed's column aliases and pyspark's prediction columns."""
 
     numClasses = Param(Params._dummy(), "numClasses",
@@ -264,7 +279,7 @@ class EncodedImageParams(Params):
 
 
 @with_accessors
-class RegressorParams(TrainingParams, HasSeedAliases, HasPredictionCol):
+class RegressorParams(TrainingParams, HasSeedAliases, HasRowWeights, HasPredictionCol):
     """Params of the regressors: pyspark's featuresCol / labelCol / predictionCol (inputCol and
     outputCol work too, as for CNN and RNN), the loss, and Huber's threshold."""
 

@@ -1,5 +1,6 @@
-"""Losses over a batch. ``loss(out, y)`` returns (sum of per-sample losses, d(sum)/d(out)), so
-per-partition results add up exactly; ``output_transform`` maps the network output to
+"""Losses over a batch. ``loss(out, y, weight=None)`` returns (sum of per-sample losses,
+d(sum)/d(out)), so per-partition results add up exactly; ``weight`` (one per row, a fit's
+weightCol) scales each row's loss and gradient, and metric_sums weighs its rows the same; ``output_transform`` maps the network output to
 probabilities (or outputs).
 
 A loss also says what a fit trains for, so that a distributed fit's tasks and driver ask it
@@ -31,8 +32,9 @@ class Loss:
         """Rows of out predicted correctly (0 for a loss without accuracy)."""
         return 0
 
-    def metric_sums(self, out, targets):
-        """float64 sums over the rows of out that metrics() reads, or None (no metric)."""
+    def metric_sums(self, out, targets, weight=None):
+        """float64 sums over the rows of out (each times its weight) that metrics() reads, or
+        None (no metric)."""
         return None
 
     def metrics(self, sums, n):
@@ -52,8 +54,11 @@ class SoftmaxCrossEntropy(Loss):
     def __init__(self, class_weight=None):
         self.class_weight = None if class_weight is None else np.asarray(class_weight, dtype=np.float32)
 
-    def __call__(self, out, y):
+    def __call__(self, out, y, weight=None):
         row_loss, _, dout = K.softmax_cross_entropy(out, y, self.class_weight)
+        if weight is not None:
+            w = np.asarray(weight, dtype=np.float32)
+            return float(np.sum(row_loss.astype(np.float64) * w)), dout * w[:, None]
         return float(np.sum(row_loss, dtype=np.float64)), dout
 
     def output_transform(self, out):
@@ -67,8 +72,11 @@ class SoftmaxCrossEntropy(Loss):
         """Rows whose largest logit is their class's."""
         return int(np.sum(np.argmax(out, axis=1) == targets))
 
-    def metric_sums(self, out, targets):
-        return np.array([self.correct(out, targets)], dtype=np.float64)
+    def metric_sums(self, out, targets, weight=None):
+        if weight is None:
+            return np.array([self.correct(out, targets)], dtype=np.float64)
+        hit = np.argmax(out, axis=1) == targets
+        return np.array([np.sum(np.asarray(weight, dtype=np.float64)[hit])])
 
     def metrics(self, sums, n):
         return {"accuracy": float(sums[0]) / n if sums is not None and n else None}
@@ -82,12 +90,15 @@ class BinaryCrossEntropy(Loss):
 
     name = "binary_cross_entropy"
 
-    def __call__(self, out, y):
+    def __call__(self, out, y, weight=None):
         z = out.astype(np.float64)
         y = np.asarray(y, dtype=np.float64).reshape(z.shape)
         loss = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-        p = 1.0 / (1.0 + np.exp(-z))
-        return float(loss.sum()), (p - y).astype(np.float32)
+        grad = 1.0 / (1.0 + np.exp(-z)) - y
+        if weight is not None:
+            w = np.asarray(weight, dtype=np.float64).reshape((-1,) + (1,) * (z.ndim - 1))
+            loss, grad = loss * w, grad * w
+        return float(loss.sum()), grad.astype(np.float32)
 
     def output_transform(self, out):
         return K.activation_forward(out, "sigmoid")
@@ -120,10 +131,13 @@ class RegressionLoss(Loss):
         """(error, d(error)/d(out)) of each element of d = out - targets (float64)."""
         raise NotImplementedError
 
-    def __call__(self, out, y):
+    def __call__(self, out, y, weight=None):
         d = out.astype(np.float64) - np.asarray(y, dtype=np.float64).reshape(out.shape)
         per = d.size // max(d.shape[0], 1)
         err, grad = self.elementwise(d)
+        if weight is not None:
+            w = np.asarray(weight, dtype=np.float64).reshape((-1,) + (1,) * (d.ndim - 1))
+            err, grad = err * w, grad * w
         return float(np.sum(err) / per), (grad / per).astype(np.float32)
 
     def targets(self, x, y):
@@ -140,7 +154,7 @@ class RegressionLoss(Loss):
             return out
         return out.astype(np.float64) * self.scale + self.shift
 
-    def metric_sums(self, out, targets):
+    def metric_sums(self, out, targets, weight=None):
         """Per row, the mean over outputs of the squared and of the absolute error in the label's
         units, summed over the rows (an autoencoder's reconstruction has none)."""
         if self.target == "inputs":
@@ -149,7 +163,8 @@ class RegressionLoss(Loss):
         if self.scale is not None:
             d = d * self.scale
         d = d.reshape(len(d), -1)
-        return np.array([np.sum(np.mean(d * d, axis=1)), np.sum(np.mean(np.abs(d), axis=1))])
+        w = 1.0 if weight is None else np.asarray(weight, dtype=np.float64)
+        return np.array([np.sum(w * np.mean(d * d, axis=1)), np.sum(w * np.mean(np.abs(d), axis=1))])
 
     def metrics(self, sums, n):
         if self.target == "inputs":

@@ -204,17 +204,18 @@ class Sequential(TorchInterop):
             if isinstance(layer, Dropout):
                 layer.rng = rng
 
-    def loss_and_grad(self, flat_params, x, y, rng=None, copy=True):
+    def loss_and_grad(self, flat_params, x, y, rng=None, copy=True, weight=None):
         """(sum of per-sample losses, gradient of that sum as a flat float32 copy, count).
 
         ``flat_params`` None keeps the current weights; ``rng`` drives dropout; copy False
-        returns ``self.grads`` itself (overwritten by the next call)."""
+        returns ``self.grads`` itself (overwritten by the next call); ``weight``: one per row,
+        scaling its loss and gradient (None: 1)."""
         if flat_params is not None:
             self.set_params(flat_params)
         self._seed_dropout(rng if rng is not None else np.random.default_rng(0))
         out = self.forward(x, training=True)
         self.last_output = out
-        loss_sum, dout = self.loss(out, y)
+        loss_sum, dout = self.loss(out, y) if weight is None else self.loss(out, y, weight)
         self.backward(dout)
         return loss_sum, (self.grads.copy() if copy else self.grads), int(len(x))
 
@@ -242,13 +243,13 @@ class Sequential(TorchInterop):
         return np.concatenate([np.arange(off, dtype=np.int64), table,
                                np.arange(off + vocab * dim, self.num_params, dtype=np.int64)])
 
-    def train_step(self, optimizer, x, y, rng=None):
+    def train_step(self, optimizer, x, y, rng=None, weight=None):
         """One optimizer step in place on ``self.params`` from the mean gradient of (x, y); returns
         (loss sum, rows). With an Embedding table the step is lazy: only the rows the minibatch
         touches (and their optimizer state) change, as torch's SparseAdam and Keras's LazyAdam
         do; the gradient passed is the active entries' only, so a step costs O(batch) in the
         table, not O(vocab_size). When a step touches every row, it is bitwise the dense step."""
-        loss_sum, grad, n = self.loss_and_grad(None, x, y, rng, copy=False)
+        loss_sum, grad, n = self.loss_and_grad(None, x, y, rng, copy=False, weight=weight)
         active = self.active_index(self.layers[0].touched) if self.table is not None else None
         if active is None:
             optimizer.step(self.params, grad / np.float32(n))

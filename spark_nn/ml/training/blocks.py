@@ -106,6 +106,13 @@ def _merge_moments(a, b):
             "m2": (np.array(a["m2"]) + np.array(b["m2"]) + delta ** 2 * na * nb / n).tolist()}
 
 
+def _merge_label_moments(parts):
+    out = _moments([])
+    for p in parts:
+        out = _merge_moments(out, p)
+    return out
+
+
 def _feature_moments(x, axis):
     """The moments of each feature of a block's rows (n, *shape): axis is the feature axis of a
     row (-1: a step's features; 0: an image's channels), every other position a sample."""
@@ -273,6 +280,17 @@ def blocks_of_batches(batches):
             yield block_from_row(xs[i].as_py(), ys[i].as_py(), metas[i].as_py())
 
 
+def labels_and_weights(y, weight_scale=None):
+    """(labels, float32 weights or None) of a block's label rows: with weight_scale, the rows
+    carry their weight as the last column (weightCol), returned times weight_scale (which
+    makes the training rows' weights average 1); a one-target label comes back flat."""
+    if weight_scale is None:
+        return y, None
+    y = np.asarray(y)
+    labels = y[:, 0] if y.shape[1] == 2 else y[:, :-1]
+    return labels, (y[:, -1] * weight_scale).astype(np.float32)
+
+
 def batch_rows(x, rows=None):
     """float32 rows of a block's array (an ndarray or a RowFile; rows None: all), as the network
     takes them: a uint8 block's pixels divided by 255 in the same pass as the gather from
@@ -331,9 +349,10 @@ class TrainingData:
 
     def __init__(self, df, feature_col, label_col, spec, handle_invalid="error", *, val_fraction=0.0,
                  val_indicator=None, seed=0, resident=True, num_partitions=None, label_size=None,
-                 feature_axis=None):
+                 feature_axis=None, weight_col=None):
         self.df, self.feature_col, self.label_col, self.label_size = df, feature_col, label_col, label_size
         self.feature_axis = feature_axis  # not None: the pass also returns the features' moments on that axis
+        self.weight_col = weight_col  # per-row weights, stored as the label rows' last column
         self.spec, self.handle_invalid = dict(spec), handle_invalid
         self.val_fraction, self.val_indicator, self.seed = float(val_fraction), val_indicator, int(seed)
         self.resident = bool(resident)
@@ -368,14 +387,19 @@ class TrainingData:
         ids = [p[2]["max_id"] for p in parts if p[2]["max_id"] is not None]
         stats["max_id"] = max(ids) if ids else None
         stats["features"] = _moments([])
+        stats["weights"] = _moments([])
         for p in parts:
             stats["features"] = _merge_moments(stats["features"], p[2]["features"])
+            stats["weights"] = _merge_moments(stats["weights"], p[2]["weights"])
+        # weights times weight_scale average 1 over the training rows (None: no weightCol)
+        mean = stats["weights"]["mean"][0] if stats["weights"]["count"] else 0.0
+        self.weight_scale = None if not self.weight_col else (1.0 / mean if mean > 0 else 1.0)
         self.stats = stats
         return self
 
     def _build(self):
         spec, fcol, lcol, has_label = self.spec, self.feature_col, self.label_col, self.label_col is not None
-        label_size, feature_axis = self.label_size, self.feature_axis
+        label_size, feature_axis, wcol = self.label_size, self.feature_axis, self.weight_col
         handle_invalid, val_fraction, seed = self.handle_invalid, self.val_fraction, self.seed
         relative_dir = self.directory
         raw8 = spec["kind"] in IMAGE_KINDS and COMPACT_8BIT
@@ -386,8 +410,9 @@ class TrainingData:
         cols.append(F.coalesce(F.col(self.val_indicator).cast("boolean"), F.lit(False)).alias("v")
                     if self.val_indicator else F.lit(False).alias("v"))
         cols.append(F.monotonically_increasing_id().alias("i"))  # the row's place in the input, for errors
-        if with_paths:
-            cols.append(F.col("path").cast("string").alias("p"))
+        cols.append(F.col("path").cast("string").alias("p") if with_paths else F.lit(None).cast("string").alias("p"))
+        if wcol:
+            cols.append(F.col(wcol).cast("double").alias("w"))
         selected = self.df.select(*cols)
         # a round lasts as long as its largest partition's share, so the rows are dealt round-robin
         # over as many partitions as cores, even when the input has as many: a parquet file's
@@ -409,6 +434,7 @@ class TrainingData:
             rng = np.random.default_rng([seed, pid, 0x5eed])
             labels, rows, max_id, base = [], 0, None, 0
             features = _moments([])
+            weights = []
             try:
                 for b in batches:
                     places = b.column(3).to_numpy(zero_copy_only=False)
@@ -422,6 +448,7 @@ class TrainingData:
                             np.zeros(b.num_rows)
                     except ValueError as e:
                         raise ValueError(_name_input_rows(str(e), places, base)) from None
+                    w = b.column(5).to_numpy(zero_copy_only=False).astype(np.float64) if wcol else None
                     val = b.column(2).to_numpy(zero_copy_only=False).astype(bool)
                     if val_fraction > 0:
                         val = rng.random(len(x)) < val_fraction
@@ -431,6 +458,9 @@ class TrainingData:
                         if dtype == np.float32 else []
                     if has_label:
                         checks.append((f"label column {lcol!r} has a null, NaN or infinite value", y))
+                    if wcol:
+                        checks.append((f"weight column {wcol!r} has a null, negative, NaN or infinite value",
+                                       np.where(w >= 0, w, np.nan)))
                     for what, values in checks:
                         good = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
                         if not good.all() and handle_invalid == "error":
@@ -440,6 +470,7 @@ class TrainingData:
                         ok &= good
                     if not ok.all():
                         x, y, val = x[ok], y[ok], val[ok]
+                        w = None if w is None else w[ok]
                     if dtype == np.int64 and len(x):
                         top = int(x.max())
                         max_id = top if max_id is None else max(max_id, top)
@@ -450,6 +481,9 @@ class TrainingData:
                         train = x[~val]
                         features = _merge_moments(features, _feature_moments(
                             train / np.float32(255) if train.dtype == np.uint8 else train, feature_axis))
+                    if wcol:
+                        weights.append(_moments(w[~val].reshape(-1, 1)))
+                        y = np.concatenate([y.reshape(len(y), -1), w.reshape(-1, 1)], axis=1)
                     writer.add(x, y, val)
                     base += b.num_rows
                 files = writer.close()
@@ -457,9 +491,10 @@ class TrainingData:
                 writer.abort()
                 raise
             meta = {"pid": pid, "files": files, "n": writer.n, "nv": writer.nv, "shape": list(spec["shape"]),
-                    "dtype": np.dtype(dtype).str, "label_shape": [] if label_size is None else [label_size],
+                    "dtype": np.dtype(dtype).str,
+                    "label_shape": ([(label_size or 1) + 1] if wcol else [] if label_size is None else [label_size]),
                     "stats": {"rows": rows, "max_id": max_id, "labels": _merge_label_stats(labels),
-                              "features": features}}
+                              "features": features, "weights": _merge_label_moments(weights)}}
             chunks = writer.chunks
             yield pa.RecordBatch.from_arrays(
                 [pa.array([b"".join(chunks["x"] + chunks["xv"])], pa.binary()),

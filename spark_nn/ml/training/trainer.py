@@ -63,6 +63,7 @@ class DistributedTrainer:
         self.local_steps = (AutoLocalSteps(self.sampler.steps_per_epoch, total_steps) if local_steps == "auto"
                             else FixedLocalSteps(int(local_steps)))
         self.has_validation = bool(getattr(data, "has_validation", False))
+        self.weight_scale = getattr(data, "weight_scale", None)  # rows weighted by weightCol
         self.tol, self.patience = float(tol), int(patience)
         self.verbose, self.description = verbose, description
         self.loss = loss_from_config(model_config.get("loss"))  # what the fit trains for (its accuracy)
@@ -95,7 +96,7 @@ class DistributedTrainer:
         keep_base, for a local round): the weights as shipped, from which the round's change is
         taken when rounds are pipelined."""
         task = RoundTask(self.config_json, self.threads, self.sampler, self.seed, self.optimizer.config(), epoch,
-                         first_step, k, validate, next_round, self._frozen)
+                         first_step, k, validate, next_round, self._frozen, self.weight_scale)
         rows = self._following.pop((epoch, first_step, k), None) if k > 1 and not validate else None
         # the round's first step: the optimizer has not yet counted the rounds still in flight
         t = np.array(self.optimizer.t + self._ahead, dtype=np.int64)

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from spark_nn.ml.training.blocks import batch_rows, open_block
+from spark_nn.ml.training.blocks import batch_rows, labels_and_weights, open_block
 from spark_nn.ml.training.faults import maybe_delete, maybe_kill_worker
 from spark_nn.ml.training.round_result import RoundResult
 from spark_nn.nn.model import Sequential
@@ -80,33 +80,36 @@ def table_rows(model, x, sampler, epoch, first_step, k, partition):
     return ids[(ids >= 0) & (ids < model.table[1])].astype(np.int32)
 
 
-def minibatch(loss, x, y, sampler, seed, epoch, step, partition):
-    """(inputs, targets (the loss's), dropout rng) of this partition's share of a step, or None
-    when it has no rows in that step. Dropout is seeded by (seed, epoch, step, partition)."""
+def minibatch(loss, x, y, sampler, seed, epoch, step, partition, weight_scale=None):
+    """(inputs, targets (the loss's), row weights or None, dropout rng) of this partition's share
+    of a step, or None when it has no rows in that step. Dropout is seeded by (seed, epoch,
+    step, partition). weight_scale: the rows carry weights (times this), else None."""
     rows = sampler.rows(partition, epoch, step)
     if len(rows) == 0:
         return None
     xb = batch_rows(x, rows)
-    return xb, loss.targets(xb, y[rows]), np.random.default_rng([seed, epoch, step, partition, 1])
+    yb, wb = labels_and_weights(y[rows], weight_scale)
+    return xb, loss.targets(xb, yb), wb, np.random.default_rng([seed, epoch, step, partition, 1])
 
 
-def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition):
+def minibatch_step(model, params, x, y, sampler, seed, epoch, step, partition, weight_scale=None):
     """The RoundResult (loss sum, gradient sum as vec, rows, metric sums, the table rows it touched)
     of this partition's share of a step; zero when it has no rows in that step. The table rows
     are the layer's own record of its backward, not a second read of the minibatch rows."""
-    batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
+    batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition, weight_scale)
     if batch is None:
         return RoundResult()
-    xb, yb, rng = batch
-    loss, grad, n = model.loss_and_grad(params, xb, yb, rng)
+    xb, yb, wb, rng = batch
+    loss, grad, n = model.loss_and_grad(params, xb, yb, rng, weight=wb)
     touched = None if model.table is None else model.layers[0].touched.astype(np.int32)
-    return RoundResult(loss=loss, vec=grad, n=n, metrics=model.loss.metric_sums(model.last_output, yb), rows=touched)
+    return RoundResult(loss=loss, vec=grad, n=n, metrics=model.loss.metric_sums(model.last_output, yb, wb),
+                       rows=touched)
 
 
 VALIDATION_CHUNK = 4096  # rows scored at once: a worker's memory does not grow with the validation rows
 
 
-def validation(model, weights, x, y):
+def validation(model, weights, x, y, weight_scale=None):
     """The RoundResult (vloss, vn, vmetrics) of these weights on a partition's validation rows,
     scored in chunks of VALIDATION_CHUNK rows (summed in row order)."""
     n = len(x)
@@ -118,9 +121,10 @@ def validation(model, weights, x, y):
         rows = np.arange(start, min(n, start + VALIDATION_CHUNK))
         xb = batch_rows(x, rows)
         out = model.predict_output(xb)
-        yb = model.loss.targets(xb, np.asarray(y[rows]))
-        loss, _ = model.loss(out, yb)
-        loss_sum, sums = loss_sum + float(loss), _add(sums, model.loss.metric_sums(out, yb))
+        yb, wb = labels_and_weights(np.asarray(y[rows]), weight_scale)
+        yb = model.loss.targets(xb, yb)
+        loss, _ = model.loss(out, yb) if wb is None else model.loss(out, yb, wb)
+        loss_sum, sums = loss_sum + float(loss), _add(sums, model.loss.metric_sums(out, yb, wb))
     return RoundResult(vloss=loss_sum, vn=n, vmetrics=sums)
 
 
@@ -129,7 +133,7 @@ def _add(total, sums):
 
 
 def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, first_step, k, partition,
-                shipped_rows=None):
+                shipped_rows=None, weight_scale=None):
     """The RoundResult (loss sum, rows x [trained weights, optimizer state arrays] as vec, rows,
     metric sums, table rows the steps touched) after k steps of this partition's own from the given
     weights and optimizer state (in place on the model's parameters: Sequential.train_step, lazy
@@ -154,16 +158,16 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
         shipped[shipped_rows] = True
     loss_sum, rows_seen, sums, touched = 0.0, 0, None, []
     for step in range(first_step, first_step + k):
-        batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition)
+        batch = minibatch(model.loss, x, y, sampler, seed, epoch, step, partition, weight_scale)
         if batch is None:
             continue
-        xb, yb, rng = batch
+        xb, yb, wb, rng = batch
         if active is not None and not shipped[xb.astype(np.int64).clip(0, len(shipped) - 1)].all():
             raise RuntimeError(f"partition {partition}, epoch {epoch + 1}, step {step + 1}: the round's "
                                "minibatch reads embedding rows that were not shipped to it")
-        loss, n = model.train_step(opt, xb, yb, rng)
+        loss, n = model.train_step(opt, xb, yb, rng, weight=wb)
         loss_sum, rows_seen = loss_sum + loss, rows_seen + n
-        sums = _add(sums, model.loss.metric_sums(model.last_output, yb))
+        sums = _add(sums, model.loss.metric_sums(model.last_output, yb, wb))
         if model.table is not None:
             touched.append(model.layers[0].touched)
     if not rows_seen:
@@ -186,13 +190,14 @@ class RoundTask:
       shipped weights and optimizer state; the vector is rows x [its weights, its state arrays]."""
 
     def __init__(self, config_json, threads, sampler, seed, opt_cfg, epoch, first_step, k, validate=False,
-                 next_round=None, frozen=None):
+                 next_round=None, frozen=None, weight_scale=None):
         self.config_json, self.threads, self.sampler, self.seed = config_json, threads, sampler, seed
         self.opt_cfg = opt_cfg
         self.epoch, self.first_step, self.k, self.validate = epoch, first_step, k, validate
         self.next_round = next_round  # (epoch, first step, k) of the round that follows, or None
         # (key, handle whose .value is the frozen parameters) shipped once per fit, or None
         self.frozen = frozen
+        self.weight_scale = weight_scale  # the rows carry weights (weightCol), times this; None: unweighted
 
     def __call__(self, partition, blocks, payload):
         """Yields the partition's RoundResult; payload: {"w": raw float32 bytes[, "state": dict]
@@ -215,12 +220,13 @@ class RoundTask:
             self._load_constants(model, payload)
             rows = payload.get("rows")
             rows = None if rows is None else np.frombuffer(rows, dtype=np.int32)
-            val = validation(model, w, xv, yv) if self.validate else RoundResult()
+            ws = self.weight_scale
+            val = validation(model, w, xv, yv, ws) if self.validate else RoundResult()
             if k == 1:
-                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition)
+                result = minibatch_step(model, w, x, y, self.sampler, self.seed, epoch, first, partition, ws)
             elif k > 1:
                 result = local_steps(model, w, payload["state"], self.opt_cfg, x, y, self.sampler, self.seed, epoch,
-                                     first, k, partition, rows)
+                                     first, k, partition, rows, ws)
             else:
                 result = RoundResult()
             if model.buffers.size and result.n:
