@@ -141,8 +141,8 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
     weightDecay = Param(Params._dummy(), "weightDecay", "weight decay (L2 for sgd/adam, decoupled for adamw), >= 0",
                         typeConverter=_check("weightDecay", lambda v: v >= 0, "a number >= 0"))
     clipNorm = Param(Params._dummy(), "clipNorm", "clip each step's mean gradient to this global L2 norm (0: no "
-                     "clipping); default 1.0 for recurrent networks (RNNClassifier), whose gradients can "
-                     "explode through time, 0 for the others",
+                     "clipping); default 1.0 for recurrent networks (RNNClassifier, RNNRegressor), whose "
+                     "gradients can explode through time, 0 for the others",
                      typeConverter=_check("clipNorm", lambda v: v >= 0, "a number >= 0"))
     learningRateSchedule = Param(Params._dummy(), "learningRateSchedule",
                                  "'constant' or 'cosine' (decays stepSize to 0 over all steps)",
