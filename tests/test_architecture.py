@@ -1,4 +1,4 @@
-"""The house's rules, read from the code itself (README, "Architecture"): spark_nn's imports form
+"""The house's rules, read from the code itself (docs/design.md, "Architecture"): spark_nn's imports form
 no circle, counting imports inside functions, and point down the floors only."""
 import ast
 import os

@@ -160,3 +160,26 @@ def test_load_images_takes_folders_with_spaces_and_non_ascii_class_names(spark, 
     assert images.schema["label"].metadata["ml_attr"]["vals"] == ["狗 dog", "猫"]
     got = sorted((unquote(r.image.origin.rsplit("/", 2)[1]), r.label) for r in images.collect())
     assert got == [("狗 dog", 0.0)] * 3 + [("猫", 1.0)] * 3
+
+
+def test_read_images_gives_unlabelled_images_as_load_images_resizes_them(spark, tmp_path):
+    """readImages: every image under a folder (subfolders too), no label column, each pixel as
+    loadImages gives it at the same size and channels; a missing or empty folder is an error."""
+    rng = np.random.default_rng(2)
+    for rel in ("a/0.png", "a/1.png", "b/deeper/2.png"):
+        os.makedirs(tmp_path / "by_class" / os.path.dirname(rel), exist_ok=True)
+        write_png_gray(str(tmp_path / "by_class" / rel), rng.integers(0, 256, (6 + len(rel) % 3, 9)))
+    new = ImageFeature.readImages(str(tmp_path / "by_class"), size=(4, 5), grayscale=False)
+    assert new.columns == ["image"]
+    rows = {r.image.origin.rsplit("/", 1)[1]: r.image for r in new.collect()}
+    assert sorted(rows) == ["0.png", "1.png", "2.png"]
+    labelled = ImageFeature.loadImages(str(tmp_path / "by_class"), size=(4, 5), grayscale=False, recursive=True)
+    for r in labelled.collect():
+        same = rows[r.image.origin.rsplit("/", 1)[1]]
+        assert (same.height, same.width, same.nChannels) == (4, 5, 3)
+        assert same.data == r.image.data
+    with pytest.raises(ValueError, match="does not exist"):
+        ImageFeature.readImages(str(tmp_path / "nope"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no readable images"):
+        ImageFeature.readImages(str(tmp_path / "empty"))

@@ -58,7 +58,8 @@ def _transform_images(col, size, channels):
 
 
 class ImageFeature:
-    """Images from a folder per class."""
+    """Images from a folder per class (loadImages: image and label), or new images from any
+    folder (readImages: image only)."""
 
     @staticmethod
     def loadImages(path, size=None, grayscale=None, recursive=False, imageCol="image", labelCol="label",
@@ -102,15 +103,34 @@ class ImageFeature:
         meta = {"ml_attr": {"type": "nominal", "name": labelCol, "vals": classes}}
         df = (df.withColumn("__parent", parent).where(F.col("__parent").isin(list(cls_of)))
               .select(F.col("image").alias(imageCol), mapping[F.col("__parent")].alias(labelCol, metadata=meta)))
+        return ImageFeature._resized(df, imageCol, size, grayscale)
+
+    @staticmethod
+    def readImages(path, size=None, grayscale=None, imageCol="image", spark=None):
+        """Reads every image file under ``path`` (subfolders too) into an ``image`` struct
+        column, without labels: new images for a fitted model's ``transform``, resized and
+        converted as ``loadImages`` does (give the model's size and grayscale). Each image's
+        file is its ``origin`` field (``image.origin``)."""
+        spark = spark or _active_session()
+        root = local_path(path) if "://" not in path or path.startswith("file:") else path
+        if root.startswith("/") and not os.path.isdir(root):
+            raise ValueError(f"image folder {path!r} does not exist")
+        df = (spark.read.format("image").option("dropInvalid", True).option("recursiveFileLookup", True)
+              .load(path).select(F.col("image").alias(imageCol)))
+        if df.limit(1).count() == 0:
+            raise ValueError(f"no readable images under {path!r}")
+        return ImageFeature._resized(df, imageCol, size, grayscale)
+
+    @staticmethod
+    def _resized(df, imageCol, size, grayscale):
         channels = None if grayscale is None else (1 if grayscale else 3)
         if size is not None:
             size = tuple(int(v) for v in size)
             if len(size) != 2 or min(size) < 1:
                 raise ValueError(f"size must be (height, width) with positive ints, got {size}")
         if size is not None or channels is not None:
-            df = df.mapInArrow(_transform_images(imageCol, size, channels), df.schema)
-        else:
-            uniform_image_shape(df, imageCol)  # mixed sizes: a clear error now rather than at fit time
+            return df.mapInArrow(_transform_images(imageCol, size, channels), df.schema)
+        uniform_image_shape(df, imageCol)  # mixed sizes: a clear error now rather than at fit time
         return df
 
 

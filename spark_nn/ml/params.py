@@ -157,8 +157,8 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
     weightDecay = Param(Params._dummy(), "weightDecay", "weight decay (L2 for sgd/adam, decoupled for adamw), >= 0",
                         typeConverter=_check("weightDecay", lambda v: v >= 0, "a number >= 0"))
     clipNorm = Param(Params._dummy(), "clipNorm", "clip each step's mean gradient to this global L2 norm (0: no "
-                     "clipping); default 1.0 for recurrent networks (RNNClassifier), whose gradients can "
-                     "explode through time, 0 for the others",
+                     "clipping); default 1.0 for recurrent networks (RNNClassifier, RNNRegressor), whose "
+                     "gradients can explode through time, 0 for the others",
                      typeConverter=_check("clipNorm", lambda v: v >= 0, "a number >= 0"))
     learningRateSchedule = Param(Params._dummy(), "learningRateSchedule",
                                  "'constant' or 'cosine' (decays stepSize to 0 over all steps)",
@@ -198,7 +198,8 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                            "this estimator builds; unset: fresh weights from seed",
                            typeConverter=check_initial_weights)
     handleInvalid = Param(Params._dummy(), "handleInvalid",
-                          "rows with NaN/infinite features: 'error' (default) or 'skip' them",
+                          "rows with NaN/infinite features, or a null/NaN/infinite label or an invalid weight: "
+                          "'error' (default; the error names the row) or 'skip' them",
                           typeConverter=_in("handleInvalid", HANDLE_INVALID))
     verbose = Param(Params._dummy(), "verbose", "print progress on the driver", typeConverter=TypeConverters.toBoolean)
     checkpointDir = Param(Params._dummy(), "checkpointDir",
