@@ -28,7 +28,7 @@ int nn_isa_cap(const char *raw) {
     if (len >= sizeof name) return -1;
     for (i = 0; i < len; i++) name[i] = (char)(raw[i] >= 'A' && raw[i] <= 'Z' ? raw[i] + 32 : raw[i]);
     name[len] = 0;
-    if (!strcmp(name, "avx512") || !strcmp(name, "avx512f")) return NN_ISA_AVX512;
+    if (!strcmp(name, "avx512") || !strcmp(name, "avx512f") || !strcmp(name, "avx512bf16")) return NN_ISA_AVX512;
     if (!strcmp(name, "avx2")) return NN_ISA_AVX2;
     if (!strcmp(name, "baseline") || !strcmp(name, "sse2") || !strcmp(name, "none")) return NN_ISA_BASELINE;
     return -1;
@@ -41,4 +41,19 @@ int nn_isa(void) {
         g_isa = cap >= 0 && cap < level ? cap : level;
     }
     return g_isa;
+}
+
+/* Whether a SPARK_NN_ISA value leaves AVX512_BF16 in: unset, empty or 'avx512bf16' (every other
+ * known level caps below it; gemm_bf16.c checks the CPU). */
+int nn_isa_allows_bf16(const char *raw) {
+    if (!raw) return 1;
+    while (*raw == ' ') raw++;
+    if (!*raw || *raw == '\n') return 1;
+    char name[16];
+    size_t len = strlen(raw), i;
+    while (len && (raw[len - 1] == ' ' || raw[len - 1] == '\n')) len--;
+    if (len >= sizeof name) return 0;
+    for (i = 0; i < len; i++) name[i] = (char)(raw[i] >= 'A' && raw[i] <= 'Z' ? raw[i] + 32 : raw[i]);
+    name[len] = 0;
+    return !strcmp(name, "avx512bf16");
 }

@@ -42,6 +42,21 @@ int nn_get_num_threads(void);
 #define NN_ISA_AVX512 2
 int nn_isa(void);
 int nn_isa_cap(const char *name); /* level of a SPARK_NN_ISA value, -1 if unknown */
+int nn_isa_allows_bf16(const char *name); /* 1: the SPARK_NN_ISA value leaves AVX512_BF16 in */
+
+/* bf16 GEMM with fp32 sums (gemm_bf16.c): pack A (rows) and B (column panels of 16, k pairs)
+ * once, rounded to bf16 (nearest even), into caller-owned uint16 workspaces of the _size()s;
+ * then C[M, N] = A B (+ C when accumulate). nn_bf16_level(): 1 where AVX512_BF16 is usable;
+ * else nn_gemm_bf16 returns NN_EUNSUPPORTED (the reference path, nn_set_reference, runs
+ * anywhere). */
+#define NN_EUNSUPPORTED (-6)
+uint16_t nn_bf16_round(float f);
+int nn_bf16_level(void);
+size_t nn_bf16_pack_a_size(int M, int K);
+size_t nn_bf16_pack_b_size(int K, int N);
+void nn_bf16_pack_a(int M, int K, const float *A, int lda, uint16_t *ap);
+void nn_bf16_pack_b(int transB, int K, int N, const float *B, int ldb, uint16_t *bp);
+int nn_gemm_bf16(int M, int N, int K, const uint16_t *ap, const uint16_t *bp, float *C, int ldc, int accumulate);
 
 void nn_set_reference(int on);
 int nn_get_reference(void);

@@ -5,7 +5,7 @@ size, optional ones may be None. Each call releases the GIL around the C kernel.
 
 cimport numpy as cnp
 import numpy as np
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm
 
 cnp.import_array()
@@ -22,6 +22,13 @@ cdef extern from "nn_kernels.h" nogil:
     int nn_get_num_threads()
     int nn_isa()
     int nn_isa_cap(const char *name)
+    int nn_bf16_level()
+    size_t nn_bf16_pack_a_size(int M, int K)
+    size_t nn_bf16_pack_b_size(int K, int N)
+    void nn_bf16_pack_a(int M, int K, const float *A, int lda, uint16_t *ap)
+    void nn_bf16_pack_b(int transB, int K, int N, const float *B, int ldb, uint16_t *bp)
+    int nn_gemm_bf16(int M, int N, int K, const uint16_t *ap, const uint16_t *bp, float *C, int ldc,
+                     int accumulate)
     void nn_set_reference(int on)
     int nn_get_reference()
     unsigned nn_fp_enter()
@@ -112,7 +119,8 @@ cdef extern from "nn_kernels.h" nogil:
 nn_set_sgemm(<nn_sgemm_fn>sgemm)
 
 cdef dict _ERRORS = {-1: "bad shape", -2: "workspace too small", -3: "no BLAS",
-                     -4: "label outside [0, numClasses)", -5: "bad argument"}
+                     -4: "label outside [0, numClasses)", -5: "bad argument",
+                     -6: "this CPU (or SPARK_NN_ISA) lacks the instructions (AVX512_BF16)"}
 
 
 cdef inline float *F(object a) except? NULL:
@@ -725,3 +733,33 @@ def isa_cap_level(str name):
     """Level a SPARK_NN_ISA value names, -1 for an unknown name."""
     b = name.encode()
     return nn_isa_cap(b)
+
+
+def bf16_level():
+    """1 where the bf16 kernels can run (AVX512_BF16, not capped by SPARK_NN_ISA), else 0."""
+    return nn_bf16_level()
+
+
+def gemm_bf16(a, b, c, int trans_b, int accumulate):
+    """c[M, N] = bf16(a) bf16(b) (+ c when accumulate), fp32 sums: a (M, K), b (K, N) or, trans_b,
+    (N, K), c (M, N), all C-contiguous float32. Packs both operands (rounded to bf16) into
+    workspaces of its own, then runs csrc/gemm_bf16.c."""
+    cdef int M = a.shape[0], K = a.shape[1]
+    cdef int N = c.shape[1]
+    cdef int ldb = b.shape[1]
+    ap = np.empty(nn_bf16_pack_a_size(M, K), dtype=np.uint16)
+    bp = np.empty(nn_bf16_pack_b_size(K, N), dtype=np.uint16)
+    cdef const float *pa = F(a)
+    cdef const float *pb = F(b)
+    cdef float *pc = F(c)
+    cdef uint16_t *pap = <uint16_t *>cnp.PyArray_DATA(ap)
+    cdef uint16_t *pbp = <uint16_t *>cnp.PyArray_DATA(bp)
+    cdef int rc
+    cdef unsigned csr
+    with nogil:
+        csr = nn_fp_enter()
+        nn_bf16_pack_a(M, K, pa, K, pap)
+        nn_bf16_pack_b(trans_b, K, N, pb, ldb, pbp)
+        rc = nn_gemm_bf16(M, N, K, pap, pbp, pc, N, accumulate)
+        nn_fp_leave(csr)
+    check(rc, "gemm_bf16")

@@ -2,7 +2,8 @@
 first and a clear error when they are not built. Every module that calls C imports them from
 here; nothing here imports the rest of spark_nn.
 
-SPARK_NN_ISA ('avx512', 'avx2', 'baseline') caps the vector instructions of our kernels;
+SPARK_NN_ISA ('avx512bf16', 'avx512', 'avx2', 'baseline') caps the vector instructions of our
+kernels ('avx512' leaves AVX512_BF16, the bf16 kernels' instruction, out);
 scipy's OpenBLAS, which our convolutions and recurrent steps call, gets the matching cap when
 it has not been loaded yet and OPENBLAS_CORETYPE is not set.
 """
@@ -27,8 +28,8 @@ except ImportError as _e:
         f"(import error: {_e})") from _e
 
 if _kernels.isa_cap_level(_cap) < 0:
-    raise ValueError(f"SPARK_NN_ISA={os.environ['SPARK_NN_ISA']!r} is not a known level; use 'avx512', 'avx2' or "
-                     "'baseline' (or leave it unset for the CPU's best)")
+    raise ValueError(f"SPARK_NN_ISA={os.environ['SPARK_NN_ISA']!r} is not a known level; use 'avx512bf16', "
+                     "'avx512', 'avx2' or 'baseline' (or leave it unset for the CPU's best)")
 
 
 def isa():

@@ -9,6 +9,7 @@ C-contiguous float32 of the exact shape, since results are written into them.
 Layouts (see csrc/nn_kernels.h): images NCHW; sequences batch-major [N, T, D]; weights in
 PyTorch's layouts and gate orders (LSTM i,f,g,o; GRU r,z,n).
 """
+import os
 import threading
 
 import numpy as np
@@ -655,3 +656,52 @@ def adam_update_at(params, grad, m, v, index, step, beta1, beta2, eps, l2, decay
         raise ValueError(f"index must be sorted, distinct positions in [0, {params.size})")
     grad = check_array("grad", grad, index.shape)
     _kernels.adam_upd_at(index, params, grad, m, v, step, beta1, beta2, eps, l2, decay)
+
+
+# ----------------------------------------------------------------------------- bf16
+
+def bf16_available():
+    """Whether the bf16 kernels run here: the CPU has AVX512_BF16 and SPARK_NN_ISA does not cap
+    it ('avx512bf16' or unset keeps it; 'avx512' and below leave it out)."""
+    return bool(_kernels.bf16_level())
+
+
+def require_bf16(what="precision='bf16'"):
+    """An error naming the missing instruction when the bf16 kernels cannot run here."""
+    if not bf16_available():
+        raise RuntimeError(f"{what} needs the AVX512_BF16 instructions (vdpbf16ps: Intel Cooper Lake, Sapphire "
+                           "Rapids and later, AMD Zen 4 and later), which this CPU lacks or SPARK_NN_ISA caps "
+                           f"(it is {os.environ.get('SPARK_NN_ISA', 'unset')!r}); use precision='fp32'")
+
+
+def round_bf16(x):
+    """float32 x rounded to bf16 (nearest even) and back to float32, as the bf16 kernels round
+    their operands: a reference for tests."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    r = np.where(nan, (u & 0xFFFF0000) | 0x00400000, r)
+    return r.astype(np.uint32).view(F32).reshape(np.shape(x))
+
+
+def gemm_bf16(a, b, trans_b=False, out=None, accumulate=False):
+    """a @ b (b.T when trans_b) with both operands rounded to bf16 and fp32 sums (csrc/gemm_bf16.c,
+    AVX512_BF16's vdpbf16ps). a (M, K), b (K, N) or (N, K); out (M, N) float32 to write (or add
+    to, accumulate) or None. Raises where the CPU lacks the instructions (no fp32 fallback),
+    except in the scalar reference mode (spark_nn._kernels.set_reference), which runs anywhere."""
+    a = check_array("a", a, ("M", "K"))
+    b = check_array("b", b, ("N", "K") if trans_b else ("K", "N"))
+    m, k = a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if kb != k:
+        raise ValueError(f"a has {k} columns but b has {kb} {'columns' if trans_b else 'rows'}")
+    if out is None:
+        out = np.zeros((m, n), dtype=F32) if accumulate else np.empty((m, n), dtype=F32)
+    else:
+        out = check_array("out", out, ("M", "N"))
+        if out.shape != (m, n):
+            raise ValueError(f"out must have shape ({m}, {n}), got {_fmt(out.shape)}")
+    if not _kernels.get_reference():
+        require_bf16("gemm_bf16")
+    _kernels.gemm_bf16(a, b, out, int(bool(trans_b)), int(bool(accumulate)))
+    return out
