@@ -23,6 +23,7 @@ import time
 import warnings
 
 _local = threading.local()  # .parent: (run id, experiment id) of a fitMultiple's caller
+_PLOT_LOCK = threading.Lock()
 LOGGED_KEYS = ("loss", "accuracy", "rmse", "mae", "val_loss", "val_accuracy", "val_rmse", "val_mae", "seconds",
                "local_steps")
 
@@ -102,19 +103,30 @@ class FitLog:
         metrics = [Metric(k, float(record[k]), now, int(record["epoch"])) for k in LOGGED_KEYS
                    if isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)]
         if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+            try:
+                self.client.log_batch(self.run_id, metrics=metrics)
+            except Exception as e:  # noqa: BLE001 - the tracking server's trouble must not end a fit
+                warnings.warn(f"MLflow: could not log epoch {record['epoch']}'s metrics: {e}")
 
     def finish(self, model, fcol):
-        """Logs the summary, its curves and the model as a pyfunc model; ends a nested run."""
+        """Logs the summary, its curves and the model as a pyfunc model; ends a nested run. A
+        failure to log is a warning: the fitted model is returned all the same."""
         if not self.active:
             return
+        try:
+            self._log_results(model, fcol)
+        except Exception as e:  # noqa: BLE001 - the tracking server's trouble must not lose a fit
+            warnings.warn(f"MLflow: could not log the fit's summary or model: {e}")
+
+    def _log_results(self, model, fcol):
         try:
             with tempfile.TemporaryDirectory(prefix="spark_nn_mlflow_") as tmp:
                 with open(os.path.join(tmp, "summary.json"), "w") as f:
                     json.dump(model.summary.asDict(), f, indent=1, default=float)
                 self.client.log_artifact(self.run_id, os.path.join(tmp, "summary.json"))
                 try:
-                    model.summary.plot(os.path.join(tmp, "curves.png"))
+                    with _PLOT_LOCK:  # matplotlib's pyplot is not thread-safe (CrossValidator's parallel fits)
+                        model.summary.plot(os.path.join(tmp, "curves.png"))
                     self.client.log_artifact(self.run_id, os.path.join(tmp, "curves.png"))
                 except ImportError:
                     pass
