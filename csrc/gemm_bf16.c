@@ -116,6 +116,7 @@ static void gemm_bf16_reference(int M, int N, int Kp, const uint16_t *ap, const 
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES) && __GNUC__ >= 10
 #include <immintrin.h>
+#include "nn_vec512.h"
 #define NN_BF16 __attribute__((target("avx512f,avx512bf16")))
 
 /* rows [r, r + R) x NV panels (NV = 1, 2) at column q; ncols: C's columns left from q */
@@ -205,27 +206,8 @@ NN_BF16 static inline __m512i pair_words(__m512 lo, __m512 hi) {
 NN_BF16 static void transpose16_words(__m512i *r) {
     __m512 f[16];
     for (int i = 0; i < 16; i++) f[i] = _mm512_castsi512_ps(r[i]);
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(f[i], f[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(f[i], f[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        f[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        f[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        f[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        f[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(f[i], f[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(f[i], f[i + 4], 0xDD);
-        t[i + 8] = _mm512_shuffle_f32x4(f[i + 8], f[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(f[i + 8], f[i + 12], 0xDD);
-    }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_castps_si512(_mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
-        r[i + 8] = _mm512_castps_si512(_mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD));
-    }
+    v_transpose16(f);
+    for (int i = 0; i < 16; i++) r[i] = _mm512_castps_si512(f[i]);
 }
 
 NN_BF16 static void pack_b_avx512(int transB, int K, int N, const float *B, int ldb, uint16_t *bp) {

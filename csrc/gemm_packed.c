@@ -197,37 +197,14 @@ static void ct_store_scalar(const float *tb, int R, int W, int nc, float *C, int
 #define NN_FMA_512 __attribute__((target("avx512f"), optimize("fp-contract=fast")))
 #define NN_FMA_256 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
 #include <immintrin.h>
-/* rows r[0..15] -> columns: r[j] = (r_0[j], ..., r_15[j]) */
-__attribute__((target("avx512f"))) static inline void transpose16(__m512 *r) {
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) { /* lane k: rows i..i+3 of columns 4k, 4k+1, 4k+2, 4k+3 */
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-    }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    }
-}
+#include "nn_vec512.h"
 __attribute__((target("avx512f"), noinline))
 static void ct_store_avx512(const float *tb, int R, int W, int nc, float *C, int ldc, const float *bias) {
     const __mmask16 m = (__mmask16)((1u << R) - 1); /* R <= 16 */
     for (int j0 = 0; j0 < nc; j0 += 16) {
         __m512 r[16];
         for (int i = 0; i < 16; i++) r[i] = i < R ? _mm512_loadu_ps(tb + i * W + j0) : _mm512_setzero_ps();
-        transpose16(r);
+        v_transpose16(r);
         for (int j = 0; j < 16 && j0 + j < nc; j++)
             _mm512_mask_storeu_ps(C + (size_t)(j0 + j) * ldc, m,
                                   bias ? _mm512_add_ps(r[j], _mm512_set1_ps(bias[j0 + j])) : r[j]);
