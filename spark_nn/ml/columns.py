@@ -268,13 +268,21 @@ def first_row(df):
     must not stop a Python worker mid-stream: first() on a DataFrame of local rows (a Python RDD
     on a classic session) ends the task while its Python worker still writes, and PySpark's
     daemon prints that worker's BrokenPipeError, a traceback in the user's script. Such rows
-    came from the driver's memory, so reading them all once is cheap: tail(1) reads every
-    partition to its end in one job, no shuffle, and any row tells a shape (the pass checks
-    every other row against it)."""
+    came from the driver's memory, so reading them all once is cheap: a mapInArrow keeps each
+    partition's first row and reads the rest to its end (one job, no shuffle), and the first of
+    those is df's first row."""
     if not _reads_python_rows(df):
         return df.first()
-    rows = df.tail(1)
+    rows = df.mapInArrow(_first_of_partition, df.schema).collect()
     return rows[0] if rows else None
+
+
+def _first_of_partition(batches):
+    found = False
+    for b in batches:  # every batch read: the Python worker that feeds this task writes to its end
+        if not found and b.num_rows:
+            found = True
+            yield b.slice(0, 1)
 
 
 def _no_rows(df, col, what="features column"):
