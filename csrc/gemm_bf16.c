@@ -49,7 +49,8 @@ size_t nn_bf16_pack_b_size(int K, int N) { return (size_t)((N + BF_NR - 1) / BF_
 
 static void pack_a_scalar(int M, int K, const float *A, int lda, uint16_t *ap) {
     const int Kp = (K + 1) & ~1;
-#pragma omp parallel for schedule(static) if ((size_t)M * K > 65536)
+    const int nt = nn_threads(); /* capped after a fork, 1 in the reference mode */
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)M * K > 65536)
     for (int i = 0; i < M; i++) {
         uint16_t *dst = ap + (size_t)i * Kp;
         const float *src = A + (size_t)i * lda;
@@ -60,7 +61,8 @@ static void pack_a_scalar(int M, int K, const float *A, int lda, uint16_t *ap) {
 
 static void pack_b_scalar(int transB, int K, int N, const float *B, int ldb, uint16_t *bp) {
     const int Kp = (K + 1) & ~1, panels = (N + BF_NR - 1) / BF_NR;
-#pragma omp parallel for schedule(static) if ((size_t)N * K > 65536)
+    const int nt = nn_threads(); /* capped after a fork, 1 in the reference mode */
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * K > 65536)
     for (int p = 0; p < panels; p++)
         for (int kk = 0; kk < Kp / 2; kk++) {
             uint16_t *dst = bp + ((size_t)p * (Kp / 2) + kk) * BF_NR * 2;
@@ -183,7 +185,8 @@ static void rows_bf16(int r0, int r1, int N, int Kp2, const uint32_t *a, const u
  * run of B^T transposed through registers, 16 x 16 words). */
 NN_BF16 static void pack_a_avx512(int M, int K, const float *A, int lda, uint16_t *ap) {
     const int Kp = (K + 1) & ~1;
-#pragma omp parallel for schedule(static) if ((size_t)M * K > 65536)
+    const int nt = nn_threads(); /* capped after a fork, 1 in the reference mode */
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)M * K > 65536)
     for (int i = 0; i < M; i++) {
         uint16_t *dst = ap + (size_t)i * Kp;
         const float *src = A + (size_t)i * lda;
@@ -212,7 +215,8 @@ NN_BF16 static void transpose16_words(__m512i *r) {
 
 NN_BF16 static void pack_b_avx512(int transB, int K, int N, const float *B, int ldb, uint16_t *bp) {
     const int Kp = (K + 1) & ~1, Kp2 = Kp / 2, panels = (N + BF_NR - 1) / BF_NR;
-#pragma omp parallel for schedule(static) if ((size_t)N * K > 65536)
+    const int nt = nn_threads(); /* capped after a fork, 1 in the reference mode */
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * K > 65536)
     for (int p = 0; p < panels; p++) {
         uint32_t *dst = (uint32_t *)(void *)(bp + (size_t)p * Kp2 * BF_NR * 2);
         const int q = p * BF_NR, nc = N - q < BF_NR ? N - q : BF_NR;
@@ -284,7 +288,8 @@ int nn_gemm_bf16(int M, int N, int K, const uint16_t *ap, const uint16_t *bp, fl
     if (!nn_bf16_level()) return NN_EUNSUPPORTED;
     const uint32_t *a = (const uint32_t *)(const void *)ap, *b = (const uint32_t *)(const void *)bp;
     const int block = 64, blocks = (M + block - 1) / block;
-#pragma omp parallel for schedule(static) if ((size_t)M * N * K > 262144)
+    const int nt = nn_threads(); /* capped after a fork, 1 in the reference mode */
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)M * N * K > 262144)
     for (int blk = 0; blk < blocks; blk++) {
         const int r0 = blk * block, r1 = r0 + block < M ? r0 + block : M;
         rows_bf16(r0, r1, N, Kp / 2, a, b, C, ldc, accumulate);
