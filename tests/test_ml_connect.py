@@ -53,15 +53,45 @@ def test_result_rows_round_trip_and_sum_in_partition_order(rng):
     assert [pid for pid, _ in back] == [4, 3, 2, 1, 0]
     for (pid, r), (pid2, r2) in zip(rows[::-1], back):
         assert pid == pid2 and same(r, r2)
-    # the classic backend's treeAggregate over few partitions: ZERO + r0 + r1 + ... in partition order
-    expected = ZERO
-    for _, r in rows:
-        expected = expected + r
+    # the sum, field by field in numpy, in partition order (as the classic backend's
+    # treeAggregate over few partitions adds them), whatever order the rows came in
     first, total = fold(back)
-    assert first == 0 and same(total, expected)
-    assert np.array_equal(total.rows, np.unique(np.concatenate([r.rows for _, r in rows if r.rows is not None])))
+    parts = [r for _, r in rows]
+    assert first == 0
+    loss = 0.0
+    for r in parts:
+        loss += r.loss
+    assert total.loss == loss and total.vloss == sum_in_order([r.vloss for r in parts])
+    assert (total.n, total.vn) == (sum(r.n for r in parts), sum(r.vn for r in parts))
+    assert total.seconds == max(r.seconds for r in parts)
+    vec = np.zeros(7, np.float32)
+    for r in parts:
+        if r.vec is not None:
+            vec = vec + r.vec
+    assert total.vec.dtype == np.float32 and total.vec.tobytes() == vec.tobytes()
+    assert total.metrics.tolist() == np.sum([r.metrics for r in parts], axis=0).tolist()
+    assert total.vmetrics.tolist() == np.sum([r.vmetrics for r in parts if r.vmetrics is not None], axis=0).tolist()
+    for name in ("rows", "next_rows"):
+        sets = [getattr(r, name) for r in parts if getattr(r, name) is not None]
+        assert getattr(total, name).dtype == np.int32
+        assert getattr(total, name).tolist() == sorted(set(np.concatenate(sets).tolist()))
+    assert total.buffers is None
+    # the order is seen in the bits: these float32 vectors summed from the last partition down
+    # differ (so a fold in arrival order would not pass the check above)
+    backwards = np.zeros(7, np.float32)
+    for r in parts[::-1]:
+        if r.vec is not None:
+            backwards = backwards + r.vec
+    assert backwards.tobytes() != vec.tobytes()
     assert fold([]) == (0, ZERO)
     assert decode(encode([])) == []
+
+
+def sum_in_order(values):
+    total = 0.0
+    for v in values:
+        total += v
+    return total
 
 
 def est(**kw):
@@ -133,6 +163,8 @@ def test_an_interrupted_connect_fit_stops_and_leaves_no_files(spark, local_dirs)
     import threading
     import time
 
+    from pyspark.errors.exceptions.connect import SparkConnectException
+
     outcome = {}
 
     def fit():
@@ -149,5 +181,8 @@ def test_an_interrupted_connect_fit_stops_and_leaves_no_files(spark, local_dirs)
         spark.interruptTag(ROUNDS_TAG)
         worker.join(0.2)
     assert not worker.is_alive()
-    assert isinstance(outcome["result"], Exception), outcome
+    # the interrupt, as Spark Connect reports a canceled operation (not another error)
+    error = outcome["result"]
+    assert isinstance(error, SparkConnectException), outcome
+    assert "[OPERATION_CANCELED] Operation has been canceled" in str(error), str(error)[:2000]
     assert resident_files(local_dirs, depth=1) == []

@@ -140,11 +140,97 @@ def test_files_of_several_sizes_need_image_size(spark, tmp_path):
 
 
 def test_autoencoder_on_encoded_files(spark, digits_dirs):
+    from PIL import Image
+
     df = binary_files(spark, digits_dirs[0])
-    model = AutoEncoder(layers=[16, 4], inputCol="content", grayscale=True, maxIter=2, seed=1).fit(df)
+    model = AutoEncoder(layers=[16, 4], inputCol="content", grayscale=True, maxIter=2, seed=1,
+                        reconstructionCol="reconstruction").fit(df)
     assert model.inputSpec["image"] == [1, 8, 8] and model.inputSpec["shape"] == [64]
-    row = model.transform(df).select("code", "reconstructionError").first()
-    assert len(row.code) == 4 and row.reconstructionError >= 0
+    rows = model.transform(df.limit(20)).select("path", "code", "reconstructionError", "reconstruction").collect()
+    # each file's pixels read by Pillow, scaled to [0, 1]; the network's reconstruction of them
+    # in process; the error column is numpy's mean squared error between the two
+    x = np.stack([np.asarray(Image.open(unquote(r.path[len("file:"):])).convert("L"), np.float32).ravel() / 255
+                  for r in rows])
+    recon = model.network.predict_output(x).astype(np.float64)
+    np.testing.assert_allclose([r.reconstruction.toArray() for r in rows], recon, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose([r.reconstructionError for r in rows], np.mean((recon - x) ** 2, axis=1),
+                               rtol=1e-6)
+    np.testing.assert_allclose([r.code.toArray() for r in rows], model.encode(x), rtol=1e-6, atol=1e-7)
+    assert len(rows) == 20 and len(rows[0].code) == 4
+
+
+# Worked by hand. Resizing a 2x2 gray image to 4x4, bilinear with half-pixel centres: output
+# row (or column) i reads the source at (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped
+# to [0, 1]: rows 0 and 3 are the source rows, row 1 is 3/4 of row 0 + 1/4 of row 1, row 2 the
+# reverse (the same across). [0, 100] -> [0, 25, 75, 100]; [200, 40] -> [200, 160, 80, 40];
+# then row 1 = [50, 58.75, 76.25, 85] and row 2 = [150, 126.25, 78.75, 55], rounded.
+GRAY_2X2 = [[0, 100], [200, 40]]
+GRAY_4X4 = [[0, 25, 75, 100], [50, 59, 76, 85], [150, 126, 79, 55], [200, 160, 80, 40]]
+# Colour to gray, ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B rounded: red 76.245, green 149.685,
+# blue 29.07, white 255.
+RGB_2X2 = [[(255, 0, 0), (0, 255, 0)], [(0, 0, 255), (255, 255, 255)]]
+LUMA_2X2 = [[76, 150], [29, 255]]
+
+
+def write_hand_made_images(root):
+    """gray/g.png (GRAY_2X2) and rgb/c.png (RGB_2X2), written by Pillow."""
+    from PIL import Image
+
+    for name, arr, mode in (("gray/g.png", GRAY_2X2, "L"), ("rgb/c.png", RGB_2X2, "RGB")):
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        Image.fromarray(np.array(arr, dtype=np.uint8), mode).save(os.path.join(root, name))
+
+
+def test_resized_and_converted_images_have_the_pixels_worked_by_hand(spark, tmp_path):
+    """loadImages (Spark's image structs, then spark_nn's resize and channel conversion) and the
+    decoding of encoded files in a fit's pass (images.decode) give the hand-worked pixels; a
+    colour image stays in Spark's BGR order."""
+    from PIL import Image
+
+    from spark_nn.ml.images import decode
+
+    root = str(tmp_path / "hand")
+    write_hand_made_images(root)
+
+    def pixels(images):
+        return {r.image.origin.rsplit("/", 1)[1]: np.frombuffer(r.image.data, np.uint8).reshape(
+            r.image.height, r.image.width, r.image.nChannels) for r in images.collect()}
+
+    # Pillow's own conversion of the same file agrees with the hand-worked luma
+    with Image.open(os.path.join(root, "rgb/c.png")) as im:
+        assert np.asarray(im.convert("L")).tolist() == LUMA_2X2
+    as_stored = pixels(spark.read.format("image").option("recursiveFileLookup", True).load(root))  # Spark's own
+    assert as_stored["g.png"][..., 0].tolist() == GRAY_2X2
+    assert as_stored["c.png"].tolist() == [[list(p[::-1]) for p in row] for row in RGB_2X2]  # BGR
+    gray = pixels(ImageFeature.loadImages(root, grayscale=True))
+    assert gray["c.png"][..., 0].tolist() == LUMA_2X2 and gray["g.png"][..., 0].tolist() == GRAY_2X2
+    colour = pixels(ImageFeature.loadImages(root, grayscale=False))
+    assert colour["g.png"].tolist() == [[[v] * 3 for v in row] for row in GRAY_2X2]
+    resized = pixels(ImageFeature.readImages(root, size=(4, 4), grayscale=True))
+    assert resized["g.png"].shape == (4, 4, 1) and resized["g.png"][..., 0].tolist() == GRAY_4X4
+    # encoded files, decoded as a fit's pass decodes them
+    with open(os.path.join(root, "gray/g.png"), "rb") as f:
+        g = f.read()
+    with open(os.path.join(root, "rgb/c.png"), "rb") as f:
+        c = f.read()
+    assert decode(g, 1, (4, 4))[..., 0].tolist() == GRAY_4X4
+    assert decode(c, 1)[..., 0].tolist() == LUMA_2X2
+    assert decode(c, 3).tolist() == as_stored["c.png"].tolist()
+
+
+def test_bilinear_resize_matches_torch_interpolate(rng):
+    """The resize against torch's bilinear interpolation (align_corners=False, no antialias) at
+    scales whose weights are exact in float32 (x2, /2), rounded half to even as numpy's rint."""
+    import torch
+
+    from spark_nn.ml.images import resize_bilinear
+
+    for (h, w), (oh, ow) in (((3, 5), (6, 10)), ((8, 6), (4, 3)), ((4, 4), (8, 2))):
+        img = rng.integers(0, 256, (h, w, 2)).astype(np.uint8)
+        ref = torch.nn.functional.interpolate(torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float64)),
+                                              size=(oh, ow), mode="bilinear", align_corners=False)
+        ref = np.rint(ref[0].numpy().transpose(1, 2, 0)).astype(np.uint8)
+        assert resize_bilinear(img, oh, ow).tolist() == ref.tolist(), ((h, w), (oh, ow))
 
 
 @pytest.mark.once

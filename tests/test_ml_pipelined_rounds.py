@@ -13,6 +13,7 @@ from spark_nn.ml.training.faults import DELETE_PROPERTY, KILL_PROPERTY
 from spark_nn.ml.training.trainer import DistributedTrainer
 from spark_nn.ml.training.round_result import RoundResult
 from conftest import fit_under_fault
+from pixel_data import bright_pixel_rows
 
 
 # ------------------------------------------------------------ the schedule, without Spark
@@ -21,9 +22,9 @@ class _Data:
 
 
 class _FakeRounds:
-    """A backend whose 'tasks' move every weight to 0.5 w + 1 over a round (a change that
-    depends on the shipped weights) and keep the optimizer state; it records what each round
-    was shipped and how many rounds were in flight when it was submitted."""
+    """A backend whose 'tasks' move every weight from w to w + 1 over a round (each round's
+    change is +1, whatever it was shipped) and keep the optimizer state; it records what each
+    round was shipped and how many rounds were in flight when it was submitted."""
 
     def __init__(self, optimizer):
         self.optimizer, self.shipped, self.in_flight, self.open = optimizer, [], [], 0
@@ -32,7 +33,7 @@ class _FakeRounds:
     def _result(self, task, payload):
         w = np.frombuffer(payload["w"], dtype=np.float32)
         n = 80
-        arrays = [np.float32(0.5) * w + np.float32(1.0)]
+        arrays = [w + np.float32(1.0)]
         arrays += [np.zeros_like(w) for _ in self.optimizer.state_keys()]
         vec = np.concatenate(arrays) * np.float32(n)
         return RoundResult(loss=1.0, vec=vec, n=n, seconds=0.001)
@@ -71,43 +72,33 @@ def _trainer(pipeline, epochs=2):
     return t
 
 
-def _f(w):
-    return np.float32(0.5) * w + np.float32(1.0)
+# What the weights are when each round leaves, and at the end, as offsets from the first
+# weights, worked by hand: 8 steps an epoch in rounds of 2 (4 rounds), 2 epochs, each round +1.
+# Unpipelined, each round leaves from the weights after the one before it: 0, 1, ..., 7; 8.
+# Pipelined, two rounds in flight: rounds 0 and 1 leave from the same weights g; a round that
+# returns adds its own change (+1) and keeps GAMMA = 1/2 of the change it missed (what was
+# applied since it left): g' = g + 1 - (1 - 1/2) (g - base). Epoch 1 from 0:
+#   r0, r1 leave at 0;  r0 returns (base 0):   0 + 1 - 0.5 * 0     = 1;     r2 leaves at 1
+#                       r1 returns (base 0):   1 + 1 - 0.5 * 1     = 1.5;   r3 leaves at 1.5
+#                       r2 returns (base 1):   1.5 + 1 - 0.5 * 0.5 = 2.25
+#                       r3 returns (base 1.5): 2.25 + 1 - 0.5 * 0.75 = 2.875
+# and epoch 2 the same from 2.875 (its rounds all leave after epoch 1's have returned).
+SHIPPED = {False: [0, 1, 2, 3, 4, 5, 6, 7], True: [0, 0, 1, 1.5, 2.875, 2.875, 3.875, 4.375]}
+FINAL = {False: 8, True: 5.75}
 
 
 @pytest.mark.parametrize("pipeline", [False, True])
 def test_rounds_are_shipped_with_a_staleness_of_exactly_one_round_when_pipelined(pipeline):
-    w0 = np.arange(6, dtype=np.float32)
+    w0 = np.array([0.0, 4.0, -2.5], dtype=np.float32)
     trainer = _trainer(pipeline)
     final = trainer.run(w0)
-    # 8 steps an epoch in rounds of 2: 4 rounds an epoch, 2 epochs
-    bases, g = [], w0.copy()
-    for epoch in range(2):
-        if not pipeline:
-            for _ in range(4):
-                bases.append(g.copy())
-                g = _f(g)
-            continue
-        # two in flight: rounds 0 and 1 leave from the same weights; each later round leaves
-        # when the round two before it has returned; each return adds that round's change and
-        # GAMMA of the change it missed (what was applied since it left)
-        ship = [g.copy(), g.copy()]
-        for r in range(4):
-            b = ship[r]
-            g = g + (_f(b) - b) - np.float32(1 - DistributedTrainer.GAMMA) * (g - b)
-            if r + 2 < 4:
-                ship.append(g.copy())
-        bases.extend(ship)
-    shipped = [w for _, _, w in trainer.rounds.shipped]
     assert [(e, s) for e, s, _ in trainer.rounds.shipped] == [(e, s) for e in range(2) for s in (0, 2, 4, 6)]
-    assert len(shipped) == len(bases)
-    for got, want in zip(shipped, bases):
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-    np.testing.assert_allclose(final, g, rtol=1e-6)
+    # every value is a multiple of 1/8: exact in float32
+    assert [w.tolist() for _, _, w in trainer.rounds.shipped] == [(w0 + np.float32(d)).tolist()
+                                                                  for d in SHIPPED[pipeline]]
+    assert final.tolist() == (w0 + np.float32(FINAL[pipeline])).tolist()
     if pipeline:
         assert max(trainer.rounds.in_flight) == 2
-        # the second round of each epoch ships the first one's weights: the staleness is real
-        assert np.array_equal(shipped[0], shipped[1]) and np.array_equal(shipped[4], shipped[5])
     # the optimizer's step count (Adam's bias correction, the learning rate schedule) is the
     # rounds' first step, counting the rounds still in flight
     assert trainer.optimizer.t == 16 and trainer._ahead == 0
@@ -133,8 +124,18 @@ def test_a_pipelined_fit_is_reproducible_and_not_the_unpipelined_one(pixels):
     plain = cnn(pipelineRounds=False).fit(pixels)
     assert not np.array_equal(first.weights, plain.weights)
     assert [e["rounds"] for e in first.summary.epochs] == [3, 3, 3]
-    # it learns: the last epoch's loss is below the first's
-    assert first.summary.epochs[-1]["loss"] < first.summary.epochs[0]["loss"]
+
+
+@pytest.mark.once  # learning quality: the same in either kind of session
+def test_a_pipelined_fit_learns_on_held_out_rows(pixels):
+    """Judged on 300 rows the fit did not see (chance 1/3). 8 epochs at stepSize 0.1 reached
+    0.677, 0.587, 0.667 (seeds 9, 10, 11; the standard error of one value on 300 rows is 0.028);
+    the bar, 0.5, is 3 standard errors below the lowest. (The same fits unpipelined reached 0.823,
+    0.713, 0.877: with 3 rounds an epoch on 96 rows, the one-round staleness costs accuracy.)"""
+    x, y = bright_pixel_rows(np.random.default_rng(1234), 300)
+    model = cnn(stepSize=0.1, maxIter=8).fit(pixels)
+    accuracy = np.mean(model.predict(x.reshape(-1, 1, 6, 6)) == y)
+    assert accuracy > 0.5, accuracy
 
 
 @pytest.mark.parametrize("fault", [pytest.param(KILL_PROPERTY, marks=pytest.mark.task_retries), DELETE_PROPERTY])
@@ -163,14 +164,23 @@ def test_pipelined_embedding_rounds_ship_touched_rows_to_the_same_bits(spark, mo
     assert sparse.summary.epochs[-1]["payload_mb"] < 0.3 * dense.summary.epochs[-1]["payload_mb"]
 
 
-def test_a_pipelined_fit_with_validation_and_early_stopping_is_reproducible(pixels):
+def test_a_pipelined_fit_with_validation_and_early_stopping_stops_and_is_reproducible(pixels):
     # each epoch's validation rides in the next epoch's first round, which is in flight
     # together with that epoch's second round
-    est = cnn(validationSplit=0.25, earlyStoppingPatience=1, maxIter=4, stepSize=0.5)
+    est = cnn(validationSplit=0.25, earlyStoppingPatience=1, maxIter=8, stepSize=0.2)
     first, second = est.fit(pixels), est.fit(pixels)
     assert first.weights.tobytes() == second.weights.tobytes()
     assert all(e["val_loss"] is not None for e in first.summary.epochs)
     drop = ("seconds",)
     assert [{k: v for k, v in e.items() if k not in drop} for e in first.summary.epochs] == \
         [{k: v for k, v in e.items() if k not in drop} for e in second.summary.epochs]
-    assert first.summary.bestEpoch is not None
+    # it stopped where patience 1 says from the validation losses it recorded: at the first
+    # epoch that did not improve on the best before it (epoch 5 of 8 here, the best being 4)
+    s = first.summary
+    losses = [e["val_loss"] for e in s.epochs]
+    stop = next(i + 1 for i in range(1, len(losses)) if losses[i] >= min(losses[:i]))
+    assert s.stoppedEarly and len(s.epochs) == stop == 5 < 8
+    assert s.bestEpoch == stop - 1 and losses[s.bestEpoch - 1] == min(losses)
+    # and kept the best epoch's weights: a fit of that many epochs ends with them
+    shorter = cnn(validationSplit=0.25, maxIter=s.bestEpoch, stepSize=0.2).fit(pixels)
+    assert first.weights.tobytes() == shorter.weights.tobytes()
