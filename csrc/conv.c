@@ -1038,3 +1038,12 @@ int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w,
                 }
     return NN_OK;
 }
+
+/* ---------------------------------------------------------------- for conv_bf16.c */
+void nn_conv_im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld) { im2col(s, x, cols, ld); }
+void nn_conv_col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx) { col2im(s, cols, ld, dx); }
+int nn_conv_chunk_images(const conv2d_shape *s) { return chunk_images(s); }
+conv2d_shape nn_conv_group_shape(const conv2d_shape *s) { return group_shape(s); }
+int nn_conv_shape_ok(const conv2d_shape *s) { return shape_ok(s); }
+int nn_conv_is_depthwise(const conv2d_shape *s) { return is_depthwise(s); }
+conv2d_shape nn_conv_dx_shape(const conv2d_shape *s) { return dx_shape(s); }

@@ -180,6 +180,70 @@ static void rows_bf16(int r0, int r1, int N, int Kp2, const uint32_t *a, const u
         p += nv;
     }
 }
+/* Offset tiles (nn_gemm_bf16_offsets): row i's k pair kk is the two uint16 at A + aoff[i] + akoff[kk]
+ * (an unaligned 32-bit load), B in panels as above; C written. */
+#define BF16_OTILE(R, NV)                                                                          \
+    NN_BF16 static void otile_##R##_##NV(int Kp2, const uint16_t *A, const int *aoff, const int *akoff,          \
+                                         const uint32_t *b, size_t bstride, float *C, int ldc, int ncols) {      \
+        __m512 c[R][NV];                                                                           \
+        const uint16_t *ar[R];                                                                     \
+        for (int i = 0; i < (R); i++) {                                                            \
+            ar[i] = A + aoff[i];                                                                   \
+            for (int v = 0; v < (NV); v++) c[i][v] = _mm512_setzero_ps();                          \
+        }                                                                                          \
+        for (int kk = 0; kk < Kp2; kk++) {                                                         \
+            __m512i b0 = _mm512_loadu_si512((const void *)(b + (size_t)kk * BF_NR));               \
+            __m512i b1 = (NV) > 1 ? _mm512_loadu_si512((const void *)(b + bstride + (size_t)kk * BF_NR)) : b0; \
+            const int o = akoff[kk];                                                               \
+            for (int i = 0; i < (R); i++) {                                                        \
+                uint32_t w;                                                                        \
+                memcpy(&w, ar[i] + o, sizeof w);                                                   \
+                __m512i av = _mm512_set1_epi32((int)w);                                            \
+                c[i][0] = _mm512_dpbf16_ps(c[i][0], (__m512bh)av, (__m512bh)b0);                   \
+                if ((NV) > 1) c[i][(NV) - 1] = _mm512_dpbf16_ps(c[i][(NV) - 1], (__m512bh)av, (__m512bh)b1); \
+            }                                                                                      \
+        }                                                                                          \
+        for (int v = 0; v < (NV); v++) {                                                           \
+            const int left = ncols - v * BF_NR;                                                    \
+            if (left <= 0) break;                                                                  \
+            const __mmask16 m = left >= BF_NR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); \
+            for (int i = 0; i < (R); i++) _mm512_mask_storeu_ps(C + (size_t)i * ldc + v * BF_NR, m, c[i][v]); \
+        }                                                                                          \
+    }
+BF16_OTILE(8, 2)
+BF16_OTILE(4, 2)
+BF16_OTILE(2, 2)
+BF16_OTILE(1, 2)
+BF16_OTILE(8, 1)
+BF16_OTILE(4, 1)
+BF16_OTILE(2, 1)
+BF16_OTILE(1, 1)
+
+typedef void (*bf16_otile_fn)(int, const uint16_t *, const int *, const int *, const uint32_t *, size_t, float *, int,
+                              int);
+
+static void gemm_offsets_avx512(int M, int N, int Kp2, const uint16_t *A, const int *aoff, const int *akoff,
+                                const uint32_t *b, float *C, int ldc) {
+    static const bf16_otile_fn two[] = {otile_8_2, otile_4_2, otile_2_2, otile_1_2};
+    static const bf16_otile_fn one[] = {otile_8_1, otile_4_1, otile_2_1, otile_1_1};
+    static const int rows[] = {8, 4, 2, 1};
+    const int panels = (N + BF_NR - 1) / BF_NR;
+    const size_t pstride = (size_t)Kp2 * BF_NR;
+    for (int p = 0; p < panels;) {
+        const int nv = panels - p >= 2 ? 2 : 1;
+        const bf16_otile_fn *fns = nv == 2 ? two : one;
+        const int q = p * BF_NR;
+        int r = 0;
+        for (int t = 0; t < 4; t++)
+            for (; r + rows[t] <= M; r += rows[t])
+                fns[t](Kp2, A, aoff + r, akoff, b + (size_t)p * pstride, pstride, C + (size_t)r * ldc + q, ldc, N - q);
+        p += nv;
+    }
+}
+
+NN_BF16 static void pair_rows_avx512(int n, const float *lo, const float *hi, uint32_t *dst);
+NN_BF16 static void row_avx512(int n, const float *src, uint16_t *dst);
+
 /* Packing with vcvtne2ps2bf16 / vcvtneps2bf16 (the same rounding as nn_bf16_round): A's rows 32
  * values at a time; B's k pairs as 32-bit words lo | hi << 16, 16 columns at a time (a column
  * run of B^T transposed through registers, 16 x 16 words). */
@@ -253,6 +317,26 @@ NN_BF16 static void pack_b_avx512(int transB, int K, int N, const float *B, int 
         }
     }
 }
+NN_BF16 static void pair_rows_avx512(int n, const float *lo, const float *hi, uint32_t *dst) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_si512((void *)(dst + i),
+                            pair_words(_mm512_loadu_ps(lo + i), hi ? _mm512_loadu_ps(hi + i) : _mm512_setzero_ps()));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512i w = pair_words(_mm512_maskz_loadu_ps(m, lo + i), hi ? _mm512_maskz_loadu_ps(m, hi + i) : _mm512_setzero_ps());
+        _mm512_mask_storeu_epi32((void *)(dst + i), m, w);
+    }
+}
+
+NN_BF16 static void row_avx512(int n, const float *src, uint16_t *dst) {
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+        _mm512_storeu_si512((void *)(dst + i), (__m512i)v);
+    }
+    for (; i < n; i++) dst[i] = nn_bf16_round(src[i]);
+}
 #define NN_HAVE_BF16 1
 #endif
 
@@ -297,6 +381,62 @@ int nn_gemm_bf16(int M, int N, int K, const uint16_t *ap, const uint16_t *bp, fl
     return NN_OK;
 #else
     (void)Kp;
+    return NN_EUNSUPPORTED;
+#endif
+}
+
+void nn_bf16_pair_rows(int n, const float *lo, const float *hi, uint32_t *dst) {
+#ifdef NN_HAVE_BF16
+    if (!nn_get_reference() && nn_bf16_level()) {
+        pair_rows_avx512(n, lo, hi, dst);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) dst[i] = (uint32_t)nn_bf16_round(lo[i]) | (uint32_t)(hi ? nn_bf16_round(hi[i]) : 0) << 16;
+}
+
+void nn_bf16_row(int n, const float *src, uint16_t *dst) {
+#ifdef NN_HAVE_BF16
+    if (!nn_get_reference() && nn_bf16_level()) {
+        row_avx512(n, src, dst);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) dst[i] = nn_bf16_round(src[i]);
+}
+
+/* the scalar reference of the offset product: pair by pair, as gemm_bf16_reference */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-vectorize")))
+#endif
+static void gemm_offsets_reference(int M, int N, int Kp2, const uint16_t *A, const int *aoff, const int *akoff,
+                                   const uint16_t *bp, float *C, int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            const int p = j / BF_NR, jj = j % BF_NR;
+            float acc = 0.0f;
+            for (int kk = 0; kk < Kp2; kk++) {
+                const uint16_t *b = bp + (((size_t)p * Kp2 + kk) * BF_NR + jj) * 2;
+                const uint16_t *a = A + aoff[i] + akoff[kk];
+                acc += bf16_float(a[1]) * bf16_float(b[1]);
+                acc += bf16_float(a[0]) * bf16_float(b[0]);
+            }
+            C[(size_t)i * ldc + j] = acc;
+        }
+}
+
+int nn_gemm_bf16_offsets(int M, int N, int Kp2, const uint16_t *A, const int *aoff, const int *akoff,
+                         const uint16_t *bp, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return NN_OK;
+    if (nn_get_reference()) {
+        gemm_offsets_reference(M, N, Kp2, A, aoff, akoff, bp, C, ldc);
+        return NN_OK;
+    }
+#ifdef NN_HAVE_BF16
+    if (!nn_bf16_level()) return NN_EUNSUPPORTED;
+    gemm_offsets_avx512(M, N, Kp2, A, aoff, akoff, (const uint32_t *)(const void *)bp, C, ldc);
+    return NN_OK;
+#else
     return NN_EUNSUPPORTED;
 #endif
 }

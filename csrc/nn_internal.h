@@ -184,6 +184,24 @@ static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0
         }
 }
 
+/* conv.c's pieces that conv_bf16.c shares: im2col / col2im of one image (columns ld apart),
+ * images per chunk, one group's shape, the shape check, whether G == C > 1 (depthwise). */
+void nn_conv_im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld);
+void nn_conv_col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx);
+int nn_conv_chunk_images(const conv2d_shape *s);
+conv2d_shape nn_conv_group_shape(const conv2d_shape *s);
+int nn_conv_shape_ok(const conv2d_shape *s);
+int nn_conv_is_depthwise(const conv2d_shape *s);
+
+/* gemm_bf16.c, for the convolutions: dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 (hi NULL: 0);
+ * dst[i] = bf16(src[i]); C[M, N] = A' B on the calling thread, with row i's k pair kk of A' the
+ * two uint16 at A + aoff[i] + akoff[kk] and B packed by nn_bf16_pack_b (Kp2 k pairs). */
+void nn_bf16_pair_rows(int n, const float *lo, const float *hi, uint32_t *dst);
+void nn_bf16_row(int n, const float *src, uint16_t *dst);
+int nn_gemm_bf16_offsets(int M, int N, int Kp2, const uint16_t *A, const int *aoff, const int *akoff,
+                         const uint16_t *bp, float *C, int ldc);
+conv2d_shape nn_conv_dx_shape(const conv2d_shape *s);
+
 /* gemm_packed.c: C[M,N] += A[M,K] op(B), op(B) = B^T for B[N][K] (transB) or B[K][N], with B
  * packed once by nn_pack_b(transB, K, N, B, ldb, bp) into nn_packed_size(K, N) floats; the
  * reference path reads B itself. */

@@ -110,6 +110,14 @@ int dense_forward(int N, int IN, int OUT, const float *x, const float *w, const 
 int dense_backward(int N, int IN, int OUT, const float *x, const float *w, const float *dy,
                    float *dx, float *dw, float *db);
 
+/* Mixed precision (bf16 operands, fp32 sums; see dense.c): the same products, a workspace of
+ * dense_bf16_workspace_size floats; NN_EUNSUPPORTED without AVX512_BF16 (nn_bf16_level). */
+size_t dense_bf16_workspace_size(int N, int IN, int OUT);
+int dense_forward_bf16(int N, int IN, int OUT, const float *x, const float *w, const float *b, float *y, float *ws,
+                       size_t ws_len);
+int dense_backward_bf16(int N, int IN, int OUT, const float *x, const float *w, const float *dy, float *dx, float *dw,
+                        float *db, float *ws, size_t ws_len);
+
 /* ---- loss.c: logits[N,C], labels[N] int32, class_weight[C] or NULL ---- */
 int softmax_forward(int N, int C, const float *logits, float *probs);
 int softmax_xent_forward_backward(int N, int C, const float *logits, const int32_t *labels,
@@ -130,6 +138,14 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
                    float *y, float *ws, size_t ws_len);
 int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
                     float *dx, float *dw, float *db, float *ws, size_t ws_len);
+/* Mixed precision (conv_bf16.c): the im2col products as bf16 GEMMs with fp32 sums, a
+ * workspace of conv2d_bf16_workspace_size floats; NN_EBADSHAPE for a depthwise convolution
+ * (no GEMM: it stays fp32), NN_EUNSUPPORTED without AVX512_BF16 (nn_bf16_level). */
+size_t conv2d_bf16_workspace_size(const conv2d_shape *s, int nthreads);
+int conv2d_forward_bf16(const conv2d_shape *s, const float *x, const float *w, const float *b, float *y, float *ws,
+                        size_t ws_len);
+int conv2d_backward_bf16(const conv2d_shape *s, const float *x, const float *w, const float *dy, float *dx, float *dw,
+                         float *db, float *ws, size_t ws_len);
 /* Direct 7-loop convolution: the scalar reference for tests. */
 int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w, const float *b,
                           float *y);

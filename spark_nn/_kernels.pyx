@@ -47,6 +47,11 @@ cdef extern from "nn_kernels.h" nogil:
                       float *y)
     int dense_backward(int N, int IN, int OUT, const float *x, const float *w, const float *dy,
                        float *dx, float *dw, float *db)
+    size_t dense_bf16_workspace_size(int N, int IN, int OUT)
+    int dense_forward_bf16(int N, int IN, int OUT, const float *x, const float *w, const float *b,
+                           float *y, float *ws, size_t ws_len)
+    int dense_backward_bf16(int N, int IN, int OUT, const float *x, const float *w, const float *dy,
+                            float *dx, float *dw, float *db, float *ws, size_t ws_len)
     int softmax_forward(int N, int C, const float *logits, float *probs)
     int softmax_xent_forward_backward(int N, int C, const float *logits, const int32_t *labels,
                                       const float *class_weight, float *probs, float *row_loss,
@@ -57,6 +62,11 @@ cdef extern from "nn_kernels.h" nogil:
                        float *y, float *ws, size_t ws_len)
     int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const float *dy,
                         float *dx, float *dw, float *db, float *ws, size_t ws_len)
+    size_t conv2d_bf16_workspace_size(const conv2d_shape *s, int nthreads)
+    int conv2d_forward_bf16(const conv2d_shape *s, const float *x, const float *w, const float *b,
+                            float *y, float *ws, size_t ws_len)
+    int conv2d_backward_bf16(const conv2d_shape *s, const float *x, const float *w, const float *dy,
+                             float *dx, float *dw, float *db, float *ws, size_t ws_len)
     int conv2d_forward_direct(const conv2d_shape *s, const float *x, const float *w,
                               const float *b, float *y)
     int pool2d_shape_init(pool2d_shape *s)
@@ -236,7 +246,15 @@ def act_backward_ex(int kind, x, y, dy, dx, float alpha):
     check(rc, "activation_backward")
 
 
-def dense_fwd(int N, int IN, int OUT, x, w, b, y):
+def dense_bf16_ws_size(int N, int IN, int OUT):
+    return dense_bf16_workspace_size(N, IN, OUT)
+
+
+def dense_fwd(int N, int IN, int OUT, x, w, b, y, ws=None):
+    """ws given: bf16 operands, fp32 sums (dense_forward_bf16) in that workspace."""
+    cdef float *pws = F(ws)
+    cdef size_t nws = 0 if ws is None else ws.size
+    cdef bint bf16 = ws is not None
     cdef float *px = F(x)
     cdef float *pw = F(w)
     cdef float *pb = F(b)
@@ -245,12 +263,19 @@ def dense_fwd(int N, int IN, int OUT, x, w, b, y):
     cdef unsigned csr
     with nogil:
         csr = nn_fp_enter()
-        rc = dense_forward(N, IN, OUT, px, pw, pb, py)
+        if bf16:
+            rc = dense_forward_bf16(N, IN, OUT, px, pw, pb, py, pws, nws)
+        else:
+            rc = dense_forward(N, IN, OUT, px, pw, pb, py)
         nn_fp_leave(csr)
     check(rc, "dense_forward")
 
 
-def dense_bwd(int N, int IN, int OUT, x, w, dy, dx, dw, db):
+def dense_bwd(int N, int IN, int OUT, x, w, dy, dx, dw, db, ws=None):
+    """ws given: bf16 operands, fp32 sums (dense_backward_bf16) in that workspace."""
+    cdef float *pws = F(ws)
+    cdef size_t nws = 0 if ws is None else ws.size
+    cdef bint bf16 = ws is not None
     cdef float *px = F(x)
     cdef float *pw = F(w)
     cdef float *pdy = F(dy)
@@ -261,7 +286,10 @@ def dense_bwd(int N, int IN, int OUT, x, w, dy, dx, dw, db):
     cdef unsigned csr
     with nogil:
         csr = nn_fp_enter()
-        rc = dense_backward(N, IN, OUT, px, pw, pdy, pdx, pdw, pdb)
+        if bf16:
+            rc = dense_backward_bf16(N, IN, OUT, px, pw, pdy, pdx, pdw, pdb, pws, nws)
+        else:
+            rc = dense_backward(N, IN, OUT, px, pw, pdy, pdx, pdw, pdb)
         nn_fp_leave(csr)
     check(rc, "dense_backward")
 
@@ -306,12 +334,12 @@ def conv2d_out_shape(tuple dims):
     return s.OH, s.OW
 
 
-def conv2d_ws_size(tuple dims, int nthreads):
+def conv2d_ws_size(tuple dims, int nthreads, bint bf16=False):
     cdef conv2d_shape s = conv_shape(dims)
-    return conv2d_workspace_size(&s, nthreads)
+    return conv2d_bf16_workspace_size(&s, nthreads) if bf16 else conv2d_workspace_size(&s, nthreads)
 
 
-def conv2d_fwd(tuple dims, x, w, b, y, ws):
+def conv2d_fwd(tuple dims, x, w, b, y, ws, bint bf16=False):
     cdef conv2d_shape s = conv_shape(dims)
     cdef float *px = F(x)
     cdef float *pw = F(w)
@@ -323,12 +351,15 @@ def conv2d_fwd(tuple dims, x, w, b, y, ws):
     cdef unsigned csr
     with nogil:
         csr = nn_fp_enter()
-        rc = conv2d_forward(&s, px, pw, pb, py, pws, n)
+        if bf16:
+            rc = conv2d_forward_bf16(&s, px, pw, pb, py, pws, n)
+        else:
+            rc = conv2d_forward(&s, px, pw, pb, py, pws, n)
         nn_fp_leave(csr)
     check(rc, "conv2d_forward")
 
 
-def conv2d_bwd(tuple dims, x, w, dy, dx, dw, db, ws):
+def conv2d_bwd(tuple dims, x, w, dy, dx, dw, db, ws, bint bf16=False):
     cdef conv2d_shape s = conv_shape(dims)
     cdef float *px = F(x)
     cdef float *pw = F(w)
@@ -342,7 +373,10 @@ def conv2d_bwd(tuple dims, x, w, dy, dx, dw, db, ws):
     cdef unsigned csr
     with nogil:
         csr = nn_fp_enter()
-        rc = conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, pws, n)
+        if bf16:
+            rc = conv2d_backward_bf16(&s, px, pw, pdy, pdx, pdw, pdb, pws, n)
+        else:
+            rc = conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, pws, n)
         nn_fp_leave(csr)
     check(rc, "conv2d_backward")
 
