@@ -1046,4 +1046,5 @@ int nn_conv_chunk_images(const conv2d_shape *s) { return chunk_images(s); }
 conv2d_shape nn_conv_group_shape(const conv2d_shape *s) { return group_shape(s); }
 int nn_conv_shape_ok(const conv2d_shape *s) { return shape_ok(s); }
 int nn_conv_is_depthwise(const conv2d_shape *s) { return is_depthwise(s); }
+double nn_sum_floats(int n, const float *r) { return sum_floats(n, r); }
 conv2d_shape nn_conv_dx_shape(const conv2d_shape *s) { return dx_shape(s); }

@@ -93,10 +93,7 @@ static void backward_one(const conv2d_shape *t, const float *x, size_t xs, const
             nn_bf16_pack_b(1, L, CKK, cols, L, bpc); /* B[l][k] = cols[k][l] */
             nn_gemm_bf16(OC, CKK, L, apd, bpc, dwp + (size_t)ch * nw, CKK, 0);
             for (int oc = 0; oc < OC; oc++) {
-                const float *r = buf + (size_t)oc * L;
-                double acc = 0.0;
-                for (int p = 0; p < L; p++) acc += r[p];
-                dbp[(size_t)ch * OC + oc] = (float)acc;
+                dbp[(size_t)ch * OC + oc] = (float)nn_sum_floats(L, buf + (size_t)oc * L);
             }
             if (dx) { /* cols are packed: their room takes dcols */
                 nn_bf16_pack_b(0, OC, L, buf, L, bpd);
@@ -282,10 +279,7 @@ static void imp_backward(const conv2d_shape *t, const float *x, size_t xs, const
             nn_gemm_bf16_offsets(CKK, OC, nc * qe2, xb, aoff, akoff, bpd, dwt + (size_t)ch * nw, OC);
             for (int oc = 0; oc < OC; oc++) {
                 double acc = 0.0;
-                for (int j = 0; j < nc; j++) {
-                    const float *r = dy + (size_t)(n0 + j) * ys + (size_t)oc * OH * OW;
-                    for (int p = 0; p < OH * OW; p++) acc += r[p];
-                }
+                for (int j = 0; j < nc; j++) acc += nn_sum_floats(OH * OW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OH * OW);
                 dbp[(size_t)ch * OC + oc] = (float)acc;
             }
         }

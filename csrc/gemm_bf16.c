@@ -119,7 +119,7 @@ static void gemm_bf16_reference(int M, int N, int Kp, const uint16_t *ap, const 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES) && __GNUC__ >= 10
 #include <immintrin.h>
 #include "nn_vec512.h"
-#define NN_BF16 __attribute__((target("avx512f,avx512bf16")))
+#define NN_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 /* rows [r, r + R) x NV panels (NV = 1, 2) at column q; ncols: C's columns left from q */
 #define BF16_TILE(R, NV)                                                                           \
@@ -335,7 +335,12 @@ NN_BF16 static void row_avx512(int n, const float *src, uint16_t *dst) {
         __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
         _mm512_storeu_si512((void *)(dst + i), (__m512i)v);
     }
-    for (; i < n; i++) dst[i] = nn_bf16_round(src[i]);
+    for (; i < n; i += 16) { /* the last (up to) 31, 16 at a time, masked */
+        const int m = n - i < 16 ? n - i : 16;
+        const __mmask16 k = (__mmask16)((1u << m) - 1);
+        __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + i));
+        _mm256_mask_storeu_epi16((void *)(dst + i), k, h);
+    }
 }
 #define NN_HAVE_BF16 1
 #endif

@@ -192,6 +192,7 @@ int nn_conv_chunk_images(const conv2d_shape *s);
 conv2d_shape nn_conv_group_shape(const conv2d_shape *s);
 int nn_conv_shape_ok(const conv2d_shape *s);
 int nn_conv_is_depthwise(const conv2d_shape *s);
+double nn_sum_floats(int n, const float *r); /* in double, four lanes */
 
 /* gemm_bf16.c, for the convolutions: dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 (hi NULL: 0);
  * dst[i] = bf16(src[i]); C[M, N] = A' B on the calling thread, with row i's k pair kk of A' the

@@ -18,6 +18,7 @@ from pyspark.ml.util import DefaultParamsReadable, MLReadable, MLWritable
 from pyspark.sql import SparkSession
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
+from spark_nn.kernels import check_precision
 from spark_nn.ml.columns import arrow_to_block, check_label_column, check_weight_column, feature_expr, feature_kind
 from spark_nn.ml.interop import initial_weights
 from spark_nn.ml.persistence import (FORMAT_VERSION, NeuralModelReader, NeuralModelWriter, ParamsWritable,
@@ -93,6 +94,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
 
     def _check_params(self):
         """Errors of the params alone, raised before anything reads the data."""
+        check_precision(self.getOrDefault(self.precision))  # bf16 where the driver's CPU lacks it
         if self.hasParam("layers") and not self.isDefined(self.layers):
             raise ValueError(f"{type(self).__name__}: set layers, e.g. layers=[32, 64, 10]")
 
@@ -192,6 +194,7 @@ class NeuralEstimator(Estimator, DefaultParamsReadable, ParamsWritable):
                 raise ValueError("no training rows are left (after the validation split and skipped rows)")
             if net.num_params == 0:
                 raise ValueError("every layer of the network is frozen (trainable=False): there is nothing to train")
+            net.precision = self.getOrDefault(self.precision)  # in the config the tasks build their network from
             trainer = DistributedTrainer(
                 net.config(), data, epochs=self.getMaxIter(), batch_size=self.getBatchSize(),
                 optimizer=self.getOptimizer(), step_size=self.getStepSize(), seed=self.getSeed(),
@@ -330,6 +333,7 @@ class NeuralModel(Model, MLWritable, MLReadable):
                                  "name with the matching *Col param")
         spec = dict(self._spec, kind=kind)
         prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
+        self._net.precision = check_precision(self.getOrDefault(self.precision))
         config_json = json.dumps(self._net.config(), sort_keys=True)
         bcast, outputs_fn = self._shipped_weights(dataset.sparkSession, config_json), self._outputs_fn()
         threads = task_threads(self, dataset.sparkSession)

@@ -7,6 +7,7 @@ from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasInp
                                      HasOutputCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
                                      HasStepSize, HasTol, HasValidationIndicatorCol, HasWeightCol)
 
+from spark_nn.kernels import PRECISIONS
 from spark_nn.ml.interop import check_initial_weights, check_network
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
@@ -214,6 +215,11 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
     checkpointInterval = Param(Params._dummy(), "checkpointInterval",
                                "write a checkpoint every this many epochs (and after the last)",
                                typeConverter=_check("checkpointInterval", lambda v: v >= 1, "an int >= 1"))
+    precision = Param(Params._dummy(), "precision",
+                      "'fp32' or 'bf16': mixed precision on CPUs with AVX512_BF16 (an error elsewhere): the "
+                      "products of the convolutions and dense layers from bf16-rounded operands with fp32 sums, "
+                      "in fits and in transform; weights, gradients, optimizer state and the loss stay fp32",
+                      typeConverter=_in("precision", PRECISIONS))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -226,7 +232,7 @@ class TrainingParams(HasMaxIter, HasStepSize, HasSeed, HasTol, HasAggregationDep
                          validationSplit=0.0, earlyStoppingPatience=0, threadsPerTask=0, localSteps="auto",
                          pipelineRounds=False, residentData=True,
                          handleInvalid="error", verbose=False, tol=0.0, aggregationDepth=2, seed=0,
-                         checkpointDir="", checkpointInterval=1, mlflowLogging="auto")
+                         checkpointDir="", checkpointInterval=1, mlflowLogging="auto", precision="fp32")
 
 
 @with_accessors
@@ -459,10 +465,11 @@ class FeaturizerParams(HasInputCol, HasOutputCol, EncodedImageParams):
                   "the input of the last Dense layer, the features a classifier's head reads",
                   typeConverter=TypeConverters.toInt)
     threadsPerTask = TrainingParams.threadsPerTask
+    precision = TrainingParams.precision
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(inputCol="features", outputCol="embedding", layer=-1, threadsPerTask=0)
+        self._setDefault(inputCol="features", outputCol="embedding", layer=-1, threadsPerTask=0, precision="fp32")
 
     def featuresColumn(self):
         return self.getInputCol()

@@ -116,6 +116,7 @@ class NetworkTemplate:
         return NetworkParamReader(cls)
 
     def _check_params(self):
+        super()._check_params()
         if not self.isDefined(self.network):
             raise ValueError(f"{type(self).__name__}: set network, e.g. network=spark_nn.nn.Sequential([...], "
                              "input_shape) or a torch module")

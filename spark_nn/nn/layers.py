@@ -31,6 +31,9 @@ class Layer:
 
     input_spans = None  # set by the model before forward: data steps of sequence inputs
     trainable = True
+    # 'fp32' or 'bf16': the operands of this layer's GEMMs (Conv2D, Dense), set by the model
+    # (Sequential.precision); fp32 sums, weights and gradients either way
+    precision = "fp32"
 
     def __init__(self):
         self.input_shape = None
@@ -155,7 +158,7 @@ class Conv2D(Layer):
     def forward(self, x, training=False):
         self._x = x
         return K.conv2d_forward(x, self.params["w"], self.params.get("b"), self.stride, self._pad(),
-                                **self._group_arg())
+                                precision=self.precision, **self._group_arg())
 
     def _group_arg(self):
         return {"groups": self.groups} if self.groups != 1 else {}
@@ -166,7 +169,8 @@ class Conv2D(Layer):
         # a frozen layer has no gradient views: the kernel's dw and db go to scratch arrays
         dx, _, _ = K.conv2d_backward(self._x, self.params["w"], dy, self.stride, self._pad(),
                                      need_dx=need_dx, has_bias=self.use_bias,
-                                     dw=self.grads.get("w"), db=self.grads.get("b"), **self._group_arg())
+                                     dw=self.grads.get("w"), db=self.grads.get("b"), precision=self.precision,
+                                     **self._group_arg())
         return dx
 
     def config(self):
@@ -288,12 +292,14 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         self._x = x
-        return K.dense_forward(x, self.params["w"], self.params.get("b"))
+        return K.dense_forward(x, self.params["w"], self.params.get("b"), precision=self.precision)
 
     def backward(self, dy, need_dx=True):
         if not self.trainable:
-            return K.dense_forward(dy, np.ascontiguousarray(self.params["w"].T)) if need_dx else None
+            return K.dense_forward(dy, np.ascontiguousarray(self.params["w"].T), precision=self.precision) \
+                if need_dx else None
         dx, _, _ = K.dense_backward(self._x, self.params["w"], dy, need_dx=need_dx, has_bias=self.use_bias,
+                                    precision=self.precision,
                                     dw=self.grads["w"], db=self.grads.get("b"))
         return dx
 

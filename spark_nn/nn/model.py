@@ -8,10 +8,12 @@ running statistics) in ``model.buffers``, beside it (see Sequential._layout).
 results add up exactly.
 """
 import time
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
 
+from spark_nn.kernels import PRECISIONS, check_precision
 from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, layer_from_config, walk
 from spark_nn.nn.losses import loss_from_config
 from spark_nn.nn.onnx_export import to_onnx
@@ -39,7 +41,7 @@ class Sequential(TorchInterop):
     """Layers in order over one flat parameter vector; from_torch / to_torch / torch_state_dict
     come from spark_nn.nn.torch_interop."""
 
-    def __init__(self, layers, input_shape, loss=None, seed=0):
+    def __init__(self, layers, input_shape, loss=None, seed=0, precision="fp32"):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("a model needs at least one layer")
@@ -55,6 +57,39 @@ class Sequential(TorchInterop):
         self._layout()
         self.seed = int(seed)
         self.init_weights(self.seed)
+        self.precision = precision
+
+    @property
+    def precision(self):
+        """'fp32' (default) or 'bf16': mixed precision, the convolutions' and dense layers'
+        products from operands rounded to bf16 with fp32 sums (AVX512_BF16's vdpbf16ps); the
+        weights, gradients, optimizer state, BatchNorm statistics, activations' outputs and the
+        loss stay fp32, as torch.autocast and Keras's mixed_float16 keep them. Depthwise and
+        thin convolutions (fewer than 32 column rows, e.g. one input channel 3x3) stay fp32.
+        'bf16' runs only where the CPU has AVX512_BF16: the first product says so otherwise."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value):
+        p = str(value).lower()
+        if p not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {value!r}")
+        self._precision = p
+        for _, layer in self.named_layers():
+            layer.precision = p
+
+    @contextmanager
+    def _precision_of(self, precision):
+        """This precision for the duration (None: the model's own)."""
+        if precision is None:
+            yield
+            return
+        kept = self.precision
+        self.precision = precision
+        try:
+            yield
+        finally:
+            self.precision = kept
 
     def _layout(self, keep=None):
         """Lays the layers' arrays out in three flat float32 vectors and binds the layers' views:
@@ -266,11 +301,13 @@ class Sequential(TorchInterop):
         widest = max([int(np.prod(layer.output_shape)) for _, layer in self.named_layers()] + [1]) * 4
         return max(1, min(1024, INFERENCE_BYTES // widest))
 
-    def predict_output(self, x, batch_size=None):
-        """Raw network output (logits for classifiers) in batches (inference_rows)."""
+    def predict_output(self, x, batch_size=None, precision=None):
+        """Raw network output (logits for classifiers) in batches (inference_rows); precision
+        None: the model's (see Sequential.precision)."""
         x = self.check_input(x)
         batch_size = self.inference_rows(batch_size)
-        outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        with self._precision_of(precision):
+            outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 
     def predict_layer_output(self, x, index, batch_size=None):
@@ -283,23 +320,28 @@ class Sequential(TorchInterop):
         return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.layers[index].output_shape),
                                                           dtype=np.float32)
 
-    def predict_proba(self, x, batch_size=None):
-        return self.loss.output_transform(self.predict_output(x, batch_size))
+    def predict_proba(self, x, batch_size=None, precision=None):
+        return self.loss.output_transform(self.predict_output(x, batch_size, precision))
 
-    def predict(self, x, batch_size=None):
-        return np.argmax(self.predict_output(x, batch_size), axis=1)
+    def predict(self, x, batch_size=None, precision=None):
+        return np.argmax(self.predict_output(x, batch_size, precision), axis=1)
 
-    def evaluate(self, x, y, batch_size=None):
+    def evaluate(self, x, y, batch_size=None, precision=None):
         """(mean loss, accuracy or None: the loss's has_accuracy) over x, y."""
-        out = self.predict_output(x, batch_size)
+        out = self.predict_output(x, batch_size, precision)
         loss_sum, _ = self.loss(out, y)
         acc = self.loss.correct(out, self.loss.targets(x, y)) / len(out) if self.loss.has_accuracy else None
         return loss_sum / len(out), acc
 
     def fit(self, x, y, epochs=10, batch_size=64, optimizer="adam", lr=None, seed=None, validation_data=None,
-            shuffle=True, verbose=False, **optimizer_args):
+            shuffle=True, verbose=False, precision=None, **optimizer_args):
         """In-process minibatch training (tests, single-machine use). Returns the history:
-        per-epoch train loss, validation loss/accuracy when given, and seconds."""
+        per-epoch train loss, validation loss/accuracy when given, and seconds. precision:
+        'fp32' or 'bf16' sets the model's (Sequential.precision) for this fit and after it;
+        None keeps it."""
+        if precision is not None:
+            self.precision = precision
+            check_precision(self.precision)  # where the CPU lacks bf16, before the first epoch
         x = self.check_input(x)
         y = np.asarray(y)
         if len(y) != len(x):
@@ -337,8 +379,11 @@ class Sequential(TorchInterop):
 
     # ------------------------------------------------------------------ spec
     def config(self):
-        return {"input_shape": list(self.input_shape), "layers": [layer_config(layer) for layer in self.layers],
-                "loss": self.loss.config(), "seed": self.seed}
+        cfg = {"input_shape": list(self.input_shape), "layers": [layer_config(layer) for layer in self.layers],
+               "loss": self.loss.config(), "seed": self.seed}
+        if self.precision != "fp32":  # absent from fp32 models' configs, as saved before precision existed
+            cfg["precision"] = self.precision
+        return cfg
 
     @classmethod
     def from_config(cls, cfg):
@@ -346,7 +391,8 @@ class Sequential(TorchInterop):
             if key not in cfg:
                 raise ValueError(f"model config has no {key!r}")
         return cls([layer_from_config(c) for c in cfg["layers"]], cfg["input_shape"],
-                   loss=loss_from_config(cfg.get("loss")), seed=cfg.get("seed", 0))
+                   loss=loss_from_config(cfg.get("loss")), seed=cfg.get("seed", 0),
+                   precision=cfg.get("precision", "fp32"))
 
     def to_onnx(self, path, upto=None):
         """Writes this model as ONNX (standard operators, dynamic batch axis); see
