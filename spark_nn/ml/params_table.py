@@ -19,7 +19,7 @@ PARAMS = [
     "cellType", "embeddingDim", "vocabSize", "dropout",
     "maxIter", "batchSize", "stepSize", "optimizer", "learningRateSchedule", "weightDecay", "clipNorm",
     "validationSplit", "earlyStoppingPatience", "seed", "loss", "standardization", "handleInvalid",
-    "verbose", "checkpointDir",
+    "verbose", "checkpointDir", "precision",
 ]
 
 NOT_SET = "not set"
