@@ -15,7 +15,8 @@ ReLU + 2x2 max-pool, dense over 10 classes):
   pass over 60k x 784 through Java BLAS (no native BLAS here), and the session runs the JVM
   without its C2 JIT (see spark_nn.ml.session), which slows MLlib's JVM-side math about 2x
   on digits and made 5 iterations on the 60k set take over 6 minutes);
-- the limit: our own kernels in one process with the same 2 threads, no Spark (Sequential.fit).
+- the limit: our own kernels in one process with the same 2 threads, no Spark (Sequential.fit);
+- bf16 (where the CPU has AVX512_BF16): the limit and our Spark fit with precision='bf16'.
 Data: (a) scikit-learn's digits as PNG folders through ImageFeature.loadImages, a random 80/20
 split; (b) 60,000 + 10,000 MNIST-sized 1x28x28 images made from the digits
 (spark_nn.datasets.digits_28), stored as Parquet and read by Spark.
@@ -131,7 +132,7 @@ def run_torch_single(path, epochs, lr, kind="cnn"):
     return time.perf_counter() - t0, history
 
 
-def run_limit(path, epochs, threads=2, kind="cnn"):
+def run_limit(path, epochs, threads=2, kind="cnn", precision="fp32"):
     """The yardstick: our kernels in one process, same threads, no Spark (Sequential.fit: the
     seed's network, Adam at CNN's default 3e-3 without its cosine decay, batch 32), test
     accuracy after each epoch. [(epoch seconds, test accuracy)]. Scoring the test rows after an
@@ -156,7 +157,7 @@ def run_limit(path, epochs, threads=2, kind="cnn"):
     history, scoring = [], 0.0
     t0 = time.perf_counter()
     for epoch in range(epochs):
-        seconds = net.fit(xtr, ytr, epochs=1, batch_size=32, optimizer=opt, seed=epoch)["seconds"][0]
+        seconds = net.fit(xtr, ytr, epochs=1, batch_size=32, optimizer=opt, seed=epoch, precision=precision)["seconds"][0]
         t1 = time.perf_counter()
         accuracy = net.evaluate(xte, yte)[1]
         history.append((seconds + scoring, accuracy))
@@ -165,6 +166,12 @@ def run_limit(path, epochs, threads=2, kind="cnn"):
 
 
 # ---------------------------------------------------------------- Spark contenders
+def bf16_available():
+    from spark_nn import kernels
+
+    return kernels.bf16_available()
+
+
 def run_ours(train, test, epochs, input_col, kind="cnn", **params):
     """The seed's CNN at default params (or with params), or (kind 'resnet18') NetworkClassifier
     with the torch ResNet-18 at default params; the test rows ride along as validation data."""
@@ -333,6 +340,14 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
     if "limit" in only:
         wall, hist = run_limit(npz, epochs_ours or epochs_torch, kind=kind)
         done(("limit: spark_nn in one process, 2 threads", wall, hist, 0.0, {"text": "no Spark; Adam 3e-3, batch 32"}))
+    if "bf16" in only and bf16_available():
+        wall, hist = run_limit(npz, epochs_ours or epochs_torch, kind=kind, precision="bf16")
+        done(("limit bf16: spark_nn in one process, precision='bf16'", wall, hist, 0.0,
+              {"text": "no Spark; Adam 3e-3, batch 32"}))
+        if kind == "cnn":
+            wall, hist, setup, ks = run_ours(train, test, epochs_ours, input_col, precision="bf16")
+            done(("spark_nn bf16 (seed program, precision='bf16')", wall, hist, setup,
+                  {"text": f"k per epoch {sorted(set(ks))}"}))
     if "torchdistributor" in only:
         wall, hist = run_torch_distributor(npz, epochs_torch, lr, kind)
         done(("TorchDistributor, 2 processes", wall, hist, wall - sum(s for s, _ in hist), {}))
@@ -350,6 +365,11 @@ def compare(spark, name, make, epochs_ours, epochs_torch, mlp_iter, workdir, onl
     def per_epoch(row):
         return np.mean([sec for sec, _ in row[2]])
 
+    for fast, slow, what in (("limit bf16", "limit", "in-process"), ("spark_nn bf16", "spark_nn", "Spark")):
+        a, b = by.get(fast), by.get(slow)
+        if a and b and a[2] and b[2]:
+            print(f"{name}: our {what} epoch fp32 / bf16 = {per_epoch(b) / per_epoch(a):.2f}x (final accuracy "
+                  f"{b[2][-1][1]:.4f} fp32, {a[2][-1][1]:.4f} bf16)")
     for which, kind in (("spark_nn", "our Spark epoch"), ("spark_nn pipelined", "our pipelined Spark epoch")):
         ours = by.get(which)
         if not (ours and ours[2]):
@@ -406,8 +426,11 @@ def main(argv=None):
                          "finish in 6 minutes here, see the docstring)")
     ap.add_argument("--torch-lr", type=float, default=3e-3,
                     help="Adam's learning rate for the torch peers (cosine decay; 3e-3 beat 1e-3 for them)")
-    ap.add_argument("--only", nargs="+", default=["ours", "pipelined", "limit", "torchdistributor", "torch", "mllib"],
-                    choices=["ours", "pipelined", "limit", "torchdistributor", "torch", "mllib"])
+    ap.add_argument("--only", nargs="+",
+                    default=["ours", "pipelined", "limit", "bf16", "torchdistributor", "torch", "mllib"],
+                    choices=["ours", "pipelined", "limit", "bf16", "torchdistributor", "torch", "mllib"],
+                    help="contenders; 'bf16': ours in one process and on Spark with precision='bf16' (where the "
+                         "CPU has AVX512_BF16)")
     args = ap.parse_args(argv)
     from spark_nn.ml.session import local_session
 

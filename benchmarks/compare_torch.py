@@ -1,7 +1,10 @@
 """Our kernels vs PyTorch CPU, same shapes, same thread count, in one run.
 
     python benchmarks/compare_torch.py [--threads 2] [--repeat 15] [--runs 5] [--isa all|avx512|avx2]
-                                       [--only BatchNorm,conv]
+                                       [--only BatchNorm,conv,bf16]
+
+Where the CPU has AVX512_BF16, 'bf16' rows run ours with precision='bf16' against torch under
+torch.autocast('cpu', dtype=torch.bfloat16) (oneDNN's bf16 kernels), with our fp32/bf16 speed-up.
 
 Every op at each vector instruction level the CPU has (default), each level in its own process
 with ours, torch/oneDNN and OpenBLAS capped to it.
@@ -37,19 +40,28 @@ CONV_SHAPES = {"conv 64x1x28x28 -> 32, 3x3 p1": (64, 1, 28, 28, 32, 3, 1, 1, 1),
                "depthwise 64x144x16x16, 3x3/2 p1": (64, 144, 16, 16, 144, 3, 2, 1, 144),
                "depthwise 64x144x16x16, 3x3 p1": (64, 144, 16, 16, 144, 3, 1, 1, 144),
                "grouped 64x64x16x16 -> 64, 3x3 p1 g4": (64, 64, 16, 16, 64, 3, 1, 1, 4)}
+# bf16 (precision='bf16' against torch.autocast('cpu', dtype=torch.bfloat16)), where the CPU has
+# AVX512_BF16: these convolutions, and dense layers (name: (N, IN, OUT))
+BF16_CONVS = ["conv 64x32x14x14 -> 64, 3x3 p1", "conv 64x64x16x16 -> 128, 1x1", "conv 64x64x32x32 -> 128, 3x3/2 p1"]
+BF16_DENSE = {"dense 64x3136 -> 10": (64, 3136, 10), "dense 256x1024 -> 1024": (256, 1024, 1024)}
 POOL_SHAPE = (64, 32, 28, 28)
 BN_SHAPES = [(64, 64, 32, 32), (64, 256, 8, 8)]
 SEQ = dict(N=64, T=50, D=64, H=128)
 
 
-def conv_cases(rng, torch):
-    for name, (n, c, h, w, oc, k, s, p, g) in CONV_SHAPES.items():
+def conv_cases(rng, torch, precision="fp32", names=None):
+    """fp32: ours against torch; 'bf16': ours in bf16 against torch under autocast bf16."""
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else None
+    for name in names or CONV_SHAPES:
+        n, c, h, w, oc, k, s, p, g = CONV_SHAPES[name]
         x = rng.standard_normal((n, c, h, w)).astype(np.float32)
         wt = (0.1 * rng.standard_normal((oc, c // g, k, k))).astype(np.float32)
         b = np.zeros(oc, np.float32)
         oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         dy = rng.standard_normal((n, oc, oh, ow)).astype(np.float32)
         kw = {"groups": g} if g != 1 else {}
+        if precision != "fp32":
+            kw["precision"] = precision
         ours_f = lambda x=x, wt=wt, b=b, s=s, p=p, kw=kw: K.conv2d_forward(x, wt, b, s, p, **kw)  # noqa: E731
 
         def ours_fb(x=x, wt=wt, b=b, dy=dy, s=s, p=p, kw=kw):
@@ -62,15 +74,62 @@ def conv_cases(rng, torch):
 
         def torch_f(conv=conv, xt=xt):
             with torch.no_grad():
-                conv(xt)
+                if autocast:
+                    with autocast():
+                        conv(xt)
+                else:
+                    conv(xt)
 
         def torch_fb(conv=conv, xt=xt, dyt=dyt):
             conv.zero_grad(set_to_none=True)
             xt.grad = None
-            conv(xt).backward(dyt)
+            if autocast:
+                with autocast():
+                    y = conv(xt)
+                y.backward(dyt.to(y.dtype))
+            else:
+                conv(xt).backward(dyt)
 
         flops = 2.0 * n * oc * oh * ow * (c // g) * k * k
         yield name, ours_f, ours_fb, torch_f, torch_fb, flops
+
+
+def bf16_cases(rng, torch):
+    """bf16 rows: ours with precision='bf16', torch under autocast bf16 (its oneDNN kernels);
+    none where the CPU (or SPARK_NN_ISA) lacks AVX512_BF16."""
+    if not K.bf16_available():
+        return
+    for name, of, ofb, tf, tfb, _ in conv_cases(rng, torch, precision="bf16", names=BF16_CONVS):
+        yield "bf16 " + name, of, ofb, tf, tfb, 0.0
+    for name, (n, i, o) in BF16_DENSE.items():
+        x = rng.standard_normal((n, i)).astype(np.float32)
+        w = (0.05 * rng.standard_normal((o, i))).astype(np.float32)
+        b = np.zeros(o, np.float32)
+        dy = rng.standard_normal((n, o)).astype(np.float32)
+
+        def ours_f(x=x, w=w, b=b):
+            K.dense_forward(x, w, b, precision="bf16")
+
+        def ours_fb(x=x, w=w, b=b, dy=dy):
+            K.dense_forward(x, w, b, precision="bf16")
+            K.dense_backward(x, w, dy, precision="bf16")
+
+        lin = torch.nn.Linear(i, o)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+
+        def torch_f(lin=lin, xt=xt):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                lin(xt)
+
+        def torch_fb(lin=lin, xt=xt, dyt=dyt):
+            lin.zero_grad(set_to_none=True)
+            xt.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = lin(xt)
+            y.backward(dyt.to(y.dtype))
+
+        yield "bf16 " + name, ours_f, ours_fb, torch_f, torch_fb, 0.0
 
 
 def pool_case(rng, torch):
@@ -241,9 +300,9 @@ def recurrent_cases(rng, torch):
         yield f"{kind} N{n} T{t} D{d} H{h}", f, fb, torch_f, torch_fb, None
 
 
-def epoch_cases(torch, batch_sizes):
+def epoch_cases(torch, batch_sizes, precision="fp32"):
     """One training epoch of the digits CNN (seed layers [32, 64, 10]), ours vs the same torch
-    model: same data, Adam, batch size and threads."""
+    model: same data, Adam, batch size and threads ('bf16': ours in bf16, torch under autocast)."""
     from spark_nn.datasets import digits_split
     from spark_nn.nn import builders
 
@@ -262,17 +321,20 @@ def epoch_cases(torch, batch_sizes):
             for i in range(0, len(tx), bs):
                 idx = perm[i:i + bs]
                 topt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(tnet(tx[idx]), ty[idx], reduction="sum") / len(idx)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    out = tnet(tx[idx])
+                loss = torch.nn.functional.cross_entropy(out.float(), ty[idx], reduction="sum") / len(idx)
                 loss.backward()
                 topt.step()
 
         def ours_epoch(model=model, bs=bs):
-            model.fit(xtr, ytr, epochs=1, batch_size=bs, optimizer="adam", lr=1e-3)
+            model.fit(xtr, ytr, epochs=1, batch_size=bs, optimizer="adam", lr=1e-3, precision=precision)
 
-        yield f"digits CNN epoch, batch {bs} ({len(xtr)} images)", ours_epoch, torch_epoch
+        tag = "" if precision == "fp32" else f" {precision}"
+        yield f"digits CNN epoch{tag}, batch {bs} ({len(xtr)} images)", ours_epoch, torch_epoch
 
 
-def network_step_cases(torch):
+def network_step_cases(torch, precision="fp32"):
     """One training step of a ResNet-18 (torchvision's BasicBlock layout, base width 64, the
     CIFAR stem: 3x3 stride-1 first convolution, no max-pool) on 3x32x32 images, batch 64, SGD
     with momentum, BatchNorm in training mode: ours (imported from the torch module by tracing,
@@ -292,12 +354,17 @@ def network_step_cases(torch):
     opt = make_optimizer("sgd", lr=0.01, momentum=0.9)
     topt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
 
+    ours.precision = precision
+
     def torch_step():
         topt.zero_grad()
-        torch.nn.functional.cross_entropy(tnet(xt), yt).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = tnet(xt)
+        torch.nn.functional.cross_entropy(out.float(), yt).backward()
         topt.step()
 
-    yield "ResNet-18 train step (CIFAR stem, 3x32x32, batch 64)", lambda: ours.train_step(opt, x, y), torch_step
+    tag = "" if precision == "fp32" else f" {precision}"
+    yield f"ResNet-18 train step{tag} (CIFAR stem, 3x32x32, batch 64)", lambda: ours.train_step(opt, x, y), torch_step
 
 
 def measure(cases, runs, repeat, block=3):
@@ -356,7 +423,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     spark_nn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    ops = [c for gen in (conv_cases, pool_case, avgpool_cases, batchnorm_cases, activation_cases, recurrent_cases)
+    ops = [c for gen in (conv_cases, bf16_cases, pool_case, avgpool_cases, batchnorm_cases, activation_cases,
+                         recurrent_cases)
            for c in gen(rng, torch)]
     only = [part for part in args.only.split(",") if part]
     if only:
@@ -379,14 +447,21 @@ def main(argv=None):
                  "fwd+bwd torch ms", "fwd+bwd torch/ours"], rows)
     if args.runs > 1:
         print("ratios: median of the runs (min-max); '~': the min-max spans 1.0")
+    for name, *_ in ops:
+        if name.startswith("bf16 ") and (name[5:], "fwd") in times:
+            speed = [float(np.median([o for o, _ in times[(name[5:], c)]])) /
+                     float(np.median([o for o, _ in times[(name, c)]])) for c in ("fwd", "fwd+bwd")]
+            print(f"{name}: our fp32 / our bf16 = {speed[0]:.2f}x fwd, {speed[1]:.2f}x fwd+bwd")
     print(f"\nnumpy float32 matmul peak (1024^3, {args.threads if 'OMP_NUM_THREADS' in os.environ else 'default'} threads): {peak:.1f} GFLOPS")
     if conv_rows:
         print_table(["conv", "fwd GFLOPS", "fwd % of peak", "fwd+bwd GFLOPS", "fwd+bwd % of peak"],
                     [[n, f"{a:.1f}", f"{100 * a / peak:.0f}%", f"{b:.1f}", f"{100 * b / peak:.0f}%"]
                      for n, a, b in conv_rows])
     print()
-    training = [(name, "epoch", ours, theirs, 7) for name, ours, theirs in epoch_cases(torch, (32, 128))] + \
-        [(name, "epoch", ours, theirs, 3) for name, ours, theirs in network_step_cases(torch)]
+    precisions = ("fp32", "bf16") if K.bf16_available() else ("fp32",)
+    training = [(name, "epoch", ours, theirs, 7) for p in precisions for name, ours, theirs in
+                epoch_cases(torch, (32, 128), p)] + \
+        [(name, "epoch", ours, theirs, 3) for p in precisions for name, ours, theirs in network_step_cases(torch, p)]
     training = [t for t in training if not only or any(part in t[0] for part in only)]
     if training:
         times = {}

@@ -218,12 +218,7 @@ static void imp_forward(const conv2d_shape *t, const float *x, size_t xs, const 
                     nn_bf16_pair_rows(t->W, lo, hi, xp + ((size_t)cc * g.Hp + h + t->PH) * g.Wp + t->PW);
                 }
             nn_gemm_bf16_offsets(OHW, OC, g.Kp2, (const uint16_t *)(const void *)xp, aoff, akoff, bw, yt, OC);
-            float *yi = y + (size_t)n * ys;
-            for (int oc = 0; oc < OC; oc++) {
-                const float bias = b ? b[oc] : 0.0f;
-                float *dst = yi + (size_t)oc * OHW;
-                for (int p = 0; p < OHW; p++) dst[p] = yt[(size_t)p * OC + oc] + bias;
-            }
+            nn_transpose_bias(OHW, OC, yt, OC, b, y + (size_t)n * ys, OHW);
         }
     }
 }

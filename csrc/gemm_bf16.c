@@ -342,6 +342,26 @@ NN_BF16 static void row_avx512(int n, const float *src, uint16_t *dst) {
         _mm256_mask_storeu_epi16((void *)(dst + i), k, h);
     }
 }
+/* dst[c][p] = src[p][c] (+ bias[c]) in 16 x 16 blocks through registers, masked at the edges */
+NN_BF16 static void transpose_bias_avx512(int P, int Cn, const float *src, int lds, const float *bias, float *dst,
+                                          int ldd) {
+    for (int p0 = 0; p0 < P; p0 += 16) {
+        const int q = P - p0 < 16 ? P - p0 : 16;
+        const __mmask16 pm = (__mmask16)((1u << q) - 1);
+        for (int c0 = 0; c0 < Cn; c0 += 16) {
+            const int m = Cn - c0 < 16 ? Cn - c0 : 16;
+            const __mmask16 cm = (__mmask16)((1u << m) - 1);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < q ? _mm512_maskz_loadu_ps(cm, src + (size_t)(p0 + i) * lds + c0) : _mm512_setzero_ps();
+            v_transpose16(r);
+            for (int j = 0; j < m; j++) {
+                __m512 v = bias ? _mm512_add_ps(r[j], _mm512_set1_ps(bias[c0 + j])) : r[j];
+                _mm512_mask_storeu_ps(dst + (size_t)(c0 + j) * ldd + p0, pm, v);
+            }
+        }
+    }
+}
 #define NN_HAVE_BF16 1
 #endif
 
@@ -444,4 +464,17 @@ int nn_gemm_bf16_offsets(int M, int N, int Kp2, const uint16_t *A, const int *ao
 #else
     return NN_EUNSUPPORTED;
 #endif
+}
+
+void nn_transpose_bias(int P, int Cn, const float *src, int lds, const float *bias, float *dst, int ldd) {
+#ifdef NN_HAVE_BF16
+    if (!nn_get_reference() && nn_bf16_level()) {
+        transpose_bias_avx512(P, Cn, src, lds, bias, dst, ldd);
+        return;
+    }
+#endif
+    for (int c = 0; c < Cn; c++) {
+        const float b = bias ? bias[c] : 0.0f;
+        for (int p = 0; p < P; p++) dst[(size_t)c * ldd + p] = src[(size_t)p * lds + c] + b;
+    }
 }

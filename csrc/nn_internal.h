@@ -202,6 +202,9 @@ void nn_bf16_row(int n, const float *src, uint16_t *dst);
 int nn_gemm_bf16_offsets(int M, int N, int Kp2, const uint16_t *A, const int *aoff, const int *akoff,
                          const uint16_t *bp, float *C, int ldc);
 conv2d_shape nn_conv_dx_shape(const conv2d_shape *s);
+/* dst[c][p] = src[p][c] + bias[c] (bias NULL: 0), p < P, c < Cn, rows lds / ldd apart (vectorized
+ * where the bf16 kernels run) */
+void nn_transpose_bias(int P, int Cn, const float *src, int lds, const float *bias, float *dst, int ldd);
 
 /* gemm_packed.c: C[M,N] += A[M,K] op(B), op(B) = B^T for B[N][K] (transB) or B[K][N], with B
  * packed once by nn_pack_b(transB, K, N, B, ldb, bp) into nn_packed_size(K, N) floats; the

@@ -378,3 +378,27 @@ def test_initial_weights_with_another_layer_count_is_a_clear_error(pixels):
     shorter = Sequential([L.Conv2D(4, 3), L.Activation("relu"), L.MaxPool2D(2), L.Flatten()], (1, 6, 6))
     with pytest.raises(ValueError, match=r"do not fit this estimator's network: 2 weight arrays there, 4 here"):
         cnn(maxIter=1, initialWeights=shorter).fit(pixels)
+
+
+# ------------------------------------------------------------------ a partition of validation rows only
+def test_a_batch_holding_only_validation_rows_trains(spark):
+    """The test rows unioned after the training rows (compare_peers' recipe): when a partition's
+    training rows fill whole Arrow batches, its last batches hold validation rows only, and the
+    pass's label moments of such a batch are of no rows (this broke the 60k benchmark once:
+    reshape(0, -1) fails). 40 training rows then 20 validation rows, dealt over 2 partitions in
+    batches of 10."""
+    from spark_nn.ml.regression import CNNRegressor
+
+    x, y = bright_pixel_rows(np.random.default_rng(3), 60)
+    rows = [(i, Vectors.dense(a.tolist()), float(b), i >= 40) for i, (a, b) in enumerate(zip(x, y))]
+    df = spark.createDataFrame(rows, ["i", "features", "label", "isVal"]).coalesce(1)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "10")
+    try:
+        model = cnn(maxIter=1, validationIndicatorCol="isVal").fit(df)
+        reg = CNNRegressor(layers=[4], imageShape=[1, 6, 6], maxIter=1, validationIndicatorCol="isVal").fit(df)
+    finally:
+        spark.conf.set(key, before)
+    assert model.summary.epochs[-1]["val_loss"] > 0
+    assert reg.summary.epochs[-1]["val_rmse"] > 0

@@ -68,6 +68,11 @@ _NO_LABELS = {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None,
               "m2": None}
 
 
+def _rows(a):
+    """a as a 2-D (rows, values per row) array; also for no rows, where reshape(0, -1) fails."""
+    return a.reshape(len(a), int(np.prod(a.shape[1:], dtype=np.int64)))
+
+
 def _label_stats(y):
     """What the driver needs to check a partition's labels and scale regression targets without
     another pass: nulls, range, non-integral values (class ids) and, per target, the count,
@@ -462,7 +467,7 @@ class TrainingData:
                         checks.append((f"weight column {wcol!r} has a null, negative, NaN or infinite value",
                                        np.where(w >= 0, w, np.nan)))
                     for what, values in checks:
-                        good = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                        good = np.isfinite(_rows(values)).all(axis=1)
                         if not good.all() and handle_invalid == "error":
                             q, j = input_place(places[int(np.flatnonzero(~good)[0])])
                             raise ValueError(f"{what} in row {j} of input partition {q} ({int((~good).sum())} such "
@@ -476,14 +481,14 @@ class TrainingData:
                         max_id = top if max_id is None else max(max_id, top)
                     if has_label:  # checks over every row; the moments (to scale targets by) of the training rows
                         ytrain = y[~val]
-                        labels.append(dict(_label_stats(y), **_moments(ytrain.reshape(len(ytrain), -1))))
+                        labels.append(dict(_label_stats(y), **_moments(_rows(ytrain))))
                     if feature_axis is not None:
                         train = x[~val]
                         features = _merge_moments(features, _feature_moments(
                             train / np.float32(255) if train.dtype == np.uint8 else train, feature_axis))
                     if wcol:
                         weights.append(_moments(w[~val].reshape(-1, 1)))
-                        y = np.concatenate([y.reshape(len(y), -1), w.reshape(-1, 1)], axis=1)
+                        y = np.concatenate([_rows(y), w.reshape(-1, 1)], axis=1)
                     writer.add(x, y, val)
                     base += b.num_rows
                 files = writer.close()
