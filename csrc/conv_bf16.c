@@ -159,8 +159,16 @@ static size_t imp_fwd_floats(const conv2d_shape *t, int nt) {
            up16((size_t)g.Kp2) + (size_t)nt * (up16((size_t)g.Cp2 * g.plane) + up16(ohw * t->OC));
 }
 
+/* the offsets (uint16 units) of a padded copy, and of a chunk's copies side by side, fit an int */
+static int imp_fits(const conv2d_shape *t) {
+    const imp_geom g = imp_of(t);
+    return 2LL * (g.Cp2 + 1) * (long long)g.plane < 0x7fffffffLL;
+}
+
 static int imp_bwd_ok(const conv2d_shape *t) {
-    return t->SH == 1 && t->SW == 1 && t->PH <= t->KH - 1 && t->PW <= t->KW - 1;
+    if (!(t->SH == 1 && t->SW == 1 && t->PH <= t->KH - 1 && t->PW <= t->KW - 1)) return 0;
+    const conv2d_shape d = nn_conv_dx_shape(t);
+    return imp_fits(&d) && (long long)nn_conv_chunk_images(t) * t->C * (long long)imp_of(t).plane + 64 < 0x7fffffffLL;
 }
 
 static size_t imp_dw_floats(const conv2d_shape *t, int nt) {
@@ -324,6 +332,8 @@ size_t conv2d_bf16_workspace_size(const conv2d_shape *s, int nthreads) {
 
 static int bf16_ready(const conv2d_shape *s, size_t ws_len, int nt) {
     if (!nn_conv_shape_ok(s) || nn_conv_is_depthwise(s)) return NN_EBADSHAPE;
+    const conv2d_shape t = nn_conv_group_shape(s);
+    if (!imp_fits(&t)) return NN_EBADSHAPE; /* images of over 2^30 values */
     if (!nn_get_reference() && !nn_bf16_level()) return NN_EUNSUPPORTED;
     if (ws_len < conv2d_bf16_workspace_size(s, nt)) return NN_EWORKSPACE;
     return NN_OK;
