@@ -81,8 +81,7 @@ int dense_backward_bf16(int N, int IN, int OUT, const float *x, const float *w, 
     float *dyt = ws; /* [OUT, N] */
     uint16_t *ap = (uint16_t *)(void *)(ws + (((size_t)OUT * N + 15) & ~(size_t)15));
     uint16_t *bp = (uint16_t *)(void *)((float *)(void *)ap + halves(nn_bf16_pack_a_size(OUT, N)));
-    for (int n = 0; n < N; n++)
-        for (int o = 0; o < OUT; o++) dyt[(size_t)o * N + n] = dy[(size_t)n * OUT + o];
+    nn_transpose_bias(N, OUT, dy, OUT, NULL, dyt, N);
     nn_bf16_pack_a(OUT, N, dyt, N, ap);
     nn_bf16_pack_b(0, N, IN, x, IN, bp);
     rc = nn_gemm_bf16(OUT, IN, N, ap, bp, dw, IN, 0);
