@@ -9,6 +9,7 @@ On disk a model is Spark ML's metadata JSON plus data/model.json (architecture) 
 data/weights.npz; nothing is pickled and the directory appears atomically.
 """
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -51,8 +52,6 @@ def label_info(df, col, stats, num_classes=None):
     training blocks (spark_nn.ml.training.blocks)."""
     if stats["rows"] == 0:
         raise ValueError("the DataFrame is empty: there is nothing to train on")
-    if stats["nulls"]:
-        raise ValueError(f"label column {col!r} has {stats['nulls']} null values")
     if stats["frac"]:
         raise ValueError(f"label column {col!r} must hold class indices 0, 1, ..., numClasses-1; "
                          f"found {stats['frac']} non-integral values such as {stats['frac_value']}")
@@ -358,6 +357,15 @@ class NeuralModel(Model, MLWritable, MLReadable):
             if t == "vector":
                 out = out.withColumn(name, array_to_vector(name))
         return out
+
+    @contextmanager
+    def _scored(self, dataset):
+        """This model's predictions on dataset, cached while an evaluate's evaluators read them."""
+        scored = self.transform(dataset).cache()
+        try:
+            yield scored
+        finally:
+            scored.unpersist()
 
     # --------------------------------------------------------------- persistence
     def write(self):

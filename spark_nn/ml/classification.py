@@ -66,15 +66,12 @@ class _ClassificationModel(NeuralModel):
         accuracy, f1, weightedPrecision, weightedRecall and logLoss."""
         from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
-        scored = self.transform(dataset).cache()
-        try:
+        with self._scored(dataset) as scored:
             ev = MulticlassClassificationEvaluator(labelCol=self.labelColumn(),
                                                    predictionCol=self.getOrDefault(self.predictionCol),
                                                    probabilityCol=self.getOrDefault(self.probabilityCol))
             return {m: ev.evaluate(scored, {ev.metricName: m})
                     for m in ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")}
-        finally:
-            scored.unpersist()
 
 
 class CNNClassificationModel(_ClassificationModel, CNNParams):

@@ -69,8 +69,7 @@ class _RegressionModel(NeuralModel):
         """Scores a labelled DataFrame and returns rmse, mse, mae and r2 as a dict: pyspark's
         RegressionEvaluator's for a numeric label; over every target together (r2 against
         each target's own mean) for vector/array labels."""
-        scored = self.transform(dataset).cache()
-        try:
+        with self._scored(dataset) as scored:
             label, pred = self.labelColumn(), self.getOrDefault(self.predictionCol)
             if self._labelSize is None:
                 from pyspark.ml.evaluation import RegressionEvaluator
@@ -78,8 +77,6 @@ class _RegressionModel(NeuralModel):
                 ev = RegressionEvaluator(labelCol=label, predictionCol=pred)
                 return {m: ev.evaluate(scored, {ev.metricName: m}) for m in ("rmse", "mse", "mae", "r2")}
             return _pooled_metrics(scored, label, pred, self._labelSize)
-        finally:
-            scored.unpersist()
 
     def _extraMetadata(self):
         return dict(super()._extraMetadata(), labelSize=self._labelSize)

@@ -26,7 +26,7 @@ RDD treeAggregate); on a Spark Connect session, a persisted DataFrame of the sam
 row per partition (ConnectTrainingData; rounds are queries over it). ``TrainingData(...)``
 picks the one for the DataFrame's session; the pass is the same ``mapInArrow`` in both.
 
-The same pass returns per-partition statistics (rows, labels' nulls, range and non-integral
+The same pass returns per-partition statistics (rows, labels' range and non-integral
 values, largest token id) from which the driver checks the labels and sizes the network, so a
 fit needs no other pass over the data.
 """
@@ -64,29 +64,25 @@ def local_dir():
     return dirs.split(",")[0] if dirs else os.environ.get("TMPDIR", "/tmp")
 
 
-_NO_LABELS = {"nulls": 0, "lo": None, "hi": None, "frac": 0, "frac_value": None, "count": 0, "mean": None,
-              "m2": None}
-
-
 def _rows(a):
     """a as a 2-D (rows, values per row) array; also for no rows, where reshape(0, -1) fails."""
     return a.reshape(len(a), int(np.prod(a.shape[1:], dtype=np.int64)))
 
 
-def _label_stats(y):
+_NO_LABELS = {"lo": None, "hi": None, "frac": 0, "frac_value": None}
+
+
+def _label_stats(y, ytrain):
     """What the driver needs to check a partition's labels and scale regression targets without
-    another pass: nulls, range, non-integral values (class ids) and, per target, the count,
-    mean and sum of squared deviations (merged across partitions as Chan et al.'s)."""
-    if len(y) == 0:
-        return dict(_NO_LABELS)
-    y = y.reshape(len(y), -1)
-    null = np.isnan(y).any(axis=1)
-    v = y[~null]
-    flat = v.ravel()
+    another pass: the range and non-integral values (class ids) of every label y (the rows with
+    a null or NaN label are gone by now: an error, or skipped), and per target the count, mean
+    and sum of squared deviations of the training rows' ytrain (merged across partitions as
+    Chan et al.'s)."""
+    flat = _rows(y).ravel()
     frac = flat != np.floor(flat)
-    return dict({"nulls": int(null.sum()), "lo": float(flat.min()) if len(flat) else None,
-                 "hi": float(flat.max()) if len(flat) else None, "frac": int(frac.sum()),
-                 "frac_value": float(flat[frac][0]) if frac.any() else None}, **_moments(v))
+    checks = {"lo": float(flat.min()) if len(flat) else None, "hi": float(flat.max()) if len(flat) else None,
+              "frac": int(frac.sum()), "frac_value": float(flat[frac][0]) if frac.any() else None}
+    return dict(checks, **_moments(_rows(ytrain)))
 
 
 def _moments(v):
@@ -126,9 +122,8 @@ def _feature_moments(x, axis):
 
 
 def _merge_label_stats(parts):
-    out = dict(_NO_LABELS)
+    out = dict(_NO_LABELS, **_moments([]))
     for s in parts:
-        out["nulls"] += s["nulls"]
         out["frac"] += s["frac"]
         if out["frac_value"] is None:
             out["frac_value"] = s["frac_value"]
@@ -481,7 +476,7 @@ class TrainingData:
                         max_id = top if max_id is None else max(max_id, top)
                     if has_label:  # checks over every row; the moments (to scale targets by) of the training rows
                         ytrain = y[~val]
-                        labels.append(dict(_label_stats(y), **_moments(_rows(ytrain))))
+                        labels.append(_label_stats(y, ytrain))
                     if feature_axis is not None:
                         train = x[~val]
                         features = _merge_moments(features, _feature_moments(
