@@ -316,6 +316,43 @@ static size_t workspace_one(const conv2d_shape *s, int nthreads) {
     return gemm > direct ? gemm : direct;
 }
 
+/* dw[oc][k] = sum over chunks of the partials dwt[ch][k][oc]: added into the first in chunk
+ * order (contiguous, vectorized), then one transpose; db[oc] likewise from dbp[ch][oc] (db NULL:
+ * skipped). One summation order for any thread count. */
+void nn_conv_sum_chunks_transposed(int nchunks, int CKK, int OC, float *dwt, const float *dbp, float *dw, float *db,
+                                   int nt) {
+    const size_t nw = (size_t)OC * CKK;
+    int nt_red = nw * nchunks < 65536 ? 1 : nt;
+#pragma omp parallel num_threads(nt_red)
+    {
+        int e0, e1;
+        nn_split((int)nw, NN_THREAD_ID(), NN_THREAD_COUNT(), &e0, &e1);
+        for (int ch = 1; ch < nchunks; ch++) {
+            const float *src = dwt + (size_t)ch * nw;
+            for (int e = e0; e < e1; e++) dwt[e] += src[e];
+        }
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int oc = 0; oc < OC; oc++)
+            for (int k = 0; k < CKK; k++) dw[(size_t)oc * CKK + k] = dwt[(size_t)k * OC + oc];
+    }
+    if (db)
+        for (int oc = 0; oc < OC; oc++) {
+            float acc = 0.0f;
+            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
+            db[oc] = acc;
+        }
+}
+
+/* The weights of dx as a forward of dy: wt[c][oc][KK - 1 - kk] = w[oc][c][kk] (transposed, the
+ * taps flipped). */
+void nn_conv_flip_weights(int OC, int C, int KK, const float *w, float *wt) {
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++)
+            for (int kk = 0; kk < KK; kk++)
+                wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
+}
+
 /* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] over the positions
  * of a chunk of images at once (their padded copies side by side, one product per chunk: the
  * tiles sum a whole chunk in registers), X read in place as in direct_forward and dy^T packed;
@@ -361,29 +398,7 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
             }
         }
     }
-    const size_t nw = (size_t)OC * CKK;
-    int nt_red = nw * nchunks < 65536 ? 1 : nt;
-    /* dw[oc][k] = sum over chunks of dw^T[k][oc]: the partials added into the first in chunk
-     * order (contiguous, vectorized), then one transpose */
-#pragma omp parallel num_threads(nt_red)
-    {
-        int e0, e1;
-        nn_split((int)nw, NN_THREAD_ID(), NN_THREAD_COUNT(), &e0, &e1);
-        for (int ch = 1; ch < nchunks; ch++) {
-            const float *src = dwt + (size_t)ch * nw;
-            for (int e = e0; e < e1; e++) dwt[e] += src[e];
-        }
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (int oc = 0; oc < OC; oc++)
-            for (int k = 0; k < CKK; k++) dw[(size_t)oc * CKK + k] = dwt[(size_t)k * OC + oc];
-    }
-    if (db)
-        for (int oc = 0; oc < OC; oc++) {
-            float acc = 0.0f;
-            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
-            db[oc] = acc;
-        }
+    nn_conv_sum_chunks_transposed(nchunks, CKK, OC, dwt, dbp, dw, db, nt);
     if (dx && strided(s)) { /* the workspace is free again: cols = w^T dy per image, col2im */
         const size_t xsz = (size_t)C * s->H * s->W;
         int nti = nt > s->N ? s->N : nt;
@@ -402,10 +417,7 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
         const conv2d_shape t = dx_shape(s);
         const int KK = s->KH * s->KW;
         float *wt = ws;
-        for (int oc = 0; oc < OC; oc++)
-            for (int c = 0; c < C; c++)
-                for (int kk = 0; kk < KK; kk++)
-                    wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
+        nn_conv_flip_weights(OC, C, KK, w, wt);
         direct_forward(&t, dy, ys, wt, NULL, dx, xs, wt + (size_t)OC * C * KK, nt);
     }
 }

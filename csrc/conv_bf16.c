@@ -287,34 +287,12 @@ static void imp_backward(const conv2d_shape *t, const float *x, size_t xs, const
             }
         }
     }
-    const int nt_red = nw * bg.nchunks < 65536 ? 1 : nt;
-#pragma omp parallel num_threads(nt_red)
-    {
-        int e0, e1;
-        nn_split((int)nw, NN_THREAD_ID(), NN_THREAD_COUNT(), &e0, &e1);
-        for (int ch = 1; ch < bg.nchunks; ch++) {
-            const float *src = dwt + (size_t)ch * nw;
-            for (int e = e0; e < e1; e++) dwt[e] += src[e];
-        }
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (int oc = 0; oc < OC; oc++)
-            for (int k = 0; k < CKK; k++) dw[(size_t)oc * CKK + k] = dwt[(size_t)k * OC + oc];
-    }
-    if (db)
-        for (int oc = 0; oc < OC; oc++) {
-            float acc = 0.0f;
-            for (int ch = 0; ch < bg.nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
-            db[oc] = acc;
-        }
+    nn_conv_sum_chunks_transposed(bg.nchunks, CKK, OC, dwt, dbp, dw, db, nt);
     if (dx) { /* the workspace is free again */
         const conv2d_shape d = nn_conv_dx_shape(t);
         const int KK = g.KK;
         float *wt = ws; /* [C, OC, KH, KW], flipped */
-        for (int oc = 0; oc < OC; oc++)
-            for (int c = 0; c < C; c++)
-                for (int kk = 0; kk < KK; kk++)
-                    wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
+        nn_conv_flip_weights(OC, C, KK, w, wt);
         imp_forward(&d, dy, ys, wt, NULL, dx, xs, wt + up16((size_t)C * OC * KK), nt);
     }
 }

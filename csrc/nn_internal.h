@@ -193,6 +193,11 @@ conv2d_shape nn_conv_group_shape(const conv2d_shape *s);
 int nn_conv_shape_ok(const conv2d_shape *s);
 int nn_conv_is_depthwise(const conv2d_shape *s);
 double nn_sum_floats(int n, const float *r); /* in double, four lanes */
+/* dw[oc][k] = sum in chunk order of dwt[ch][k][oc] (dwt overwritten), db[oc] of dbp[ch][oc] */
+void nn_conv_sum_chunks_transposed(int nchunks, int CKK, int OC, float *dwt, const float *dbp, float *dw, float *db,
+                                   int nt);
+/* wt[c][oc][KK - 1 - kk] = w[oc][c][kk] */
+void nn_conv_flip_weights(int OC, int C, int KK, const float *w, float *wt);
 
 /* gemm_bf16.c, for the convolutions: dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 (hi NULL: 0);
  * dst[i] = bf16(src[i]); C[M, N] = A' B on the calling thread, with row i's k pair kk of A' the
