@@ -1,28 +1,26 @@
 /*
- * Mixed-precision 2-D convolution: conv.c's products as bf16 GEMMs with fp32 sums
- * (gemm_bf16.c); everything else (im2col, col2im, bias, the bias gradient, the sums of the
- * weight gradient's partials) stays fp32. Shapes and layouts as conv2d_forward/_backward:
+ * Mixed-precision 2-D convolution: the products in bf16 with fp32 sums (AVX512_BF16's
+ * vdpbf16ps tiles of gemm_bf16.c); the bias, the bias gradient, the sums of the weight
+ * gradient's partials and col2im stay fp32. Shapes and layouts as conv2d_forward/_backward:
  *   x[N,C,H,W], w[OC,C/G,KH,KW], b[OC] or NULL, y/dy[N,OC,OH,OW]; dx, db NULL to skip.
  * Groups run one after another (each on its C/G inputs, OC/G outputs, images' strides passed
- * along); a depthwise convolution (G == C > 1) is no GEMM and is left to conv2d_forward:
- * these return NN_EBADSHAPE for it.
+ * along); a depthwise convolution (G == C > 1) is no GEMM and stays with conv2d_forward: these
+ * return NN_EBADSHAPE for it.
  *
- * Per group, in chunks of nb whole images (conv.c's chunk_images; L = nb OH OW columns), one
- * thread per chunk:
- *   forward   y_c[OC, L] = W[OC, CKK] cols[CKK, L]       W packed once per call, cols per chunk
- *   backward  dW_c[OC, CKK] = dy_c[OC, L] cols^T[L, CKK] dy_c and cols packed per chunk
- *             dcols[CKK, L] = W^T[CKK, OC] dy_c[OC, L]  W^T packed once per call -> col2im
- * Operands are rounded to bf16 once, when packed (round to nearest even). The weight and bias
- * gradients have one partial per chunk, summed in chunk order, so no result depends on the
- * thread count. NN_EUNSUPPORTED where the CPU lacks AVX512_BF16 (or SPARK_NN_ISA caps it),
- * except in the scalar reference mode (nn_set_reference), which runs anywhere.
+ * Forward (any stride) and, for stride 1 with P <= K - 1, both gradients: an implicit GEMM
+ * (no columns built; see "implicit GEMM" below). Other backward passes: im2col, in chunks of
+ * nb whole images (conv.c's chunk_images; L = nb OH OW columns), one thread per chunk:
+ *   dW_c[OC, CKK] = dy_c[OC, L] cols^T[L, CKK]   dy_c and cols packed per chunk
+ *   dcols[CKK, L] = W^T[CKK, OC] dy_c[OC, L]     W^T packed once per call -> col2im
+ * Operands are rounded to bf16 once, when copied or packed (round to nearest even). The weight
+ * and bias gradients have one partial per chunk, summed in chunk order, so no result depends
+ * on the thread count. NN_EUNSUPPORTED where the CPU lacks AVX512_BF16 (or SPARK_NN_ISA caps
+ * it), except in the scalar reference mode (nn_set_reference), which runs anywhere.
  *
- * Workspace (floats; n uint16 of a packed operand take (n + 1) / 2 floats; every piece starts
- * on a 64-byte boundary of ws), see conv2d_bf16_workspace_size:
- *   forward   shared: W packed;            per thread: cols[CKK L], buf[OC L], cols packed
- *   backward  shared: W^T[CKK, OC] and W^T packed, dW partials[nchunks, OC CKK],
- *             db partials[nchunks, OC];    per thread: cols, buf (dy_c), cols^T packed,
- *                                          dy_c packed as rows and as columns
+ * Workspace (floats; n uint16 take (n + 1) / 2 floats; every piece starts on a 64-byte
+ * boundary of ws), see conv2d_bf16_workspace_size: the larger of the forward's (imp_fwd_floats)
+ * and the backward's (imp_bwd_floats, or for the im2col backward: shared W^T and W^T packed, dW
+ * and db partials; per thread cols, dy_c, cols^T packed, dy_c packed as rows and as columns).
  */
 #include <string.h>
 #include "nn_internal.h"
@@ -55,7 +53,7 @@ static size_t bwd_shared_floats(const conv2d_shape *t, const bf_geom *g) {
 }
 
 
-/* One group's backward (t has G = 1): images xs floats apart in x and dx, ys in dy. */
+/* One group's backward by im2col (t has G = 1): images xs floats apart in x and dx, ys in dy. */
 static void backward_one(const conv2d_shape *t, const float *x, size_t xs, const float *w, const float *dy,
                          size_t ys, float *dx, float *dw, float *db, float *ws, int nt) {
     const bf_geom g = geom_of(t);

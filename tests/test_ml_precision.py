@@ -9,6 +9,7 @@ from pyspark.ml.linalg import Vectors
 from spark_nn import kernels as K
 from spark_nn.datasets import digits_split
 from spark_nn.ml.classification import CNNClassificationModel, CNNClassifier
+from spark_nn.ml.spark_kind import is_connect
 
 needs_bf16 = pytest.mark.skipif(not K.bf16_available(),
                                 reason="this CPU lacks AVX512_BF16 (or SPARK_NN_ISA caps it): no bf16 kernels to test")
@@ -57,10 +58,11 @@ def test_a_bf16_fit_trains_in_bf16_and_scores_in_its_precision(digits, tmp_path)
 
 def test_bf16_where_the_cpu_lacks_it_is_an_error_before_any_job(spark, digits, monkeypatch):
     monkeypatch.setattr(K, "bf16_available", lambda: False)
-    before = spark.sparkContext.statusTracker().getJobIdsForGroup() if hasattr(spark, "sparkContext") else None
+    tracker = None if is_connect(spark) else spark.sparkContext.statusTracker()  # Connect has no SparkContext
+    before = tracker.getJobIdsForGroup() if tracker else None
     with pytest.raises(RuntimeError, match=r"AVX512_BF16.*precision='fp32'"):
         _cnn(precision="bf16").fit(digits[0])
-    if before is not None:
-        assert spark.sparkContext.statusTracker().getJobIdsForGroup() == before
+    if tracker:
+        assert tracker.getJobIdsForGroup() == before
     with pytest.raises(ValueError, match=r"precision must be one of \[.fp32., .bf16.\], got .fp16."):
         _cnn(precision="fp16")
