@@ -30,6 +30,9 @@ def test_digits_cnn_reaches_98_percent():
     model.fit(xtr, ytr, epochs=epochs, batch_size=batch, optimizer="adamw", lr=3e-3, weight_decay=0.05,
               schedule={"kind": "cosine", "total_steps": epochs * -(-len(xtr) // batch)})
     accuracy = model.evaluate(xte, yte)[1]
+    # on the 360 test images at model seeds 0, 1, 2 (digits_split's fixed split): 0.9917, 0.9917,
+    # 0.9861 (mean 0.9898, standard error of the mean 0.0019): the bar, 0.98, is below mean - 3 SE
+    # = 0.9843
     assert accuracy >= 0.98, accuracy
 
 
