@@ -32,7 +32,7 @@ def test_digits_cnn_reaches_98_percent():
     accuracy = model.evaluate(xte, yte)[1]
     # on the 360 test images at model seeds 0, 1, 2 (digits_split's fixed split): 0.9917, 0.9917,
     # 0.9861 (mean 0.9898, standard error of the mean 0.0019): the bar, 0.98, is below mean - 3 SE
-    # = 0.9843
+    # = 0.9843 (seeds 3, 4, 5, run as a check: 0.9833, 0.9889, 0.9889)
     assert accuracy >= 0.98, accuracy
 
 
