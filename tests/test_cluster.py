@@ -61,6 +61,9 @@ def test_standalone_cluster_with_shipped_wheel(tmp_path, cluster):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     print("cluster result:", result)
+    # cluster_job.py's fit (digits_split's fixed split, 360 test images) measured in a local[2]
+    # session on the same two partitions, at fit seeds 0, 1, 2: 0.8917, 0.9083, 0.9250 (mean 0.9083,
+    # standard error of the mean 0.0096, mean - 3 SE 0.8795): the bar, 0.85, is below it
     assert result["accuracy"] > 0.85, result
     assert len(result["tasks_per_executor"]) == 2 and all(n > 0 for n in result["tasks_per_executor"].values()), \
         result

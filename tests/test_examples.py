@@ -35,7 +35,11 @@ def test_seed_imports_only_changed_prefix():
 def test_cnn_example(spark, digits_dirs, monkeypatch, capsys):
     train_dir, _ = digits_dirs
     acc = run_example("cnn_images.py", [train_dir], 4, monkeypatch, capsys)
-    assert acc > 0.85  # 4 epochs at the seed's default settings (10 epochs give about 0.97)
+    # 4 epochs at the seed's default settings. Measured with the program's randomSplit seed and the
+    # fit's seed both 0 (the test's), 1, 2: 0.9674, 0.9708, 0.9524 (273-276 test rows; mean 0.9635,
+    # standard error of the mean 0.0057, mean - 3 SE 0.9465). The bar, 0.9, also sits 3 binomial
+    # standard errors (0.013 on 273 rows) below the lowest value.
+    assert acc > 0.9, acc
 
 
 @pytest.mark.once
@@ -43,9 +47,12 @@ def test_rnn_example(spark, tmp_path, monkeypatch, capsys):
     path = str(tmp_path / "texts.tsv")
     write_labelled_text(path, n=800, seed=2)
     acc = run_example("rnn_text.py", [path], 10, monkeypatch, capsys)
-    # majority class is about 0.5; 10 epochs reach about 0.97 (6 epochs stop near 0.75: ReLU
-    # cells that start at the identity need more steps on this toy set than orthogonal ones)
-    assert acc > 0.85
+    # majority class is about 0.5 (6 epochs stop near 0.75: ReLU cells that start at the identity
+    # need more steps on this toy set than orthogonal ones). 10 epochs, measured with the program's
+    # randomSplit seed and the fit's seed both 0 (the test's), 1, 2: 0.8827, 0.9860, 0.9408
+    # (162, 143, 169 test rows; mean 0.9365, standard error of the mean 0.0299, mean - 3 SE
+    # 0.8468): the bar, 0.84, is below it.
+    assert acc > 0.84, acc
 
 
 def _printed(pattern, capsys):

@@ -49,15 +49,26 @@ def test_load_images_gives_image_and_label_with_class_names(digits_images):
     assert wrong.count() == 0
 
 
-def test_cnn_on_digits_reaches_98_percent(digits_model, digits_images):
+# The bars on the 360 test images, measured with DIGITS_ARGS at fit seeds 0, 1, 2 (the split is
+# digits_split's fixed one): accuracy 0.9861, 0.9806, 0.9778 (mean 0.9815, standard error of the
+# mean 0.0024, mean - 3 SE 0.9741; 0.98 failed seed 2, as it failed CI once at 0.9778). Seeds 3, 4,
+# 5, run as a check, reached 0.9778, 0.9694, 0.9722: over the six, mean 0.9773, SE 0.0024, mean -
+# 3 SE 0.9700, and the standard deviation of one fit 0.0059. The bar, 0.96, is 3 of those one-fit
+# deviations below the mean (0.9595), so none of the six fails it. f1 likewise: 0.9862, 0.9807,
+# 0.9779, 0.9779, 0.9695, 0.9721 (mean - 3 SE 0.9700 over six: bar 0.96); logLoss 0.0581, 0.0538,
+# 0.0593, 0.0731, 0.0713, 0.0752 (mean 0.0651, SE 0.0037, mean + 3 SE 0.0763: bar 0.2); one-vs-rest
+# AUC of digit 3 at seeds 0, 1, 2 0.9998, 1.0, 0.9997 (mean 0.9999, SE 0.0001, mean - 3 SE 0.9996:
+# bar 0.99); the last epoch's training accuracy 0.9965, 0.9986, 0.9993 (mean 0.9981, SE 0.0008,
+# mean - 3 SE 0.9956: bar 0.99). Seed 0 gave the same 0.9861 on three runs.
+def test_cnn_on_digits_reaches_96_percent(digits_model, digits_images):
     _, test = digits_images
     predictions = digits_model.transform(test)
     acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(predictions)
-    assert acc >= 0.98, acc
+    assert acc >= 0.96, acc  # seeds 0-5: 0.9694-0.9861, mean 0.9773; one-fit SD 0.0059 (see above)
     assert digits_model.classNames == [str(d) for d in range(10)]
     assert digits_model.numClasses == 10 and digits_model.inputSpec["shape"] == [1, 8, 8]
     s = digits_model.summary
-    assert len(s.epochs) == 15 and s.epochs[-1]["accuracy"] > 0.99
+    assert len(s.epochs) == 15 and s.epochs[-1]["accuracy"] > 0.99  # 0.9965-0.9993; mean - 3 SE 0.9956
     # localSteps='auto' recorded what it measured and the k the epochs then used
     assert s.localStepsAuto["k"] == s.epochs[-1]["local_steps"] > 1
     assert s.localStepsAuto["fixedMs"] > 0 and s.localStepsAuto["computeMs"] > 0
@@ -75,17 +86,19 @@ def test_prediction_columns_are_what_pyspark_evaluators_expect(digits_model, dig
     assert len(r.probability) == 10 and abs(sum(r.probability) - 1) < 1e-5
     assert r.prediction == float(np.argmax(r.rawPrediction))
     f1 = MulticlassClassificationEvaluator(metricName="f1").evaluate(out)
-    assert f1 > 0.97
+    assert f1 > 0.96  # seeds 0-5: 0.9695-0.9862, mean - 3 SE 0.9700
     metrics = digits_model.evaluate(test)
     assert metrics["f1"] == pytest.approx(f1)
-    assert metrics["accuracy"] >= 0.98 and 0 < metrics["logLoss"] < 0.2
+    # accuracy as above (seeds 0-5: 0.9694-0.9861); logLoss 0.0538-0.0752, mean + 3 SE 0.0763 (the
+    # bars' record: above test_cnn_on_digits_reaches_96_percent)
+    assert metrics["accuracy"] >= 0.96 and 0 < metrics["logLoss"] < 0.2
     # one digit against the rest, scored by its probability, for the binary evaluator
     binary = out.select((F.col("label") == 3).cast("double").alias("label"),
                         F.col("probability").alias("rawPrediction"))
     from pyspark.ml.functions import array_to_vector, vector_to_array
     binary = binary.withColumn("rawPrediction", array_to_vector(F.array(
         1 - vector_to_array("rawPrediction")[3], vector_to_array("rawPrediction")[3])))
-    assert BinaryClassificationEvaluator().evaluate(binary) > 0.99
+    assert BinaryClassificationEvaluator().evaluate(binary) > 0.99  # 0.9997-1.0; mean - 3 SE 0.9996
 
 
 def test_save_load_round_trip_identical(digits_model, digits_images, tmp_path):

@@ -88,6 +88,10 @@ def test_cnn_trains_and_scores_on_a_binary_file_column(spark, digits_dirs, tmp_p
                       seed=0).fit(ImageFeature.loadImages(digits_dirs[0]))
     accuracy_structs = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(
         via_structs.transform(ImageFeature.loadImages(digits_dirs[1])))
+    # on the 360 test images at fit seeds 0, 1, 2 (digits_split's fixed split): 0.9694, 0.9778,
+    # 0.9722 through the file column, the same three through the image structs (difference 0 each
+    # time); mean 0.9731, standard error of the mean 0.0024, mean - 3 SE 0.9658: the bar 0.9 keeps
+    # its margin (and the difference bar, 0.04, is room for the two decoders to differ)
     assert accuracy > 0.9 and abs(accuracy - accuracy_structs) < 0.04, (accuracy, accuracy_structs)
     model.write().save(str(tmp_path / "m"))
     again = type(model).load(str(tmp_path / "m"))

@@ -109,7 +109,11 @@ def test_network_classifier_learns_with_batchnorm_and_saves(spark, pixels, tmp_p
     assert isinstance(model, NetworkClassificationModel)
     # a third is chance; the fit's BatchNorm statistics must serve unseen rows
     acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(model.transform(test))
-    assert acc > 0.9, acc
+    # measured at fit seeds 0, 1, 2 with network seeds 4, 5, 6 (the test's: 0 and 4): 0.9067, 0.9400,
+    # 0.9367 on these 300 rows (mean 0.9278, standard error of the mean 0.0106, mean - 3 SE 0.8960);
+    # the bar, 0.85, is below that and 3 binomial standard errors (0.017 on 300 rows) below the
+    # test's own 0.9067 (0.9 was 2 rows below it)
+    assert acc > 0.85, acc
     running = model.network.layers[1].buffers["running_var"]
     assert not np.allclose(running, 1.0)  # the fit's statistics reached the model
     model.save(str(tmp_path / "m"))

@@ -36,9 +36,18 @@ def test_text_pipeline_beats_majority_and_round_trips(reviews, tmp_path, cell):
     model = pipeline.fit(train)
     predictions = model.transform(test)
     acc = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(predictions)
-    # the label needs the negation ("is not good"), so word order matters; stated margin: 25 points
-    assert acc >= _majority(test) + 0.25, acc
-    assert BinaryClassificationEvaluator().evaluate(predictions) > 0.9
+    # the label needs the negation ("is not good"), so word order matters. Measured at fit seeds 0,
+    # 1, 2 with randomSplit seeds 1, 2, 3 (the test's own split and two others; 240, 272, 259 test
+    # rows, majority 0.51-0.54): accuracy 1.0, 1.0, 1.0 for both cells, and AUC 1.0 for all six
+    # fits. The values are equal, so the margin comes from the binomial standard error on the test
+    # rows: at p = 1 it is 0, so p is taken at the rule of three's bound for no error in 240 rows
+    # (1 - 3/240 = 0.9875; SE sqrt(p(1-p)/240) = 0.0072): p - 3 SE = 0.966, and the bar is 0.95.
+    # Fit seeds 3, 4, 5 with split seeds 4, 5, 6, run as a check: 1.0 on all six fits too.
+    # (Fewer epochs, for the record: at 6 the rnn cell reached 0.917, 0.879, 0.954 and the lstm
+    # 1.0 on all three; at 3 the lstm 0.842, 0.688, 0.838: an rnn fit two epochs short of 8 fails
+    # the bar two times in three.)
+    assert acc >= 0.95 and acc >= _majority(test) + 0.25, acc
+    assert BinaryClassificationEvaluator().evaluate(predictions) > 0.9  # 1.0 on all six fits (see above)
     rnn_model = model.stages[-1]
     assert isinstance(rnn_model, RNNClassificationModel)
     assert rnn_model.inputSpec == {"kind": "ids", "shape": [10], "vocabSize": 500}

@@ -141,6 +141,8 @@ def test_numeric_sequences_train_an_rnn(spark, rng):
     # held-out accuracy measured 0.9075 to 0.9625 (two other data sets x seeds 0, 1, 2, localSteps
     # 'auto' and 1; standard error of one value on 400 rows 0.014): the bar is 3 of them below
     accuracy = np.mean(model.predict(x_test.astype(np.float32)) == y_test)
+    # On this data at fit seeds 0, 1, 2: 0.9075, 0.885, 0.925 (mean 0.9058, standard error of the
+    # mean 0.0116, mean - 3 SE 0.8711): the bar is below that too
     assert accuracy > 0.85, accuracy  # 0.9075 here (localSteps 'auto': it may move a little)
 
 

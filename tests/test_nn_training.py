@@ -30,10 +30,17 @@ def test_digits_cnn_reaches_98_percent():
     model.fit(xtr, ytr, epochs=epochs, batch_size=batch, optimizer="adamw", lr=3e-3, weight_decay=0.05,
               schedule={"kind": "cosine", "total_steps": epochs * -(-len(xtr) // batch)})
     accuracy = model.evaluate(xte, yte)[1]
+    # on the 360 test images at model seeds 0, 1, 2 (digits_split's fixed split): 0.9917, 0.9917,
+    # 0.9861 (mean 0.9898, standard error of the mean 0.0019): the bar, 0.98, is below mean - 3 SE
+    # = 0.9843 (seeds 3, 4, 5, run as a check: 0.9833, 0.9889, 0.9889)
     assert accuracy >= 0.98, accuracy
 
 
-@pytest.mark.parametrize("cell,bound", [("lstm", 0.95), ("gru", 0.9), ("rnn", 0.85)])
+# measured on the 1000 held-out rows at model seeds 0, 1, 2: lstm 0.980, 0.998, 0.999 (mean 0.9923,
+# standard error of the mean 0.0062, mean - 3 SE 0.9738: bar 0.95); gru 0.998, 0.998, 0.993 (mean
+# 0.9963, SE 0.0017, mean - 3 SE 0.9913: bar 0.9); rnn 0.933, 0.780, 0.867 (mean 0.8600, SE 0.0443,
+# mean - 3 SE 0.7271: bar 0.7; 0.85 failed seed 1)
+@pytest.mark.parametrize("cell,bound", [("lstm", 0.95), ("gru", 0.9), ("rnn", 0.7)])
 def test_recurrent_nets_learn_a_task_that_needs_memory(cell, bound):
     xtr, ytr = recall_task(3000, seed=0)
     xte, yte = recall_task(1000, seed=1)
@@ -50,5 +57,7 @@ def test_dense_autoencoder_reconstructs_digits():
     model.fit(xtr, xtr, epochs=40, batch_size=32, optimizer="adam", lr=3e-3)
     mse = model.evaluate(xte, xte)[0]
     baseline = float(np.mean((xte - xtr.mean(0)) ** 2))  # predicting the mean image: 0.074
+    # test mse at model seeds 0, 1, 2: 0.0145, 0.0139, 0.0116 (mean 0.0133, standard error of the
+    # mean 0.0009, mean + 3 SE 0.0159): the bar, 0.02, is above it
     assert mse < 0.02 < baseline, (mse, baseline)
     assert model.layers[code_index].output_shape == (16,)
