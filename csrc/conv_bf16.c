@@ -163,15 +163,35 @@ static int imp_fits(const conv2d_shape *t) {
     return 2LL * (g.Cp2 + 1) * (long long)g.plane < 0x7fffffffLL;
 }
 
+static bf_geom imp_dw_geom(const conv2d_shape *t);
+
 static int imp_bwd_ok(const conv2d_shape *t) {
     if (!(t->SH == 1 && t->SW == 1 && t->PH <= t->KH - 1 && t->PW <= t->KW - 1)) return 0;
     const conv2d_shape d = nn_conv_dx_shape(t);
-    return imp_fits(&d) && (long long)nn_conv_chunk_images(t) * t->C * (long long)imp_of(t).plane + 64 < 0x7fffffffLL;
+    return imp_fits(&d) && (long long)imp_dw_geom(t).nb * t->C * (long long)imp_of(t).plane + 64 < 0x7fffffffLL;
+}
+
+/* The implicit weight gradient's chunks: conv.c's, but at most BF16_PARTIAL_FLOATS of partials
+ * (an even number of chunks, at least 2): a layer of many channels on small planes (ResNet's
+ * 512 -> 512 on 4x4: 2.4M weights, 22 chunks of 3 images) spent more on writing and summing
+ * its partials than on its products. Fixed by the shape alone, as the sums' order must be. */
+#define BF16_PARTIAL_FLOATS (8u << 20)
+static bf_geom imp_dw_geom(const conv2d_shape *t) {
+    bf_geom g = geom_of(t);
+    const size_t nw = (size_t)g.CKK * t->OC;
+    int most = (int)(BF16_PARTIAL_FLOATS / (nw ? nw : 1));
+    most = most < 2 ? 2 : most & ~1;
+    if (g.nchunks > most) {
+        g.nb = (t->N + most - 1) / most;
+        g.nchunks = (t->N + g.nb - 1) / g.nb;
+        g.L = g.nb * g.OHW;
+    }
+    return g;
 }
 
 static size_t imp_dw_floats(const conv2d_shape *t, int nt) {
     const imp_geom g = imp_of(t);
-    const bf_geom b = geom_of(t);
+    const bf_geom b = imp_dw_geom(t);
     const size_t qe = (size_t)t->OH * (t->OW + (t->OW & 1)), pad = (size_t)t->C * g.plane;
     const size_t ckk = (size_t)b.CKK;
     return up16((size_t)b.nchunks * ckk * t->OC) + up16((size_t)b.nchunks * t->OC) + up16(ckk) + up16(b.nb * qe / 2) +
@@ -232,7 +252,7 @@ static void imp_forward(const conv2d_shape *t, const float *x, size_t xs, const 
 static void imp_backward(const conv2d_shape *t, const float *x, size_t xs, const float *w, const float *dy, size_t ys,
                          float *dx, float *dw, float *db, float *ws, int nt) {
     const imp_geom g = imp_of(t);
-    const bf_geom bg = geom_of(t);
+    const bf_geom bg = imp_dw_geom(t);
     const int OC = t->OC, C = t->C, CKK = bg.CKK, OH = t->OH, OW = t->OW, OWe = OW + (OW & 1);
     const int qe = OH * OWe, qe2 = qe / 2;
     const size_t pad = (size_t)C * g.plane, nw = (size_t)OC * CKK;
