@@ -157,7 +157,8 @@ def run_limit(path, epochs, threads=2, kind="cnn", precision="fp32"):
     history, scoring = [], 0.0
     t0 = time.perf_counter()
     for epoch in range(epochs):
-        seconds = net.fit(xtr, ytr, epochs=1, batch_size=32, optimizer=opt, seed=epoch, precision=precision)["seconds"][0]
+        seconds = net.fit(xtr, ytr, epochs=1, batch_size=32, optimizer=opt, seed=epoch,
+                          precision=precision)["seconds"][0]
         t1 = time.perf_counter()
         accuracy = net.evaluate(xte, yte)[1]
         history.append((seconds + scoring, accuracy))
