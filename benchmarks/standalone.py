@@ -60,9 +60,12 @@ class StandaloneCluster:
         for i in range(workers):
             work = os.path.join(workdir, f"worker{i}")
             os.makedirs(work, exist_ok=True)
+            # the executors' local directories (blocks, spark_nn's resident files) under workdir too
+            local = os.path.join(workdir, f"local{i}")
+            os.makedirs(local, exist_ok=True)
             self.launch(["org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", str(cores),
                          "--memory", memory, "--work-dir", work, "--webui-port", str(free_port())],
-                        os.path.join(workdir, f"worker{i}.log"), env)
+                        os.path.join(workdir, f"worker{i}.log"), dict(env, SPARK_LOCAL_DIRS=local))
         return url
 
     def stop(self):

@@ -426,6 +426,8 @@ class TrainingData:
             selected = deal_rows(selected, self.num_partitions, inputs, position="i")
 
         def convert(batches):
+            from spark_nn.ml.training.faults import maybe_kill_executor  # (faults imports this module)
+
             ctx = TaskContext.get()
             pid = ctx.partitionId() if ctx else 0
             attempt = ctx.taskAttemptId() if ctx else 0
@@ -486,6 +488,7 @@ class TrainingData:
                         y = np.concatenate([_rows(y), w.reshape(-1, 1)], axis=1)
                     writer.add(x, y, val)
                     base += b.num_rows
+                    maybe_kill_executor(-1, -1, pid)  # tests only: a batch of the pass written
                 files = writer.close()
             except BaseException:
                 writer.abort()

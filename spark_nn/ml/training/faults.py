@@ -10,6 +10,9 @@ from pyspark import TaskContext
 from spark_nn.ml.training.blocks import delete_block
 
 KILL_PROPERTY = "spark_nn.test.killWorkerAt"
+# the executor's JVM, not its Python worker: on a cluster (tests/test_cluster_faults.py), where
+# the executor is lost with its cached blocks and resident files; step -1 is the setup pass
+KILL_EXECUTOR_PROPERTY = "spark_nn.test.killExecutorAt"
 DELETE_PROPERTY = "spark_nn.test.deleteBlocksAt"
 
 
@@ -35,6 +38,32 @@ def maybe_kill_worker(epoch, step, partition):
     """SIGKILLs this Python worker when spark_nn.test.killWorkerAt names this step."""
     if fault_switch(KILL_PROPERTY, "killed", epoch, step, partition):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def executor_jvm_pid():
+    """The pid of the JVM that started this Python worker (through pyspark's daemon, or
+    directly), or None where there is none (the driver)."""
+    pid = os.getpid()
+    for _ in range(3):
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the parent's pid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"CoarseGrainedExecutorBackend" in f.read():
+                return pid
+    return None
+
+
+def maybe_kill_executor(epoch, step, partition):
+    """SIGKILLs this task's executor JVM when spark_nn.test.killExecutorAt names this step
+    (epoch -1, step -1: the setup pass); '<flag file>.dir' gets the executor's local directory."""
+    if fault_switch(KILL_EXECUTOR_PROPERTY, "killed executor", epoch, step, partition):
+        jvm = executor_jvm_pid()
+        if jvm is None:
+            raise RuntimeError("killExecutorAt: this task runs in no executor JVM (local mode?)")
+        flag = TaskContext.get().getLocalProperty(KILL_EXECUTOR_PROPERTY).split(":", 3)[3]
+        with open(flag + ".dir", "w") as f:  # where the lost executor's files stay
+            f.write(os.environ.get("SPARK_LOCAL_DIRS", ""))
+        os.kill(jvm, signal.SIGKILL)
 
 
 def maybe_delete(block, epoch, step, partition):

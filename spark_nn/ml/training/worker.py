@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from spark_nn.ml.training.blocks import batch_rows, labels_and_weights, open_block
-from spark_nn.ml.training.faults import maybe_delete, maybe_kill_worker
+from spark_nn.ml.training.faults import maybe_delete, maybe_kill_executor, maybe_kill_worker
 from spark_nn.ml.training.round_result import RoundResult
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import optimizer_from_config
@@ -210,6 +210,7 @@ class RoundTask:
         steps = range(first, first + k)
         for step in steps:
             maybe_kill_worker(epoch, step, partition)
+            maybe_kill_executor(epoch, step, partition)
         for block in blocks:
             for step in steps:
                 maybe_delete(block, epoch, step, partition)
