@@ -7,7 +7,6 @@ import signal
 
 from pyspark import TaskContext
 
-from spark_nn.ml.training.blocks import delete_block
 
 KILL_PROPERTY = "spark_nn.test.killWorkerAt"
 # the executor's JVM, not its Python worker: on a cluster (tests/test_cluster_faults.py), where
@@ -66,8 +65,8 @@ def maybe_kill_executor(epoch, step, partition):
         os.kill(jvm, signal.SIGKILL)
 
 
-def maybe_delete(block, epoch, step, partition):
-    """Deletes this partition's resident files before the step reads them when
-    spark_nn.test.deleteBlocksAt names this step."""
-    if fault_switch(DELETE_PROPERTY, "deleted", epoch, step, partition):
-        delete_block(block)
+def delete_now(epoch, step, partition):
+    """True once, when spark_nn.test.deleteBlocksAt names this step: the caller then deletes
+    this partition's resident files before the step reads them (blocks.delete_block; this
+    module imports nothing of spark_nn, so the pass can call maybe_kill_executor)."""
+    return fault_switch(DELETE_PROPERTY, "deleted", epoch, step, partition)

@@ -19,8 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from spark_nn.ml.training.blocks import batch_rows, labels_and_weights, open_block
-from spark_nn.ml.training.faults import maybe_delete, maybe_kill_executor, maybe_kill_worker
+from spark_nn.ml.training.blocks import batch_rows, delete_block, labels_and_weights, open_block
+from spark_nn.ml.training.faults import delete_now, maybe_kill_executor, maybe_kill_worker
 from spark_nn.ml.training.round_result import RoundResult
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import optimizer_from_config
@@ -213,7 +213,8 @@ class RoundTask:
             maybe_kill_executor(epoch, step, partition)
         for block in blocks:
             for step in steps:
-                maybe_delete(block, epoch, step, partition)
+                if delete_now(epoch, step, partition):
+                    delete_block(block)
             x, y, xv, yv = open_block(block)
             model = worker_model(self.config_json, self.threads)
             # the weights as shipped: a read-only view of the raw bytes, no pickled array, no copy
