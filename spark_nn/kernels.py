@@ -293,7 +293,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups=1, precision="fp32"
     """y[N,OC,OH,OW] = conv(x[N,C,H,W], w[OC,C/groups,KH,KW]) + b[OC] (PyTorch's F.conv2d with
     groups: output channel o sees input channels [g C/groups, (g+1) C/groups), g = o // (OC/groups);
     groups == C is a depthwise convolution). precision 'bf16': x and w rounded to bf16, fp32
-    sums (im2col + bf16 GEMM, csrc/conv_bf16.c); a depthwise convolution stays fp32."""
+    sums (an implicit bf16 GEMM, csrc/conv_bf16.c); depthwise and thin convolutions stay fp32
+    (_conv_bf16)."""
     _prepare()
     x, w, dims, yshape = _conv_dims(x, w, stride, padding, groups)
     b = _optional("b", b, (w.shape[0],))
