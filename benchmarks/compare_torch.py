@@ -443,8 +443,9 @@ def main(argv=None):
           f"({torch.backends.cpu.get_cpu_capability()}), {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}, "
           f"{args.runs} run{'s' if args.runs > 1 else ''}")
-    print_table(["op", "fwd ours ms", "fwd torch ms", "fwd torch/ours", "fwd+bwd ours ms",
-                 "fwd+bwd torch ms", "fwd+bwd torch/ours"], rows)
+    if rows:
+        print_table(["op", "fwd ours ms", "fwd torch ms", "fwd torch/ours", "fwd+bwd ours ms",
+                     "fwd+bwd torch ms", "fwd+bwd torch/ours"], rows)
     if args.runs > 1:
         print("ratios: median of the runs (min-max); '~': the min-max spans 1.0")
     for name, *_ in ops:

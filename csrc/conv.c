@@ -275,6 +275,38 @@ static conv2d_shape dx_shape(const conv2d_shape *s) {
 
 static int strided(const conv2d_shape *s) { return s->SH > 1 || s->SW > 1; }
 
+/* dw's chunks. Each writes a partial dw^T[CKK, OC] that is summed afterwards: below
+ * NN_DW_MIN_K positions a chunk (the K of its product) writing and summing the partials costs
+ * as much as the products (512 -> 512 on 4x4 planes, batch 64: 22 chunks of 48 positions, 200 MB
+ * of partials). Such shapes take chunks of at least NN_DW_MIN_K positions (or the whole batch),
+ * prepared once and shared by the threads, which split each chunk's product by blocks of
+ * NN_DW_ROWS rows of dw^T: the same sums for any thread count. */
+#define NN_DW_MIN_K 1024
+#define NN_DW_ROWS 224 /* 16 of the AVX-512 tile's 14 rows */
+
+typedef struct {
+    int nb, nchunks; /* images per chunk, chunks */
+    int shared;      /* chunks shared by the threads, split by rows */
+    size_t istep;    /* floats from one image to the next in the product's input */
+    int inplace;     /* unpadded: the images are read in place, xs apart */
+} dw_plan;
+
+static dw_plan dw_plan_of(const conv2d_shape *s, size_t xs) {
+    const long long OHW = (long long)s->OH * s->OW, pad = (long long)padded_floats(s);
+    dw_plan p = {chunk_images(s), 0, 0, 0, 0};
+    if (p.nb * OHW < NN_DW_MIN_K) {
+        long long nb = (NN_DW_MIN_K + OHW - 1) / OHW;
+        if (nb > s->N) nb = s->N;
+        const long long nch = (s->N + nb - 1) / nb;
+        nb = (s->N + nch - 1) / nch;
+        if (nb * pad < 0x7fffffffLL) p.nb = (int)nb, p.shared = 1;
+    }
+    p.nchunks = (s->N + p.nb - 1) / p.nb;
+    p.inplace = s->PH == 0 && s->PW == 0 && (long long)p.nb * (long long)xs < 0x7fffffffLL;
+    p.istep = p.inplace ? xs : (size_t)pad;
+    return p;
+}
+
 static int direct_backward_ok(const conv2d_shape *s) {
     if (!direct_forward_ok(s)) return 0;
     if ((long long)chunk_images(s) * (long long)padded_floats(s) >= 0x7fffffffLL) return 0;
@@ -284,17 +316,58 @@ static int direct_backward_ok(const conv2d_shape *s) {
     return direct_forward_ok(&t);
 }
 
+/* dx of a strided convolution: the columns of a chunk of nb images, cols[k, j OHW + p] =
+ * sum_oc w[oc, k] dy_j[oc, p], then col2im per image. The product reads dy in place (a tile's rows
+ * are positions, p -> j ys + p, its k the channels oc -> oc OHW) against w packed once, and stores
+ * its tiles transposed into cols: a chunk's positions make one long product, where one sgemm per
+ * image had only OH OW columns (16 at 4x4 outputs; 256 -> 512, 3x3/2 on 8x8: dx 19.4 ms, the
+ * forward 7). Each dx sums in one order whatever the chunking and the thread count. */
+static size_t strided_dx_floats(const conv2d_shape *s, int nt) {
+    const int CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW, nb = chunk_images(s);
+    return nn_packed_size(s->OC, CKK) + (size_t)nt * CKK * nb * OHW + (size_t)nb * OHW + s->OC;
+}
+
+static void strided_dx(const conv2d_shape *s, const float *w, const float *dy, size_t ys, float *dx, size_t xs,
+                       float *ws, int nt) {
+    const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
+    const int nb = (long long)chunk_images(s) * (long long)ys < 0x7fffffffLL ? chunk_images(s) : 1;
+    const int nchunks = (s->N + nb - 1) / nb;
+    const size_t xsz = (size_t)s->C * s->H * s->W, ptf = (size_t)CKK * nb * OHW;
+    float *wp = ws, *cols0 = wp + nn_packed_size(OC, CKK);
+    int *poff = (int *)(cols0 + (size_t)nt * ptf), *ocoff = poff + nb * OHW;
+    nn_pack_b(0, OC, CKK, w, CKK, wp); /* B[oc][k] = w[oc, k] */
+    for (int j = 0; j < nb; j++)
+        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)ys + p;
+    for (int oc = 0; oc < OC; oc++) ocoff[oc] = oc * OHW;
+    int ntc = nt > nchunks ? nchunks : nt;
+#pragma omp parallel num_threads(ntc)
+    {
+        float *cols = cols0 + (size_t)NN_THREAD_ID() * ptf;
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < nchunks; ch++) {
+            const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            nn_gemm_offsets(L, CKK, OC, dy + (size_t)n0 * ys, poff, ocoff, wp, cols, L, 1, NULL);
+            for (int j = 0; j < nc; j++) {
+                float *dxi = dx + (size_t)(n0 + j) * xs;
+                memset(dxi, 0, sizeof(float) * xsz);
+                col2im(s, cols + (size_t)j * OHW, L, dxi);
+            }
+        }
+    }
+}
+
 /* direct_backward's floats: per thread a chunk's padded images and dy^T packed (panels over
  * OC); per chunk dw^T and db partials; the offsets (ints); then, reusing it all, the flipped weights and
  * direct_forward's workspace for dx. */
 static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
     const size_t ckk = (size_t)s->C * s->KH * s->KW, ohw = (size_t)s->OH * s->OW;
-    const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
-    size_t grads = (size_t)nt * (nb * padded_floats(s) + nn_packed_size(nb * (int)ohw, s->OC)) +
-                   (size_t)nchunks * (ckk * s->OC + s->OC) + ckk + nb * ohw;
+    const dw_plan p = dw_plan_of(s, (size_t)s->C * s->H * s->W);
+    const size_t images = p.shared ? (size_t)s->N * padded_floats(s) + p.nchunks * nn_packed_size(p.nb * (int)ohw, s->OC)
+                                   : (size_t)nt * (p.nb * padded_floats(s) + nn_packed_size(p.nb * (int)ohw, s->OC));
+    size_t grads = images + (size_t)p.nchunks * (ckk * s->OC + s->OC) + ckk + p.nb * ohw;
     size_t dx;
-    if (strided(s)) { /* per thread one image's columns */
-        dx = (size_t)nt * ckk * ohw;
+    if (strided(s)) {
+        dx = strided_dx_floats(s, nt);
     } else {
         conv2d_shape t = dx_shape(s);
         dx = (size_t)s->OC * ckk + direct_floats(&t, nt);
@@ -361,58 +434,84 @@ void nn_conv_flip_weights(int OC, int C, int KK, const float *w, float *wt) {
 static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *dy,
                             size_t ys, float *dx, float *dw, float *db, float *ws, int nt) {
     const int OC = s->OC, C = s->C, CKK = C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
-    const size_t pad = padded_floats(s), ptf = nb * pad + nn_packed_size(nb * OHW, OC);
-    /* unpadded: a chunk's images are read in place, xs apart */
-    const int inplace = s->PH == 0 && s->PW == 0 && (long long)nb * xs < 0x7fffffffLL;
-    const size_t istep = inplace ? xs : pad;
-    float *dwt = ws + (size_t)nt * ptf;                /* [nchunks, CKK, OC] */
+    const dw_plan pl = dw_plan_of(s, xs);
+    const int nb = pl.nb, nchunks = pl.nchunks, inplace = pl.inplace;
+    const size_t pad = padded_floats(s), dyps = nn_packed_size(nb * OHW, OC);
+    /* shared: all images padded, then each chunk's dy^T packed; else per thread one chunk's */
+    const size_t images = pl.shared ? (size_t)s->N * pad + nchunks * dyps : (size_t)nt * (nb * pad + dyps);
+    float *dwt = ws + images;                          /* [nchunks, CKK, OC] */
     float *dbp = dwt + (size_t)nchunks * CKK * OC;     /* [nchunks, OC] */
     int *koff = (int *)(dbp + (size_t)nchunks * OC), *poff = koff + CKK; /* poff[nb * OHW] */
     padded_offsets(s, koff, poff);
     for (int j = 1; j < nb; j++) /* image j's positions in its padded copy, j pad further on */
-        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)istep + poff[p];
-    int ntc = nt > nchunks ? nchunks : nt;
-#pragma omp parallel num_threads(ntc)
-    {
-        float *xp = ws + (size_t)NN_THREAD_ID() * ptf, *dyp = xp + nb * pad;
-        if (!inplace)
-            for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
+        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)pl.istep + poff[p];
+    if (pl.shared) {
+        float *xp = ws, *dyp = ws + (size_t)s->N * pad;
+        const int nrb = (CKK + NN_DW_ROWS - 1) / NN_DW_ROWS;
+#pragma omp parallel num_threads(nt)
+        {
 #pragma omp for schedule(static)
-        for (int ch = 0; ch < nchunks; ch++) {
-            float *part = dwt + (size_t)ch * CKK * OC;
-            for (size_t i = 0; i < (size_t)CKK * OC; i++) part[i] = 0.0f;
-            const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
-            for (int j = 0; j < nc; j++) {
-                const float *dyi = dy + (size_t)(n0 + j) * ys;
-                if (!inplace) pad_image(s, x + (size_t)(n0 + j) * xs, xp + j * pad);
-                nn_pack_b_rows(1, OHW, OC, dyi, OHW, dyp, nc * OHW, j * OHW); /* dy^T[p, oc] */
+            for (int n = 0; n < s->N; n++) {
+                const int ch = n / nb, j = n - ch * nb, nc = s->N - ch * nb < nb ? s->N - ch * nb : nb;
+                if (!inplace) {
+                    memset(xp + (size_t)n * pad, 0, sizeof(float) * pad); /* borders */
+                    pad_image(s, x + (size_t)n * xs, xp + (size_t)n * pad);
+                }
+                nn_pack_b_rows(1, OHW, OC, dy + (size_t)n * ys, OHW, dyp + ch * dyps, nc * OHW, j * OHW);
             }
-            nn_gemm_offsets(CKK, OC, nc * OHW, inplace ? x + (size_t)n0 * xs : xp, koff, poff, dyp, part, OC, 0,
-                            NULL);
-            for (int oc = 0; oc < OC; oc++) {
-                double acc = 0.0;
-                for (int j = 0; j < nc; j++)
-                    acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
-                dbp[(size_t)ch * OC + oc] = (float)acc;
+#pragma omp for schedule(static) nowait
+            for (int ch = 0; ch < nchunks; ch++) {
+                const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+                for (int oc = 0; oc < OC; oc++) {
+                    double acc = 0.0;
+                    for (int j = 0; j < nc; j++)
+                        acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
+                    dbp[(size_t)ch * OC + oc] = (float)acc;
+                }
+            }
+#pragma omp for schedule(static)
+            for (int job = 0; job < nchunks * nrb; job++) {
+                const int ch = job / nrb, r0 = job % nrb * NN_DW_ROWS;
+                const int m = CKK - r0 < NN_DW_ROWS ? CKK - r0 : NN_DW_ROWS;
+                const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+                float *part = dwt + ((size_t)ch * CKK + r0) * OC;
+                memset(part, 0, sizeof(float) * m * OC);
+                nn_gemm_offsets(m, OC, nc * OHW, inplace ? x + (size_t)n0 * xs : xp + (size_t)n0 * pad, koff + r0,
+                                poff, dyp + ch * dyps, part, OC, 0, NULL);
+            }
+        }
+    } else {
+        const size_t ptf = nb * pad + dyps;
+        int ntc = nt > nchunks ? nchunks : nt;
+#pragma omp parallel num_threads(ntc)
+        {
+            float *xp = ws + (size_t)NN_THREAD_ID() * ptf, *dyp = xp + nb * pad;
+            if (!inplace)
+                for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
+#pragma omp for schedule(static)
+            for (int ch = 0; ch < nchunks; ch++) {
+                float *part = dwt + (size_t)ch * CKK * OC;
+                for (size_t i = 0; i < (size_t)CKK * OC; i++) part[i] = 0.0f;
+                const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+                for (int j = 0; j < nc; j++) {
+                    const float *dyi = dy + (size_t)(n0 + j) * ys;
+                    if (!inplace) pad_image(s, x + (size_t)(n0 + j) * xs, xp + j * pad);
+                    nn_pack_b_rows(1, OHW, OC, dyi, OHW, dyp, nc * OHW, j * OHW); /* dy^T[p, oc] */
+                }
+                nn_gemm_offsets(CKK, OC, nc * OHW, inplace ? x + (size_t)n0 * xs : xp, koff, poff, dyp, part, OC, 0,
+                                NULL);
+                for (int oc = 0; oc < OC; oc++) {
+                    double acc = 0.0;
+                    for (int j = 0; j < nc; j++)
+                        acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
+                    dbp[(size_t)ch * OC + oc] = (float)acc;
+                }
             }
         }
     }
     nn_conv_sum_chunks_transposed(nchunks, CKK, OC, dwt, dbp, dw, db, nt);
-    if (dx && strided(s)) { /* the workspace is free again: cols = w^T dy per image, col2im */
-        const size_t xsz = (size_t)C * s->H * s->W;
-        int nti = nt > s->N ? s->N : nt;
-#pragma omp parallel num_threads(nti)
-        {
-            float *cols = ws + (size_t)NN_THREAD_ID() * CKK * OHW;
-#pragma omp for schedule(static)
-            for (int n = 0; n < s->N; n++) {
-                nn_gemm(1, 0, CKK, OHW, OC, 1.0f, w, CKK, dy + (size_t)n * ys, OHW, 0.0f, cols, OHW);
-                float *dxi = dx + (size_t)n * xs;
-                memset(dxi, 0, sizeof(float) * xsz);
-                col2im(s, cols, OHW, dxi);
-            }
-        }
+    if (dx && strided(s)) { /* the workspace is free again: columns of a chunk, then col2im */
+        strided_dx(s, w, dy, ys, dx, xs, ws, nt);
     } else if (dx) { /* the workspace is free again: flipped, transposed w, then a direct forward */
         const conv2d_shape t = dx_shape(s);
         const int KK = s->KH * s->KW;

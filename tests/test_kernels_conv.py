@@ -25,11 +25,15 @@ SHAPES = [
     (2, 8, 5, 5, 6, 3, 1, 3),             # padding past K - 1: direct forward, im2col backward
     (2, 4, 9, 9, 8, 5, 1, 2),             # 5x5
     (17, 32, 5, 6, 40, 1, 1, 0),          # 1x1, direct: images read in place, several per chunk
-    # other strides with >= 32 column rows: direct forward and dw, dx by sgemm + col2im
+    # other strides with >= 32 column rows: direct forward and dw, dx from a chunk's columns + col2im
     (3, 8, 9, 11, 6, 3, 2, 1),            # stride 2
     (17, 4, 10, 9, 7, (3, 5), (2, 3), (1, 2)),  # mixed strides, several images per chunk
     (2, 8, 5, 5, 6, 3, 2, 3),             # padding past K - 1
     (3, 32, 7, 7, 5, 1, 2, 0),            # 1x1 stride 2: read in place
+    # dw in chunks of >= 1024 positions shared by the threads, split by blocks of 224 rows of dw^T
+    (130, 32, 4, 4, 20, 3, 1, 1),         # three chunks, the last shorter; two row blocks
+    (65, 16, 7, 7, 24, 3, 2, 1),          # strided
+    (1, 64, 3, 3, 8, 3, 1, 1),            # batch 1: one chunk, three row blocks
 ]
 
 
@@ -101,8 +105,9 @@ def test_conv2d_writes_into_given_gradient_buffers(rng):
     np.testing.assert_array_equal(flat, np.concatenate([rdw.ravel(), rdb]))
 
 
-def test_conv2d_results_do_not_depend_on_thread_count(rng, threads):
-    x, w, b, s, p = _case(rng, SHAPES[6])
+@pytest.mark.parametrize("shape", [SHAPES[6], SHAPES[17], SHAPES[20], SHAPES[21]])
+def test_conv2d_results_do_not_depend_on_thread_count(rng, threads, shape):
+    x, w, b, s, p = _case(rng, shape)
     dy = rng.standard_normal(K.conv2d_forward(x, w, b, s, p).shape).astype(np.float32)
     results = []
     for n in (1, 2, 3):
