@@ -144,11 +144,131 @@ static int direct_forward_ok(const conv2d_shape *s) {
     return s->C * s->KH * s->KW >= NN_DIRECT_MIN_CKK && padded + 2 * NN_PACK_NR < 0x7fffffffLL;
 }
 
-/* Floats direct_forward needs: per thread padded_floats, then w^T packed, the column offsets
- * koff (ints) and the position offsets poff (ints). */
+/* k in blocks of TAP_CB channels, taps-major inside a block (k = (cb, kh, kw, c)): a tile's rows
+ * reuse a block's planes over its taps while they are in L1 (taps-major over all channels read a
+ * new plane at every k: slower than no skipping at all) */
+#define TAP_CB 32
+#define TAP_BLOCKS(C) (((C) + TAP_CB - 1) / TAP_CB)
+
+/* direct_forward's images per product: small planes put several images' positions in the
+ * tiles' rows (at least NN_DIRECT_MIN_ROWS), where one image's 16 positions on a 4x4 plane made
+ * one tile of 14 rows and one of 2 (the weights streamed once per image). */
+#define NN_DIRECT_MIN_ROWS 56
+static int direct_images(const conv2d_shape *s) {
+    const int OHW = s->OH * s->OW;
+    int nb = OHW >= NN_DIRECT_MIN_ROWS ? 1 : (NN_DIRECT_MIN_ROWS + OHW - 1) / OHW;
+    if (nb > s->N) nb = s->N;
+    while (nb > 1 && (long long)nb * padded_floats(s) >= 0x7fffffffLL) nb--;
+    return nb;
+}
+
+/* Floats direct_forward needs: per thread the padded copies of direct_images, then w^T packed,
+ * the column offsets koff (ints), the position offsets poff and the output offsets yoff (ints),
+ * the positions by class and the classes' runs (ints, see tap_classes). */
 static size_t direct_floats(const conv2d_shape *s, int nt) {
-    const int CKK = s->C * s->KH * s->KW;
-    return (size_t)nt * padded_floats(s) + nn_packed_size(CKK, s->OC) + CKK + (size_t)s->OH * s->OW;
+    const int CKK = s->C * s->KH * s->KW, nb = direct_images(s), OHW = s->OH * s->OW;
+    return (size_t)nt * nb * padded_floats(s) + nn_packed_size(CKK, s->OC) + CKK + 2 * (size_t)nb * OHW +
+           (size_t)OHW * (4 + 2 * s->KH * TAP_BLOCKS(s->C)) + 6 * (size_t)(s->OH + s->OW + 2);
+}
+
+/* Taps that miss the padding. Output row o reads input rows o S + k - P of its taps k, which
+ * are real rows for k in [lo, hi); the same for columns. Positions whose row and column ranges
+ * are equal form a class; a class's taps are [khlo, khhi) x [kwlo, kwhi), which in the taps-major
+ * k order (k = (kh KW + kw) C + c) are one run of k per kh. Skipping the other taps skips
+ * products with the padding's zeros: 31 % of the work on 4x4 planes, 16 % on 8x8 (3x3,
+ * padding 1). Used from TAP_CLASSES_MIN_SKIP of the work skipped. */
+#define TAP_CLASSES_MIN_SKIP 0.05
+static int tap_block_channel(int C, int KK, int k) {
+    const int cb = k / (TAP_CB * KK), cbn = C - cb * TAP_CB < TAP_CB ? C - cb * TAP_CB : TAP_CB;
+    return cb * TAP_CB + (k - cb * TAP_CB * KK) % cbn;
+}
+static int tap_block_tap(int C, int KK, int k) {
+    const int cb = k / (TAP_CB * KK), cbn = C - cb * TAP_CB < TAP_CB ? C - cb * TAP_CB : TAP_CB;
+    return (k - cb * TAP_CB * KK) / cbn;
+}
+static void tap_range(int o, int S, int P, int K, int H, int *lo, int *hi) {
+    const int a = P - o * S, b = H + P - o * S;
+    *lo = a > 0 ? a : 0;
+    *hi = b < K ? b : K;
+}
+
+static int tap_classes_pay(const conv2d_shape *s) {
+    if (s->PH == 0 && s->PW == 0) return 0;
+    if (s->C < 16) return 0; /* runs of C k: short runs cost more around them than they save */
+    long long rows = 0, cols = 0;
+    for (int o = 0; o < s->OH; o++) {
+        int lo, hi;
+        tap_range(o, s->SH, s->PH, s->KH, s->H, &lo, &hi);
+        rows += hi > lo ? hi - lo : 0;
+    }
+    for (int o = 0; o < s->OW; o++) {
+        int lo, hi;
+        tap_range(o, s->SW, s->PW, s->KW, s->W, &lo, &hi);
+        cols += hi > lo ? hi - lo : 0;
+    }
+    const double used = (double)rows * cols / ((double)s->OH * s->KH * s->OW * s->KW);
+    return used <= 1.0 - TAP_CLASSES_MIN_SKIP;
+}
+
+/* Rows per class below which a class would run in short tiles (AVX-512's tile has 14 rows):
+ * a row class whose column classes would make such classes (the corners) stays one class, with
+ * the taps of all its columns. */
+#define TAP_MIN_ROWS 14
+
+/* [lo, hi) ranges of the n outputs o as classes of equal ranges (monotone in o, so each class is
+ * a run of o): first[q], lo[q], hi[q] for q < the returned count; first[count] = n. */
+static int tap_runs(int n, int S, int P, int K, int H, int *first, int *lo, int *hi) {
+    int q = 0;
+    for (int o = 0; o < n; o++) {
+        int a, b;
+        tap_range(o, S, P, K, H, &a, &b);
+        if (q > 0 && lo[q - 1] == a && hi[q - 1] == b) continue;
+        first[q] = o, lo[q] = a, hi[q] = b, q++;
+    }
+    first[q] = n;
+    return q;
+}
+
+/* The classes of positions of a product of nb images: pos[OHW] the positions class by class,
+ * and per class g: cls[3 g] its first index in pos, cls[3 g + 1] its size, cls[3 g + 2] its
+ * number of runs, whose bounds are runs[2 KH TAP_BLOCKS(C) g ...]. tmp: 6 (OH + OW + 2) ints.
+ * Returns the number of classes. */
+static int tap_classes(const conv2d_shape *s, int nb, int *pos, int *cls, int *runs, int *tmp) {
+    const int OW = s->OW, C = s->C, KW = s->KW;
+    int *rf = tmp, *rlo = rf + s->OH + 1, *rhi = rlo + s->OH + 1;
+    int *cf = rhi + s->OH + 1, *clo = cf + OW + 1, *chi = clo + OW + 1;
+    const int nrc = tap_runs(s->OH, s->SH, s->PH, s->KH, s->H, rf, rlo, rhi);
+    const int ncc = tap_runs(OW, s->SW, s->PW, KW, s->W, cf, clo, chi);
+    int ng = 0, at = 0;
+    for (int rq = 0; rq < nrc; rq++) {
+        const int nrows = rf[rq + 1] - rf[rq];
+        int merge = 0;
+        for (int cq = 0; cq < ncc; cq++) merge |= nb * nrows * (cf[cq + 1] - cf[cq]) < TAP_MIN_ROWS;
+        for (int cq = 0; cq < ncc; cq++) {
+            const int c0 = merge ? 0 : cq, c1 = merge ? ncc : cq + 1;
+            const int first = at, hlo = rlo[rq], hhi = rhi[rq];
+            int wlo = clo[c0], whi = chi[c0];
+            for (int q = c0; q < c1; q++) { /* the union of the columns' taps */
+                wlo = clo[q] < wlo ? clo[q] : wlo;
+                whi = chi[q] > whi ? chi[q] : whi;
+            }
+            for (int r = rf[rq]; r < rf[rq + 1]; r++)
+                for (int c = cf[c0]; c < cf[c1]; c++) pos[at++] = r * OW + c;
+            int nr = 0, *rg = runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * ng;
+            for (int cb = 0; cb < C; cb += TAP_CB) {
+                const int cbn = C - cb < TAP_CB ? C - cb : TAP_CB, base = cb * s->KH * KW;
+                for (int kh = hlo; kh < hhi && wlo < whi; kh++) {
+                    const int k0 = base + (kh * KW + wlo) * cbn, k1 = base + (kh * KW + whi) * cbn;
+                    if (nr > 0 && rg[2 * nr - 1] == k0) rg[2 * nr - 1] = k1; /* adjacent: one run */
+                    else rg[2 * nr] = k0, rg[2 * nr + 1] = k1, nr++;
+                }
+            }
+            cls[3 * ng] = first, cls[3 * ng + 1] = at - first, cls[3 * ng + 2] = nr;
+            ng++;
+            if (merge) break;
+        }
+    }
+    return ng;
 }
 
 /* Column k = (c, kh, kw) of output position p = (oh, ow) sits at koff[k] + poff[p] in the
@@ -179,24 +299,68 @@ static void pad_image(const conv2d_shape *s, const float *x, float *xp) {
  * work: a third at 4x4 images). */
 static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
                            float *y, size_t ys, float *ws, int nt) {
-    const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
-    const size_t pad = padded_floats(s);
-    const int inplace = s->PH == 0 && s->PW == 0; /* the image is its own padded copy: no copy */
-    float *wp = ws + (size_t)nt * pad;
-    int *koff = (int *)(wp + nn_packed_size(CKK, OC)), *poff = koff + CKK;
-    nn_pack_b(1, CKK, OC, w, CKK, wp);
+    const int OC = s->OC, C = s->C, KK = s->KH * s->KW, CKK = C * KK, OHW = s->OH * s->OW;
+    int nb = direct_images(s);
+    /* unpadded (1x1): the image is its own padded copy, read in place */
+    const int inplace = s->PH == 0 && s->PW == 0;
+    while (nb > 1 && ((long long)nb * (long long)ys >= 0x7fffffffLL ||
+                      (inplace && (long long)nb * (long long)xs >= 0x7fffffffLL)))
+        nb--;
+    const int nchunks = (s->N + nb - 1) / nb, classes = !inplace && tap_classes_pay(s);
+    const size_t pad = padded_floats(s), istep = inplace ? xs : pad;
+    float *wp = ws + (size_t)nt * direct_images(s) * pad;
+    int *koff = (int *)(wp + nn_packed_size(CKK, OC)), *poff = koff + CKK, *yoff = poff + (size_t)nb * OHW;
+    int *pos = yoff + (size_t)nb * OHW, *cls = pos + OHW, *runs = cls + 3 * (size_t)OHW; /* tap_classes */
+    int ng = 1;
     padded_offsets(s, koff, poff);
-    int nti = nt > s->N ? s->N : nt;
+    if (classes) { /* k in channel blocks, taps-major inside: koff and the packed w^T in that order */
+        ng = tap_classes(s, nb, pos, cls, runs, runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * OHW);
+        for (int k = 0; k < CKK; k++) {
+            const int c = tap_block_channel(C, KK, k), t = tap_block_tap(C, KK, k);
+            koff[k] = (c * (s->H + 2 * s->PH) + t / s->KW) * (s->W + 2 * s->PW) + t % s->KW;
+        }
+        const int panels = (OC + NN_PACK_NR - 1) / NN_PACK_NR;
+        for (int p = 0; p < panels; p++)
+            for (int k = 0; k < CKK; k++) {
+                float *dst = wp + ((size_t)p * CKK + k) * NN_PACK_NR;
+                const int t = tap_block_tap(C, KK, k), c = tap_block_channel(C, KK, k);
+                for (int j = 0; j < NN_PACK_NR; j++) {
+                    const int oc = p * NN_PACK_NR + j;
+                    dst[j] = oc < OC ? w[(size_t)oc * CKK + (size_t)c * KK + t] : 0.0f;
+                }
+            }
+    } else {
+        nn_pack_b(1, CKK, OC, w, CKK, wp);
+        for (int p = 0; p < OHW; p++) pos[p] = p;
+        cls[0] = 0, cls[1] = OHW, cls[2] = 0;
+    }
+    /* rows class by class, each class's images one after another: A's and y's offsets */
+    const int Wp = s->W + 2 * s->PW;
+    for (int g = 0, at = 0; g < ng; g++)
+        for (int j = 0; j < nb; j++)
+            for (int i = 0; i < cls[3 * g + 1]; i++, at++) {
+                const int p = pos[cls[3 * g] + i];
+                poff[at] = j * (int)istep + (p / s->OW) * s->SH * Wp + p % s->OW * s->SW;
+                yoff[at] = j * (int)ys + p;
+            }
+    int nti = nt > nchunks ? nchunks : nt;
 #pragma omp parallel num_threads(nti)
     {
-        float *xp = ws + (size_t)NN_THREAD_ID() * pad;
+        float *xp = ws + (size_t)NN_THREAD_ID() * nb * pad;
         if (!inplace)
-            for (size_t i = 0; i < pad; i++) xp[i] = 0.0f; /* borders */
+            for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
-        for (int n = 0; n < s->N; n++) {
-            const float *xi = x + (size_t)n * xs;
-            if (!inplace) pad_image(s, xi, xp);
-            nn_gemm_offsets(OHW, OC, CKK, inplace ? xi : xp, poff, koff, wp, y + (size_t)n * ys, OHW, 1, b);
+        for (int ch = 0; ch < nchunks; ch++) {
+            const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+            const float *xi = x + (size_t)n0 * xs;
+            if (!inplace)
+                for (int j = 0; j < nc; j++) pad_image(s, xi + (size_t)j * xs, xp + (size_t)j * pad);
+            for (int g = 0; g < ng; g++) {
+                const size_t r0 = (size_t)nb * cls[3 * g];
+                nn_gemm_offsets_rows(nc * cls[3 * g + 1], OC, CKK, inplace ? xi : xp, poff + r0, koff, wp,
+                                     y + (size_t)n0 * ys, yoff + r0, OHW, b,
+                                     classes ? runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * g : NULL, cls[3 * g + 2]);
+            }
         }
     }
 }

@@ -43,6 +43,12 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
     nn_pack_b_rows(transB, K, N, B, ldb, bp, K, 0);
 }
 
+/* nn_gemm_offsets_rows' extras: C's row offsets, k's runs (NULL: k in [0, K)) */
+typedef struct {
+    const int *coff, *kruns;
+    int nkruns;
+} nn_tile_ext;
+
 /* Tile modes, compile-time in each kernel: A's k-th element at akoff[k] (else k), C transposed. */
 #define NN_AKOFF 1
 #define NN_CT 2
@@ -55,7 +61,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 /* c[i][v] += sum over k < KK of A(r + i, k) B_v[k]: A's row at AA + i LDA (or AA + AOFF[i]),
  * its k-th element at k (or, MODE & NN_AKOFF, akoff[k]); B_v[k] at BV[v] + k NN_NR; B_2 goes
  * to c[i][MAP2] (2, or 3 for the GRU's separate sums). */
-#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, KK, BV, MODE, MAP2)                                    \
+#define NN_TILE_K(R, VT, NV, AA, LDA, AOFF, AKO, KK, BV, MODE, MAP2)                               \
         {                                                                                          \
             const float *ar[R];                                                                    \
             for (int i = 0; i < (R); i++)                                                          \
@@ -64,7 +70,7 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
             for (int k = 0; k < (KK); k++) {                                                       \
                 /* B's vectors in named variables (an array of them would live on the stack) */   \
                 const size_t ko = (size_t)k * NN_NR;                                               \
-                const int ak = ((MODE) & NN_AKOFF) ? akoff[k] : k;                                 \
+                const int ak = ((MODE) & NN_AKOFF) ? (AKO)[k] : k;                                 \
                 VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                         \
                 memcpy(&b0, (BV)[0] + ko, sizeof b0);                                              \
                 if ((NV) > 1) memcpy(&b1, (BV)[1 % (NV)] + ko, sizeof b1);                         \
@@ -84,12 +90,25 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 #define NN_TILE(R, VT, NV, VW, MODE, CTS)                                                          \
     for (; r + (R) <= M; r += (R)) {                                                               \
         NN_TILE_ZERO(R, VT, NV)                                                                    \
-        NN_TILE_K(R, VT, NV, A, lda, aoff, K, bv, MODE, 2 % (NV))                                  \
+        if ((MODE) & NN_CT && ext && ext->kruns) /* only k in the runs [k0, k1) */               \
+            for (int ru = 0; ru < ext->nkruns; ru++) {                                             \
+                const int k0 = ext->kruns[2 * ru];                                                 \
+                const float *bvr[NV];                                                              \
+                for (int v = 0; v < (NV); v++) bvr[v] = bv[v] + (size_t)k0 * NN_NR;                \
+                NN_TILE_K(R, VT, NV, A, lda, aoff, akoff + k0, ext->kruns[2 * ru + 1] - k0, bvr,   \
+                          MODE, 2 % (NV))                                                          \
+            }                                                                                      \
+        else                                                                                       \
+            NN_TILE_K(R, VT, NV, A, lda, aoff, akoff, K, bv, MODE, 2 % (NV))                       \
         const int nc = ncols < (NV) * (VW) ? ncols : (NV) * (VW);                                  \
         if ((MODE) & NN_CT) { /* set, with the bias: one pass over K, no read of C */             \
             float tb[(R) * (NV) * (VW)];                                                           \
             for (int i = 0; i < (R); i++) memcpy(tb + i * (NV) * (VW), c[i], sizeof c[i]);         \
-            CTS(tb, R, (NV) * (VW), nc, C + r, ldc, cbias);                                        \
+            const int *coff = ext ? ext->coff : NULL;                                              \
+            if (coff && coff[r + (R) - 1] - coff[r] != (R) - 1) /* rows not one run */            \
+                ct_store_rows(tb, R, (NV) * (VW), nc, C, coff + r, ldc, cbias);                    \
+            else                                                                                   \
+                CTS(tb, R, (NV) * (VW), nc, C + (coff ? coff[r] : r), ldc, cbias);                 \
         } else                                                                                     \
             for (int i = 0; i < (R); i++) {                                                        \
                 float out[(NV) * (VW)];                                                            \
@@ -105,6 +124,13 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp) {
 static void ct_store_scalar(const float *tb, int R, int W, int nc, float *C, int ldc, const float *bias) {
     for (int i = 0; i < R; i++)
         for (int j = 0; j < nc; j++) C[(size_t)i + (size_t)j * ldc] = tb[i * W + j] + (bias ? bias[j] : 0.0f);
+}
+
+/* The same with row i at C + coff[i] (a tile whose rows are not one run: two images' outputs). */
+static void ct_store_rows(const float *tb, int R, int W, int nc, float *C, const int *coff, int ldc,
+                          const float *bias) {
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < nc; j++) C[(size_t)coff[i] + (size_t)j * ldc] = tb[i * W + j] + (bias ? bias[j] : 0.0f);
 }
 
 /* Rows [0, M) of NV * VW columns (NV * VW / NN_NR panels, pstride apart), in tiles of BIG
@@ -123,8 +149,8 @@ static void ct_store_scalar(const float *tb, int R, int W, int nc, float *C, int
 
 #define NN_PANEL_PARAMS                                                                            \
     (int M, int K, const float *A, int lda, const int *aoff, const int *akoff, const float *bp,    \
-     size_t pstride, float *C, int ldc, const float *cbias, int ncols)
-#define NN_PANEL_ARGS (M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols)
+     size_t pstride, float *C, int ldc, const nn_tile_ext *ext, const float *cbias, int ncols)
+#define NN_PANEL_ARGS (M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ext, cbias, ncols)
 
 /* NN_PANELS(name, ATTR, ..., CTS): name(mode, ...) over the three modes used: plain, A's k at
  * offsets with C transposed (convolution forward, stored by CTS), A's k at offsets (weight
@@ -135,7 +161,7 @@ static void ct_store_scalar(const float *tb, int R, int W, int nc, float *C, int
     ATTR static void name##_m2 NN_PANEL_PARAMS NN_PANEL_BODY(BIG, VT, NV, VW, NN_AKOFF, CTS)       \
     static void name(int mode, int M, int K, const float *A, int lda, const int *aoff,             \
                      const int *akoff, const float *bp, size_t pstride, float *C, int ldc,         \
-                     const float *cbias, int ncols) {                                              \
+                     const nn_tile_ext *ext, const float *cbias, int ncols) {                             \
         if (mode == 0) name##_m0 NN_PANEL_ARGS;                                                    \
         else if (mode == (NN_AKOFF | NN_CT)) name##_m1 NN_PANEL_ARGS;                              \
         else name##_m2 NN_PANEL_ARGS;                                                              \
@@ -154,8 +180,8 @@ static void ct_store_scalar(const float *tb, int R, int W, int nc, float *C, int
 #define NN_GATE_TILE(R, VT, NG, VW)                                                                \
     for (; r + (R) <= M; r += (R)) {                                                               \
         NN_TILE_ZERO(R, VT, 4)                                                                     \
-        NN_TILE_K(R, VT, NN_GATE_NV(NG), A1, lda1, noff, K1, bv1, 0, 2)                            \
-        NN_TILE_K(R, VT, NN_GATE_NV(NG), A2, lda2, noff, K2, bv2, 0, (NG) == 3 ? 3 : 2)            \
+        NN_TILE_K(R, VT, NN_GATE_NV(NG), A1, lda1, noff, noff, K1, bv1, 0, 2)                      \
+        NN_TILE_K(R, VT, NN_GATE_NV(NG), A2, lda2, noff, noff, K2, bv2, 0, (NG) == 3 ? 3 : 2)      \
         float acc[(R) * 4 * (VW)];                                                                 \
         memcpy(acc, c, sizeof acc);                                                                \
         epi(ctx, r, R, u0, nc, acc, VW);                                                           \
@@ -242,10 +268,10 @@ NN_PANELS(tall2_avx512, NN_FMA_512, 14, nn_v16, 2, 16, ct_store_avx512)
 NN_PANELS(tall1_avx512, NN_FMA_512, 12, nn_v16, 1, 16, ct_store_avx512)
 NN_PANELS(panel_avx2, NN_FMA_256, 6, nn_v8, 2, 8, ct_store_avx2)
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4, ct_store_scalar)
-#define NN_PANELS_CALL(fn) fn(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols)
+#define NN_PANELS_CALL(fn) fn(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ext, cbias, ncols)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
                   const int *akoff, const float *bp, size_t pstride, float *C, int ldc,
-                  const float *cbias, int ncols) {
+                  const nn_tile_ext *ext, const float *cbias, int ncols) {
     int isa = nn_isa();
     if (isa == NN_ISA_AVX512 && mode != 0) { /* convolution: 14 rows x 2 zmm (28 accumulators) */
         if (np >= 2) return NN_PANELS_CALL(tall2_avx512), 2;
@@ -272,21 +298,22 @@ NN_FMA_512 static void gates1_avx512 NN_GATES_PARAMS NN_GATES_BODY(8, nn_v16, 1,
 NN_PANELS(panel_base, , 2, nn_v4, 4, 4, ct_store_scalar)
 static int panels(int mode, int np, int M, int K, const float *A, int lda, const int *aoff,
                   const int *akoff, const float *bp, size_t pstride, float *C, int ldc,
-                  const float *cbias, int ncols) {
+                  const nn_tile_ext *ext, const float *cbias, int ncols) {
     (void)np;
-    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, cbias, ncols), 1;
+    return panel_base(mode, M, K, A, lda, aoff, akoff, bp, pstride, C, ldc, ext, cbias, ncols), 1;
 }
 #endif
 
 /* C[M, 0:N] += A B over B's packed panels. */
 static void gemm_panels(int mode, int M, int N, int K, const float *A, int lda, const int *aoff,
-                        const int *akoff, const float *bp, float *C, int ldc, const float *cbias) {
+                        const int *akoff, const float *bp, float *C, int ldc, const nn_tile_ext *ext,
+                        const float *cbias) {
     const int np = (N + NN_NR - 1) / NN_NR;
     for (int p = 0; p < np;) {
         const int q = p * NN_NR;
         float *Cq = mode & NN_CT ? C + (size_t)q * ldc : C + q;
         p += panels(mode, np - p, M, K, A, lda, aoff, akoff, bp + (size_t)p * K * NN_NR,
-                    (size_t)K * NN_NR, Cq, ldc, cbias ? cbias + q : NULL, N - q);
+                    (size_t)K * NN_NR, Cq, ldc, ext, cbias ? cbias + q : NULL, N - q);
     }
 }
 
@@ -297,13 +324,21 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
         nn_gemm(0, transB, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
         return;
     }
-    gemm_panels(0, M, N, K, A, lda, NULL, NULL, bp, C, ldc, NULL);
+    gemm_panels(0, M, N, K, A, lda, NULL, NULL, bp, C, ldc, NULL, NULL);
 }
 
 void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
                      const float *bp, float *C, int ldc, int ct, const float *bias) {
     if (M <= 0 || N <= 0 || K <= 0) return;
-    gemm_panels(ct ? NN_AKOFF | NN_CT : NN_AKOFF, M, N, K, A, 0, aoff, akoff, bp, C, ldc, bias);
+    gemm_panels(ct ? NN_AKOFF | NN_CT : NN_AKOFF, M, N, K, A, 0, aoff, akoff, bp, C, ldc, NULL, bias);
+}
+
+void nn_gemm_offsets_rows(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
+                          const float *bp, float *C, const int *coff, int ldc, const float *bias,
+                          const int *kruns, int nkruns) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    const nn_tile_ext ext = {coff, kruns, nkruns};
+    gemm_panels(NN_AKOFF | NN_CT, M, N, K, A, 0, aoff, akoff, bp, C, ldc, &ext, bias);
 }
 
 size_t nn_gates_packed_size(int NG, int K, int H) { return (size_t)NG * nn_packed_size(K, H); }

@@ -226,6 +226,12 @@ void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, co
  * (A B)(i, j) + bias[j] (bias NULL: 0). */
 void nn_gemm_offsets(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
                      const float *bp, float *C, int ldc, int ct, const float *bias);
+/* The ct form with row i of C at C + coff[i] (coff strictly increasing; rows one apart store as
+ * a run), summing only the k in the nkruns runs [kruns[2 r], kruns[2 r + 1]) (kruns NULL: all K):
+ * the rows of several images' outputs in one product, and the taps that miss the padding. */
+void nn_gemm_offsets_rows(int M, int N, int K, const float *A, const int *aoff, const int *akoff,
+                          const float *bp, float *C, const int *coff, int ldc, const float *bias,
+                          const int *kruns, int nkruns);
 
 /* Recurrent steps with the cell in the GEMM's epilogue (nn_gemm_gates): rows [0, M) of
  * A1[M, K1] (lda1) W1^T and A2[M, K2] (lda2) W2^T (x_t W_ih^T, h_{t-1} W_hh^T), each W[NG H, K]

@@ -34,6 +34,11 @@ SHAPES = [
     (130, 32, 4, 4, 20, 3, 1, 1),         # three chunks, the last shorter; two row blocks
     (65, 16, 7, 7, 24, 3, 2, 1),          # strided
     (1, 64, 3, 3, 8, 3, 1, 1),            # batch 1: one chunk, three row blocks
+    # the direct forward skips the taps that read padding (classes of positions, k runs)
+    (2, 16, 3, 3, 5, 3, 1, 3),            # padding past the kernel: outputs with no tap at all
+    (3, 40, 6, 5, 7, 3, 1, 1),            # channels not a multiple of the block of 32
+    (5, 24, 9, 9, 6, 3, 2, 1),            # stride 2
+    (9, 32, 4, 4, 16, 3, 1, 1),           # 4x4: corner classes merged into their rows
 ]
 
 
