@@ -526,8 +526,9 @@ static void strided_dx(const conv2d_shape *s, const float *w, const float *dy, s
 static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
     const size_t ckk = (size_t)s->C * s->KH * s->KW, ohw = (size_t)s->OH * s->OW;
     const dw_plan p = dw_plan_of(s, (size_t)s->C * s->H * s->W);
-    const size_t images = p.shared ? (size_t)s->N * padded_floats(s) + p.nchunks * nn_packed_size(p.nb * (int)ohw, s->OC)
-                                   : (size_t)nt * (p.nb * padded_floats(s) + nn_packed_size(p.nb * (int)ohw, s->OC));
+    const size_t dyps = nn_packed_size(p.nb * (int)ohw, s->OC);
+    const size_t images = p.shared ? (size_t)s->N * padded_floats(s) + p.nchunks * dyps
+                                   : (size_t)nt * (p.nb * padded_floats(s) + dyps);
     size_t grads = images + (size_t)p.nchunks * (ckk * s->OC + s->OC) + ckk + p.nb * ohw;
     size_t dx;
     if (strided(s)) {
