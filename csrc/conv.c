@@ -11,10 +11,13 @@
  * poff[p] + koff[k] (poff[p] = oh Wp + ow, koff[k] = (c Hp + kh) Wp + kw), so the micro-kernel
  * of gemm_packed.c reads it in place: y^T[p, oc] = sum_k X(p, k) w^T[k, oc], with the output
  * positions as the tile's rows and the weights packed once per call, stored transposed into
- * y[oc, p]. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] the same way; dx is the forward of dy with
- * the flipped, transposed weights.
- * Other strides (poff[p] = oh SH Wp + ow SW): the same direct forward and dw; dx by sgemm
- * (w^T dy per image) and col2im. Unpadded images (1x1 convolutions) are read in place, no copy.
+ * y[oc, p]; small planes put several images' positions in one product (direct_images), and the
+ * taps that read padding are skipped (tap_classes). dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] the
+ * same way, its tiles stored transposed into dw's layout, in chunks of images (dw_plan); dx is
+ * the forward of dy with the flipped, transposed weights.
+ * Other strides (poff[p] = oh SH Wp + ow SW): the same direct forward and dw; dx from a chunk's
+ * columns (w^T dy, dy read in place) and col2im (strided_dx). Unpadded images (1x1
+ * convolutions) are read in place, no copy.
  * Tiny layers (fewer than NN_DIRECT_MIN_CKK column rows) and the scalar reference path:
  * im2col + sgemm. Work is cut into chunks of nb whole images (nb fixed by the
  * shape alone). Each thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one
