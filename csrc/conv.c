@@ -45,6 +45,7 @@
 #define NN_PER_IMAGE_OHW 256
 
 static int dw_shape_ok(const conv2d_shape *s);
+static int tap_classes_pay(const conv2d_shape *s);
 
 int conv2d_shape_init(conv2d_shape *s) {
     if (s->N <= 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->OC <= 0 || s->KH <= 0 ||
@@ -167,11 +168,13 @@ static int direct_images(const conv2d_shape *s) {
 
 /* Floats direct_forward needs: per thread the padded copies of direct_images, then w^T packed,
  * the column offsets koff (ints), the position offsets poff and the output offsets yoff (ints),
- * the positions by class and the classes' runs (ints, see tap_classes). */
+ * the positions by class and the classes' runs (ints, see tap_classes), and where taps are
+ * skipped w in their order and that order (ints). */
 static size_t direct_floats(const conv2d_shape *s, int nt) {
     const int CKK = s->C * s->KH * s->KW, nb = direct_images(s), OHW = s->OH * s->OW;
     return (size_t)nt * nb * padded_floats(s) + nn_packed_size(CKK, s->OC) + CKK + 2 * (size_t)nb * OHW +
-           (size_t)OHW * (4 + 2 * s->KH * TAP_BLOCKS(s->C)) + 6 * (size_t)(s->OH + s->OW + 2);
+           (size_t)OHW * (4 + 2 * s->KH * TAP_BLOCKS(s->C)) + 6 * (size_t)(s->OH + s->OW + 2) +
+           (tap_classes_pay(s) ? (size_t)(s->OC + 1) * CKK : 0);
 }
 
 /* Taps that miss the padding. Output row o reads input rows o S + k - P of its taps k, which
@@ -300,6 +303,16 @@ static void pad_image(const conv2d_shape *s, const float *x, float *xp) {
  * image (padded_offsets) and w^T packed once; the tiles store into y[oc, p] directly. Only
  * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
  * work: a third at 4x4 images). */
+/* w[OC, CKK] as B^T packed (nn_pack_b), a panel per job */
+static void pack_weights(int CKK, int OC, const float *w, float *wp, int nt) {
+    const int panels = (OC + NN_PACK_NR - 1) / NN_PACK_NR;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int p = 0; p < panels; p++) {
+        const int n = OC - p * NN_PACK_NR < NN_PACK_NR ? OC - p * NN_PACK_NR : NN_PACK_NR;
+        nn_pack_b(1, CKK, n, w + (size_t)p * NN_PACK_NR * CKK, CKK, wp + (size_t)p * CKK * NN_PACK_NR);
+    }
+}
+
 static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
                            float *y, size_t ys, float *ws, int nt) {
     const int OC = s->OC, C = s->C, KK = s->KH * s->KW, CKK = C * KK, OHW = s->OH * s->OW;
@@ -322,18 +335,16 @@ static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, con
             const int c = tap_block_channel(C, KK, k), t = tap_block_tap(C, KK, k);
             koff[k] = (c * (s->H + 2 * s->PH) + t / s->KW) * (s->W + 2 * s->PW) + t % s->KW;
         }
-        const int panels = (OC + NN_PACK_NR - 1) / NN_PACK_NR;
-        for (int p = 0; p < panels; p++)
-            for (int k = 0; k < CKK; k++) {
-                float *dst = wp + ((size_t)p * CKK + k) * NN_PACK_NR;
-                const int t = tap_block_tap(C, KK, k), c = tap_block_channel(C, KK, k);
-                for (int j = 0; j < NN_PACK_NR; j++) {
-                    const int oc = p * NN_PACK_NR + j;
-                    dst[j] = oc < OC ? w[(size_t)oc * CKK + (size_t)c * KK + t] : 0.0f;
-                }
-            }
+        /* w's rows in that order (contiguous reads), then packed as usual */
+        float *wk = (float *)(runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * OHW + 6 * (size_t)(s->OH + s->OW + 2));
+        int *src = (int *)(wk + (size_t)OC * CKK); /* k's column of w */
+        for (int k = 0; k < CKK; k++) src[k] = tap_block_channel(C, KK, k) * KK + tap_block_tap(C, KK, k);
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int oc = 0; oc < OC; oc++)
+            for (int k = 0; k < CKK; k++) wk[(size_t)oc * CKK + k] = w[(size_t)oc * CKK + src[k]];
+        pack_weights(CKK, OC, wk, wp, nt);
     } else {
-        nn_pack_b(1, CKK, OC, w, CKK, wp);
+        pack_weights(CKK, OC, w, wp, nt);
         for (int p = 0; p < OHW; p++) pos[p] = p;
         cls[0] = 0, cls[1] = OHW, cls[2] = 0;
     }
