@@ -619,10 +619,16 @@ static void sum_chunks(int nchunks, size_t nw, const float *part, float *dw, int
 /* The weights of dx as a forward of dy: wt[c][oc][KK - 1 - kk] = w[oc][c][kk] (transposed, the
  * taps flipped). */
 void nn_conv_flip_weights(int OC, int C, int KK, const float *w, float *wt) {
-    for (int oc = 0; oc < OC; oc++)
-        for (int c = 0; c < C; c++)
-            for (int kk = 0; kk < KK; kk++)
-                wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
+    /* in blocks of 16 x 16 (oc, c), both sides' lines in L1 (oc by oc, the writes jumped OC KK
+     * floats each: 2.2 ms for a 512 -> 512 3x3 convolution), blocks of c in parallel */
+    const int cblocks = (C + 15) / 16;
+#pragma omp parallel for schedule(static) num_threads(nn_threads())
+    for (int cb = 0; cb < cblocks; cb++)
+        for (int o0 = 0; o0 < OC; o0 += 16)
+            for (int c = cb * 16; c < C && c < cb * 16 + 16; c++)
+                for (int oc = o0; oc < OC && oc < o0 + 16; oc++)
+                    for (int kk = 0; kk < KK; kk++)
+                        wt[((size_t)c * OC + oc) * KK + (KK - 1 - kk)] = w[((size_t)oc * C + c) * KK + kk];
 }
 
 /* Stride-1 backward without im2col. dw^T[k, oc] = sum_p X(p, k) dy^T[p, oc] over the positions

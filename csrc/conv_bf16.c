@@ -209,25 +209,26 @@ static void imp_forward(const conv2d_shape *t, const float *x, size_t xs, const 
                         size_t ys, float *ws, int nt) {
     const imp_geom g = imp_of(t);
     const int OC = t->OC, C = t->C, OHW = t->OH * t->OW, K2 = 2 * g.Kp2;
-    float *wr = ws; /* [K2, OC]: row 2 kk + h = channel 2 cc + h of tap kk / Cp2 */
+    float *wr = ws; /* [OC, K2]: column 2 kk + h = channel 2 cc + h of tap kk / Cp2 */
     uint16_t *bw = (uint16_t *)(void *)(wr + up16((size_t)K2 * OC));
     int *aoff = (int *)(void *)((float *)(void *)bw + halves(nn_bf16_pack_b_size(K2, OC)));
     int *akoff = aoff + up16((size_t)OHW);
     float *base = (float *)(void *)(akoff + up16((size_t)g.Kp2));
     const size_t ptf = up16((size_t)g.Cp2 * g.plane) + up16((size_t)OHW * OC);
     for (int tap = 0; tap < g.KK; tap++)
-        for (int cc = 0; cc < g.Cp2; cc++) {
-            const int kk = tap * g.Cp2 + cc;
-            for (int h = 0; h < 2; h++) {
-                const int c = 2 * cc + h;
-                float *row = wr + (size_t)(2 * kk + h) * OC;
-                for (int oc = 0; oc < OC; oc++) row[oc] = c < C ? w[((size_t)oc * C + c) * g.KK + tap] : 0.0f;
-            }
-            /* uint16 units: two per word */
-            akoff[kk] = 2 * (int)((size_t)cc * g.plane + (size_t)(tap / t->KW) * g.Wp + tap % t->KW);
-        }
+        for (int cc = 0; cc < g.Cp2; cc++) /* uint16 units: two per word */
+            akoff[tap * g.Cp2 + cc] = 2 * (int)((size_t)cc * g.plane + (size_t)(tap / t->KW) * g.Wp + tap % t->KW);
     for (int p = 0; p < OHW; p++) aoff[p] = 2 * ((p / t->OW) * t->SH * g.Wp + (p % t->OW) * t->SW);
-    nn_bf16_pack_b(0, K2, OC, wr, OC, bw);
+    /* w's rows in that order (reads within a row; the columns' order, oc inner, read a line per
+     * value), then packed as B^T (16 x 16 in registers) */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int oc = 0; oc < OC; oc++) {
+        const float *wo = w + (size_t)oc * C * g.KK;
+        float *row = wr + (size_t)oc * K2;
+        for (int tap = 0; tap < g.KK; tap++)
+            for (int c = 0; c < 2 * g.Cp2; c++) row[2 * tap * g.Cp2 + c] = c < C ? wo[(size_t)c * g.KK + tap] : 0.0f;
+    }
+    nn_bf16_pack_b(1, K2, OC, wr, K2, bw);
     const int nti = nt > t->N ? t->N : nt;
 #pragma omp parallel num_threads(nti)
     {
