@@ -299,10 +299,6 @@ static void pad_image(const conv2d_shape *s, const float *x, float *xp) {
         }
 }
 
-/* Stride-1 forward: y^T[p, oc] = X(p, k) w^T[k, oc] with X read in place from the zero-padded
- * image (padded_offsets) and w^T packed once; the tiles store into y[oc, p] directly. Only
- * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
- * work: a third at 4x4 images). */
 /* w[OC, CKK] as B^T packed (nn_pack_b), a panel per job */
 static void pack_weights(int CKK, int OC, const float *w, float *wp, int nt) {
     const int panels = (OC + NN_PACK_NR - 1) / NN_PACK_NR;
@@ -313,6 +309,10 @@ static void pack_weights(int CKK, int OC, const float *w, float *wp, int nt) {
     }
 }
 
+/* Stride-1 forward: y^T[p, oc] = X(p, k) w^T[k, oc] with X read in place from the zero-padded
+ * image (padded_offsets) and w^T packed once; the tiles store into y[oc, p] directly. Only
+ * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
+ * work: a third at 4x4 images). */
 static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
                            float *y, size_t ys, float *ws, int nt) {
     const int OC = s->OC, C = s->C, KK = s->KH * s->KW, CKK = C * KK, OHW = s->OH * s->OW;
@@ -331,14 +331,14 @@ static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, con
     padded_offsets(s, koff, poff);
     if (classes) { /* k in channel blocks, taps-major inside: koff and the packed w^T in that order */
         ng = tap_classes(s, nb, pos, cls, runs, runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * OHW);
-        for (int k = 0; k < CKK; k++) {
-            const int c = tap_block_channel(C, KK, k), t = tap_block_tap(C, KK, k);
-            koff[k] = (c * (s->H + 2 * s->PH) + t / s->KW) * (s->W + 2 * s->PW) + t % s->KW;
-        }
         /* w's rows in that order (contiguous reads), then packed as usual */
         float *wk = (float *)(runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * OHW + 6 * (size_t)(s->OH + s->OW + 2));
         int *src = (int *)(wk + (size_t)OC * CKK); /* k's column of w */
-        for (int k = 0; k < CKK; k++) src[k] = tap_block_channel(C, KK, k) * KK + tap_block_tap(C, KK, k);
+        for (int k = 0; k < CKK; k++) {
+            const int c = tap_block_channel(C, KK, k), t = tap_block_tap(C, KK, k);
+            koff[k] = (c * (s->H + 2 * s->PH) + t / s->KW) * (s->W + 2 * s->PW) + t % s->KW;
+            src[k] = c * KK + t;
+        }
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int oc = 0; oc < OC; oc++)
             for (int k = 0; k < CKK; k++) wk[(size_t)oc * CKK + k] = w[(size_t)oc * CKK + src[k]];
