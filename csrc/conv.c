@@ -184,13 +184,12 @@ static size_t direct_floats(const conv2d_shape *s, int nt) {
  * products with the padding's zeros: 31 % of the work on 4x4 planes, 16 % on 8x8 (3x3,
  * padding 1). Used from TAP_CLASSES_MIN_SKIP of the work skipped. */
 #define TAP_CLASSES_MIN_SKIP 0.05
-static int tap_block_channel(int C, int KK, int k) {
+/* k's channel c and tap t in the taps-major order inside blocks of TAP_CB channels */
+static void tap_block_of(int C, int KK, int k, int *c, int *t) {
     const int cb = k / (TAP_CB * KK), cbn = C - cb * TAP_CB < TAP_CB ? C - cb * TAP_CB : TAP_CB;
-    return cb * TAP_CB + (k - cb * TAP_CB * KK) % cbn;
-}
-static int tap_block_tap(int C, int KK, int k) {
-    const int cb = k / (TAP_CB * KK), cbn = C - cb * TAP_CB < TAP_CB ? C - cb * TAP_CB : TAP_CB;
-    return (k - cb * TAP_CB * KK) / cbn;
+    const int r = k - cb * TAP_CB * KK;
+    *c = cb * TAP_CB + r % cbn;
+    *t = r / cbn;
 }
 static void tap_range(int o, int S, int P, int K, int H, int *lo, int *hi) {
     const int a = P - o * S, b = H + P - o * S;
@@ -277,15 +276,17 @@ static int tap_classes(const conv2d_shape *s, int nb, int *pos, int *cls, int *r
     return ng;
 }
 
-/* Column k = (c, kh, kw) of output position p = (oh, ow) sits at koff[k] + poff[p] in the
- * zero-padded image: koff[k] = (c Hp + kh) Wp + kw, poff[p] = oh SH Wp + ow SW. */
-static void padded_offsets(const conv2d_shape *s, int *koff, int *poff) {
+/* Column k = (c, kh, kw) of output position p = (oh, ow) sits at koff[k] + poff(p) in the
+ * zero-padded image: koff[k] = (c Hp + kh) Wp + kw, poff(p) = oh SH Wp + ow SW. */
+static void padded_koff(const conv2d_shape *s, int *koff) {
     const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
     for (int k = 0; k < s->C * s->KH * s->KW; k++) {
         int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
         koff[k] = (c * Hp + kh) * Wp + kw;
     }
-    for (int p = 0; p < s->OH * s->OW; p++) poff[p] = (p / s->OW) * s->SH * Wp + p % s->OW * s->SW;
+}
+static int padded_poff(const conv2d_shape *s, int p) {
+    return (p / s->OW) * s->SH * (s->W + 2 * s->PW) + p % s->OW * s->SW;
 }
 
 /* One image x[C,H,W] into the interior of its zero-padded copy xp[C,Hp,Wp] (borders stay 0). */
@@ -310,7 +311,7 @@ static void pack_weights(int CKK, int OC, const float *w, float *wp, int nt) {
 }
 
 /* Stride-1 forward: y^T[p, oc] = X(p, k) w^T[k, oc] with X read in place from the zero-padded
- * image (padded_offsets) and w^T packed once; the tiles store into y[oc, p] directly. Only
+ * image (padded_koff, padded_poff) and w^T packed once; the tiles store into y[oc, p] directly. Only
  * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
  * work: a third at 4x4 images). */
 static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
@@ -328,14 +329,14 @@ static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, con
     int *koff = (int *)(wp + nn_packed_size(CKK, OC)), *poff = koff + CKK, *yoff = poff + (size_t)nb * OHW;
     int *pos = yoff + (size_t)nb * OHW, *cls = pos + OHW, *runs = cls + 3 * (size_t)OHW; /* tap_classes */
     int ng = 1;
-    padded_offsets(s, koff, poff);
     if (classes) { /* k in channel blocks, taps-major inside: koff and the packed w^T in that order */
         ng = tap_classes(s, nb, pos, cls, runs, runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * OHW);
         /* w's rows in that order (contiguous reads), then packed as usual */
         float *wk = (float *)(runs + (size_t)2 * s->KH * TAP_BLOCKS(C) * OHW + 6 * (size_t)(s->OH + s->OW + 2));
         int *src = (int *)(wk + (size_t)OC * CKK); /* k's column of w */
         for (int k = 0; k < CKK; k++) {
-            const int c = tap_block_channel(C, KK, k), t = tap_block_tap(C, KK, k);
+            int c, t;
+            tap_block_of(C, KK, k, &c, &t);
             koff[k] = (c * (s->H + 2 * s->PH) + t / s->KW) * (s->W + 2 * s->PW) + t % s->KW;
             src[k] = c * KK + t;
         }
@@ -344,17 +345,17 @@ static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, con
             for (int k = 0; k < CKK; k++) wk[(size_t)oc * CKK + k] = w[(size_t)oc * CKK + src[k]];
         pack_weights(CKK, OC, wk, wp, nt);
     } else {
+        padded_koff(s, koff);
         pack_weights(CKK, OC, w, wp, nt);
         for (int p = 0; p < OHW; p++) pos[p] = p;
         cls[0] = 0, cls[1] = OHW, cls[2] = 0;
     }
     /* rows class by class, each class's images one after another: A's and y's offsets */
-    const int Wp = s->W + 2 * s->PW;
     for (int g = 0, at = 0; g < ng; g++)
         for (int j = 0; j < nb; j++)
             for (int i = 0; i < cls[3 * g + 1]; i++, at++) {
                 const int p = pos[cls[3 * g] + i];
-                poff[at] = j * (int)istep + (p / s->OW) * s->SH * Wp + p % s->OW * s->SW;
+                poff[at] = j * (int)istep + padded_poff(s, p);
                 yoff[at] = j * (int)ys + p;
             }
     int nti = nt > nchunks ? nchunks : nt;
@@ -388,6 +389,27 @@ static double sum_floats(int n, const float *r) {
         for (int l = 0; l < 4; l++) p[l] += r[i + l];
     for (; i < n; i++) p[0] += r[i];
     return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
+/* One chunk's db partial: dbp[oc] = the sum over its images n0 .. n0 + nc - 1 of dy's plane oc, in
+ * double. */
+static void chunk_db(const conv2d_shape *s, const float *dy, size_t ys, int n0, int nc, float *dbp) {
+    const int OHW = s->OH * s->OW;
+    for (int oc = 0; oc < s->OC; oc++) {
+        double acc = 0.0;
+        for (int j = 0; j < nc; j++) acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
+        dbp[oc] = (float)acc;
+    }
+}
+
+/* db[oc] = the sum over chunks of the partials dbp[ch][oc], in chunk order (db NULL: none). */
+static void sum_db(int nchunks, int OC, const float *dbp, float *db) {
+    if (!db) return;
+    for (int oc = 0; oc < OC; oc++) {
+        float acc = dbp[oc];
+        for (int ch = 1; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
+        db[oc] = acc;
+    }
 }
 
 /* One group's (or a G = 1) forward: s has G = 1, images xs floats apart in x, ys in y. */
@@ -595,18 +617,15 @@ void nn_conv_sum_chunks_transposed(int nchunks, int CKK, int OC, float *dwt, con
             nn_transpose_bias(CKK, c1 - c0, dwt + c0, OC, NULL, dw + (size_t)c0 * CKK, CKK);
         }
     }
-    if (db)
-        for (int oc = 0; oc < OC; oc++) {
-            float acc = 0.0f;
-            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
-            db[oc] = acc;
-        }
+    sum_db(nchunks, OC, dbp, db);
 }
 
-/* dw[e] = the sum over chunks of the partials part[ch][e], in chunk order (one chunk: dw is the
- * partial already). */
-static void sum_chunks(int nchunks, size_t nw, const float *part, float *dw, int nt) {
-    if (nchunks == 1) return;
+/* dw[e] = the sum over chunks of the partials part[ch][e], in chunk order (part == dw: one chunk
+ * wrote dw itself), and db from dbp likewise (sum_db). */
+void nn_conv_sum_partials(int nchunks, size_t nw, const float *part, float *dw, int OC, const float *dbp, float *db,
+                          int nt) {
+    sum_db(nchunks, OC, dbp, db);
+    if (nchunks == 1 && part == dw) return;
     int nt_red = nw * nchunks < 65536 ? 1 : nt;
 #pragma omp parallel for schedule(static) num_threads(nt_red)
     for (long long e = 0; e < (long long)nw; e++) {
@@ -649,9 +668,9 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
     float *dwt = nchunks == 1 ? dw : ws + images;
     float *dbp = ws + images + (size_t)nchunks * CKK * OC; /* [nchunks, OC] */
     int *koff = (int *)(dbp + (size_t)nchunks * OC), *poff = koff + CKK; /* poff[nb * OHW] */
-    padded_offsets(s, koff, poff);
-    for (int j = 1; j < nb; j++) /* image j's positions in its padded copy, j pad further on */
-        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)pl.istep + poff[p];
+    padded_koff(s, koff);
+    for (int j = 0; j < nb; j++) /* image j's positions in its padded copy, j istep further on */
+        for (int p = 0; p < OHW; p++) poff[j * OHW + p] = j * (int)pl.istep + padded_poff(s, p);
     if (pl.shared) {
         float *xp = ws, *dyp = ws + (size_t)s->N * pad;
         const int nrb = (CKK + NN_DW_ROWS - 1) / NN_DW_ROWS;
@@ -667,15 +686,8 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
                 nn_pack_b_rows(1, OHW, OC, dy + (size_t)n * ys, OHW, dyp + ch * dyps, nc * OHW, j * OHW);
             }
 #pragma omp for schedule(static) nowait
-            for (int ch = 0; ch < nchunks; ch++) {
-                const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
-                for (int oc = 0; oc < OC; oc++) {
-                    double acc = 0.0;
-                    for (int j = 0; j < nc; j++)
-                        acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
-                    dbp[(size_t)ch * OC + oc] = (float)acc;
-                }
-            }
+            for (int ch = 0; ch < nchunks; ch++)
+                chunk_db(s, dy, ys, ch * nb, s->N - ch * nb < nb ? s->N - ch * nb : nb, dbp + (size_t)ch * OC);
 #pragma omp for schedule(static)
             for (int job = 0; job < nchunks * nrb; job++) {
                 const int ch = job / nrb, r0 = job % nrb * NN_DW_ROWS;
@@ -703,22 +715,11 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
                 }
                 nn_gemm_offsets(CKK, OC, nc * OHW, inplace ? x + (size_t)n0 * xs : xp, koff, poff, dyp,
                                 dwt + (size_t)ch * CKK * OC, CKK, 1, NULL);
-                for (int oc = 0; oc < OC; oc++) {
-                    double acc = 0.0;
-                    for (int j = 0; j < nc; j++)
-                        acc += sum_floats(OHW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OHW);
-                    dbp[(size_t)ch * OC + oc] = (float)acc;
-                }
+                chunk_db(s, dy, ys, n0, nc, dbp + (size_t)ch * OC);
             }
         }
     }
-    sum_chunks(nchunks, (size_t)OC * CKK, dwt, dw, nt);
-    if (db)
-        for (int oc = 0; oc < OC; oc++) {
-            float acc = 0.0f;
-            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
-            db[oc] = acc;
-        }
+    nn_conv_sum_partials(nchunks, (size_t)OC * CKK, dwt, dw, OC, dbp, db, nt);
     if (dx && strided(s)) { /* the workspace is free again: columns of a chunk, then col2im */
         strided_dx(s, w, dy, ys, dx, xs, ws, nt);
     } else if (dx) { /* the workspace is free again: flipped, transposed w, then a direct forward */
@@ -751,16 +752,14 @@ static int backward_one(const conv2d_shape *s, const float *x, size_t xs, const 
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
             int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            chunk_db(s, dy, ys, n0, nc, dbp + (size_t)ch * OC);
             if (OHW >= NN_PER_IMAGE_OHW) { /* per image, dy read in place (as the forward) */
                 float *part = dwp + (size_t)ch * OC * CKK;
-                for (int oc = 0; oc < OC; oc++) dbp[(size_t)ch * OC + oc] = 0.0f;
                 for (int j = 0; j < nc; j++) {
                     const float *dyi = dy + (n0 + j) * ys;
                     float *cj = cols + (size_t)j * OHW;
                     im2col(s, x + (n0 + j) * xs, cj, L);
                     nn_gemm(0, 1, OC, CKK, OHW, 1.0f, dyi, OHW, cj, L, j ? 1.0f : 0.0f, part, CKK);
-                    for (int oc = 0; oc < OC; oc++)
-                        dbp[(size_t)ch * OC + oc] += (float)sum_floats(OHW, dyi + (size_t)oc * OHW);
                     if (dx) { /* the image's columns are free again */
                         nn_gemm(1, 0, CKK, OHW, OC, 1.0f, w, CKK, dyi, OHW, 0.0f, cj, L);
                         float *dxi = dx + (n0 + j) * xs;
@@ -777,12 +776,6 @@ static int backward_one(const conv2d_shape *s, const float *x, size_t xs, const 
                            sizeof(float) * OHW);
             }
             nn_gemm(0, 1, OC, CKK, L, 1.0f, buf, L, cols, L, 0.0f, dwp + (size_t)ch * OC * CKK, CKK);
-            for (int oc = 0; oc < OC; oc++) {
-                const float *r = buf + (size_t)oc * L;
-                double acc = 0.0;
-                for (int p = 0; p < L; p++) acc += r[p];
-                dbp[(size_t)ch * OC + oc] = (float)acc;
-            }
             if (dx) {
                 nn_gemm(1, 0, CKK, L, OC, 1.0f, w, CKK, buf, L, 0.0f, cols, L);
                 for (int j = 0; j < nc; j++) {
@@ -793,21 +786,7 @@ static int backward_one(const conv2d_shape *s, const float *x, size_t xs, const 
             }
         }
     }
-    const size_t nw = (size_t)OC * CKK;
-    int nt_red = nw * nchunks < 65536 ? 1 : nt;
-#pragma omp parallel for schedule(static) num_threads(nt_red)
-    for (long long e = 0; e < (long long)nw; e++) {
-        float acc = 0.0f;
-        for (int ch = 0; ch < nchunks; ch++) acc += dwp[(size_t)ch * nw + e];
-        dw[e] = acc;
-    }
-    if (db) {
-        for (int oc = 0; oc < OC; oc++) {
-            float acc = 0.0f;
-            for (int ch = 0; ch < nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
-            db[oc] = acc;
-        }
-    }
+    nn_conv_sum_partials(nchunks, (size_t)OC * CKK, dwp, dw, OC, dbp, db, nt);
     return NN_OK;
 }
 
@@ -1366,5 +1345,7 @@ int nn_conv_chunk_images(const conv2d_shape *s) { return chunk_images(s); }
 conv2d_shape nn_conv_group_shape(const conv2d_shape *s) { return group_shape(s); }
 int nn_conv_shape_ok(const conv2d_shape *s) { return shape_ok(s); }
 int nn_conv_is_depthwise(const conv2d_shape *s) { return is_depthwise(s); }
-double nn_sum_floats(int n, const float *r) { return sum_floats(n, r); }
+void nn_conv_chunk_db(const conv2d_shape *s, const float *dy, size_t ys, int n0, int nc, float *dbp) {
+    chunk_db(s, dy, ys, n0, nc, dbp);
+}
 conv2d_shape nn_conv_dx_shape(const conv2d_shape *s) { return dx_shape(s); }

@@ -90,9 +90,7 @@ static void backward_one(const conv2d_shape *t, const float *x, size_t xs, const
             nn_bf16_pack_a(OC, L, buf, L, apd);
             nn_bf16_pack_b(1, L, CKK, cols, L, bpc); /* B[l][k] = cols[k][l] */
             nn_gemm_bf16(OC, CKK, L, apd, bpc, dwp + (size_t)ch * nw, CKK, 0);
-            for (int oc = 0; oc < OC; oc++) {
-                dbp[(size_t)ch * OC + oc] = (float)nn_sum_floats(L, buf + (size_t)oc * L);
-            }
+            nn_conv_chunk_db(t, dy, ys, n0, nc, dbp + (size_t)ch * OC);
             if (dx) { /* cols are packed: their room takes dcols */
                 nn_bf16_pack_b(0, OC, L, buf, L, bpd);
                 nn_gemm_bf16(CKK, L, OC, apt, bpd, cols, L, 0);
@@ -104,19 +102,7 @@ static void backward_one(const conv2d_shape *t, const float *x, size_t xs, const
             }
         }
     }
-    int nt_red = nw * g.nchunks < 65536 ? 1 : nt;
-#pragma omp parallel for schedule(static) num_threads(nt_red)
-    for (long long e = 0; e < (long long)nw; e++) {
-        float acc = 0.0f;
-        for (int ch = 0; ch < g.nchunks; ch++) acc += dwp[(size_t)ch * nw + e];
-        dw[e] = acc;
-    }
-    if (db)
-        for (int oc = 0; oc < OC; oc++) {
-            float acc = 0.0f;
-            for (int ch = 0; ch < g.nchunks; ch++) acc += dbp[(size_t)ch * OC + oc];
-            db[oc] = acc;
-        }
+    nn_conv_sum_partials(g.nchunks, nw, dwp, dw, OC, dbp, db, nt);
 }
 
 /* ---------------------------------------------------------------- implicit GEMM
@@ -299,11 +285,7 @@ static void imp_backward(const conv2d_shape *t, const float *x, size_t xs, const
             }
             nn_bf16_pack_b(1, L, OC, dye, L, bpd); /* B[q][oc] = dye[oc][q] */
             nn_gemm_bf16_offsets(CKK, OC, nc * qe2, xb, aoff, akoff, bpd, dwt + (size_t)ch * nw, OC);
-            for (int oc = 0; oc < OC; oc++) {
-                double acc = 0.0;
-                for (int j = 0; j < nc; j++) acc += nn_sum_floats(OH * OW, dy + (size_t)(n0 + j) * ys + (size_t)oc * OH * OW);
-                dbp[(size_t)ch * OC + oc] = (float)acc;
-            }
+            nn_conv_chunk_db(t, dy, ys, n0, nc, dbp + (size_t)ch * OC);
         }
     }
     nn_conv_sum_chunks_transposed(bg.nchunks, CKK, OC, dwt, dbp, dw, db, nt);

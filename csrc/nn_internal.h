@@ -192,7 +192,10 @@ int nn_conv_chunk_images(const conv2d_shape *s);
 conv2d_shape nn_conv_group_shape(const conv2d_shape *s);
 int nn_conv_shape_ok(const conv2d_shape *s);
 int nn_conv_is_depthwise(const conv2d_shape *s);
-double nn_sum_floats(int n, const float *r); /* in double, four lanes */
+/* one chunk's db partial (images n0 .. n0 + nc - 1), and the chunks' dw and db partials summed */
+void nn_conv_chunk_db(const conv2d_shape *s, const float *dy, size_t ys, int n0, int nc, float *dbp);
+void nn_conv_sum_partials(int nchunks, size_t nw, const float *part, float *dw, int OC, const float *dbp, float *db,
+                          int nt);
 /* dw[oc][k] = sum in chunk order of dwt[ch][k][oc] (dwt overwritten), db[oc] of dbp[ch][oc] */
 void nn_conv_sum_chunks_transposed(int nchunks, int CKK, int OC, float *dwt, const float *dbp, float *dw, float *db,
                                    int nt);
