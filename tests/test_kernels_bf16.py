@@ -103,10 +103,11 @@ def test_bf16_is_a_clear_error_where_the_isa_is_capped():
 # ---------------------------------------------------------------- convolution and dense in bf16
 # (n, c, h, w, oc, kernel, stride, padding, groups): batch 1, odd widths (the weight gradient's
 # position pairs on an even grid), 1x1, a 5x3 kernel, strides 2 (the weight and input gradients
-# by im2col), padding beyond K - 1 (likewise), grouped, a chunk of several images
+# by im2col), padding beyond K - 1 (likewise), grouped, a chunk of several images, strided with
+# chunks of several images (19 = 6 x 3 + 1: the im2col path's partials summed over 7 chunks)
 CONV_SHAPES = [(1, 32, 5, 7, 4, 3, 1, 1, 1), (3, 16, 9, 11, 6, 3, 1, 1, 1), (2, 40, 6, 6, 33, 1, 1, 0, 1),
                (4, 12, 10, 9, 8, (5, 3), 1, (2, 1), 1), (3, 16, 11, 9, 5, 3, 2, 1, 1), (2, 8, 7, 8, 4, 3, 1, 3, 1),
-               (3, 64, 8, 7, 32, 3, 1, 1, 2), (33, 32, 14, 14, 64, 3, 1, 1, 1)]
+               (3, 64, 8, 7, 32, 3, 1, 1, 2), (33, 32, 14, 14, 64, 3, 1, 1, 1), (19, 8, 9, 9, 12, 3, 2, 1, 1)]
 
 
 def _torch_conv(x, w, b, dy, stride, padding, groups):
