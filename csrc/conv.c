@@ -413,8 +413,8 @@ static void sum_db(int nchunks, int OC, const float *dbp, float *db) {
 }
 
 /* One group's (or a G = 1) forward: s has G = 1, images xs floats apart in x, ys in y. */
-static int forward_one(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
-                       float *y, size_t ys, float *ws, int nt) {
+static void forward_one(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b,
+                        float *y, size_t ys, float *ws, int nt) {
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
     const size_t ptf = per_thread_floats(s, nb);
@@ -423,7 +423,7 @@ static int forward_one(const conv2d_shape *s, const float *x, size_t xs, const f
      * (forward / backward) direct against 0.20 / 0.65 ms here */
     if (!nn_get_reference() && direct_forward_ok(s)) {
         direct_forward(s, x, xs, w, b, y, ys, ws, nt);
-        return NN_OK;
+        return;
     }
     /* Large images: one GEMM per image straight into y, the bias as a row of ones under the
      * columns (conv 1->32 on 28x28: y was written twice, by the GEMM into buf and by the copy,
@@ -461,7 +461,6 @@ static int forward_one(const conv2d_shape *s, const float *x, size_t xs, const f
                 }
         }
     }
-    return NN_OK;
 }
 
 /* The dx of a stride-1 convolution is the stride-1 convolution of dy, padded by K - 1 - P, with
@@ -732,15 +731,15 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
 }
 
 /* One group's (or a G = 1) backward: s has G = 1, images xs floats apart in x and dx, ys in dy. */
-static int backward_one(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *dy,
-                        size_t ys, float *dx, float *dw, float *db, float *ws, int nt) {
+static void backward_one(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *dy,
+                         size_t ys, float *dx, float *dw, float *db, float *ws, int nt) {
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
     const size_t xsz = (size_t)s->C * s->H * s->W; /* one image of dx */
     const size_t ptf = per_thread_floats(s, nb);
     if (!nn_get_reference() && direct_backward_ok(s)) {
         direct_backward(s, x, xs, w, dy, ys, dx, dw, db, ws, nt);
-        return NN_OK;
+        return;
     }
     float *dwp = ws + (size_t)nt * ptf;           /* [nchunks, OC*CKK] */
     float *dbp = dwp + (size_t)nchunks * OC * CKK; /* [nchunks, OC] */
@@ -787,7 +786,6 @@ static int backward_one(const conv2d_shape *s, const float *x, size_t xs, const 
         }
     }
     nn_conv_sum_partials(nchunks, (size_t)OC * CKK, dwp, dw, OC, dbp, db, nt);
-    return NN_OK;
 }
 
 /* ---------------------------------------------------------------- depthwise (G == C > 1)
@@ -1253,6 +1251,37 @@ static conv2d_shape group_shape(const conv2d_shape *s) {
     return t;
 }
 
+/* One group's shape t; images xs (x, dx) and ys (y, dy) floats apart; group g's channels start
+ * g xg into x, g yg into y and g wg into the weights. */
+typedef struct {
+    conv2d_shape t;
+    size_t xs, ys, xg, yg, wg;
+} group_strides;
+
+static group_strides group_strides_of(const conv2d_shape *s) {
+    group_strides q;
+    q.t = group_shape(s);
+    q.xs = (size_t)s->C * s->H * s->W, q.ys = (size_t)s->OC * s->OH * s->OW;
+    q.xg = (size_t)q.t.C * s->H * s->W, q.yg = (size_t)q.t.OC * s->OH * s->OW;
+    q.wg = (size_t)q.t.OC * q.t.C * s->KH * s->KW;
+    return q;
+}
+
+/* f on each group in turn, in one workspace */
+void nn_conv_each_group_forward(const conv2d_shape *s, conv_group_forward f, const float *x, const float *w,
+                                const float *b, float *y, float *ws, int nt) {
+    const group_strides q = group_strides_of(s);
+    for (int g = 0; g < s->G; g++)
+        f(&q.t, x + g * q.xg, q.xs, w + g * q.wg, b ? b + (size_t)g * q.t.OC : NULL, y + g * q.yg, q.ys, ws, nt);
+}
+void nn_conv_each_group_backward(const conv2d_shape *s, conv_group_backward f, const float *x, const float *w,
+                                 const float *dy, float *dx, float *dw, float *db, float *ws, int nt) {
+    const group_strides q = group_strides_of(s);
+    for (int g = 0; g < s->G; g++)
+        f(&q.t, x + g * q.xg, q.xs, w + g * q.wg, dy + g * q.yg, q.ys, dx ? dx + g * q.xg : NULL, dw + g * q.wg,
+          db ? db + (size_t)g * q.t.OC : NULL, ws, nt);
+}
+
 static int shape_ok(const conv2d_shape *s) {
     conv2d_shape t = *s;
     return conv2d_shape_init(&t) == NN_OK && t.OH == s->OH && t.OW == s->OW;
@@ -1281,12 +1310,7 @@ int conv2d_forward(const conv2d_shape *s, const float *x, const float *w, const 
         dw_forward(s, &g, x, w, b, y, ws, nt);
         return NN_OK;
     }
-    const conv2d_shape t = group_shape(s);
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)s->OC * s->OH * s->OW;
-    const size_t xg = (size_t)t.C * s->H * s->W, yg = (size_t)t.OC * s->OH * s->OW;
-    const size_t wg = (size_t)t.OC * t.C * s->KH * s->KW;
-    for (int g = 0; g < s->G; g++)
-        forward_one(&t, x + g * xg, xs, w + g * wg, b ? b + (size_t)g * t.OC : NULL, y + g * yg, ys, ws, nt);
+    nn_conv_each_group_forward(s, forward_one, x, w, b, y, ws, nt);
     return NN_OK;
 }
 
@@ -1305,13 +1329,7 @@ int conv2d_backward(const conv2d_shape *s, const float *x, const float *w, const
         dw_backward(s, &g, x, w, dy, dx, dw, db, ws, nt);
         return NN_OK;
     }
-    const conv2d_shape t = group_shape(s);
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)s->OC * s->OH * s->OW;
-    const size_t xg = (size_t)t.C * s->H * s->W, yg = (size_t)t.OC * s->OH * s->OW;
-    const size_t wg = (size_t)t.OC * t.C * s->KH * s->KW;
-    for (int g = 0; g < s->G; g++)
-        backward_one(&t, x + g * xg, xs, w + g * wg, dy + g * yg, ys, dx ? dx + g * xg : NULL, dw + g * wg,
-                     db ? db + (size_t)g * t.OC : NULL, ws, nt);
+    nn_conv_each_group_backward(s, backward_one, x, w, dy, dx, dw, db, ws, nt);
     return NN_OK;
 }
 

@@ -323,12 +323,7 @@ int conv2d_forward_bf16(const conv2d_shape *s, const float *x, const float *w, c
     const int nt = nn_threads();
     const int rc = bf16_ready(s, ws_len, nt);
     if (rc != NN_OK) return rc;
-    const conv2d_shape t = nn_conv_group_shape(s);
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)s->OC * s->OH * s->OW;
-    const size_t xg = (size_t)t.C * s->H * s->W, yg = (size_t)t.OC * s->OH * s->OW;
-    const size_t wg = (size_t)t.OC * t.C * s->KH * s->KW;
-    for (int g = 0; g < s->G; g++)
-        imp_forward(&t, x + g * xg, xs, w + g * wg, b ? b + (size_t)g * t.OC : NULL, y + g * yg, ys, ws, nt);
+    nn_conv_each_group_forward(s, imp_forward, x, w, b, y, ws, nt);
     return NN_OK;
 }
 
@@ -338,11 +333,6 @@ int conv2d_backward_bf16(const conv2d_shape *s, const float *x, const float *w, 
     const int rc = bf16_ready(s, ws_len, nt);
     if (rc != NN_OK) return rc;
     const conv2d_shape t = nn_conv_group_shape(s);
-    const size_t xs = (size_t)s->C * s->H * s->W, ys = (size_t)s->OC * s->OH * s->OW;
-    const size_t xg = (size_t)t.C * s->H * s->W, yg = (size_t)t.OC * s->OH * s->OW;
-    const size_t wg = (size_t)t.OC * t.C * s->KH * s->KW;
-    for (int g = 0; g < s->G; g++)
-        (imp_bwd_ok(&t) ? imp_backward : backward_one)(&t, x + g * xg, xs, w + g * wg, dy + g * yg, ys, dx ? dx + g * xg : NULL, dw + g * wg,
-                     db ? db + (size_t)g * t.OC : NULL, ws, nt);
+    nn_conv_each_group_backward(s, imp_bwd_ok(&t) ? imp_backward : backward_one, x, w, dy, dx, dw, db, ws, nt);
     return NN_OK;
 }

@@ -190,6 +190,15 @@ void nn_conv_im2col(const conv2d_shape *s, const float *x, float *cols, size_t l
 void nn_conv_col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx);
 int nn_conv_chunk_images(const conv2d_shape *s);
 conv2d_shape nn_conv_group_shape(const conv2d_shape *s);
+/* f run on each group (s's G) in turn: t has G = 1, images xs apart in x (dx), ys in y (dy) */
+typedef void (*conv_group_forward)(const conv2d_shape *t, const float *x, size_t xs, const float *w, const float *b,
+                                   float *y, size_t ys, float *ws, int nt);
+typedef void (*conv_group_backward)(const conv2d_shape *t, const float *x, size_t xs, const float *w, const float *dy,
+                                    size_t ys, float *dx, float *dw, float *db, float *ws, int nt);
+void nn_conv_each_group_forward(const conv2d_shape *s, conv_group_forward f, const float *x, const float *w,
+                                const float *b, float *y, float *ws, int nt);
+void nn_conv_each_group_backward(const conv2d_shape *s, conv_group_backward f, const float *x, const float *w,
+                                 const float *dy, float *dx, float *dw, float *db, float *ws, int nt);
 int nn_conv_shape_ok(const conv2d_shape *s);
 int nn_conv_is_depthwise(const conv2d_shape *s);
 /* one chunk's db partial (images n0 .. n0 + nc - 1), and the chunks' dw and db partials summed */
