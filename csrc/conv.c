@@ -867,40 +867,27 @@ typedef int dw_i4 __attribute__((vector_size(16)));
     {                                                                                              \
         enum { NV = DW_B / (VW), NA = (NB) * NV };                                                 \
         int q = 0;                                                                                 \
-        for (; q + (NB) * DW_B <= n; q += (NB) * DW_B) {                                           \
-            VT acc[NA];                                                                            \
-            for (int v = 0; v < NA; v++) {                                                         \
-                acc[v] = (VT){0};                                                                  \
-                acc[v] += bias;                                                                    \
-            }                                                                                      \
-            for (int t = 0; t < ntaps; t++) {                                                      \
-                const float *p = src + off[t] + q;                                                 \
-                const float wt = w[t];                                                             \
-                for (int v = 0; v < NA; v++) {                                                     \
-                    VT a;                                                                          \
-                    memcpy(&a, p + v * (VW), sizeof a);                                            \
-                    acc[v] += wt * a;                                                              \
-                }                                                                                  \
-            }                                                                                      \
-            for (int v = 0; v < NA; v++) memcpy(out + q + v * (VW), &acc[v], sizeof acc[v]);       \
+        for (; q + (NB) * DW_B <= n; q += (NB) * DW_B) DW_TAPS_AT(VT, VW, NA)                      \
+        for (; q < n; q += DW_B) DW_TAPS_AT(VT, VW, NV)                                            \
+    }
+/* out[q ..] for NACC vectors of VW from q */
+#define DW_TAPS_AT(VT, VW, NACC)                                                                   \
+    {                                                                                              \
+        VT acc[NACC];                                                                              \
+        for (int v = 0; v < (NACC); v++) {                                                         \
+            acc[v] = (VT){0};                                                                      \
+            acc[v] += bias;                                                                        \
         }                                                                                          \
-        for (; q < n; q += DW_B) {                                                                 \
-            VT acc[NV];                                                                            \
-            for (int v = 0; v < NV; v++) {                                                         \
-                acc[v] = (VT){0};                                                                  \
-                acc[v] += bias;                                                                    \
+        for (int t = 0; t < ntaps; t++) {                                                          \
+            const float *p = src + off[t] + q;                                                     \
+            const float wt = w[t];                                                                 \
+            for (int v = 0; v < (NACC); v++) {                                                     \
+                VT a;                                                                              \
+                memcpy(&a, p + v * (VW), sizeof a);                                                \
+                acc[v] += wt * a;                                                                  \
             }                                                                                      \
-            for (int t = 0; t < ntaps; t++) {                                                      \
-                const float *p = src + off[t] + q;                                                 \
-                const float wt = w[t];                                                             \
-                for (int v = 0; v < NV; v++) {                                                     \
-                    VT a;                                                                          \
-                    memcpy(&a, p + v * (VW), sizeof a);                                            \
-                    acc[v] += wt * a;                                                              \
-                }                                                                                  \
-            }                                                                                      \
-            for (int v = 0; v < NV; v++) memcpy(out + q + v * (VW), &acc[v], sizeof acc[v]);       \
         }                                                                                          \
+        for (int v = 0; v < (NACC); v++) memcpy(out + q + v * (VW), &acc[v], sizeof acc[v]);       \
     }
 
 /* lanes[t][j] += sum over blocks q of g[q + j] src[off[t] + q + j], j < DW_B, q < n: three

@@ -121,6 +121,21 @@ static void gemm_bf16_reference(int M, int N, int Kp, const uint16_t *ap, const 
 #include "nn_vec512.h"
 #define NN_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
+/* A tile's R x NV accumulators c into C's rows (ldc apart), the columns past ncols masked off;
+ * with accumulate, added to what C holds. */
+#define BF16_STORE(R, NV, accumulate)                                                              \
+    for (int v = 0; v < (NV); v++) {                                                               \
+        const int left = ncols - v * BF_NR;                                                        \
+        if (left <= 0) break;                                                                      \
+        const __mmask16 m = left >= BF_NR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);     \
+        for (int i = 0; i < (R); i++) {                                                            \
+            float *dst = C + (size_t)i * ldc + v * BF_NR;                                          \
+            __m512 out = c[i][v];                                                                  \
+            if (accumulate) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, dst));               \
+            _mm512_mask_storeu_ps(dst, m, out);                                                    \
+        }                                                                                          \
+    }
+
 /* rows [r, r + R) x NV panels (NV = 1, 2) at column q; ncols: C's columns left from q */
 #define BF16_TILE(R, NV)                                                                           \
     NN_BF16 static void tile_##R##_##NV(int Kp2, const uint32_t *a, const uint32_t *b, size_t bstride, \
@@ -137,17 +152,7 @@ static void gemm_bf16_reference(int M, int N, int Kp, const uint16_t *ap, const 
                 if ((NV) > 1) c[i][(NV) - 1] = _mm512_dpbf16_ps(c[i][(NV) - 1], (__m512bh)av, (__m512bh)b1); \
             }                                                                                      \
         }                                                                                          \
-        for (int v = 0; v < (NV); v++) {                                                           \
-            const int left = ncols - v * BF_NR;                                                    \
-            if (left <= 0) break;                                                                  \
-            const __mmask16 m = left >= BF_NR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); \
-            for (int i = 0; i < (R); i++) {                                                        \
-                float *dst = C + (size_t)i * ldc + v * BF_NR;                                      \
-                __m512 out = c[i][v];                                                              \
-                if (accumulate) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, dst));           \
-                _mm512_mask_storeu_ps(dst, m, out);                                                \
-            }                                                                                      \
-        }                                                                                          \
+        BF16_STORE(R, NV, accumulate)                                                              \
     }
 BF16_TILE(8, 2)
 BF16_TILE(4, 2)
@@ -203,12 +208,7 @@ static void rows_bf16(int r0, int r1, int N, int Kp2, const uint32_t *a, const u
                 if ((NV) > 1) c[i][(NV) - 1] = _mm512_dpbf16_ps(c[i][(NV) - 1], (__m512bh)av, (__m512bh)b1); \
             }                                                                                      \
         }                                                                                          \
-        for (int v = 0; v < (NV); v++) {                                                           \
-            const int left = ncols - v * BF_NR;                                                    \
-            if (left <= 0) break;                                                                  \
-            const __mmask16 m = left >= BF_NR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); \
-            for (int i = 0; i < (R); i++) _mm512_mask_storeu_ps(C + (size_t)i * ldc + v * BF_NR, m, c[i][v]); \
-        }                                                                                          \
+        BF16_STORE(R, NV, 0)                                                                       \
     }
 BF16_OTILE(8, 2)
 BF16_OTILE(4, 2)
