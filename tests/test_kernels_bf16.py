@@ -10,9 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import spark_nn
 from gradcheck import both_paths
-from spark_nn import _kernels
 from spark_nn import kernels as K
 
 needs_bf16 = pytest.mark.skipif(not K.bf16_available(),
@@ -85,6 +83,13 @@ def test_gemm_bf16_does_not_depend_on_the_thread_count(rng, threads):
     assert K.gemm_bf16(a, b).tobytes() == one.tobytes()
 
 
+def _run_capped(code):
+    """Runs code in a new interpreter under SPARK_NN_ISA='avx512' (AVX-512F, no bf16): it must exit 0."""
+    env = dict(os.environ, SPARK_NN_ISA="avx512")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_bf16_is_a_clear_error_where_the_isa_is_capped():
     """SPARK_NN_ISA='avx512' caps at AVX-512F: no bf16, and asking for it names the instruction;
     the scalar reference path still runs (tests on any CPU)."""
@@ -94,10 +99,9 @@ def test_bf16_is_a_clear_error_where_the_isa_is_capped():
             "except RuntimeError as e:\n    assert 'AVX512_BF16' in str(e) and 'avx512' in str(e), e\n"
             "else:\n    raise SystemExit('no error')\n"
             "_kernels.set_reference(True)\n"
-            "assert K.gemm_bf16(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)).tolist() == [[3, 3], [3, 3]]\n")
-    env = dict(os.environ, SPARK_NN_ISA="avx512")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+            "ones = np.ones((2, 3), np.float32)\n"
+            "assert K.gemm_bf16(ones, ones.T.copy()).tolist() == [[3, 3], [3, 3]]\n")
+    _run_capped(code)
 
 
 # ---------------------------------------------------------------- convolution and dense in bf16
@@ -212,9 +216,8 @@ def test_bf16_layers_are_a_clear_error_where_the_isa_is_capped():
             "for call in (lambda: net.fit(x, y, epochs=1, precision='bf16'),\n"
             "             lambda: net.predict(x, precision='bf16')):\n"
             "    try:\n        call()\n"
-            "    except RuntimeError as e:\n        assert 'AVX512_BF16' in str(e) and \"precision='fp32'\" in str(e), e\n"
+            "    except RuntimeError as e:\n"
+            "        assert 'AVX512_BF16' in str(e) and \"precision='fp32'\" in str(e), e\n"
             "    else:\n        raise SystemExit('no error')\n"
             "net.precision = 'fp32'\nnet.fit(x, y, epochs=1)\n")
-    env = dict(os.environ, SPARK_NN_ISA="avx512")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_capped(code)

@@ -293,8 +293,9 @@ class NeuralModel(Model, MLWritable, MLReadable):
         return None
 
     def predictProbability(self, x):
-        """Class probabilities for a numpy block shaped like the network input."""
-        return self._net.predict_proba(x)
+        """Class probabilities for a numpy block shaped like the network input, in the model's
+        precision (as transform scores)."""
+        return self._net.predict_proba(x, precision=self.getOrDefault(self.precision))
 
     # --------------------------------------------------------------- scoring
     def _output_columns(self):
@@ -332,8 +333,8 @@ class NeuralModel(Model, MLWritable, MLReadable):
                                  "name with the matching *Col param")
         spec = dict(self._spec, kind=kind)
         prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
-        self._net.precision = check_precision(self.getOrDefault(self.precision))
-        config_json = json.dumps(self._net.config(), sort_keys=True)
+        with self._net._precision_of(check_precision(self.getOrDefault(self.precision))):
+            config_json = json.dumps(self._net.config(), sort_keys=True)  # the model's network is left as it is
         bcast, outputs_fn = self._shipped_weights(dataset.sparkSession, config_json), self._outputs_fn()
         threads = task_threads(self, dataset.sparkSession)
         with_paths = kind == "encoded" and "path" in dataset.columns  # binaryFile's: errors name the file
