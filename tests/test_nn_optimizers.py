@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from spark_nn.nn.optimizers import SGD, Adam, AdamW, Schedule, clip_by_global_norm, make_optimizer, optimizer_from_config
+from spark_nn.nn.optimizers import (SGD, Adam, AdamW, Schedule, clip_by_global_norm, make_optimizer,
+                                    optimizer_from_config)
 
 CASES = [
     (lambda: SGD(lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
@@ -83,3 +84,28 @@ def test_bad_optimizer_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
 
+
+@pytest.mark.parametrize("name, args", [("adam", {}), ("adamw", dict(weight_decay=0.1)),
+                                        ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=1e-4)),
+                                        ("sgd", dict(momentum=0.9))])
+def test_a_training_step_allocates_no_array_the_size_of_the_model(rng, name, args):
+    """The step scales the gradient in place and the optimizer works in buffers it keeps: a new
+    model-sized array each step is memory the kernel maps and zeroes anew (9.5 ms of system time
+    in a 320 ms ResNet-18 step). numpy reports its arrays to tracemalloc."""
+    import tracemalloc
+
+    from spark_nn.nn import Dense, Sequential
+
+    net = Sequential([Dense(256), Dense(10)], (2048,))  # 0.5M parameters, 2 MB
+    x, y = rng.standard_normal((4, 2048)).astype(np.float32), rng.integers(0, 10, 4)
+    opt = make_optimizer(name, lr=0.01, **args)
+    net.train_step(opt, x, y)  # the optimizer's state and buffers
+    before = net.params.copy()
+    tracemalloc.start()
+    try:
+        net.train_step(opt, x, y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not np.array_equal(net.params, before)
+    assert peak < net.params.nbytes // 4, (peak, net.params.nbytes)

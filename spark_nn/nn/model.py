@@ -287,7 +287,9 @@ class Sequential(TorchInterop):
         loss_sum, grad, n = self.loss_and_grad(None, x, y, rng, copy=False, weight=weight)
         active = self.active_index(self.layers[0].touched) if self.table is not None else None
         if active is None:
-            optimizer.step(self.params, grad / np.float32(n))
+            # in place: grad is self.grads, which the next call overwrites (a new array here is
+            # one the size of the model each step, whose pages the kernel maps and zeroes anew)
+            optimizer.step(self.params, np.divide(grad, np.float32(n), out=grad))
         else:
             optimizer.step(self.params, grad[active] / np.float32(n), active=active)
         return loss_sum, n
