@@ -176,8 +176,9 @@ def local_steps(model, weights, state, opt_cfg, x, y, sampler, seed, epoch, firs
     if active is not None:
         arrays = [a[active] for a in arrays]
     rows = np.unique(np.concatenate(touched)).astype(np.int32) if touched else None
-    return RoundResult(loss=loss_sum, vec=np.concatenate(arrays) * np.float32(rows_seen), n=rows_seen,
-                       metrics=sums, rows=rows)
+    vec = np.concatenate(arrays)
+    vec *= np.float32(rows_seen)  # in place: a second array of the round's size is pages mapped anew
+    return RoundResult(loss=loss_sum, vec=vec, n=rows_seen, metrics=sums, rows=rows)
 
 
 class RoundTask:
