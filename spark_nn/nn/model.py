@@ -14,7 +14,6 @@ from typing import NamedTuple
 import numpy as np
 
 from spark_nn.kernels import PRECISIONS, check_precision
-from spark_nn.memory import keep_freed_memory
 from spark_nn.nn.layers import Dropout, Embedding, backward_chain, forward_chain, layer_config, layer_from_config, walk
 from spark_nn.nn.losses import loss_from_config
 from spark_nn.nn.onnx_export import to_onnx
@@ -43,7 +42,6 @@ class Sequential(TorchInterop):
     come from spark_nn.nn.torch_interop."""
 
     def __init__(self, layers, input_shape, loss=None, seed=0, precision="fp32"):
-        keep_freed_memory()  # this process trains or scores: each step's arrays are reused (spark_nn.memory)
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("a model needs at least one layer")
