@@ -109,3 +109,22 @@ def test_a_training_step_allocates_no_array_the_size_of_the_model(rng, name, arg
         tracemalloc.stop()
     assert not np.array_equal(net.params, before)
     assert peak < net.params.nbytes // 4, (peak, net.params.nbytes)
+
+
+@pytest.mark.parametrize("name, args", [("adam", dict(weight_decay=0.1)), ("adamw", dict(weight_decay=0.1)),
+                                        ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.1))])
+def test_a_step_leaves_the_callers_gradient_as_it_is(rng, name, args):
+    """Without clipping Adam reads the caller's gradient in place (no copy), SGD works on its
+    own copy (weight decay and Nesterov add into it): either way the caller's array is unchanged
+    and the step is bitwise the one with a clip that never bites (which copies)."""
+    g = rng.standard_normal(1000).astype(np.float32)
+    kept = g.copy()
+    p0 = rng.standard_normal(1000).astype(np.float32)
+    runs = []
+    for clip in (None, 1e30):
+        opt, p = make_optimizer(name, lr=0.01, clip_norm=clip, **args), p0.copy()
+        for _ in range(3):
+            opt.step(p, g)
+        runs.append(p)
+        np.testing.assert_array_equal(g, kept)
+    np.testing.assert_array_equal(runs[0], runs[1])
