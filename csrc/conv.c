@@ -310,7 +310,7 @@ static void pack_weights(int CKK, int OC, const float *w, float *wp, int nt) {
     }
 }
 
-/* Stride-1 forward: y^T[p, oc] = X(p, k) w^T[k, oc] with X read in place from the zero-padded
+/* Forward (any stride): y^T[p, oc] = X(p, k) w^T[k, oc] with X read in place from the zero-padded
  * image (padded_koff, padded_poff) and w^T packed once; the tiles store into y[oc, p] directly. Only
  * real output positions are computed (outputs on the padded width wasted 2 PW / Wp of the
  * work: a third at 4x4 images). */

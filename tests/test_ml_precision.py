@@ -54,6 +54,8 @@ def test_a_bf16_fit_trains_in_bf16_and_scores_in_its_precision(digits, tmp_path)
     # the model's precision, not its network's (left as trained: transform does not change it)
     assert loaded.network.precision == "bf16"
     np.testing.assert_array_equal(loaded.predictProbability(xs), loaded.network.predict_proba(xs, precision="fp32"))
+    np.testing.assert_array_equal(loaded.predict(xs), loaded.network.predict(xs, precision="fp32"))
+    assert loaded.network.precision == "bf16"
     # it learns as fp32 does: training accuracy within 5 points (80 steps of 32 rows)
     acc = {name: (m.network.predict(x.astype(np.float32)) == y).mean() for name, m in (("fp32", fp32), ("bf16", bf16))}
     assert acc["fp32"] > 0.6 and abs(acc["bf16"] - acc["fp32"]) < 0.05, acc

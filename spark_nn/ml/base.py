@@ -295,7 +295,14 @@ class NeuralModel(Model, MLWritable, MLReadable):
     def predictProbability(self, x):
         """Class probabilities for a numpy block shaped like the network input, in the model's
         precision (as transform scores)."""
-        return self._net.predict_proba(x, precision=self.getOrDefault(self.precision))
+        with self._scoring_precision():
+            return self._net.predict_proba(x)
+
+    def _scoring_precision(self):
+        """The network in the model's precision param for the duration: transform, predict,
+        predictProbability, encode and the MLflow model score in it; the network itself keeps
+        the precision it was trained in."""
+        return self._net._precision_of(check_precision(self.getOrDefault(self.precision)))
 
     # --------------------------------------------------------------- scoring
     def _output_columns(self):
@@ -333,8 +340,8 @@ class NeuralModel(Model, MLWritable, MLReadable):
                                  "name with the matching *Col param")
         spec = dict(self._spec, kind=kind)
         prepared = dataset.withColumn(_TMP_FEATURES, feature_expr(fcol, kind))
-        with self._net._precision_of(check_precision(self.getOrDefault(self.precision))):
-            config_json = json.dumps(self._net.config(), sort_keys=True)  # the model's network is left as it is
+        with self._scoring_precision():
+            config_json = json.dumps(self._net.config(), sort_keys=True)
         bcast, outputs_fn = self._shipped_weights(dataset.sparkSession, config_json), self._outputs_fn()
         threads = task_threads(self, dataset.sparkSession)
         with_paths = kind == "encoded" and "path" in dataset.columns  # binaryFile's: errors name the file

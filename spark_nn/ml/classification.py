@@ -59,7 +59,8 @@ class _ClassificationModel(NeuralModel):
 
     def predict(self, x):
         """Predicted class indices for a numpy block shaped like the network input."""
-        return self._net.predict(x)
+        with self._scoring_precision():
+            return self._net.predict(x)
 
     def evaluate(self, dataset):
         """Scores a labelled DataFrame and returns pyspark's multiclass metrics as a dict:

@@ -360,7 +360,8 @@ class AutoEncoderModel(NeuralModel, AutoEncoderParams):
 
     def encode(self, x):
         """Codes for a numpy block (n, numFeatures)."""
-        return self._net.predict_layer_output(np.asarray(x, dtype=np.float32), self.codeLayer)
+        with self._scoring_precision():
+            return self._net.predict_layer_output(np.asarray(x, dtype=np.float32), self.codeLayer)
 
 
 class AutoEncoder(NeuralEstimator, AutoEncoderParams):

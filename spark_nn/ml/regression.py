@@ -62,7 +62,8 @@ class _RegressionModel(NeuralModel):
     def predict(self, x):
         """Predictions in the label's units for a numpy block shaped like the network input:
         (rows,) for a numeric label, (rows, targets) for vector/array labels."""
-        pred = np.asarray(self._net.predict_proba(x), dtype=np.float64)
+        with self._scoring_precision():
+            pred = np.asarray(self._net.predict_proba(x), dtype=np.float64)
         return pred[:, 0] if self._labelSize is None else pred
 
     def evaluate(self, dataset):

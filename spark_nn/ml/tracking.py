@@ -168,7 +168,8 @@ def save_pyfunc(model, fcol, path):
 
     with tempfile.TemporaryDirectory(prefix="spark_nn_pyfunc_") as tmp:
         net_dir = os.path.join(tmp, "network")
-        save_model(model.network, net_dir)
+        with model._scoring_precision():  # the MLflow model scores as transform does
+            save_model(model.network, net_dir)
         with open(os.path.join(net_dir, "pyfunc.json"), "w") as f:
             json.dump(pyfunc_spec(model, fcol), f, indent=1)
         code = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_model.py")

@@ -283,7 +283,8 @@ class Sequential(TorchInterop):
         (loss sum, rows). With an Embedding table the step is lazy: only the rows the minibatch
         touches (and their optimizer state) change, as torch's SparseAdam and Keras's LazyAdam
         do; the gradient passed is the active entries' only, so a step costs O(batch) in the
-        table, not O(vocab_size). When a step touches every row, it is bitwise the dense step."""
+        table, not O(vocab_size). When a step touches every row, it is bitwise the dense step.
+        Afterwards ``self.grads`` holds the step's mean gradient (dense) or the sum (lazy)."""
         loss_sum, grad, n = self.loss_and_grad(None, x, y, rng, copy=False, weight=weight)
         active = self.active_index(self.layers[0].touched) if self.table is not None else None
         if active is None:
