@@ -278,12 +278,12 @@ static int tap_classes(const conv2d_shape *s, int nb, int *pos, int *cls, int *r
 
 /* Column k = (c, kh, kw) of output position p = (oh, ow) sits at koff[k] + poff(p) in the
  * zero-padded image: koff[k] = (c Hp + kh) Wp + kw, poff(p) = oh SH Wp + ow SW. */
+static int padded_koff_at(const conv2d_shape *s, int c, int kh, int kw) {
+    return (c * (s->H + 2 * s->PH) + kh) * (s->W + 2 * s->PW) + kw;
+}
 static void padded_koff(const conv2d_shape *s, int *koff) {
-    const int Hp = s->H + 2 * s->PH, Wp = s->W + 2 * s->PW;
-    for (int k = 0; k < s->C * s->KH * s->KW; k++) {
-        int c = k / (s->KH * s->KW), kh = (k / s->KW) % s->KH, kw = k % s->KW;
-        koff[k] = (c * Hp + kh) * Wp + kw;
-    }
+    for (int k = 0; k < s->C * s->KH * s->KW; k++)
+        koff[k] = padded_koff_at(s, k / (s->KH * s->KW), (k / s->KW) % s->KH, k % s->KW);
 }
 static int padded_poff(const conv2d_shape *s, int p) {
     return (p / s->OW) * s->SH * (s->W + 2 * s->PW) + p % s->OW * s->SW;
@@ -337,7 +337,7 @@ static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, con
         for (int k = 0; k < CKK; k++) {
             int c, t;
             tap_block_of(C, KK, k, &c, &t);
-            koff[k] = (c * (s->H + 2 * s->PH) + t / s->KW) * (s->W + 2 * s->PW) + t % s->KW;
+            koff[k] = padded_koff_at(s, c, t / s->KW, t % s->KW);
             src[k] = c * KK + t;
         }
 #pragma omp parallel for schedule(static) num_threads(nt)
