@@ -59,6 +59,7 @@ def clip_by_global_norm(grad, clip_norm):
 
 class Optimizer:
     name = "optimizer"
+    READS_GRAD_ONLY = False  # whether _update(params, grad, lr) leaves a float32 grad as it is
 
     def __init__(self, lr=0.01, clip_norm=None, schedule=None, weight_decay=0.0):
         if not lr > 0:
@@ -81,7 +82,7 @@ class Optimizer:
         # reads the gradient) a copy: no pass over a model-sized array before the update's own
         # (ResNet-18: two of 45 MB a step)
         self.last_grad_norm = None
-        if not (active is None and self.clip_norm is None and self._reads_grad_only(params, grad)):
+        if not (active is None and self.clip_norm is None and self.READS_GRAD_ONLY and grad.dtype == np.float32):
             grad = self._own_copy(grad) if active is None else np.array(grad, dtype=np.float32, copy=True)
             if self.clip_norm is not None:
                 self.last_grad_norm = clip_by_global_norm(grad, self.clip_norm)
@@ -93,17 +94,12 @@ class Optimizer:
         self.t += 1
         return float(lr)
 
-    def _reads_grad_only(self, params, grad):
-        """Whether _update(params, grad, lr) leaves grad as it is."""
-        return False
-
     def _own_copy(self, grad):
         """grad as float32 in a buffer the optimizer keeps from step to step (clipping, and SGD's
         weight decay and Nesterov term, write into it): a new array each step is one the size of
         the model, which the allocator maps from the kernel and the kernel zeroes page by page
         (ResNet-18: 45 MB; 7.5-9.3 ms of system time in a 305-317 ms step at batch 16 on one
         thread, benchmarks/RESULTS.md)."""
-        grad = np.asarray(grad)
         work = self._kept("_work", grad.shape)
         np.copyto(work, grad, casting="unsafe")
         return work
@@ -209,6 +205,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is L2 added to the gradient."""
 
     name = "adam"
+    READS_GRAD_ONLY = True  # csrc/optim.c's g is const; _update_reference makes a new array
     decoupled = False
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
@@ -233,11 +230,6 @@ class Adam(Optimizer):
     @staticmethod
     def _fused(params, grad):
         return params.dtype == grad.dtype == np.float32 and params.flags.c_contiguous and grad.flags.c_contiguous
-
-    def _reads_grad_only(self, params, grad):
-        # csrc/optim.c's g is const and _update_reference does not write grad either; other
-        # dtypes are converted (a copy) as before
-        return grad.dtype == np.float32
 
     def _update(self, params, grad, lr):
         """One fused pass in C (csrc/optim.c); _update_reference is the same in numpy."""
