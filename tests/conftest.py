@@ -54,6 +54,7 @@ KILLED_AND_RETRIED = ["killed attempt 0", "ran attempt 1"]  # Spark retried the 
 DELETED_AND_RUN_AGAIN = (["deleted attempt 0"] + [f"ran attempt {n}" for n in range(1, 1 + TASK_RETRIES)]
                          + ["ran attempt 0"])
 
+
 def clean_env(**extra):
     """This environment without the marks a Spark Connect session leaves in it (a child process
     would otherwise take its classic builder for a Connect one), its workers on this Python."""
@@ -66,7 +67,8 @@ _SPARK_CONF = {
     "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-    "spark.python.unix.domain.socket.enabled": "true", "spark.task.maxDirectResultSize": "64m",
+    "spark.python.unix.domain.socket.enabled": "true", "spark.task.maxDirectResultSize": "512m",
+    "spark.rpc.message.maxSize": "512",
 }
 
 

@@ -170,7 +170,7 @@ class DistributedTrainer:
         vec, n = result.vec, result.n
         active = self.net.active_index(result.rows) if self.sparse_rounds else None
         if active is None:
-            self.optimizer.step(weights, vec / np.float32(n))
+            self.optimizer.step(weights, _mean(vec, n))
         else:
             self.optimizer.step(weights, vec[active] / np.float32(n), active=active)
 
@@ -183,7 +183,7 @@ class DistributedTrainer:
         base: the weights the round was shipped (same cover), when rounds are pipelined: the
         weights then gain the round's change (mean - base) on top of the rounds applied since
         it was shipped (delayed averaging); the optimizer state is the round's mean."""
-        mean = result.vec / np.float32(result.n)
+        mean = _mean(result.vec, result.n)
         cover = None if shipped_rows is None else self.net.active_index(shipped_rows)
         # shipped rows are the rows the round touched, so then cover is also what to update
         update = self.net.active_index(result.rows) if self.sparse_rounds and cover is None else None
@@ -410,7 +410,7 @@ class DistributedTrainer:
                     continue
                 if self.has_validation:
                     self.rounds.describe(f"{self.description}: validation after epoch "
-                                              f"{epoch + 1}/{self.epochs}")
+                                         f"{epoch + 1}/{self.epochs}")
                     record.update(self._evaluate(weights))
                 if self._finish_epoch(record, weights, progress):
                     break
@@ -423,6 +423,15 @@ class DistributedTrainer:
             self.buffers = self._best[3]
             return self._best[1]
         return weights
+
+
+def _mean(vec, n):
+    """vec / n in place when vec is writable: a round's summed result is the driver's own once
+    the round has returned, and a new array the size of the model would be pages mapped anew
+    each round (134 MB for ResNet-18 with Adam)."""
+    if not vec.flags.writeable:
+        return vec / np.float32(n)
+    return np.divide(vec, np.float32(n), out=vec)
 
 
 class _Returned:
