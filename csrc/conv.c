@@ -366,7 +366,7 @@ static void direct_forward(const conv2d_shape *s, const float *x, size_t xs, con
             for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
-            const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+            const int n0 = ch * nb, nc = nn_chunk_len(s->N, ch, nb);
             const float *xi = x + (size_t)n0 * xs;
             if (!inplace)
                 for (int j = 0; j < nc; j++) pad_image(s, xi + (size_t)j * xs, xp + (size_t)j * pad);
@@ -442,7 +442,7 @@ static void forward_one(const conv2d_shape *s, const float *x, size_t xs, const 
         float *buf = cols + (size_t)CKK * nb * OHW;
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
-            int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            int n0 = ch * nb, nc = nn_chunk_len(s->N, ch, nb), L = nc * OHW;
             for (int j = 0; j < nc; j++) im2col(s, x + (n0 + j) * xs, cols + (size_t)j * OHW, L);
             if (per_image) { /* cols[CKK + 1, L] (the ones row in buf's room, unused here) */
                 for (int i = 0; i < L; i++) cols[(size_t)CKK * L + i] = 1.0f;
@@ -544,7 +544,7 @@ static void strided_dx(const conv2d_shape *s, const float *w, const float *dy, s
         float *cols = cols0 + (size_t)NN_THREAD_ID() * ptf;
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
-            const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            const int n0 = ch * nb, nc = nn_chunk_len(s->N, ch, nb), L = nc * OHW;
             nn_gemm_offsets(L, CKK, OC, dy + (size_t)n0 * ys, poff, ocoff, wp, cols, L, 1, NULL);
             for (int j = 0; j < nc; j++) {
                 float *dxi = dx + (size_t)(n0 + j) * xs;
@@ -677,7 +677,7 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
         {
 #pragma omp for schedule(static)
             for (int n = 0; n < s->N; n++) {
-                const int ch = n / nb, j = n - ch * nb, nc = s->N - ch * nb < nb ? s->N - ch * nb : nb;
+                const int ch = n / nb, j = n - ch * nb, nc = nn_chunk_len(s->N, ch, nb);
                 if (!inplace) {
                     memset(xp + (size_t)n * pad, 0, sizeof(float) * pad); /* borders */
                     pad_image(s, x + (size_t)n * xs, xp + (size_t)n * pad);
@@ -686,12 +686,12 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
             }
 #pragma omp for schedule(static) nowait
             for (int ch = 0; ch < nchunks; ch++)
-                chunk_db(s, dy, ys, ch * nb, s->N - ch * nb < nb ? s->N - ch * nb : nb, dbp + (size_t)ch * OC);
+                chunk_db(s, dy, ys, ch * nb, nn_chunk_len(s->N, ch, nb), dbp + (size_t)ch * OC);
 #pragma omp for schedule(static)
             for (int job = 0; job < nchunks * nrb; job++) {
                 const int ch = job / nrb, r0 = job % nrb * NN_DW_ROWS;
                 const int m = CKK - r0 < NN_DW_ROWS ? CKK - r0 : NN_DW_ROWS;
-                const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+                const int n0 = ch * nb, nc = nn_chunk_len(s->N, ch, nb);
                 nn_gemm_offsets(m, OC, nc * OHW, inplace ? x + (size_t)n0 * xs : xp + (size_t)n0 * pad, koff + r0,
                                 poff, dyp + ch * dyps, dwt + (size_t)ch * CKK * OC + r0, CKK, 1, NULL);
             }
@@ -706,7 +706,7 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
                 for (size_t i = 0; i < nb * pad; i++) xp[i] = 0.0f; /* borders */
 #pragma omp for schedule(static)
             for (int ch = 0; ch < nchunks; ch++) {
-                const int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb;
+                const int n0 = ch * nb, nc = nn_chunk_len(s->N, ch, nb);
                 for (int j = 0; j < nc; j++) {
                     const float *dyi = dy + (size_t)(n0 + j) * ys;
                     if (!inplace) pad_image(s, x + (size_t)(n0 + j) * xs, xp + j * pad);
@@ -750,7 +750,7 @@ static void backward_one(const conv2d_shape *s, const float *x, size_t xs, const
         float *buf = cols + (size_t)CKK * nb * OHW;
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
-            int n0 = ch * nb, nc = s->N - n0 < nb ? s->N - n0 : nb, L = nc * OHW;
+            int n0 = ch * nb, nc = nn_chunk_len(s->N, ch, nb), L = nc * OHW;
             chunk_db(s, dy, ys, n0, nc, dbp + (size_t)ch * OC);
             if (OHW >= NN_PER_IMAGE_OHW) { /* per image, dy read in place (as the forward) */
                 float *part = dwp + (size_t)ch * OC * CKK;

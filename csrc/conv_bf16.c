@@ -80,7 +80,7 @@ static void backward_one(const conv2d_shape *t, const float *x, size_t xs, const
         uint16_t *bpd = (uint16_t *)(void *)((float *)(void *)apd + halves(nn_bf16_pack_a_size(OC, g.L)));
 #pragma omp for schedule(static)
         for (int ch = 0; ch < g.nchunks; ch++) {
-            const int n0 = ch * g.nb, nc = t->N - n0 < g.nb ? t->N - n0 : g.nb, L = nc * OHW;
+            const int n0 = ch * g.nb, nc = nn_chunk_len(t->N, ch, g.nb), L = nc * OHW;
             for (int j = 0; j < nc; j++) {
                 nn_conv_im2col(t, x + (size_t)(n0 + j) * xs, cols + (size_t)j * OHW, L);
                 for (int oc = 0; oc < OC; oc++)
@@ -269,7 +269,7 @@ static void imp_backward(const conv2d_shape *t, const float *x, size_t xs, const
         memset(xb, 0, sizeof(uint16_t) * (bg.nb * pad + 64));
 #pragma omp for schedule(static)
         for (int ch = 0; ch < bg.nchunks; ch++) {
-            const int n0 = ch * bg.nb, nc = t->N - n0 < bg.nb ? t->N - n0 : bg.nb, L = nc * qe;
+            const int n0 = ch * bg.nb, nc = nn_chunk_len(t->N, ch, bg.nb), L = nc * qe;
             for (int j = 0; j < nc; j++) {
                 const float *xi = x + (size_t)(n0 + j) * xs, *dyi = dy + (size_t)(n0 + j) * ys;
                 for (int c = 0; c < C; c++)
