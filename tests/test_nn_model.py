@@ -164,3 +164,28 @@ def test_the_loss_says_what_a_fit_trains_for():
     assert isinstance(loss_from_config(None), SoftmaxCrossEntropy)
     with pytest.raises(ValueError, match="target"):
         MeanSquaredError(target="outputs")
+
+
+def _widest_bytes(model):
+    return max(int(np.prod(layer.output_shape)) for _, layer in model.named_layers()) * 4
+
+
+def test_prediction_chunks_keep_small_networks_in_cache_and_amortize_large_weights(rng):
+    from spark_nn.nn import model as M
+
+    # wide activations, few weights: as many rows as keep the widest output within CACHE_BYTES
+    seed = builders.cnn([32, 64, 10], 10, (1, 28, 28))
+    rows = seed.inference_rows()
+    assert 1 < rows < M.INFERENCE_BYTES // _widest_bytes(seed)
+    assert rows * _widest_bytes(seed) <= M.CACHE_BYTES < (rows + 1) * _widest_bytes(seed)
+    # 256 KB outputs (16 rows by the cache) but 16 MB of weights: a row per WEIGHT_BYTES_PER_ROW
+    net = M.Sequential([L.Conv2D(64), L.Flatten(), L.Dense(64)], (3, 32, 32))
+    weights = 4 * (net.params.size + net.frozen.size)
+    assert M.CACHE_BYTES // _widest_bytes(net) < weights // M.WEIGHT_BYTES_PER_ROW == net.inference_rows()
+    # never past INFERENCE_BYTES of the widest output, whatever the weights
+    huge = builders.cnn([64, 10], 10, (3, 256, 256))
+    assert huge.inference_rows() * _widest_bytes(huge) <= M.INFERENCE_BYTES
+    assert seed.inference_rows(batch_size=7) == 7
+    # the chunking does not change the predictions
+    x = rng.standard_normal((rows * 2 + 3, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(seed.predict_output(x), seed.predict_output(x, batch_size=len(x)), rtol=1e-5, atol=1e-6)
