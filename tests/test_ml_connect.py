@@ -47,6 +47,25 @@ def test_result_fields_combine_by_their_kind():
     assert total.rows.dtype == np.int32 and ZERO + a == a and a != b
 
 
+def test_add_into_is_the_sum_written_into_the_left_results_arrays(rng):
+    from spark_nn.ml.training.round_result import add_into
+
+    a, b, c = (r for _, r in results(rng, 3))  # b has no vec; a no vmetrics
+    expected = a + b + c
+    keep_c = c.vec.copy()
+    left_vec = a.vec
+    total = add_into(add_into(a, b), c)
+    assert same(total, expected)
+    assert total.vec is left_vec  # written into a's own array, no new one
+    assert c.vec.tobytes() == keep_c.tobytes()  # added from, not written
+    # a read-only left (decoded from bytes) is never written: a new array, as +
+    frozen = RoundResult(vec=np.frombuffer(np.ones(7, np.float32).tobytes(), np.float32), n=1)
+    summed = add_into(frozen, c)
+    assert frozen.vec.tolist() == [1.0] * 7 and summed.vec is not frozen.vec
+    assert same(summed, frozen + c)
+    assert add_into(ZERO, c) == c and ZERO.vec is None
+
+
 def test_result_rows_round_trip_and_sum_in_partition_order(rng):
     rows = results(rng, 5)
     back = decode(encode(rows[::-1]))

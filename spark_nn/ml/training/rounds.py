@@ -12,7 +12,7 @@ import numpy as np
 from pyspark import Broadcast
 
 from spark_nn.ml.training.errors import ResidentBlockLost, unwrap_errors
-from spark_nn.ml.training.round_result import ZERO
+from spark_nn.ml.training.round_result import ZERO, add_into
 
 log = logging.getLogger("spark_nn")
 
@@ -152,8 +152,9 @@ class RDDRounds(Rounds):
     def _sum(self, task, payload):
         shipped = self._ship(payload)
         try:
+            # within a task the results are summed apart (+); across tasks the sum owns them (add_into)
             return self.data.rdd.mapPartitionsWithIndex(lambda i, blocks: task(i, blocks, shipped.value)) \
-                .treeAggregate(ZERO, operator.add, operator.add, depth=self.depth)
+                .treeAggregate(ZERO, operator.add, add_into, depth=self.depth)
         finally:
             if isinstance(shipped, Broadcast):
                 shipped.destroy()
