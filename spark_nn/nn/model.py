@@ -46,7 +46,12 @@ class Slot(NamedTuple):
 
 class Sequential(TorchInterop):
     """Layers in order over one flat parameter vector; from_torch / to_torch / torch_state_dict
-    come from spark_nn.nn.torch_interop."""
+    come from spark_nn.nn.torch_interop.
+
+    One call at a time: layers keep their inputs for the backward, and predict(precision=...)
+    sets the layers' precision for its duration, so threads that predict with one model at once
+    need a copy each (Sequential.from_config(model.config()) and set_state_vector). Spark's
+    Python workers run one task at a time."""
 
     def __init__(self, layers, input_shape, loss=None, seed=0, precision="fp32"):
         self.layers = list(layers)
