@@ -172,6 +172,21 @@ void nn_gemm_par(int tA, int tB, int M, int N, int K, float alpha, const float *
     }
 }
 
+void nn_seq_input_projection(int rows, int G, int D, const float *x, const float *w_ih, const float *bias,
+                             float *out) {
+    for (size_t i = 0; i < (size_t)rows; i++)
+        for (int j = 0; j < G; j++) out[i * G + j] = bias[j];
+    nn_gemm(0, 1, rows, G, D, 1.0f, x, D, w_ih, D, 1.0f, out, G);
+}
+
+void nn_seq_recurrent_product(int t, int nr, int G, int H, const float *hs, int ldh, const float *h0,
+                              const float *w_hh, const float *wph, float *out, int ldo) {
+    if (t > 0)
+        nn_gemm_packed(1, nr, G, H, hs + (size_t)(t - 1) * H, ldh, w_hh, H, wph, out, ldo);
+    else if (h0)
+        nn_gemm_packed(1, nr, G, H, h0, H, w_hh, H, wph, out, ldo);
+}
+
 void nn_colsum(int R, int Ccols, const float *A, int lda, float *out) {
     int nt = nn_threads();
     if ((double)R * Ccols < 65536.0) nt = 1;

@@ -162,9 +162,8 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
     if (!nn_seq_dims_ok(N, T, D, H, 3)) return NN_EBADSHAPE;
     if (ws_len < gru_forward_workspace_size(N, D, H)) return NN_EWORKSPACE;
     const int G = 3 * H, ldg = T * G, ldh = T * H;
-    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
-    int nt = nn_threads();
-    if (nt > nblocks) nt = nblocks;
+    int rb, nt;
+    const int nblocks = nn_seq_blocks(N, &rb, &nt);
     /* AVX-512: w_ih and w_hh packed per gate for the fused steps; else w_hh for nn_gemm_packed */
     const int fused = nn_gate_tiles(3);
     float *wpi = ws + (size_t)N * G, *wph = wpi + nn_gates_packed_size(3, D, H);
@@ -177,7 +176,7 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
         nn_pack_b(1, H, G, w_hh, H, wph);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
-        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
+        const int r0 = blk * rb, r1 = r0 + nn_chunk_len(N, blk, rb);
         const int nr = r1 - r0;
         if (nr > 0 && fused) { /* each step one pass, the cells in the epilogue (see lstm.c) */
             struct gru_step st = {T, H, 0, r0, brz, b_ih, b_hh, h0, spans, gates, hs, hn};
@@ -185,17 +184,12 @@ int gru_forward(int N, int T, int D, int H, const float *x, const int32_t *spans
                           h0 ? h0 + (size_t)r0 * H : NULL, wpi, wph, gru_step_epilogue, &st, &st.t);
         } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *gr = gates + (size_t)r0 * ldg, *ghr = ws + (size_t)r0 * G;
-            for (size_t i = 0; i < (size_t)nr * T; i++)
-                for (int j = 0; j < G; j++) gr[i * G + j] = b_ih[j];
-            nn_gemm(0, 1, nr * T, G, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, gr, G);
+            nn_seq_input_projection(nr * T, G, D, x + (size_t)r0 * T * D, w_ih, b_ih, gr);
             for (int t = 0; t < T; t++) {
                 for (int n = 0; n < nr; n++)
                     for (int j = 0; j < G; j++) ghr[(size_t)n * G + j] = b_hh[j];
-                if (t > 0)
-                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H,
-                                   wph, ghr, G);
-                else if (h0)
-                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, ghr, G);
+                nn_seq_recurrent_product(t, nr, G, H, hs + (size_t)r0 * ldh, ldh, h0 ? h0 + (size_t)r0 * H : NULL,
+                                         w_hh, wph, ghr, G);
                 gru_cells_forward(r0, r1, t, T, H, h0, spans, ghr, gates, hs, hn);
             }
         }
@@ -215,12 +209,11 @@ int gru_backward(int N, int T, int D, int H, const float *x, const int32_t *span
     float *dhn = hprev + (size_t)N * T * H;
     float *wp = dhn + (size_t)N * H; /* w_hh packed once for every step's GEMM */
     nn_pack_b(0, G, H, w_hh, H, wp);
-    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
-    int nt = nn_threads();
-    if (nt > nblocks) nt = nblocks;
+    int rb, nt;
+    const int nblocks = nn_seq_blocks(N, &rb, &nt);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
-        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
+        const int r0 = blk * rb, r1 = r0 + nn_chunk_len(N, blk, rb);
         const int nr = r1 - r0;
         if (nr > 0) memset(dhn + (size_t)r0 * H, 0, sizeof(float) * nr * H);
         for (int t = T - 1; t >= 0 && nr > 0; t--) {

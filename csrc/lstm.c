@@ -175,9 +175,8 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *span
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
     if (ws_len < lstm_forward_workspace_size(D, H)) return NN_EWORKSPACE;
     const int G = 4 * H, ldg = T * G, ldh = T * H;
-    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
-    int nt = nn_threads();
-    if (nt > nblocks) nt = nblocks;
+    int rb, nt;
+    const int nblocks = nn_seq_blocks(N, &rb, &nt);
     /* AVX-512: w_ih and w_hh packed per gate for the fused steps; else w_hh for nn_gemm_packed */
     const int fused = nn_gate_tiles(4);
     float *wpi = ws, *wph = wpi + nn_gates_packed_size(4, D, H), *bias = wph + nn_gates_packed_size(4, H, H);
@@ -189,7 +188,7 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *span
         nn_pack_b(1, H, G, w_hh, H, wph);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
-        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
+        const int r0 = blk * rb, r1 = r0 + nn_chunk_len(N, blk, rb);
         const int nr = r1 - r0;
         if (nr > 0 && fused) {
             /* each step one pass: x_t w_ih^T + h_{t-1} w_hh^T in registers, the cells in the
@@ -200,16 +199,10 @@ int lstm_forward(int N, int T, int D, int H, const float *x, const int32_t *span
                           h0 ? h0 + (size_t)r0 * H : NULL, wpi, wph, lstm_step_epilogue, &s, &s.t);
         } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *gr = gates + (size_t)r0 * ldg;
-            for (size_t i = 0; i < (size_t)nr * T; i++)
-                for (int j = 0; j < G; j++) gr[i * G + j] = bias[j];
-            nn_gemm(0, 1, nr * T, G, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, gr, G);
+            nn_seq_input_projection(nr * T, G, D, x + (size_t)r0 * T * D, w_ih, bias, gr);
             for (int t = 0; t < T; t++) {
-                float *gt = gr + (size_t)t * G;
-                if (t > 0)
-                    nn_gemm_packed(1, nr, G, H, hs + (size_t)r0 * ldh + (size_t)(t - 1) * H, ldh, w_hh, H,
-                                   wph, gt, ldg);
-                else if (h0)
-                    nn_gemm_packed(1, nr, G, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, gt, ldg);
+                nn_seq_recurrent_product(t, nr, G, H, hs + (size_t)r0 * ldh, ldh, h0 ? h0 + (size_t)r0 * H : NULL,
+                                         w_hh, wph, gr + (size_t)t * G, ldg);
                 lstm_cells_forward(r0, r1, t, T, H, h0, c0, spans, gates, cs, hs);
             }
         }
@@ -226,7 +219,8 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spa
     if (!nn_seq_dims_ok(N, T, D, H, 4)) return NN_EBADSHAPE;
     if (ws_len < lstm_backward_workspace_size(N, T, D, H)) return NN_EWORKSPACE;
     const int G = 4 * H, ldg = T * G;
-    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
+    int rb, nt;
+    const int nblocks = nn_seq_blocks(N, &rb, &nt);
     const int DH = D + H;
     float *dg = ws, *xh = dg + (size_t)N * T * G; /* xh[N,T,D+H] = [x_t, h_{t-1}] */
     float *dhn = xh + (size_t)N * T * DH, *dcn = dhn + (size_t)N * H;
@@ -236,11 +230,9 @@ int lstm_backward(int N, int T, int D, int H, const float *x, const int32_t *spa
     float *dwc = dbb + (size_t)nblocks * G;   /* [G, D+H] = [dw_ih, dw_hh] */
     nn_pack_b(0, G, H, w_hh, H, wph);
     if (dx) nn_pack_b(0, G, D, w_ih, D, wpi);
-    int nt = nn_threads();
-    if (nt > nblocks) nt = nblocks;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
-        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
+        const int r0 = blk * rb, r1 = r0 + nn_chunk_len(N, blk, rb);
         const int nr = r1 - r0;
         float *db_blk = dbb + (size_t)blk * G;
         memset(db_blk, 0, sizeof(float) * G);

@@ -28,6 +28,17 @@ static inline int nn_seq_block_rows(int N) {
     return rb < 32 ? 32 : rb; /* sgemm per step: 57 GFLOPS at 16 rows, 93 at 32 (H=128) */
 }
 
+/* The recurrent kernels' blocks of rows: rows per block (nn_seq_block_rows), the blocks, and the
+ * threads that run them (no more threads than blocks); block blk holds nn_chunk_len(N, blk, rb)
+ * rows from blk rb. */
+static inline int nn_seq_blocks(int N, int *rb, int *nt) {
+    *rb = nn_seq_block_rows(N);
+    const int nblocks = (N + *rb - 1) / *rb;
+    const int threads = nn_threads();
+    *nt = threads < nblocks ? threads : nblocks;
+    return nblocks;
+}
+
 /* exp, sigmoid and tanh written branch-free so that loops over them auto-vectorize (glibc's
  * tanhf is a scalar call of ~20 ns). exp: Cody-Waite reduction x = n ln2 + r and the Cephes
  * degree-6 polynomial, within 2 ulp on [-87, 88]; inputs are clamped there (NaN passes
@@ -235,6 +246,15 @@ void nn_pack_b(int transB, int K, int N, const float *B, int ldb, float *bp);
 void nn_pack_b_rows(int transB, int K, int N, const float *B, int ldb, float *bp, int Ktot, int k0);
 void nn_gemm_packed(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bp, float *C, int ldc);
+/* The recurrent kernels' unfused forward (levels without the gate tiles), for a block's nr rows:
+ * - nn_seq_input_projection: out[i][j] = bias[j] + x_i . w_ih[j] for all rows * steps (rows
+ *   of G, contiguous; x's rows D apart);
+ * - nn_seq_recurrent_product: out += h_{t-1} w_hh^T, h_{t-1} at hs + (t - 1) H (rows ldh apart),
+ *   or h0 (rows H apart; nothing when NULL) at t = 0; w_hh packed in wph (nn_pack_b, transB). */
+void nn_seq_input_projection(int rows, int G, int D, const float *x, const float *w_ih, const float *bias,
+                             float *out);
+void nn_seq_recurrent_product(int t, int nr, int G, int H, const float *hs, int ldh, const float *h0,
+                              const float *w_hh, const float *wph, float *out, int ldo);
 /* A B with A(i, k) = A[aoff[i] + akoff[k]] and B[K,N] packed (nn_pack_b): C(i, j) at
  * C + i ldc + j gets += (A B)(i, j); with ct, C(i, j) at C + i + j ldc is set to
  * (A B)(i, j) + bias[j] (bias NULL: 0). */

@@ -108,13 +108,12 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32
     for (int j = 0; j < H; j++) bias[j] = b_ih[j] + b_hh[j];
     if (fused) nn_pack_gates(1, D, H, w_ih, D, wpi);
     if (!nn_get_reference()) nn_pack_b(1, H, H, w_hh, H, wph); /* the same layout as one gate */
-    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
-    int nt = nn_threads();
-    if (nt > nblocks) nt = nblocks;
+    int rb, nt;
+    const int nblocks = nn_seq_blocks(N, &rb, &nt);
     const int ld = T * H;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
-        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
+        const int r0 = blk * rb, r1 = r0 + nn_chunk_len(N, blk, rb);
         const int nr = r1 - r0;
         if (nr > 0 && fused) { /* each step one pass, the activation in the epilogue (see lstm.c) */
             struct rnn_step st = {T, H, 0, r0, act, bias, h0, spans, hs};
@@ -122,15 +121,10 @@ int rnn_forward(int act, int N, int T, int D, int H, const float *x, const int32
                           h0 ? h0 + (size_t)r0 * H : NULL, wpi, wph, rnn_step_epilogue, &st, &st.t);
         } else if (nr > 0) { /* the input projection for all steps, then step by step */
             float *hr = hs + (size_t)r0 * ld;
-            for (size_t i = 0; i < (size_t)nr * T; i++)
-                for (int j = 0; j < H; j++) hr[i * H + j] = bias[j];
-            nn_gemm(0, 1, nr * T, H, D, 1.0f, x + (size_t)r0 * T * D, D, w_ih, D, 1.0f, hr, H);
+            nn_seq_input_projection(nr * T, H, D, x + (size_t)r0 * T * D, w_ih, bias, hr);
             for (int t = 0; t < T; t++) {
-                float *ht = hr + (size_t)t * H;
-                if (t > 0)
-                    nn_gemm_packed(1, nr, H, H, ht - H, ld, w_hh, H, wph, ht, ld);
-                else if (h0)
-                    nn_gemm_packed(1, nr, H, H, h0 + (size_t)r0 * H, H, w_hh, H, wph, ht, ld);
+                nn_seq_recurrent_product(t, nr, H, H, hr, ld, h0 ? h0 + (size_t)r0 * H : NULL, w_hh, wph,
+                                         hr + (size_t)t * H, ld);
                 rnn_cells_forward(act, r0, r1, t, T, H, h0, spans, hs);
             }
         }
@@ -149,13 +143,12 @@ int rnn_backward(int act, int N, int T, int D, int H, const float *x, const int3
     float *das = ws, *hprev = das + (size_t)N * T * H, *dhn = hprev + (size_t)N * T * H;
     float *wp = dhn + (size_t)N * H; /* w_hh packed once for every step's GEMM */
     nn_pack_b(0, H, H, w_hh, H, wp);
-    const int rb = nn_seq_block_rows(N), nblocks = (N + rb - 1) / rb;
-    int nt = nn_threads();
-    if (nt > nblocks) nt = nblocks;
+    int rb, nt;
+    const int nblocks = nn_seq_blocks(N, &rb, &nt);
     const int ld = T * H;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int blk = 0; blk < nblocks; blk++) {
-        const int r0 = blk * rb, r1 = N - r0 < rb ? N : r0 + rb;
+        const int r0 = blk * rb, r1 = r0 + nn_chunk_len(N, blk, rb);
         const int nr = r1 - r0;
         for (size_t k = (size_t)r0 * H; k < (size_t)r1 * H; k++) dhn[k] = 0.0f;
         for (int t = T - 1; t >= 0 && nr > 0; t--) {
