@@ -200,7 +200,7 @@ static inline void nn_shift_states(int r0, int r1, int T, int H, const float *h0
 void nn_conv_im2col(const conv2d_shape *s, const float *x, float *cols, size_t ld);
 void nn_conv_col2im(const conv2d_shape *s, const float *cols, size_t ld, float *dx);
 int nn_conv_chunk_images(const conv2d_shape *s);
-/* the images in chunk ch of N images nb per chunk (the last chunk may be short) */
+/* the items (images, rows) in chunk ch of N, nb per chunk (the last chunk may be short) */
 static inline int nn_chunk_len(int N, int ch, int nb) { return N - ch * nb < nb ? N - ch * nb : nb; }
 conv2d_shape nn_conv_group_shape(const conv2d_shape *s);
 /* f run on each group (s's G) in turn: t has G = 1, images xs apart in x (dx), ys in y (dy) */

@@ -182,6 +182,10 @@ def test_prediction_chunks_keep_small_networks_in_cache_and_amortize_large_weigh
     net = M.Sequential([L.Conv2D(64), L.Flatten(), L.Dense(64)], (3, 32, 32))
     weights = 4 * (net.params.size + net.frozen.size)
     assert M.CACHE_BYTES // _widest_bytes(net) < weights // M.WEIGHT_BYTES_PER_ROW == net.inference_rows()
+    # an Embedding table is gathered from, not packed: 25.6 MB of it would ask for 50 rows
+    text = builders.rnn([8, 2], 2, (400,), vocab_size=100_000, embedding_dim=64)
+    assert 4 * text.params.size // M.WEIGHT_BYTES_PER_ROW > M.CACHE_BYTES // _widest_bytes(text)
+    assert text.inference_rows() == M.CACHE_BYTES // _widest_bytes(text)
     # never past INFERENCE_BYTES of the widest output, whatever the weights
     huge = builders.cnn([64, 10], 10, (3, 256, 256))
     assert huge.inference_rows() * _widest_bytes(huge) <= M.INFERENCE_BYTES

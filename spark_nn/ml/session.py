@@ -20,8 +20,9 @@ RECOMMENDED_CONF = {
     # A task result above this size goes to the block manager and the driver fetches it in a
     # second trip; a local round's result (weights and Adam's moments) passes 1 MiB at about
     # 90k parameters. Returning 12.7 MB from 2 tasks: median 141 ms at 1m, 100 ms at 64m (4 runs
-    # each, benchmarks/step_cost.py's round parts); a ResNet-18 round's 134 MB from 2 tasks:
-    # 0.55-0.65 s direct against 1.0-1.5 s through the block manager (benchmarks/RESULTS.md).
+    # each, benchmarks/step_cost.py's round parts); a ResNet-18 round's 134 MB from 2 tasks,
+    # beyond an empty job's 0.3 s: 0.5-1.1 s direct against 1.0-1.7 s through the block
+    # manager (4 runs each, benchmarks/RESULTS.md).
     # A direct result rides in one RPC message, so the message limit is raised with it.
     "spark.task.maxDirectResultSize": "512m",
     "spark.rpc.message.maxSize": "512",

@@ -20,11 +20,14 @@ from spark_nn.nn.onnx_export import to_onnx
 from spark_nn.nn.optimizers import Optimizer, make_optimizer
 from spark_nn.nn.torch_interop import TorchInterop
 
-# Rows per prediction chunk (Sequential.inference_rows): as many as keep the widest layer's output
-# within CACHE_BYTES, in cache between layers (the seed CNN scores 15 % faster in fp32 and 29 %
-# in bf16 at 41 rows than at 167; a GRU over 100 steps 13 % faster at 163 rows than at 655), but
-# at least a row per WEIGHT_BYTES_PER_ROW of weights (each chunk prepares every layer's weights:
-# ResNet-18 scores 12 % slower at 16 rows than at 64), and never past INFERENCE_BYTES (memory)
+# Rows per prediction chunk (Sequential.inference_rows), a rule measured on these networks:
+# - as many as keep the widest layer's output within CACHE_BYTES, near the cache between layers
+#   (the seed CNN scores 15 % faster in fp32 and 29 % in bf16 at 41 rows than at 167, a GRU over
+#   100 steps 13 % faster at 163 rows than at 655);
+# - but at least a row per WEIGHT_BYTES_PER_ROW of weights: each chunk packs every layer's
+#   weights (ResNet-18 scores 12 % slower at 16 rows than at 64); an Embedding table is only
+#   gathered from, so it does not count;
+# - and never past INFERENCE_BYTES of the widest output (memory).
 INFERENCE_BYTES = 16 << 20
 CACHE_BYTES = 4 << 20
 WEIGHT_BYTES_PER_ROW = 512 << 10
@@ -309,14 +312,17 @@ class Sequential(TorchInterop):
 
     def inference_rows(self, batch_size=None):
         """Rows per forward chunk when predicting: batch_size, or as many as keep the widest
-        layer's output within CACHE_BYTES, but at least one per WEIGHT_BYTES_PER_ROW of weights;
+        layer's output within CACHE_BYTES, but at least one per WEIGHT_BYTES_PER_ROW of weights (an
+        Embedding table not counted);
         at most 1024, and at most as many as keep it within INFERENCE_BYTES, so scoring a large
         block needs bounded memory (a Spark Python worker may be capped:
         spark.executor.pyspark.memory)."""
         if batch_size:
             return int(batch_size)
         widest = max([int(np.prod(layer.output_shape)) for _, layer in self.named_layers()] + [1]) * 4
-        rows = max(CACHE_BYTES // widest, 4 * (self.params.size + self.frozen.size) // WEIGHT_BYTES_PER_ROW)
+        packed = self.params.size + self.frozen.size - sum(
+            layer.vocab_size * layer.dim for _, layer in self.named_layers() if isinstance(layer, Embedding))
+        rows = max(CACHE_BYTES // widest, 4 * packed // WEIGHT_BYTES_PER_ROW)
         return max(1, min(1024, INFERENCE_BYTES // widest, rows))
 
     def predict_output(self, x, batch_size=None, precision=None):

@@ -75,7 +75,7 @@ def add_into(total, other):
     writable: the classic backend's sum across tasks (treeAggregate's combOp), which owns the
     results it gets (unpickled). A new array the size of a result per task would be pages
     mapped anew each round (ResNet-18 with Adam: 134 MB; the results' way back took 599-709 ms
-    with it against 621-1502 without, benchmarks/RESULTS.md). Both operands are consumed: the sum
+    with add_into against 621-1502 with +, benchmarks/RESULTS.md). Both operands are consumed: the sum
     writes into total's arrays, and takes other's where total has none (ZERO has none, and is
     never written). Connect's rows decode read-only, so its fold adds with +."""
     inplace = {}
