@@ -312,11 +312,10 @@ class Sequential(TorchInterop):
 
     def inference_rows(self, batch_size=None):
         """Rows per forward chunk when predicting: batch_size, or as many as keep the widest
-        layer's output within CACHE_BYTES, but at least one per WEIGHT_BYTES_PER_ROW of weights (an
-        Embedding table not counted);
-        at most 1024, and at most as many as keep it within INFERENCE_BYTES, so scoring a large
-        block needs bounded memory (a Spark Python worker may be capped:
-        spark.executor.pyspark.memory)."""
+        layer's output within CACHE_BYTES, but at least one per WEIGHT_BYTES_PER_ROW of weights
+        (an Embedding table not counted); at most 1024, and at most as many as keep it within
+        INFERENCE_BYTES, so scoring a large block needs bounded memory (a Spark Python worker
+        may be capped: spark.executor.pyspark.memory)."""
         if batch_size:
             return int(batch_size)
         widest = max([int(np.prod(layer.output_shape)) for _, layer in self.named_layers()] + [1]) * 4
