@@ -421,6 +421,10 @@ static void forward_one(const conv2d_shape *s, const float *x, size_t xs, const 
     /* below ~32 rows of columns (e.g. one input channel) the direct tiles' k loop is too short
      * for what each tile costs around it: conv 1->32 on 28x28 measured 0.25 / 2.0 ms
      * (forward / backward) direct against 0.20 / 0.65 ms here */
+    if (nn_wino_ok(s)) {
+        nn_wino_forward(s, x, xs, w, b, y, ys, ws, nt);
+        return;
+    }
     if (!nn_get_reference() && direct_forward_ok(s)) {
         direct_forward(s, x, xs, w, b, y, ys, ws, nt);
         return;
@@ -570,7 +574,9 @@ static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
         dx = strided_dx_floats(s, nt);
     } else {
         conv2d_shape t = dx_shape(s);
-        dx = (size_t)s->OC * ckk + direct_floats(&t, nt);
+        size_t f = direct_floats(&t, nt);
+        if (nn_wino_ok(&t) && nn_wino_floats(&t, nt) > f) f = nn_wino_floats(&t, nt);
+        dx = (size_t)s->OC * ckk + f;
     }
     return grads > dx ? grads : dx;
 }
@@ -582,6 +588,7 @@ static size_t workspace_one(const conv2d_shape *s, int nthreads) {
     size_t gemm = (size_t)nthreads * per_thread_floats(s, nb) +
                   (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
     size_t direct = direct_forward_ok(s) ? direct_floats(s, nthreads) : 0;
+    if (nn_wino_ok(s) && nn_wino_floats(s, nthreads) > direct) direct = nn_wino_floats(s, nthreads);
     if (direct_backward_ok(s)) {
         size_t bwd = direct_backward_floats(s, nthreads);
         if (bwd > direct) direct = bwd;
@@ -726,7 +733,10 @@ static void direct_backward(const conv2d_shape *s, const float *x, size_t xs, co
         const int KK = s->KH * s->KW;
         float *wt = ws;
         nn_conv_flip_weights(OC, C, KK, w, wt);
-        direct_forward(&t, dy, ys, wt, NULL, dx, xs, wt + (size_t)OC * C * KK, nt);
+        if (nn_wino_ok(&t))
+            nn_wino_forward(&t, dy, ys, wt, NULL, dx, xs, wt + (size_t)OC * C * KK, nt);
+        else
+            direct_forward(&t, dy, ys, wt, NULL, dx, xs, wt + (size_t)OC * C * KK, nt);
     }
 }
 

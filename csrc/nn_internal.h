@@ -232,6 +232,11 @@ void nn_bf16_row(int n, const float *src, uint16_t *dst);
 int nn_gemm_bf16_offsets(int M, int N, int Kp2, const uint16_t *A, const int *aoff, const int *akoff,
                          const uint16_t *bp, float *C, int ldc);
 conv2d_shape nn_conv_dx_shape(const conv2d_shape *s);
+/* conv_winograd.c: F(4x4, 3x3) for 3x3 stride-1 convolutions where it pays (nn_wino_ok) */
+int nn_wino_ok(const conv2d_shape *s);
+size_t nn_wino_floats(const conv2d_shape *s, int nt);
+void nn_wino_forward(const conv2d_shape *s, const float *x, size_t xs, const float *w, const float *b, float *y,
+                     size_t ys, float *ws, int nt);
 /* dst[c][p] = src[p][c] + bias[c] (bias NULL: 0), p < P, c < Cn, rows lds / ldd apart (vectorized
  * where the bf16 kernels run) */
 void nn_transpose_bias(int P, int Cn, const float *src, int lds, const float *bias, float *dst, int ldd);

@@ -39,7 +39,13 @@ SHAPES = [
     (3, 40, 6, 5, 7, 3, 1, 1),            # channels not a multiple of the block of 32
     (5, 24, 9, 9, 6, 3, 2, 1),            # stride 2
     (9, 32, 4, 4, 16, 3, 1, 1),           # 4x4: corner classes merged into their rows
+    # 3x3 stride 1, >= 48 channels both ways, >= 2048 output positions a call: Winograd F(4x4, 3x3)
+    # forward and dx (conv_winograd.c)
+    (2, 48, 30, 35, 50, 3, 1, 1),         # partial tiles both ways, channels not a multiple of 16
+    (4, 64, 26, 26, 56, 3, 1, 0),         # no padding (dx's own padding 2)
+    (1, 48, 50, 46, 48, 3, 1, 2),         # batch 1, padding 2 (dx's own padding 0)
 ]
+WINOGRAD = SHAPES[-3:]
 
 
 def _case(rng, shape):
@@ -110,7 +116,22 @@ def test_conv2d_writes_into_given_gradient_buffers(rng):
     np.testing.assert_array_equal(flat, np.concatenate([rdw.ravel(), rdb]))
 
 
-@pytest.mark.parametrize("shape", [SHAPES[6], SHAPES[17], SHAPES[20], SHAPES[21]])
+@pytest.mark.parametrize("shape", WINOGRAD)
+def test_winograd_is_taken_and_agrees_with_the_direct_convolution(rng, shape, monkeypatch):
+    """y and dx come from the transform domain (other roundings than the direct convolution's,
+    so not the same bits: the path is taken), dw from the direct path either way."""
+    x, w, b, s, p = _case(rng, shape)
+    dy = rng.standard_normal(K.conv2d_forward(x, w, b, s, p).shape).astype(np.float32)
+    wino = (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p)
+    monkeypatch.setenv("SPARK_NN_WINOGRAD", "0")
+    direct = (K.conv2d_forward(x, w, b, s, p),) + K.conv2d_backward(x, w, dy, s, p)
+    for name, a, r in zip(["y", "dx", "dw", "db"], wino, direct):
+        assert_close(name, a, r)
+    assert not np.array_equal(wino[0], direct[0]) and not np.array_equal(wino[1], direct[1])
+    np.testing.assert_array_equal(wino[2], direct[2])
+
+
+@pytest.mark.parametrize("shape", [SHAPES[6], SHAPES[17], SHAPES[20], SHAPES[21], WINOGRAD[0]])
 def test_conv2d_results_do_not_depend_on_thread_count(rng, threads, shape):
     x, w, b, s, p = _case(rng, shape)
     dy = rng.standard_normal(K.conv2d_forward(x, w, b, s, p).shape).astype(np.float32)
