@@ -70,10 +70,11 @@ def local_session(master="local[2]", app_name="spark_nn", quiet=True, conf=None)
     return spark
 
 
-def remote_session(url, master="local[2]", app_name="spark_nn", conf=None):
+def remote_session(url, master="local[2]", app_name="spark_nn", conf=None, quiet=True):
     """A Spark Connect session. url: a Connect server ('sc://host:15002'), or 'local' for a local
     server started in this process on master (it needs Java, and pyspark's connect extra:
-    pip install "spark_nn[connect]")."""
+    pip install "spark_nn[connect]"); quiet: a local server without Spark's console progress
+    bars, as local_session."""
     import importlib.util
 
     # pyspark's Connect client needs these, and says so obscurely when they are missing
@@ -94,7 +95,8 @@ def remote_session(url, master="local[2]", app_name="spark_nn", conf=None):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.remote(url).appName(app_name)
-    settings = dict(RECOMMENDED_CONF, **(conf or {})) if url.startswith("local") else dict(conf or {})
+    local = dict(RECOMMENDED_CONF, **({"spark.ui.showConsoleProgress": "false"} if quiet else {}))
+    settings = dict(local, **(conf or {})) if url.startswith("local") else dict(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
     with warnings.catch_warnings():  # a local server takes static settings at start; the client warns anyway
