@@ -12,11 +12,11 @@
  *                      contiguous runs of C (the transforms are vectorized along the channels)
  *   U: Ut[e][oc][c] = (G w G^T)[e], then packed per e (nn_pack_b, transB)
  *   V[e][t][c], M[e][t][oc]   a block of WINO_TB tiles (in cache between the three steps)
- *   yt[j][4 TH][4 TW][OC]     the chunk's outputs, channels last, then transposed into y
+ * and the output transform writes each tile's 4x4 outputs (and the bias) straight into y's planes.
  * The backward's dx of such a convolution is the forward of dy with the flipped weights
  * (conv.c), so it runs here too. Each output sums in one fixed order: the same bits for any
- * thread count. Transform-domain rounding adds error: about 1e-6 of the outputs' scale
- * (measured in tests/test_kernels_conv.py against torch in float64).
+ * thread count. The transforms' roundings add error: about 7e-6 of the outputs' scale at 64 to 128
+ * channels against torch in float64, where the direct convolution's is about 1e-6.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +25,8 @@
 #define WINO_E 36 /* entries of the 6x6 transform domain */
 
 /* Tiles per block (V and M: 36 TB (C + OC) floats, 1.2 MB at 64 channels); 32 to 128 measured
- * alike on 64 and 128 channels, 256 slower. */
+ * alike on 64 and 128 channels, 256 slower, and blocks sized to stay in L2 (16-64 tiles) gained
+ * nothing either with two processes side by side. */
 #define WINO_TB 64
 /* Below this many output positions per call (N OH OW) the weights' transform (36 C OC floats
  * written, then packed) costs more than the products save: 256 -> 256 on 8x8 planes ran 0.95x
@@ -37,7 +38,7 @@
 typedef struct {
     int TH, TW, Hq, Wq, T1; /* tiles per image T1 = TH TW */
     int nb, nchunks, TB;    /* images per chunk, chunks, tiles per block */
-    size_t xt, v, m, yt;    /* per-thread floats of each buffer */
+    size_t xt, v, m;        /* per-thread floats of each buffer */
 } wino_plan;
 
 /* Chunks of nb images (at least a block's tiles, at most a thread's share), split into blocks
@@ -54,7 +55,6 @@ static wino_plan wino_plan_of(const conv2d_shape *s, int nt) {
     p.xt = (size_t)p.nb * p.Hq * p.Wq * s->C;
     p.v = (size_t)WINO_E * p.TB * s->C;
     p.m = (size_t)WINO_E * p.TB * s->OC;
-    p.yt = (size_t)p.nb * p.T1 * 16 * s->OC;
     return p;
 }
 
@@ -66,14 +66,14 @@ int nn_wino_ok(const conv2d_shape *s) {
     if (s->C < WINO_MIN_CHANNELS || s->OC < WINO_MIN_CHANNELS || s->OH < 8 || s->OW < 8) return 0;
     if ((long long)s->N * s->OH * s->OW < WINO_MIN_POSITIONS) return 0;
     const wino_plan p = wino_plan_of(s, 1); /* the largest chunk */
-    return (long long)p.xt + (long long)p.yt < 0x7fffffffLL;
+    return (long long)p.xt < 0x7fffffffLL;
 }
 
 size_t nn_wino_floats(const conv2d_shape *s, int nt) {
     if (nt < 1) nt = 1;
     const wino_plan p = wino_plan_of(s, nt);
     const size_t u = (size_t)WINO_E * s->OC * s->C + WINO_E * nn_packed_size(s->C, s->OC);
-    return u + (size_t)nt * (p.xt + p.v + p.m + p.yt);
+    return u + (size_t)nt * (p.xt + p.v + p.m);
 }
 
 #define WINO_CB 16
@@ -157,25 +157,31 @@ NN_MULTI_VOID(wino_in, (int C, const float *restrict d, size_t rs, float *restri
         (o)[3 * (st)] = s_ + 8.0f * d_ + (m5);                                                  \
     } while (0)
 
-/* One tile's outputs: M_e's row at m + e es (OC floats), the 4x4 tile at y (rows rs floats apart,
- * columns OC apart) */
-NN_MULTI_VOID(wino_out, (int OC, const float *restrict m, size_t es, float *restrict y, size_t rs),
-              (OC, m, es, y, rs), {
-    float t[6][4][WINO_CB];
+/* One tile's outputs: M_e's row at m + e es (OC floats); the tile's ra x rb outputs (fewer than 4
+ * at the planes' right and bottom edges) go to y (its top left in plane 0; planes ps floats apart,
+ * rows ow) with the bias (NULL: none) */
+NN_MULTI_VOID(wino_out, (int OC, const float *restrict m, size_t es, float *restrict y, size_t ps, int ow, int ra,
+                         int rb, const float *restrict bias),
+              (OC, m, es, y, ps, ow, ra, rb, bias), {
+    float t[6][4][WINO_CB], o[4][4][WINO_CB];
     for (int k0 = 0; k0 < OC; k0 += WINO_CB) {
         const int n = OC - k0 < WINO_CB ? OC - k0 : WINO_CB;
         for (int i = 0; i < 6; i++) {
             const float *r = m + (size_t)i * 6 * es + k0;
-            for (int k = 0; k < n; k++) {
+            for (int k = 0; k < n; k++)
                 WINO_AT(&t[i][0][k], WINO_CB, r[k], r[es + k], r[2 * es + k], r[3 * es + k], r[4 * es + k],
                         r[5 * es + k]);
-            }
         }
         for (int j = 0; j < 4; j++)
-            for (int k = 0; k < n; k++) {
-                WINO_AT(y + (size_t)j * OC + k0 + k, rs, t[0][j][k], t[1][j][k], t[2][j][k], t[3][j][k],
-                        t[4][j][k], t[5][j][k]);
-            }
+            for (int k = 0; k < n; k++)
+                WINO_AT(&o[0][j][k], 4 * WINO_CB, t[0][j][k], t[1][j][k], t[2][j][k], t[3][j][k], t[4][j][k],
+                        t[5][j][k]);
+        for (int k = 0; k < n; k++) {
+            const float bk = bias ? bias[k0 + k] : 0.0f;
+            float *yk = y + (size_t)(k0 + k) * ps;
+            for (int a = 0; a < ra; a++)
+                for (int b = 0; b < rb; b++) yk[a * ow + b] = o[a][b][k] + bk;
+        }
     }
 })
 
@@ -190,11 +196,11 @@ void nn_wino_forward(const conv2d_shape *s, const float *x, size_t xs, const flo
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int e = 0; e < WINO_E; e++) nn_pack_b(1, C, OC, ut + (size_t)e * OC * C, C, up + e * psz);
     const int ntc = nt > p.nchunks ? p.nchunks : nt;
-    const size_t rs = (size_t)p.Wq * C, ors = (size_t)4 * p.TW * OC;
+    const size_t rs = (size_t)p.Wq * C;
 #pragma omp parallel num_threads(ntc)
     {
-        float *xt = thr + (size_t)NN_THREAD_ID() * (p.xt + p.v + p.m + p.yt);
-        float *V = xt + p.xt, *M = V + p.v, *yt = M + p.m;
+        float *xt = thr + (size_t)NN_THREAD_ID() * (p.xt + p.v + p.m);
+        float *V = xt + p.xt, *M = V + p.v;
         memset(xt, 0, sizeof(float) * p.xt); /* the borders stay zero */
 #pragma omp for schedule(static)
         for (int ch = 0; ch < p.nchunks; ch++) {
@@ -215,15 +221,12 @@ void nn_wino_forward(const conv2d_shape *s, const float *x, size_t xs, const flo
                     nn_gemm_packed(1, tb, OC, C, V + (size_t)e * tb * C, C, ut + (size_t)e * OC * C, C, up + e * psz,
                                    M + (size_t)e * tb * OC, OC);
                 for (int t = 0; t < tb; t++) {
-                    const int j = (t0 + t) / p.T1, q = (t0 + t) % p.T1, th = q / p.TW, tw = q % p.TW;
-                    wino_out(OC, M + (size_t)t * OC, (size_t)tb * OC,
-                             yt + ((size_t)j * p.T1 * 16) * OC + (size_t)4 * th * ors + (size_t)4 * tw * OC, ors);
+                    const int j = (t0 + t) / p.T1, q = (t0 + t) % p.T1, oh = q / p.TW * 4, ow = q % p.TW * 4;
+                    const int ra = s->OH - oh < 4 ? s->OH - oh : 4, rb = s->OW - ow < 4 ? s->OW - ow : 4;
+                    wino_out(OC, M + (size_t)t * OC, (size_t)tb * OC, y + (size_t)(n0 + j) * ys + (size_t)oh * s->OW + ow,
+                             OHW, s->OW, ra, rb, b);
                 }
             }
-            for (int j = 0; j < nc; j++)
-                for (int oh = 0; oh < s->OH; oh++)
-                    nn_transpose_bias(s->OW, OC, yt + ((size_t)j * p.T1 * 16) * OC + (size_t)oh * ors, OC, b,
-                                      y + (size_t)(n0 + j) * ys + (size_t)oh * s->OW, OHW);
         }
     }
 }
