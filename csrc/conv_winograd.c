@@ -10,7 +10,7 @@
  *   xt[j][Hq][Wq][C]   a chunk's nb images, zero-padded, channels last: Hq = 4 TH + 2, Wq = 4 TW + 2
  *                      (TH = ceil(OH / 4) rows of tiles, TW columns), so a tile's patch is 36
  *                      contiguous runs of C (the transforms are vectorized along the channels)
- *   U: Ut[e][oc][c] = (G w G^T)[e], then packed per e (nn_pack_b, transB)
+ *   U_e[c][oc] = (G w[oc, c] G^T)[e], written in gemm_packed.c's packed layout
  *   V[e][t][c], M[e][t][oc]   a block of WINO_TB tiles (in cache between the three steps)
  * and the output transform writes each tile's 4x4 outputs (and the bias) straight into y's planes.
  * The backward's dx of such a convolution is the forward of dy with the flipped weights
@@ -28,10 +28,12 @@
  * alike on 64 and 128 channels, 256 slower, and blocks sized to stay in L2 (16-64 tiles) gained
  * nothing either with two processes side by side. */
 #define WINO_TB 64
-/* Below this many output positions per call (N OH OW) the weights' transform (36 C OC floats
- * written, then packed) costs more than the products save: 256 -> 256 on 8x8 planes ran 0.95x
- * the direct forward at batch 16 and 1.54x at batch 64 (two threads). */
-#define WINO_MIN_POSITIONS 2048
+/* Below this many output positions per call (N OH OW) the weights' transform (36 C OC floats,
+ * written packed) costs about what the products save. 256 -> 256 on 8x8 planes against the
+ * direct forward: batch 16 1.37x and batch 8 1.08x on one thread; batch 32 1.10x and batch 16
+ * 0.94x on two. (Written unpacked and then packed, the transform took twice as long: batch 16 on
+ * one thread ran 0.95x.) The rule cannot count the threads: results must not depend on them. */
+#define WINO_MIN_POSITIONS 1024
 /* Fewer channels than this gain little (32 -> 32 on 32x32: 1.05-1.08x) */
 #define WINO_MIN_CHANNELS 48
 
@@ -72,7 +74,7 @@ int nn_wino_ok(const conv2d_shape *s) {
 size_t nn_wino_floats(const conv2d_shape *s, int nt) {
     if (nt < 1) nt = 1;
     const wino_plan p = wino_plan_of(s, nt);
-    const size_t u = (size_t)WINO_E * s->OC * s->C + WINO_E * nn_packed_size(s->C, s->OC);
+    const size_t u = WINO_E * nn_packed_size(s->C, s->OC);
     return u + (size_t)nt * (p.xt + p.v + p.m);
 }
 
@@ -90,25 +92,33 @@ size_t nn_wino_floats(const conv2d_shape *s, int nt) {
         (o)[5 * (st)] = (g2);                                                                   \
     } while (0)
 
-/* One output channel's U: w's row [C][3][3] at w, U_e's row at ut + e es (C floats) */
-NN_MULTI_VOID(wino_weights_row, (int C, const float *restrict w, float *restrict ut, size_t es), (C, w, ut, es), {
-    float g[9][WINO_CB], t[6][3][WINO_CB];
-    for (int c0 = 0; c0 < C; c0 += WINO_CB) {
-        const int n = C - c0 < WINO_CB ? C - c0 : WINO_CB;
-        for (int c = 0; c < n; c++)
-            for (int k = 0; k < 9; k++) g[k][c] = w[(size_t)(c0 + c) * 9 + k];
-        for (int j = 0; j < 3; j++)
-            for (int c = 0; c < n; c++) WINO_G(&t[0][j][c], 3 * WINO_CB, g[j][c], g[3 + j][c], g[6 + j][c]);
+/* One panel of NN_PACK_NR output channels (n of them real, the rest zero) of every U_e, written
+ * in gemm_packed.c's packed layout: U_e[c][oc] at up + e psz + c NN_PACK_NR + oc (up at the
+ * panel's start in U_0), from w's rows of C 3x3 kernels at w. */
+NN_MULTI_VOID(wino_weights_panel, (int C, int n, const float *restrict w, float *restrict up, size_t psz),
+              (C, n, w, up, psz), {
+    float g[9][NN_PACK_NR], t[6][3][NN_PACK_NR];
+    for (int c = 0; c < C; c++) {
+        for (int k = 0; k < 9; k++)
+            for (int j = 0; j < NN_PACK_NR; j++) g[k][j] = j < n ? w[((size_t)j * C + c) * 9 + k] : 0.0f;
+        for (int q = 0; q < 3; q++)
+            for (int j = 0; j < NN_PACK_NR; j++)
+                WINO_G(&t[0][q][j], 3 * NN_PACK_NR, g[q][j], g[3 + q][j], g[6 + q][j]);
         for (int i = 0; i < 6; i++)
-            for (int c = 0; c < n; c++)
-                WINO_G(ut + (size_t)i * 6 * es + c0 + c, es, t[i][0][c], t[i][1][c], t[i][2][c]);
+            for (int j = 0; j < NN_PACK_NR; j++)
+                WINO_G(up + (size_t)i * 6 * psz + (size_t)c * NN_PACK_NR + j, psz, t[i][0][j], t[i][1][j],
+                       t[i][2][j]);
     }
 })
 
-/* Ut[e][oc][c] = (G w[oc, c] G^T)[e] */
-static void wino_weights(int OC, int C, const float *w, float *ut, int nt) {
+/* U_e = (G w G^T)_e for every e, packed (nn_pack_b's layout, psz floats each) */
+static void wino_weights(int OC, int C, const float *w, float *up, size_t psz, int nt) {
+    const int panels = (OC + NN_PACK_NR - 1) / NN_PACK_NR;
 #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int oc = 0; oc < OC; oc++) wino_weights_row(C, w + (size_t)oc * C * 9, ut + (size_t)oc * C, (size_t)OC * C);
+    for (int p = 0; p < panels; p++) {
+        const int n = OC - p * NN_PACK_NR < NN_PACK_NR ? OC - p * NN_PACK_NR : NN_PACK_NR;
+        wino_weights_panel(C, n, w + (size_t)p * NN_PACK_NR * C * 9, up + (size_t)p * C * NN_PACK_NR, psz);
+    }
 }
 
 /* One tile: d at the patch's top left in xt (rows rs floats apart, columns C apart), V_e's row
@@ -191,10 +201,8 @@ void nn_wino_forward(const conv2d_shape *s, const float *x, size_t xs, const flo
     const int C = s->C, OC = s->OC, H = s->H, W = s->W, OHW = s->OH * s->OW;
     const wino_plan p = wino_plan_of(s, nt);
     const size_t psz = nn_packed_size(C, OC);
-    float *ut = ws, *up = ut + (size_t)WINO_E * OC * C, *thr = up + WINO_E * psz;
-    wino_weights(OC, C, w, ut, nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int e = 0; e < WINO_E; e++) nn_pack_b(1, C, OC, ut + (size_t)e * OC * C, C, up + e * psz);
+    float *up = ws, *thr = up + WINO_E * psz;
+    wino_weights(OC, C, w, up, psz, nt);
     const int ntc = nt > p.nchunks ? p.nchunks : nt;
     const size_t rs = (size_t)p.Wq * C;
 #pragma omp parallel num_threads(ntc)
@@ -221,7 +229,7 @@ void nn_wino_forward(const conv2d_shape *s, const float *x, size_t xs, const flo
                 }
                 memset(M, 0, sizeof(float) * WINO_E * tb * OC);
                 for (int e = 0; e < WINO_E; e++)
-                    nn_gemm_packed(1, tb, OC, C, V + (size_t)e * tb * C, C, ut + (size_t)e * OC * C, C, up + e * psz,
+                    nn_gemm_packed(1, tb, OC, C, V + (size_t)e * tb * C, C, NULL, C, up + e * psz, /* B: packed only */
                                    M + (size_t)e * tb * OC, OC);
                 for (int t = 0; t < tb; t++) {
                     const int j = (t0 + t) / p.T1, q = (t0 + t) % p.T1, oh = q / p.TW * 4, ow = q % p.TW * 4;

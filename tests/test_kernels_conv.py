@@ -39,13 +39,14 @@ SHAPES = [
     (3, 40, 6, 5, 7, 3, 1, 1),            # channels not a multiple of the block of 32
     (5, 24, 9, 9, 6, 3, 2, 1),            # stride 2
     (9, 32, 4, 4, 16, 3, 1, 1),           # 4x4: corner classes merged into their rows
-    # 3x3 stride 1, >= 48 channels both ways, >= 2048 output positions a call: Winograd F(4x4, 3x3)
+    # 3x3 stride 1, >= 48 channels both ways, >= 1024 output positions a call: Winograd F(4x4, 3x3)
     # forward and dx (conv_winograd.c)
     (2, 48, 30, 35, 50, 3, 1, 1),         # partial tiles both ways, channels not a multiple of 16
     (4, 64, 26, 26, 56, 3, 1, 0),         # no padding (dx's own padding 2)
     (1, 48, 50, 46, 48, 3, 1, 2),         # batch 1, padding 2 (dx's own padding 0)
+    (16, 64, 8, 8, 48, 3, 1, 1),          # 8x8 planes: 2x2 tiles, several images to a chunk
 ]
-WINOGRAD = SHAPES[-3:]
+WINOGRAD = SHAPES[-4:]
 
 
 def _case(rng, shape):
