@@ -18,6 +18,8 @@
  * Other strides (poff[p] = oh SH Wp + ow SW): the same direct forward and dw; dx from a chunk's
  * columns (w^T dy, dy read in place) and col2im (strided_dx). Unpadded images (1x1
  * convolutions) are read in place, no copy.
+ * 3x3 stride-1 layers with enough channels and output positions (nn_wino_ok): Winograd
+ * F(4x4, 3x3) for the forward and dx instead (conv_winograd.c, its own workspace, nn_wino_floats).
  * Tiny layers (fewer than NN_DIRECT_MIN_CKK column rows) and the scalar reference path:
  * im2col + sgemm. Work is cut into chunks of nb whole images (nb fixed by the
  * shape alone). Each thread builds the columns of a chunk, cols[C*KH*KW, nb*OH*OW], so one
@@ -418,13 +420,13 @@ static void forward_one(const conv2d_shape *s, const float *x, size_t xs, const 
     const int nb = chunk_images(s), nchunks = (s->N + nb - 1) / nb;
     const int OC = s->OC, CKK = s->C * s->KH * s->KW, OHW = s->OH * s->OW;
     const size_t ptf = per_thread_floats(s, nb);
-    /* below ~32 rows of columns (e.g. one input channel) the direct tiles' k loop is too short
-     * for what each tile costs around it: conv 1->32 on 28x28 measured 0.25 / 2.0 ms
-     * (forward / backward) direct against 0.20 / 0.65 ms here */
-    if (nn_wino_ok(s)) {
+    if (nn_wino_ok(s)) { /* 3x3 stride 1 with enough channels and positions (conv_winograd.c) */
         nn_wino_forward(s, x, xs, w, b, y, ys, ws, nt);
         return;
     }
+    /* below ~32 rows of columns (e.g. one input channel) the direct tiles' k loop is too short
+     * for what each tile costs around it: conv 1->32 on 28x28 measured 0.25 / 2.0 ms
+     * (forward / backward) direct against 0.20 / 0.65 ms here */
     if (!nn_get_reference() && direct_forward_ok(s)) {
         direct_forward(s, x, xs, w, b, y, ys, ws, nt);
         return;

@@ -16,7 +16,9 @@
  * The backward's dx of such a convolution is the forward of dy with the flipped weights
  * (conv.c), so it runs here too. Each output sums in one fixed order: the same bits for any
  * thread count. The transforms' roundings add error: about 7e-6 of the outputs' scale at 64 to 128
- * channels against torch in float64, where the direct convolution's is about 1e-6.
+ * channels against torch in float64, where the direct convolution's is about 1e-6. An inf or NaN
+ * in the input spreads to its tiles' every output (a tile's 16 outputs all sum its 36 inputs
+ * times 0 or more), where the direct path reaches only the outputs whose taps read it.
  */
 #include <stdlib.h>
 #include <string.h>
