@@ -191,18 +191,37 @@ def test_auto_local_steps_keeps_spark_to_a_twentieth_of_a_round_and_records_its_
     again = AutoLocalSteps(1875, 3750)
     again.load_state(auto.state())
     assert again.next_round(0) == 469 and again.peek(0) == 469 and again.choice == auto.choice
-    # capped at an epoch
+    # capped at an epoch (and the warm-up ends after its first round: see the next test)
     short = AutoLocalSteps(steps_per_epoch=45)
-    done = 0
-    while done < short.warmup:
-        k = short.next_round(done)
-        short.observe(k, 0.1 + 0.001 * k, 0.001 * k)
-        done += k
-    assert short.next_round(done) == 45 and short.choice["k"] == 45
+    short.observe(short.next_round(0), 0.1 + 0.001, 0.001)
+    assert short.next_round(1) == 45 and short.choice["k"] == 45
     # a checkpoint taken before the real rounds were measured: they are measured after resuming
     resumed = AutoLocalSteps(steps_per_epoch=45)
     resumed.load_state(short.state())
     assert resumed.peek(0) is None and resumed.pending == resumed.REVISE_ROUNDS
+
+
+def test_auto_local_steps_ends_the_warm_up_where_its_rounds_would_cost_more_than_a_twentieth_of_the_fit():
+    """ResNet-18's rounds: 1.5 s of fixed cost beside 0.3 s a step, in a fit of 2 x 64 steps. A
+    second warm-up round would take the warm-up's fixed cost to 3 s, past 5 % of the fit's 38.4 s
+    of compute: the first round ends it, and the rest of the epoch is one round."""
+    from spark_nn.ml.training.local_steps import AutoLocalSteps
+
+    auto = AutoLocalSteps(steps_per_epoch=64, total_steps=128)
+    assert auto.warmup == 10 and auto.peek(0) == 1 and auto.next_round(0) == 1
+    assert auto.peek(1) is None  # the first round's cost decides the next one's k
+    auto.observe(1, 1.5 + 0.3, 0.3)
+    assert auto.next_round(1) == 64 and auto.choice["warmupRounds"] == 1
+    # longer fits afford more of it: 5 % of 76.8 s is two rounds, of 153.6 s all four
+    for total, expected in ((256, [1, 2]), (512, [1, 2, 4, 3])):
+        longer, done, ramp = AutoLocalSteps(steps_per_epoch=64, total_steps=total), 0, []
+        while longer.k is None:
+            k = longer.next_round(done)
+            if longer.k is None:
+                ramp.append(k)
+                longer.observe(k, 1.5 + 0.3 * k, 0.3 * k)
+                done += k
+        assert ramp == expected and longer.choice["warmupRounds"] == len(expected) and longer.k == 64
 
 
 def test_training_rows_are_dealt_over_the_cores_when_validation_rows_have_partitions_of_their_own(spark):

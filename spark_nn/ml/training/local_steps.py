@@ -51,14 +51,22 @@ class AutoLocalSteps:
     epochs at the same test accuracy as rounds of 82-105 (0.9821, 0.9821 vs 0.9825; 16 and 32
     steps: 0.981), in 9.6-10.1 s instead of 11.0-12.2 s for the second epoch (benchmarks/
     RESULTS.md). A synchronous warm-up of 1 % of a 30-epoch fit on 60k rows was 562 rounds
-    (about a minute of Spark's fixed cost); the doubling one takes 10."""
+    (about a minute of Spark's fixed cost); the doubling one takes 10.
+
+    The warm-up ends early, at the first round that would take its rounds' fixed cost past
+    FIXED_SHARE of the fit's compute (total steps x C, as measured so far): a round that costs
+    several steps' compute cannot be afforded a few steps at a time in a short fit. ResNet-18
+    ships 134 MB both ways (weights and Adam's moments): about 1.5 s beside 0.3 s a step, so its
+    four warm-up rounds of 1, 2, 4 and 3 steps added 6-9 s to a 2-epoch fit of 128 steps (40 s of
+    compute). Where rounds are cheap (the seed CNN on 60k rows: 80 ms beside 8 ms a step)
+    nothing changes."""
 
     FIXED_SHARE = 0.05
     REVISE_ROUNDS = 2
 
     def __init__(self, steps_per_epoch, total_steps=None):
         self.steps_per_epoch = int(steps_per_epoch)
-        total = int(total_steps or steps_per_epoch)
+        self.total = total = int(total_steps or steps_per_epoch)
         # warm-up: at least 10 steps, 1% of the fit for convergence, at most an epoch (on
         # digits, 10 synchronous steps end as accurate as a whole synchronous first epoch)
         self.warmup = min(self.steps_per_epoch, max(10, total // 100))
@@ -69,11 +77,18 @@ class AutoLocalSteps:
         self.choice = None  # what was measured and picked, for the summary
 
     def next_round(self, done_steps):
-        if self.k is None and done_steps >= self.warmup and self.samples:
+        if self.k is None and self.samples and (done_steps >= self.warmup or self._warmup_spent()):
             self.k = self.choose()
         if self.k is not None:
             return self.k
         return self._ramp(done_steps)
+
+    def _warmup_spent(self):
+        """True when one more warm-up round (at the median fixed cost so far) would take the
+        warm-up's fixed cost past FIXED_SHARE of the fit's compute."""
+        fixed = [f for f, _ in self.samples]
+        compute = float(np.median([c for _, c in self.samples]))
+        return sum(fixed) + float(np.median(fixed)) > self.FIXED_SHARE * self.total * compute
 
     def _ramp(self, done_steps):
         """Warm-up rounds: the largest power of two <= done_steps + 1 (1, 2, 4, ... at 0, 1, 3, 7,
@@ -82,10 +97,10 @@ class AutoLocalSteps:
 
     def peek(self, done_steps):
         """The k of the round starting after done_steps steps, or None while it depends on what
-        is still to be measured."""
+        is still to be measured (in the warm-up after its first round, which may end it)."""
         if self.k is not None:
             return None if self.pending else self.k
-        return None if done_steps >= self.warmup else self._ramp(done_steps)
+        return self._ramp(done_steps) if done_steps == 0 else None
 
     def _k_for(self, samples):
         """(k, fixed s, compute s per step) from the medians of (fixed, compute) samples (medians:
