@@ -47,6 +47,7 @@ from spark_nn.ml.columns import IMAGE_KINDS, arrow_to_block, feature_expr, label
 from spark_nn.ml.spark_kind import application_id, default_parallelism, is_connect, num_partitions
 from spark_nn.ml.training.deal import deal_rows, input_place
 from spark_nn.ml.training.errors import RESIDENT_LOST, ResidentBlockLost, unwrap_errors
+from spark_nn.ml.training.worker_imports import read_archives_on_change
 
 
 # 8-bit images stay uint8 in the blocks; False keeps them as float32 (a benchmark's "before")
@@ -428,6 +429,7 @@ class TrainingData:
         def convert(batches):
             from spark_nn.ml.training.faults import maybe_kill_executor  # (faults imports this module)
 
+            read_archives_on_change()  # before the fit's rounds reuse this worker (worker_imports)
             ctx = TaskContext.get()
             pid = ctx.partitionId() if ctx else 0
             attempt = ctx.taskAttemptId() if ctx else 0

@@ -22,6 +22,7 @@ import numpy as np
 from spark_nn.ml.training.blocks import batch_rows, delete_block, labels_and_weights, open_block
 from spark_nn.ml.training.faults import delete_now, maybe_kill_executor, maybe_kill_worker
 from spark_nn.ml.training.round_result import RoundResult
+from spark_nn.ml.training.worker_imports import read_archives_on_change
 from spark_nn.nn.model import Sequential
 from spark_nn.nn.optimizers import optimizer_from_config
 from spark_nn.threads import set_num_threads
@@ -31,6 +32,7 @@ _WORKER_MODELS = {}  # per Python worker process: model config JSON -> Sequentia
 
 def worker_model(config_json, threads):
     """The model for this config in this process, built once (workers are reused across tasks)."""
+    read_archives_on_change()  # Spark 3.5 re-read its jar before each task: 0.1-0.2 s (worker_imports)
     if threads:
         set_num_threads(threads)
     model = _WORKER_MODELS.get(config_json)
