@@ -561,6 +561,9 @@ static void strided_dx(const conv2d_shape *s, const float *w, const float *dy, s
     }
 }
 
+/* The Winograd path's workspace where it runs (nn_wino_ok), else 0 */
+static size_t wino_floats(const conv2d_shape *s, int nt) { return nn_wino_ok(s) ? nn_wino_floats(s, nt) : 0; }
+
 /* direct_backward's floats: per thread a chunk's padded images and dy^T packed (panels over
  * OC); per chunk dw and db partials; the offsets (ints); then, reusing it all, the flipped weights and
  * direct_forward's workspace for dx. */
@@ -577,7 +580,8 @@ static size_t direct_backward_floats(const conv2d_shape *s, int nt) {
     } else {
         conv2d_shape t = dx_shape(s);
         size_t f = direct_floats(&t, nt);
-        if (nn_wino_ok(&t) && nn_wino_floats(&t, nt) > f) f = nn_wino_floats(&t, nt);
+        const size_t wf = wino_floats(&t, nt);
+        if (wf > f) f = wf;
         dx = (size_t)s->OC * ckk + f;
     }
     return grads > dx ? grads : dx;
@@ -590,7 +594,8 @@ static size_t workspace_one(const conv2d_shape *s, int nthreads) {
     size_t gemm = (size_t)nthreads * per_thread_floats(s, nb) +
                   (size_t)nchunks * s->OC * ((size_t)s->C * s->KH * s->KW + 1);
     size_t direct = direct_forward_ok(s) ? direct_floats(s, nthreads) : 0;
-    if (nn_wino_ok(s) && nn_wino_floats(s, nthreads) > direct) direct = nn_wino_floats(s, nthreads);
+    const size_t wf = wino_floats(s, nthreads);
+    if (wf > direct) direct = wf;
     if (direct_backward_ok(s)) {
         size_t bwd = direct_backward_floats(s, nthreads);
         if (bwd > direct) direct = bwd;

@@ -81,6 +81,8 @@ size_t nn_wino_floats(const conv2d_shape *s, int nt) {
 }
 
 #define WINO_CB 16
+/* the input copy's planes at a time (16 streams of rows) */
+#define WINO_PLANES 16
 /* G's rows on (g0, g1, g2): g0 / 4, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6,
  * (g0 + 2 g1 + 4 g2) / 24, (g0 - 2 g1 + 4 g2) / 24, g2 */
 #define WINO_G(o, st, g0, g1, g2)                                                               \
@@ -215,11 +217,11 @@ void nn_wino_forward(const conv2d_shape *s, const float *x, size_t xs, const flo
 #pragma omp for schedule(static)
         for (int ch = 0; ch < p.nchunks; ch++) {
             const int n0 = ch * p.nb, nc = nn_chunk_len(s->N, ch, p.nb), nt_ = nc * p.T1;
-            /* 16 planes at a time, row by row (16 streams: all C planes row by row was slower) */
+            /* WINO_PLANES planes at a time, row by row (all C planes row by row was slower) */
             for (int j = 0; j < nc; j++)
-                for (int c0 = 0; c0 < C; c0 += 16)
+                for (int c0 = 0; c0 < C; c0 += WINO_PLANES)
                     for (int h = 0; h < H; h++)
-                        nn_transpose_bias(C - c0 < 16 ? C - c0 : 16, W,
+                        nn_transpose_bias(C - c0 < WINO_PLANES ? C - c0 : WINO_PLANES, W,
                                           x + (size_t)(n0 + j) * xs + ((size_t)c0 * H + h) * W, H * W, NULL,
                                           xt + (((size_t)j * p.Hq + h + s->PH) * p.Wq + s->PW) * C + c0, C);
             for (int t0 = 0; t0 < nt_; t0 += p.TB) {
