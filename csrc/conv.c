@@ -811,7 +811,8 @@ static void backward_one(const conv2d_shape *s, const float *x, size_t xs, const
  * plane's rows a, a + SH, ... and columns b, b + SW, ...), so every tap (kh, kw) of every output
  * reads one contiguous run: output q = oh Wq + ow (ow < OW; the Wq - OW others are discarded)
  * reads tap t at P[off[t] + q], off[t] = phase(kh % SH, kw % SW) + (kh / SH) Wq + kw / SW.
- *   forward: y_flat[q] = b + sum_t w[t] P[off[t] + q], vectorized along q (dw_taps);
+ *   forward: y[oh, ow] = b + sum_t w[t] P[off[t] + oh Wq + ow], vectorized along ow, eight
+ *            rows at a time, stored in place (dw_rows: the discarded columns are not computed);
  *   dx:      phase plane (a, b) of the padded dx gets sum over the taps of that phase of
  *            w[t] dy_flat[e - d[t]] (d[t] = (kh / SH) Wq + kw / SW; dy_flat zero outside the
  *            outputs and on the discarded columns): the same kernel with negative offsets;
@@ -819,9 +820,12 @@ static void backward_one(const conv2d_shape *s, const float *x, size_t xs, const
  *            lane order at the end; db likewise.
  * Forward is parallel over the N C planes; backward over channels, each thread looping over N
  * for its channels, so dw and db have one fixed summation order for any thread count. Every
- * ISA level sums each output in the same order without contraction: the same bits. The scalar
- * reference path (nn_set_reference) is the direct loop with float64 sums. */
+ * ISA level sums each output in the same order without contraction: the same bits. P's zeros
+ * (padding, the discarded columns, the tail) are written once per thread: every plane's copy
+ * writes the same interior positions. The scalar reference path (nn_set_reference) is the
+ * direct loop with float64 sums. */
 #define DW_B 32 /* outputs per block: lanes of the dw partial sums at every level */
+#define DW_SLACK 16 /* floats after P: a row's last, partial vector reads whole vectors */
 
 typedef struct {
     int M;        /* output channels per input channel */
@@ -831,7 +835,7 @@ typedef struct {
     int PSp;      /* PS rounded up to DW_B */
     int front;    /* dx: zeros before each flat dy plane (the largest tap shift) */
     int seg;      /* dx: floats per flat dy plane, front + max(PSp, Lp) */
-    size_t pt;    /* the phase-split plane: SH SW PS + Lp (the last block's reads) */
+    size_t pt;    /* the phase-split plane: SH SW PS + Lp (the last block's reads) + DW_SLACK */
     size_t per_thread; /* floats */
 } dw_geom;
 
@@ -844,7 +848,7 @@ static int dw_geom_init(const conv2d_shape *s, dw_geom *g) {
     long long lp = (l + DW_B - 1) / DW_B * DW_B, psp = (ps + DW_B - 1) / DW_B * DW_B;
     long long front = (long long)((s->KH - 1) / s->SH) * g->Wq + (s->KW - 1) / s->SW;
     long long seg = front + (psp > lp ? psp : lp);
-    long long pt = (long long)s->SH * s->SW * ps + lp;
+    long long pt = (long long)s->SH * s->SW * ps + lp + DW_SLACK;
     if (pt + seg > 0x7fffffffLL || (long long)g->M * seg > 0x7fffffffLL) return 0;
     g->PS = (size_t)ps;
     g->L = (int)l;
@@ -955,20 +959,64 @@ typedef int dw_i4 __attribute__((vector_size(16)));
         }                                                                                          \
     }
 
+/* out[oh OW + ow] = bias + sum_t w[t] src[off[t] + oh Wq + ow] for oh < OH, ow < OW, in t
+ * order (the sums of DW_TAPS_BODY, stored in place): one vector of columns of NR rows at a time;
+ * a row's last, partial vector is computed whole (it reads into DW_SLACK) and stored in part */
+#define DW_ROWS_BODY(VT, VW)                                                                       \
+    {                                                                                              \
+        for (int j = 0; j < OW; j += (VW)) {                                                       \
+            const int nl = OW - j < (VW) ? OW - j : (VW);                                          \
+            int oh = 0;                                                                            \
+            for (; oh + 8 <= OH; oh += 8) DW_ROWS_AT(VT, VW, 8)                                    \
+            for (; oh + 4 <= OH; oh += 4) DW_ROWS_AT(VT, VW, 4)                                    \
+            for (; oh < OH; oh++) DW_ROWS_AT(VT, VW, 1)                                            \
+        }                                                                                          \
+    }
+#define DW_ROWS_AT(VT, VW, NR)                                                                     \
+    {                                                                                              \
+        VT acc[NR];                                                                                \
+        for (int r = 0; r < (NR); r++) {                                                           \
+            acc[r] = (VT){0};                                                                      \
+            acc[r] += bias;                                                                        \
+        }                                                                                          \
+        const float *s0 = src + (size_t)oh * Wq + j;                                               \
+        for (int t = 0; t < ntaps; t++) {                                                          \
+            const float *p = s0 + off[t];                                                          \
+            const float wt = w[t];                                                                 \
+            for (int r = 0; r < (NR); r++) {                                                       \
+                VT a;                                                                              \
+                memcpy(&a, p + (size_t)r * Wq, sizeof a);                                          \
+                acc[r] += wt * a;                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        float *o = out + (size_t)oh * OW + j;                                                      \
+        for (int r = 0; r < (NR); r++) {                                                           \
+            if (nl == (VW))                                                                        \
+                memcpy(o + (size_t)r * OW, &acc[r], sizeof acc[r]);                                \
+            else                                                                                   \
+                for (int l = 0; l < nl; l++) o[(size_t)r * OW + l] = acc[r][l];                    \
+        }                                                                                          \
+    }
+
 #define DW_TAPS_PARAMS (int ntaps, const int *off, const float *w, float bias, const float *src, int n, float *out)
 #define DW_TAPS_ARGS (ntaps, off, w, bias, src, n, out)
 #define DW_DOTS_PARAMS (int ntaps, const int *off, const float *src, const float *g, int n, float *lanes)
 #define DW_DOTS_ARGS (ntaps, off, src, g, n, lanes)
+#define DW_ROWS_PARAMS (int ntaps, const int *off, const float *w, float bias, const float *src, int Wq, int OH, int OW, float *out)
+#define DW_ROWS_ARGS (ntaps, off, w, bias, src, Wq, OH, OW, out)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NN_NO_CLONES)
 #define DW_CLONES 1
 __attribute__((target("avx512f"))) static void dw_taps_avx512 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v16, 16, 4)
 __attribute__((target("avx512f"))) static void dw_dots_avx512 DW_DOTS_PARAMS DW_DOTS_BODY(dw_v16, 16)
+__attribute__((target("avx512f"))) static void dw_rows_avx512 DW_ROWS_PARAMS DW_ROWS_BODY(dw_v16, 16)
 __attribute__((target("avx2"))) static void dw_taps_avx2 DW_TAPS_PARAMS DW_TAPS_BODY(dw_v8, 8, 2)
 __attribute__((target("avx2"))) static void dw_dots_avx2 DW_DOTS_PARAMS DW_DOTS_BODY(dw_v8, 8)
+__attribute__((target("avx2"))) static void dw_rows_avx2 DW_ROWS_PARAMS DW_ROWS_BODY(dw_v8, 8)
 #endif
 static void dw_taps_base DW_TAPS_PARAMS DW_TAPS_BODY(dw_v4, 4, 1)
 static void dw_dots_base DW_DOTS_PARAMS DW_DOTS_BODY(dw_v4, 4)
+static void dw_rows_base DW_ROWS_PARAMS DW_ROWS_BODY(dw_v4, 4)
 
 static void dw_taps DW_TAPS_PARAMS {
 #ifdef DW_CLONES
@@ -986,6 +1034,15 @@ static void dw_dots DW_DOTS_PARAMS {
     if (isa == NN_ISA_AVX2) { dw_dots_avx2 DW_DOTS_ARGS; return; }
 #endif
     dw_dots_base DW_DOTS_ARGS;
+}
+
+static void dw_rows DW_ROWS_PARAMS {
+#ifdef DW_CLONES
+    const int isa = nn_isa();
+    if (isa == NN_ISA_AVX512) { dw_rows_avx512 DW_ROWS_ARGS; return; }
+    if (isa == NN_ISA_AVX2) { dw_rows_avx2 DW_ROWS_ARGS; return; }
+#endif
+    dw_rows_base DW_ROWS_ARGS;
 }
 
 /* n floats, for the short rows of small planes: a libc memcpy call per 16-float row cost
@@ -1049,12 +1106,12 @@ static void dw_offsets(const conv2d_shape *s, const dw_geom *g, int *off, int *d
         }
 }
 
-/* The plane x[H, W] into the zero-padded, phase-split buffer P[pt]. */
+/* The plane x[H, W] into the interior of the zero-padded, phase-split buffer P[pt] (its zeros
+ * written once, by the caller); padded row ip = ih + PH is row i of phase row a, ip = i SH + a */
 static void dw_fill(const conv2d_shape *s, const dw_geom *g, const float *x, float *P) {
-    memset(P, 0, sizeof(float) * g->pt);
-    for (int ih = 0; ih < s->H; ih++) {
-        const int ip = ih + s->PH;
-        float *row = P + (size_t)(ip % s->SH) * s->SW * g->PS + (size_t)(ip / s->SH) * g->Wq;
+    int a = s->PH % s->SH, i = s->PH / s->SH;
+    for (int ih = 0; ih < s->H; ih++, i += (a = a + 1 < s->SH ? a + 1 : 0) == 0) {
+        float *row = P + (size_t)a * s->SW * g->PS + (size_t)i * g->Wq;
         const float *xr = x + (size_t)ih * s->W;
         if (s->SW == 1) {
             dw_copy(row + s->PW, xr, s->W);
@@ -1085,16 +1142,17 @@ static void dw_forward(const conv2d_shape *s, const dw_geom *g, const float *x, 
     const int planes = s->N * C, ntp = nt > planes ? planes : nt;
 #pragma omp parallel num_threads(ntp)
     {
-        float *P = ws + (size_t)NN_THREAD_ID() * g->per_thread, *yb = P + g->pt;
+        float *P = ws + (size_t)NN_THREAD_ID() * g->per_thread;
+        memset(P, 0, sizeof(float) * g->pt);
 #pragma omp for schedule(static)
         for (int pl = 0; pl < planes; pl++) {
             const int n = pl / C, c = pl % C;
+            if (pl + 1 < planes) dw_prefetch(x + (size_t)(pl + 1) * xs, xs);
             dw_fill(s, g, x + (size_t)pl * xs, P);
             for (int m = 0; m < M; m++) {
                 const int oc = c * M + m;
-                dw_taps(KK, off, w + (size_t)oc * KK, b ? b[oc] : 0.0f, P, g->Lp, yb);
-                float *yo = y + ((size_t)n * s->OC + oc) * OHW;
-                for (int oh = 0; oh < s->OH; oh++) dw_copy(yo + (size_t)oh * s->OW, yb + (size_t)oh * g->Wq, s->OW);
+                dw_rows(KK, off, w + (size_t)oc * KK, b ? b[oc] : 0.0f, P, g->Wq, s->OH, s->OW,
+                        y + ((size_t)n * s->OC + oc) * OHW);
             }
         }
     }
@@ -1118,6 +1176,7 @@ static void dw_backward(const conv2d_shape *s, const dw_geom *g, const float *x,
         float *tw = lb + (size_t)M * DW_B;                 /* dx's tap weights by phase */
         int *toff = (int *)(tw + (size_t)M * KK);          /* and offsets */
         int *tcnt = toff + (size_t)M * KK;                 /* first tap of each phase, NPH + 1 */
+        memset(P, 0, sizeof(float) * g->pt);
 #pragma omp for schedule(static)
         for (int c = 0; c < C; c++) {
             memset(lw, 0, sizeof(float) * (size_t)M * KK * DW_B);
