@@ -32,7 +32,7 @@ _WORKER_MODELS = {}  # per Python worker process: model config JSON -> Sequentia
 
 def worker_model(config_json, threads):
     """The model for this config in this process, built once (workers are reused across tasks)."""
-    read_archives_on_change()  # Spark 3.5 re-read its jar before each task: 0.1-0.2 s (worker_imports)
+    read_archives_on_change()  # Spark 3.5 (and maybe 4.0-4.1) re-reads its jar before each task (worker_imports)
     if threads:
         set_num_threads(threads)
     model = _WORKER_MODELS.get(config_json)

@@ -1,4 +1,4 @@
-"""PySpark's Python worker re-read Spark's archives before every task; this makes it stat them.
+"""PySpark 3.5's Python worker re-reads Spark's archives before every task; this makes it stat them.
 
 PySpark 3.5.9's worker calls `importlib.invalidate_caches()` at the start of every task (4.3.0's
 only when a task adds to sys.path; the versions between were not checked here). On Python
