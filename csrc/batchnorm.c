@@ -19,11 +19,12 @@
  * so results are the same bits for any thread count; channels are handed out dynamically, which
  * keeps the other threads busy when one is descheduled on a shared machine); the elementwise
  * passes of the eval forward and of a few-channel batch are split over the N*C planes.
- * Two layouts: S >= 16 goes plane by plane with 16 double lanes per channel (a training pass
- * normalizes a channel right after its sums, while it is in cache); S < 16 (incl. [N, C])
+ * Three layouts: S >= 256 goes plane by plane with 16 double lanes per channel (a training pass
+ * normalizes a channel right after its sums, while it is in cache); 16 <= S < 256 the same
+ * sums, each task on a block of channels, image by image (see bn_blocks_*); S < 16 (incl. [N, C])
  * sweeps rows of up to BN_COLS columns (whole channels) with one double accumulator per
  * column, vectorized across the columns, one task per BN_COLS columns (so C*S <= 256 runs on
- * one thread). Both are plain C compiled for AVX-512, AVX2 and baseline (NN_MULTI), the same
+ * one thread). All are plain C compiled for AVX-512, AVX2 and baseline (NN_MULTI), the same
  * operations at every level, so the levels agree bitwise. nn_set_reference(1) runs a
  * scalar two-pass path (mean, then centered squares; one accumulator per channel), the tests'
  * reference.
