@@ -6,10 +6,12 @@ AddressSanitizer and UBSan for the kernel tests.
 """
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 # Python's own CFLAGS carry -fwrapv, which keeps gcc from vectorizing loops over g[H + j];
 # no-trapping-math lets it turn the branch-free selects of the activation code into vector
@@ -35,4 +37,30 @@ ext = Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}))
+
+class ParallelBuildExt(build_ext):
+    """Compiles the extension's sources side by side, one compiler process per core:
+    setuptools compiles one extension's sources one after another, and ours are ~20 files
+    (67 s in a row on 2 cores, gemm_packed.c 14 s of it). The largest files start first."""
+
+    def build_extension(self, ext):
+        serial = self.compiler.compile
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+        def compile(sources, *args, **kwargs):
+            if jobs < 2 or len(sources) < 2:
+                return serial(sources, *args, **kwargs)
+            order = sorted(range(len(sources)), key=lambda i: -os.path.getsize(sources[i]))
+            with ThreadPoolExecutor(jobs) as pool:
+                done = dict(zip(order, pool.map(lambda i: serial([sources[i]], *args, **kwargs), order)))
+            return [obj for i in range(len(sources)) for obj in done[i]]
+
+        self.compiler.compile = compile
+        try:
+            super().build_extension(ext)
+        finally:
+            self.compiler.compile = serial
+
+
+setup(ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}),
+      cmdclass={"build_ext": ParallelBuildExt})

@@ -316,16 +316,22 @@ def image_shape(df, col):
 def uniform_image_shape(df, col):
     """(channels, height, width) of an image column whose images must all share it; mixed sizes
     are an error listing them (one job over every row)."""
-    shapes = (df.select(F.col(f"{col}.nChannels").alias("c"), F.col(f"{col}.height").alias("h"),
-                        F.col(f"{col}.width").alias("w")).distinct().limit(6).collect())
+    shapes = (df.select(F.col(f"{col}.height").alias("h"), F.col(f"{col}.width").alias("w"),
+                        F.col(f"{col}.nChannels").alias("c")).distinct().limit(6).collect())
+    return check_uniform_shapes(col, [tuple(r) for r in shapes])
+
+
+def check_uniform_shapes(col, shapes):
+    """[channels, height, width] of the one (height, width, channels) in shapes, the distinct
+    shapes found in image column col; none or several are an error."""
     if not shapes:
         raise ValueError(f"image column {col!r} has no rows")
     if len(shapes) > 1:
-        listed = ", ".join(f"{r.h}x{r.w}x{r.c}" for r in shapes[:5])
+        listed = ", ".join(f"{h}x{w}x{c}" for h, w, c in shapes[:5])
         raise ValueError(f"image column {col!r} mixes image sizes/channels ({listed}); "
                          "load them with ImageFeature.loadImages(size=(height, width)) to resize")
-    r = shapes[0]
-    return [int(r.c), int(r.h), int(r.w)]
+    h, w, c = shapes[0]
+    return [int(c), int(h), int(w)]
 
 
 def encoded_image_shape(df, col, channels, size=None):

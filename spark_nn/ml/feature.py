@@ -17,8 +17,8 @@ from pyspark.sql.types import ArrayType, IntegerType, NumericType, StringType, S
 from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it from here)
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column
-from spark_nn.ml.columns import (IMAGE_KINDS, encoded_image_shape, feature_kind, first_row_size, image_shape,
-                                 uniform_image_shape)
+from spark_nn.ml.columns import (IMAGE_KINDS, check_uniform_shapes, encoded_image_shape, feature_kind,
+                                 first_row_size, image_shape, uniform_image_shape)
 from spark_nn.ml.images import convert_channels, resize_bilinear
 from spark_nn.ml.interop import network_copy
 from spark_nn.ml.params import AutoEncoderParams, FeaturizerParams, with_accessors
@@ -79,7 +79,11 @@ class ImageFeature:
               .load(path))
         origin = F.col("image.origin")
         parent = F.regexp_extract(origin, r"^(.*)/[^/]+$", 1)
-        parents = [r[0] for r in df.select(parent).distinct().collect()]
+        # one job decodes every image (Spark's image source cannot read a file's path alone): it
+        # gives the folders and, per folder, the image shapes the size check below needs
+        found = df.select(parent.alias("p"), F.col("image.nChannels").alias("c"), F.col("image.height").alias("h"),
+                          F.col("image.width").alias("w")).distinct().collect()
+        parents = sorted({r.p for r in found})
         if not parents:
             raise ValueError(f"no readable images under {path!r}")
         base = os.path.basename(root.rstrip("/"))
@@ -103,7 +107,8 @@ class ImageFeature:
         meta = {"ml_attr": {"type": "nominal", "name": labelCol, "vals": classes}}
         df = (df.withColumn("__parent", parent).where(F.col("__parent").isin(list(cls_of)))
               .select(F.col("image").alias(imageCol), mapping[F.col("__parent")].alias(labelCol, metadata=meta)))
-        return ImageFeature._resized(df, imageCol, size, grayscale)
+        shapes = sorted({(r.h, r.w, r.c) for r in found if r.p in cls_of})
+        return ImageFeature._resized(df, imageCol, size, grayscale, shapes)
 
     @staticmethod
     def readImages(path, size=None, grayscale=None, imageCol="image", spark=None):
@@ -122,7 +127,9 @@ class ImageFeature:
         return ImageFeature._resized(df, imageCol, size, grayscale)
 
     @staticmethod
-    def _resized(df, imageCol, size, grayscale):
+    def _resized(df, imageCol, size, grayscale, shapes=None):
+        """df's images at size and in grayscale or color; with neither, the images must share one
+        shape (shapes: the (height, width, channels) found, where the caller has them)."""
         channels = None if grayscale is None else (1 if grayscale else 3)
         if size is not None:
             size = tuple(int(v) for v in size)
@@ -130,7 +137,8 @@ class ImageFeature:
                 raise ValueError(f"size must be (height, width) with positive ints, got {size}")
         if size is not None or channels is not None:
             return df.mapInArrow(_transform_images(imageCol, size, channels), df.schema)
-        uniform_image_shape(df, imageCol)  # mixed sizes: a clear error now rather than at fit time
+        # mixed sizes: a clear error now rather than at fit time
+        uniform_image_shape(df, imageCol) if shapes is None else check_uniform_shapes(imageCol, shapes)
         return df
 
 
