@@ -60,9 +60,11 @@ def test_uint8_blocks_hold_a_quarter_of_the_bytes(spark, digits_dirs, monkeypatc
 
 
 def test_encoded_files_decode_to_the_pixels_of_spark_image_structs(spark, digits_dirs):
+    # the 360 files of the test half: every file is one more case of the same check, and Spark's
+    # image source decodes about 150 files a second here
     spec = {"kind": "image", "shape": [1, 8, 8]}
-    loaded = TrainingData(ImageFeature.loadImages(digits_dirs[0]), "image", "label", spec)
-    decoded = TrainingData(binary_files(spark, digits_dirs[0]), "content", "label",
+    loaded = TrainingData(ImageFeature.loadImages(digits_dirs[1]), "image", "label", spec)
+    decoded = TrainingData(binary_files(spark, digits_dirs[1]), "content", "label",
                            {"kind": "encoded", "shape": [1, 8, 8], "size": None})
     try:
         def rows(td):
@@ -146,7 +148,7 @@ def test_files_of_several_sizes_need_image_size(spark, tmp_path):
 def test_autoencoder_on_encoded_files(spark, digits_dirs):
     from PIL import Image
 
-    df = binary_files(spark, digits_dirs[0])
+    df = binary_files(spark, digits_dirs[1])
     model = AutoEncoder(layers=[16, 4], inputCol="content", grayscale=True, maxIter=2, seed=1,
                         reconstructionCol="reconstruction").fit(df)
     assert model.inputSpec["image"] == [1, 8, 8] and model.inputSpec["shape"] == [64]
