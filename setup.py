@@ -6,7 +6,7 @@ AddressSanitizer and UBSan for the kernel tests.
 """
 import glob
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy
 from Cython.Build import cythonize
@@ -39,23 +39,31 @@ ext = Extension(
 
 
 class ParallelBuildExt(build_ext):
-    """Compiles the extension's sources side by side, one compiler process per core:
-    setuptools compiles one extension's sources one after another, and ours are ~20 files
-    (67 s in a row on 2 cores, gemm_packed.c 14 s of it). The largest files start first."""
+    """Compiles the extension's sources side by side, one compiler process per core (at most
+    SPARK_NN_BUILD_JOBS where set): setuptools compiles one extension's sources one after
+    another, and ours are ~20 files (67 s in a row on 2 cores, gemm_packed.c 14 s of it). The
+    largest files start first; the first file that fails ends the build."""
 
     def build_extension(self, ext):
         serial = self.compiler.compile
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        jobs = int(os.environ.get("SPARK_NN_BUILD_JOBS", cores))
 
-        def compile(sources, *args, **kwargs):
-            if jobs < 2 or len(sources) < 2:
+        def compile_side_by_side(sources, *args, **kwargs):
+            if min(jobs, len(sources)) < 2:
                 return serial(sources, *args, **kwargs)
             order = sorted(range(len(sources)), key=lambda i: -os.path.getsize(sources[i]))
-            with ThreadPoolExecutor(jobs) as pool:
-                done = dict(zip(order, pool.map(lambda i: serial([sources[i]], *args, **kwargs), order)))
-            return [obj for i in range(len(sources)) for obj in done[i]]
+            pool = ThreadPoolExecutor(min(jobs, len(sources)))
+            try:
+                futures = {pool.submit(serial, [sources[i]], *args, **kwargs): i for i in order}
+                for done in as_completed(futures):
+                    done.result()  # raises the first failure
+                objects = {futures[f]: f.result() for f in futures}
+            finally:
+                pool.shutdown(cancel_futures=True)
+            return [obj for i in range(len(sources)) for obj in objects[i]]
 
-        self.compiler.compile = compile
+        self.compiler.compile = compile_side_by_side
         try:
             super().build_extension(ext)
         finally:

@@ -1,12 +1,14 @@
 """Reliability of a fit: a killed worker is retried to the same result (in a session that
 retries tasks, started here for every test that needs one), checkpoints resume exactly, a
 diverging fit says where and what to do, and model files are loaded safely."""
+import glob
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,8 +56,8 @@ def test_the_tests_that_need_task_retries_pass_in_a_session_that_retries(tmp_pat
         pytest.skip("the task_retries tests run in the classic passes (a second Connect server hung in CI)")
     # only the files that hold such tests are collected (collecting every test file imports torch,
     # onnxruntime and the rest for nothing)
-    files = sorted(os.path.join("tests", f) for f in os.listdir(os.path.join(ROOT, "tests"))
-                   if f.startswith("test_") and "mark.task_retries" in open(os.path.join(ROOT, "tests", f)).read())
+    files = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tests", "test_*.py"))
+                   if "mark.task_retries" in Path(p).read_text(encoding="utf-8"))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
                           str(tmp_path / "pytest"), "-m", "task_retries", *files], cwd=ROOT,
                          env=clean_env(SPARK_NN_TEST_TASK_RETRIES="1"), capture_output=True, text=True, timeout=840)

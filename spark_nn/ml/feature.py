@@ -80,10 +80,17 @@ class ImageFeature:
         origin = F.col("image.origin")
         parent = F.regexp_extract(origin, r"^(.*)/[^/]+$", 1)
         # one job decodes every image (Spark's image source cannot read a file's path alone): it
-        # gives the folders and, per folder, the image shapes the size check below needs
-        found = df.select(parent.alias("p"), F.col("image.nChannels").alias("c"), F.col("image.height").alias("h"),
-                          F.col("image.width").alias("w")).distinct().collect()
-        parents = sorted({r.p for r in found})
+        # gives the folders and, where images are neither resized nor converted, up to 6 image
+        # shapes per folder for the size check below
+        check = size is None and grayscale is None
+        if check:
+            shape = F.struct(F.col("image.height").alias("h"), F.col("image.width").alias("w"),
+                             F.col("image.nChannels").alias("c"))
+            found = (df.groupBy(parent.alias("p"))
+                     .agg(F.slice(F.array_sort(F.collect_set(shape)), 1, 6).alias("shapes")).collect())
+        else:
+            found = df.select(parent.alias("p")).distinct().collect()
+        parents = sorted(r.p for r in found)
         if not parents:
             raise ValueError(f"no readable images under {path!r}")
         base = os.path.basename(root.rstrip("/"))
@@ -107,7 +114,7 @@ class ImageFeature:
         meta = {"ml_attr": {"type": "nominal", "name": labelCol, "vals": classes}}
         df = (df.withColumn("__parent", parent).where(F.col("__parent").isin(list(cls_of)))
               .select(F.col("image").alias(imageCol), mapping[F.col("__parent")].alias(labelCol, metadata=meta)))
-        shapes = sorted({(r.h, r.w, r.c) for r in found if r.p in cls_of})
+        shapes = sorted({(x.h, x.w, x.c) for r in found if r.p in cls_of for x in r.shapes}) if check else None
         return ImageFeature._resized(df, imageCol, size, grayscale, shapes)
 
     @staticmethod
