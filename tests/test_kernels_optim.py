@@ -55,7 +55,8 @@ def test_adam_at_the_active_entries_gives_the_dense_update_bits_there_and_nothin
         threads(nt)
         lazy = [a.copy() for a in (p, m, v)]
         K.adam_update_at(lazy[0], g[index], lazy[1], lazy[2], index, np.float32(1e-3), 0.9, 0.999, 1e-8, l2, decay)
-        rest = np.setdiff1d(np.arange(n), index)
+        rest = np.ones(n, bool)  # the entries not in index (np.setdiff1d took 3.4 s at n = 1.5M)
+        rest[index] = False
         for before, d, a in zip((p, m, v), dense, lazy):
             assert a[index].tobytes() == d[index].tobytes()
             assert a[rest].tobytes() == before[rest].tobytes()
