@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from standalone import StandaloneCluster  # noqa: E402
+from standalone import StandaloneCluster, java_conf  # noqa: E402
 from step_cost import ROUND_PARTS, round_parts  # noqa: E402
 from timing import print_table  # noqa: E402
 
@@ -41,10 +41,9 @@ def session(url, executors, memory):
     from spark_nn.ml.session import RECOMMENDED_CONF
 
     builder = SparkSession.builder
-    for key, value in RECOMMENDED_CONF.items():
+    for key, value in {**RECOMMENDED_CONF, **java_conf()}.items():
         builder = builder.config(key, value)
     spark = (builder.master(url).appName(f"spark_nn executors {executors}")
-             .config("spark.executor.extraJavaOptions", RECOMMENDED_CONF["spark.driver.extraJavaOptions"])
              .config("spark.executor.cores", "1").config("spark.cores.max", str(executors))
              .config("spark.executor.memory", memory).config("spark.default.parallelism", str(executors))
              .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)

@@ -9,6 +9,8 @@ import time
 
 import pyspark
 
+from spark_nn.ml.session import RECOMMENDED_CONF
+
 SPARK_HOME = os.path.dirname(os.path.abspath(pyspark.__file__))
 
 
@@ -36,6 +38,20 @@ def cluster_env():
     return env
 
 
+# The JVMs without their optimizing compiler (C2), as RECOMMENDED_CONF has the driver's: a cluster
+# here is a master, workers, a driver and executors on 2 cores, and C2's compile threads in each
+# JVM took the cores from the others. A session on a fresh 2-worker cluster took 26-31 s to start
+# and 34-42 s to finish a first job with C2, 16-19 s and 22-27 s without it; the executor-loss
+# test's driver program 186 -> 112 s. Jobs on such a cluster pass it on to their driver and
+# executors with java_conf().
+JAVA_OPTS = RECOMMENDED_CONF["spark.driver.extraJavaOptions"]
+
+
+def java_conf():
+    """The JVM options of a session's driver and executors on a cluster started here."""
+    return {"spark.driver.extraJavaOptions": JAVA_OPTS, "spark.executor.extraJavaOptions": JAVA_OPTS}
+
+
 class StandaloneCluster:
     """start(workdir, workers, cores, memory) -> the master's URL; stop() ends every process."""
 
@@ -50,7 +66,7 @@ class StandaloneCluster:
         return p
 
     def start(self, workdir, workers=2, cores=1, memory="1g"):
-        env = cluster_env()
+        env = dict(cluster_env(), SPARK_DAEMON_JAVA_OPTS=JAVA_OPTS)
         port = free_port()
         master_log = os.path.join(workdir, "master.log")
         master = self.launch(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),

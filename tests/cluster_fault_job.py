@@ -18,12 +18,18 @@ from spark_nn.datasets import digits_split
 from spark_nn.ml.classification import CNN
 from spark_nn.ml.training.faults import KILL_EXECUTOR_PROPERTY
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from standalone import java_conf  # noqa: E402
+
 master, local_root, flags = sys.argv[1:4]
 phases = json.loads(sys.argv[4])  # {name: "epoch:step:partition"}
-spark = (SparkSession.builder.master(master).appName("spark_nn executor loss")
-         .config("spark.executor.cores", "1").config("spark.cores.max", "2").config("spark.executor.memory", "640m")
-         .config("spark.pyspark.python", sys.executable).config("spark.ui.port", "0")
-         .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+builder = (SparkSession.builder.master(master).appName("spark_nn executor loss")
+           .config("spark.executor.cores", "1").config("spark.cores.max", "2").config("spark.executor.memory", "640m")
+           .config("spark.pyspark.python", sys.executable).config("spark.ui.port", "0")
+           .config("spark.ui.showConsoleProgress", "false"))
+for key, value in java_conf().items():
+    builder = builder.config(key, value)
+spark = builder.getOrCreate()
 sc = spark.sparkContext
 sc.setLogLevel("ERROR")
 deadline = time.time() + 120

@@ -2,6 +2,7 @@
 process): fits a CNN on digits through a Spark standalone cluster whose executors import
 spark_nn only from the shipped wheel, then prints one JSON line with what it saw."""
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -14,13 +15,16 @@ from spark_nn.datasets import digits_split
 from spark_nn.ml.classification import CNN
 from spark_nn.ml.shipping import executor_wheel_conf
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from standalone import java_conf  # noqa: E402
+
 master, wheel, executor_python, staging = sys.argv[1:5]
 builder = (SparkSession.builder.master(master).appName("spark_nn cluster test")
            .config("spark.executor.cores", "1").config("spark.cores.max", "2").config("spark.executor.memory", "768m")
            .config("spark.pyspark.python", executor_python).config("spark.pyspark.driver.python", sys.executable)
            .config("spark.python.unix.domain.socket.enabled", "true").config("spark.ui.port", "0")
            .config("spark.ui.showConsoleProgress", "false"))
-for key, value in executor_wheel_conf(wheel, staging).items():
+for key, value in {**executor_wheel_conf(wheel, staging), **java_conf()}.items():
     builder = builder.config(key, value)
 spark = builder.getOrCreate()
 sc = spark.sparkContext

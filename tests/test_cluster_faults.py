@@ -29,7 +29,7 @@ def cluster():
 
 
 @pytest.mark.once
-@pytest.mark.timeout(900)  # three worker JVMs, five fits and four executor replacements: about 3 minutes here
+@pytest.mark.timeout(900)  # three worker JVMs, five fits and four executor replacements: about 2 minutes here
 def test_an_executor_lost_at_any_phase_changes_no_bit(tmp_path, cluster):
     url = cluster.start(str(tmp_path), workers=3, cores=1, memory="1g")
     flags = tmp_path / "flags"
