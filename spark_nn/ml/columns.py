@@ -301,13 +301,16 @@ def first_row_size(df, col, kind):
     return int(row["n"])
 
 
+def shape_fields(col):
+    """The height, width and channel count of image struct column col, as columns h, w, c."""
+    return [F.col(f"{col}.height").alias("h"), F.col(f"{col}.width").alias("w"), F.col(f"{col}.nChannels").alias("c")]
+
+
 def image_shape(df, col):
     """(channels, height, width) of an image column from its first row (one small job); the pass
     that makes the training blocks checks every other row against it, naming the first that
     differs."""
-    r = first_row(df.where(F.col(col).isNotNull()).select(F.col(f"{col}.nChannels").alias("c"),
-                                                           F.col(f"{col}.height").alias("h"),
-                                                           F.col(f"{col}.width").alias("w")))
+    r = first_row(df.where(F.col(col).isNotNull()).select(*shape_fields(col)))
     if r is None:
         raise _no_rows(df, col, "image column")
     return [int(r.c), int(r.h), int(r.w)]
@@ -316,8 +319,7 @@ def image_shape(df, col):
 def uniform_image_shape(df, col):
     """(channels, height, width) of an image column whose images must all share it; mixed sizes
     are an error listing them (one job over every row)."""
-    shapes = (df.select(F.col(f"{col}.height").alias("h"), F.col(f"{col}.width").alias("w"),
-                        F.col(f"{col}.nChannels").alias("c")).distinct().limit(6).collect())
+    shapes = df.select(*shape_fields(col)).distinct().limit(6).collect()
     return check_uniform_shapes(col, [tuple(r) for r in shapes])
 
 

@@ -18,7 +18,7 @@ from pyspark.ml.feature import Tokenizer  # noqa: F401  (the seed imports it fro
 
 from spark_nn.ml.base import NeuralEstimator, NeuralModel, _active_session, list_column
 from spark_nn.ml.columns import (IMAGE_KINDS, check_uniform_shapes, encoded_image_shape, feature_kind,
-                                 first_row_size, image_shape, uniform_image_shape)
+                                 first_row_size, image_shape, shape_fields, uniform_image_shape)
 from spark_nn.ml.images import convert_channels, resize_bilinear
 from spark_nn.ml.interop import network_copy
 from spark_nn.ml.params import AutoEncoderParams, FeaturizerParams, with_accessors
@@ -82,10 +82,9 @@ class ImageFeature:
         # one job decodes every image (Spark's image source cannot read a file's path alone): it
         # gives the folders and, where images are neither resized nor converted, up to 6 image
         # shapes per folder for the size check below
-        check = size is None and grayscale is None
+        check = _as_stored(size, grayscale)
         if check:
-            shape = F.struct(F.col("image.height").alias("h"), F.col("image.width").alias("w"),
-                             F.col("image.nChannels").alias("c"))
+            shape = F.struct(*shape_fields("image"))
             found = (df.groupBy(parent.alias("p"))
                      .agg(F.slice(F.array_sort(F.collect_set(shape)), 1, 6).alias("shapes")).collect())
         else:
@@ -142,11 +141,19 @@ class ImageFeature:
             size = tuple(int(v) for v in size)
             if len(size) != 2 or min(size) < 1:
                 raise ValueError(f"size must be (height, width) with positive ints, got {size}")
-        if size is not None or channels is not None:
+        if not _as_stored(size, grayscale):
             return df.mapInArrow(_transform_images(imageCol, size, channels), df.schema)
         # mixed sizes: a clear error now rather than at fit time
-        uniform_image_shape(df, imageCol) if shapes is None else check_uniform_shapes(imageCol, shapes)
+        if shapes is None:
+            uniform_image_shape(df, imageCol)
+        else:
+            check_uniform_shapes(imageCol, shapes)
         return df
+
+
+def _as_stored(size, grayscale):
+    """Whether images stay as stored: neither resized nor converted (then they must share a shape)."""
+    return size is None and grayscale is None
 
 
 def _side(name):
